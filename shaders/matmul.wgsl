@@ -1,0 +1,142 @@
+// matmul.wgsl — C[M,N] = act( op(A)·op(B) + bias ) (or C += op(A)·op(B) when ACCUM).
+//
+// Shapes and layouts (row-major f32):
+//   A stored [M,K] (TA=false) or [K,M] (TA=true, op(A) = Aᵀ)
+//   B stored [K,N] (TB=false) or [N,K] (TB=true, op(B) = Bᵀ)
+//   bias [N] (read only when BIAS), C [M,N]
+// Defines prepended by src/ops/matmul.rs: TA, TB, BIAS, ACCUM: bool; ACT: u32; ALPHA: f32;
+// for the register variant also RM (rows per workgroup) and WG (invocations per workgroup).
+//
+// Bindings: 0 params | 1 A | 2 B | 3 bias (A again when BIAS is false) | 4 C (read_write)
+
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> c: array<f32>;
+
+// op(A)[row, kk] and op(B)[kk, col]; callers keep indices in range.
+fn a_at(row: u32, kk: u32) -> f32 {
+    if (TA) { return a[kk * p.m + row]; }
+    return a[row * p.k + kk];
+}
+fn b_at(kk: u32, col: u32) -> f32 {
+    if (TB) { return b[col * p.k + kk]; }
+    return b[kk * p.n + col];
+}
+
+// The epilogue shared by both variants: bias, activation, plain store or accumulate.
+fn store(row: u32, col: u32, v: f32) {
+    let i = row * p.n + col;
+    if (ACCUM) {
+        c[i] = c[i] + v;
+        return;
+    }
+    var x = v;
+    if (BIAS) { x = x + bias[col]; }
+    c[i] = act_fwd(ACT, ALPHA, x);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Variant `tiled` (discrete/integrated GPUs): a 16x16 workgroup computes a 64x64 tile of C, each
+// invocation a 4x4 register block at rows ty+16i, cols tx+16j (strided, so shared-memory reads are
+// conflict-free and stores coalesce). K advances in slabs of 16 staged in workgroup memory.
+// Dispatch: (ceil(N/64), ceil(M/64), 1).
+const TS: u32 = 64u;
+const BK: u32 = 16u;
+var<workgroup> tile_a: array<f32, 1024>; // [BK][TS]: tile_a[kk*TS + row]
+var<workgroup> tile_b: array<f32, 1024>; // [BK][TS]: tile_b[kk*TS + col]
+
+@compute @workgroup_size(16, 16, 1)
+fn matmul_tiled(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let tx = lid.x;
+    let ty = lid.y;
+    let t = ty * 16u + tx;
+    let row0 = wid.y * TS;
+    let col0 = wid.x * TS;
+    var acc: array<array<f32, 4>, 4>;
+    for (var i = 0u; i < 4u; i++) { for (var j = 0u; j < 4u; j++) { acc[i][j] = 0.0; } }
+
+    for (var k0 = 0u; k0 < p.k; k0 += BK) {
+        // Each of the 256 invocations stages 4 elements of each tile; consecutive invocations
+        // read consecutive addresses of the stored layout (coalesced) and zero-fill the edges.
+        for (var s = 0u; s < 4u; s++) {
+            let e = t + 256u * s;
+            var ra: u32; var ka: u32;
+            if (TA) { ka = e / TS; ra = e % TS; } else { ra = e / BK; ka = e % BK; }
+            let gr = row0 + ra;
+            let gk = k0 + ka;
+            var va = 0.0;
+            if (gr < p.m && gk < p.k) { va = a_at(gr, gk); }
+            tile_a[ka * TS + ra] = va;
+
+            var cb: u32; var kb: u32;
+            if (TB) { cb = e / BK; kb = e % BK; } else { kb = e / TS; cb = e % TS; }
+            let gc = col0 + cb;
+            let gkb = k0 + kb;
+            var vb = 0.0;
+            if (gc < p.n && gkb < p.k) { vb = b_at(gkb, gc); }
+            tile_b[kb * TS + cb] = vb;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk++) {
+            var ar: array<f32, 4>;
+            var br: array<f32, 4>;
+            for (var i = 0u; i < 4u; i++) { ar[i] = tile_a[kk * TS + ty + 16u * i]; }
+            for (var j = 0u; j < 4u; j++) { br[j] = tile_b[kk * TS + tx + 16u * j]; }
+            for (var i = 0u; i < 4u; i++) {
+                for (var j = 0u; j < 4u; j++) { acc[i][j] = fma(ar[i], br[j], acc[i][j]); }
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 4u; i++) {
+        let row = row0 + ty + 16u * i;
+        if (row >= p.m) { continue; }
+        for (var j = 0u; j < 4u; j++) {
+            let col = col0 + tx + 16u * j;
+            if (col < p.n) { store(row, col, acc[i][j]); }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Variant `register` (CPU adapters): no workgroup memory, no barriers. Invocation x of workgroup
+// (gx, gy) owns 4 consecutive columns 4*(gx*WG + x) .. +3 and the RM rows gy*RM .. +RM-1, kept in
+// RM vec4 accumulators. The row index depends only on the workgroup id, so A's loads are
+// workgroup-uniform: a CPU adapter's SIMD compiler turns them into one scalar load + broadcast
+// instead of a per-lane gather; only B is loaded per lane. Out-of-range rows/columns load clamped
+// (in-bounds) addresses and are never stored, which keeps the inner loop branch-free.
+// Dispatch: (ceil(N / (4*WG)), ceil(M / RM), 1).
+@compute @workgroup_size(WG, 1, 1)
+fn matmul_register(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let col0 = 4u * (wid.x * WG + lid.x);
+    let row0 = wid.y * RM;
+    var cols: vec4<u32>;
+    for (var j = 0u; j < 4u; j++) { cols[j] = min(col0 + j, p.n - 1u); }
+    var rows: array<u32, RM>;
+    for (var i = 0u; i < RM; i++) { rows[i] = min(row0 + i, p.m - 1u); }
+    var acc: array<vec4<f32>, RM>;
+    for (var i = 0u; i < RM; i++) { acc[i] = vec4<f32>(0.0); }
+
+    for (var kk = 0u; kk < p.k; kk++) {
+        let bv = vec4<f32>(b_at(kk, cols.x), b_at(kk, cols.y), b_at(kk, cols.z), b_at(kk, cols.w));
+        for (var i = 0u; i < RM; i++) {
+            acc[i] = fma(vec4<f32>(a_at(rows[i], kk)), bv, acc[i]);
+        }
+    }
+    for (var i = 0u; i < RM; i++) {
+        let row = row0 + i;
+        if (row >= p.m) { break; }
+        for (var j = 0u; j < 4u; j++) {
+            if (col0 + j < p.n) { store(row, col0 + j, acc[i][j]); }
+        }
+    }
+}

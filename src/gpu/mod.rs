@@ -1,0 +1,347 @@
+//! GPU context: adapter choice, device limits, and the caches every op goes through.
+//!
+//! [`Gpu`] is a cheap, clonable handle (`Arc` inside) that is `Send + Sync`, so one device can be
+//! shared by threads (tests do). It owns
+//! * the [`pool`] of buffers (by size class, reused so that a repeated step allocates nothing),
+//! * the [`pipeline`] cache (kernel + defines + entry point -> compiled pipeline) and the bind
+//!   group cache (keyed by buffer identity),
+//! * the kernel-variant choice for this adapter ([`MatmulVariant`]).
+
+pub mod pipeline;
+pub mod pool;
+
+use std::sync::{Arc, Mutex, Once};
+
+use crate::error::{Error, Result};
+pub use pipeline::Module;
+use pool::Pool;
+
+/// Which matmul implementation to use. Both compute the same thing; they differ in how they use
+/// the hardware.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MatmulVariant {
+    /// Shared-memory tiled kernel (64x64 tile, 4x4 outputs per invocation): for discrete and
+    /// integrated GPUs, where workgroup memory is fast and barriers are cheap.
+    Tiled,
+    /// Register-blocked kernel with no shared memory and no barriers (each invocation keeps a
+    /// block of outputs in registers, operand rows are read as workgroup-uniform scalars): for CPU
+    /// adapters such as Mesa's llvmpipe/lavapipe, where barriers are emulated and slow.
+    Register,
+}
+
+impl MatmulVariant {
+    /// All variants, for tests and benchmarks that must cover each one.
+    pub const ALL: [MatmulVariant; 2] = [MatmulVariant::Tiled, MatmulVariant::Register];
+
+    /// Short lowercase name (`tiled`, `register`).
+    pub fn name(self) -> &'static str {
+        match self {
+            MatmulVariant::Tiled => "tiled",
+            MatmulVariant::Register => "register",
+        }
+    }
+
+    /// Parses the name printed by [`MatmulVariant::name`].
+    pub fn parse(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "tiled" => Ok(MatmulVariant::Tiled),
+            "register" | "vec4" => Ok(MatmulVariant::Register),
+            other => Err(Error::arg("matmul variant", format!("`{other}` is not one of: tiled, register"))),
+        }
+    }
+
+    /// The variant this adapter should use by default.
+    pub fn for_device_type(t: wgpu::DeviceType) -> Self {
+        match t {
+            wgpu::DeviceType::Cpu => MatmulVariant::Register,
+            _ => MatmulVariant::Tiled,
+        }
+    }
+}
+
+/// Description of the chosen adapter, as printed by `wgvae info`.
+#[derive(Clone, Debug)]
+pub struct AdapterSummary {
+    /// Adapter name, e.g. `llvmpipe (LLVM 15.0.6, 256 bits)`.
+    pub name: String,
+    /// Backend (Vulkan, Metal, Dx12, Gl).
+    pub backend: wgpu::Backend,
+    /// Discrete / integrated / virtual / CPU / other.
+    pub device_type: wgpu::DeviceType,
+    /// Driver name and version.
+    pub driver: String,
+    /// Driver details.
+    pub driver_info: String,
+    /// PCI vendor id.
+    pub vendor: u32,
+    /// PCI device id.
+    pub device: u32,
+}
+
+/// Counters that show what the context has done (used by the pool-reuse test and `wgvae info`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GpuStats {
+    /// `wgpu::Buffer`s created so far (pool misses).
+    pub buffers_created: u64,
+    /// Bytes in all created buffers.
+    pub bytes_created: u64,
+    /// Compute pipelines compiled so far.
+    pub pipelines_compiled: u64,
+    /// Bind groups created so far (cache misses).
+    pub bind_groups_created: u64,
+    /// Command buffers submitted.
+    pub submissions: u64,
+}
+
+pub(crate) struct GpuInner {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub summary: AdapterSummary,
+    pub limits: wgpu::Limits,
+    pub features: wgpu::Features,
+    pub variant: Mutex<MatmulVariant>,
+    pub pool: Mutex<Pool>,
+    pub pipelines: Mutex<pipeline::PipelineCache>,
+    pub stats: Mutex<GpuStats>,
+    /// First uncaptured wgpu error (validation, OOM, device lost): reported by the next submit.
+    pub device_error: Arc<Mutex<Option<String>>>,
+    /// Bytes between two dispatches' parameter blocks in the per-submit uniform buffer.
+    pub params_stride: u64,
+}
+
+/// A GPU device and everything cached on it. Clone it freely: clones share the device.
+#[derive(Clone)]
+pub struct Gpu {
+    pub(crate) inner: Arc<GpuInner>,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gpu").field("adapter", &self.inner.summary.name).field("backend", &self.inner.summary.backend).finish()
+    }
+}
+
+/// Options for [`Gpu::with_options`]. The defaults honour `WGPU_BACKEND`, `WGPU_ADAPTER_NAME` and
+/// `WGVAE_MATMUL`.
+#[derive(Clone, Debug, Default)]
+pub struct GpuOptions {
+    /// Restrict to these backends (default: `WGPU_BACKEND`, else all).
+    pub backends: Option<wgpu::Backends>,
+    /// Only adapters whose name contains this (case-insensitive; default: `WGPU_ADAPTER_NAME`).
+    pub adapter_name: Option<String>,
+    /// Force a matmul variant (default: `WGVAE_MATMUL`, else chosen from the adapter type).
+    pub matmul: Option<MatmulVariant>,
+}
+
+static QUIET_MESA: Once = Once::new();
+
+/// Mesa's lavapipe prints a conformance warning to stderr for every Vulkan instance; it would
+/// drown the program's own output, so ask Mesa to skip it unless the user set the variable.
+fn quiet_mesa() {
+    QUIET_MESA.call_once(|| {
+        if std::env::var_os("MESA_VK_IGNORE_CONFORMANCE_WARNING").is_none() {
+            // SAFETY-ish: done once, before any wgpu call of ours creates threads that read the
+            // environment; std marks set_var unsafe only from edition 2024 on.
+            std::env::set_var("MESA_VK_IGNORE_CONFORMANCE_WARNING", "1");
+        }
+    });
+}
+
+fn type_rank(t: wgpu::DeviceType) -> u8 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    }
+}
+
+fn backend_rank(b: wgpu::Backend) -> u8 {
+    match b {
+        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 0,
+        wgpu::Backend::Gl => 1,
+        _ => 2,
+    }
+}
+
+impl Gpu {
+    /// Opens the best adapter: discrete > integrated > virtual > other > CPU, native APIs before
+    /// OpenGL; `WGPU_BACKEND` (e.g. `vulkan`, `gl`) and `WGPU_ADAPTER_NAME` (substring) filter.
+    pub fn new() -> Result<Self> {
+        Self::with_options(GpuOptions::default())
+    }
+
+    /// Opens an adapter with explicit options (see [`GpuOptions`]).
+    pub fn with_options(opts: GpuOptions) -> Result<Self> {
+        quiet_mesa();
+        let backends = opts.backends.or_else(wgpu::Backends::from_env).unwrap_or(wgpu::Backends::all());
+        let name_filter = opts
+            .adapter_name
+            .or_else(|| std::env::var("WGPU_ADAPTER_NAME").ok())
+            .filter(|s| !s.is_empty())
+            .map(|s| s.to_lowercase());
+        // Native APIs first; OpenGL only when they offer nothing. Probing GL through EGL makes Mesa
+        // print "XDG_RUNTIME_DIR is invalid" lines on headless machines, which would otherwise
+        // drown the program's own output even when Vulkan works.
+        let mut adapters = Vec::new();
+        for tier in [wgpu::Backends::PRIMARY, wgpu::Backends::SECONDARY] {
+            let tier_backends = backends & tier;
+            if tier_backends.is_empty() {
+                continue;
+            }
+            let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+            desc.backends = tier_backends;
+            // wgpu-core validates every call anyway; the Vulkan validation layers (on by default
+            // in debug builds) are rarely installed and only add noise. WGPU_DEBUG/WGPU_VALIDATION
+            // turn them back on.
+            desc.flags = wgpu::InstanceFlags::empty().with_env();
+            let instance = wgpu::Instance::new(desc);
+            adapters = pollster::block_on(instance.enumerate_adapters(tier_backends));
+            if let Some(f) = &name_filter {
+                adapters.retain(|a| a.get_info().name.to_lowercase().contains(f.as_str()));
+            }
+            if !adapters.is_empty() {
+                break;
+            }
+        }
+        adapters.sort_by_key(|a| {
+            let i = a.get_info();
+            (type_rank(i.device_type), backend_rank(i.backend))
+        });
+        let Some(adapter) = adapters.into_iter().next() else {
+            let mut detail = Vec::new();
+            if backends != wgpu::Backends::all() {
+                detail.push(format!("backends {backends:?} (WGPU_BACKEND)"));
+            }
+            if let Some(f) = &name_filter {
+                detail.push(format!("name containing `{f}` (WGPU_ADAPTER_NAME)"));
+            }
+            let detail = if detail.is_empty() { String::new() } else { format!(" matching {}", detail.join(" and ")) };
+            return Err(Error::NoAdapter { detail });
+        };
+        let info = adapter.get_info();
+        // The adapter's own limits: large datasets and batches need its real storage-binding and
+        // buffer sizes, not WebGPU's conservative defaults.
+        let limits = adapter.limits();
+        let features = wgpu::Features::empty();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("wgvae"),
+            required_features: features,
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| Error::RequestDevice { adapter: info.name.clone(), reason: e.to_string() })?;
+        let device_error: Arc<Mutex<Option<String>>> = Arc::default();
+        {
+            let slot = device_error.clone();
+            // wgpu's default handler panics; a library must turn GPU errors into values instead.
+            device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+                let mut s = slot.lock().unwrap_or_else(|p| p.into_inner());
+                if s.is_none() {
+                    *s = Some(e.to_string());
+                }
+            }));
+        }
+        let variant = match opts.matmul {
+            Some(v) => v,
+            None => match std::env::var("WGVAE_MATMUL") {
+                Ok(s) if !s.is_empty() => MatmulVariant::parse(&s)?,
+                _ => MatmulVariant::for_device_type(info.device_type),
+            },
+        };
+        let params_stride = (limits.min_uniform_buffer_offset_alignment as u64).max(pipeline::PARAMS_BYTES);
+        let summary = AdapterSummary {
+            name: info.name,
+            backend: info.backend,
+            device_type: info.device_type,
+            driver: info.driver,
+            driver_info: info.driver_info,
+            vendor: info.vendor,
+            device: info.device,
+        };
+        Ok(Gpu {
+            inner: Arc::new(GpuInner {
+                device,
+                queue,
+                summary,
+                limits,
+                features,
+                variant: Mutex::new(variant),
+                pool: Mutex::default(),
+                pipelines: Mutex::default(),
+                stats: Mutex::default(),
+                device_error,
+                params_stride,
+            }),
+        })
+    }
+
+    /// The chosen adapter.
+    pub fn adapter(&self) -> &AdapterSummary {
+        &self.inner.summary
+    }
+
+    /// The limits the device was created with (the adapter's own).
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.inner.limits
+    }
+
+    /// Optional features the engine enabled on the device.
+    pub fn features(&self) -> wgpu::Features {
+        self.inner.features
+    }
+
+    /// The raw wgpu device, for interop.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.inner.device
+    }
+
+    /// The raw wgpu queue, for interop.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.inner.queue
+    }
+
+    /// Matmul variant used by ops that do not name one.
+    pub fn matmul_variant(&self) -> MatmulVariant {
+        *self.inner.variant.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Changes the default matmul variant (benchmarks and tests compare them).
+    pub fn set_matmul_variant(&self, v: MatmulVariant) {
+        *self.inner.variant.lock().unwrap_or_else(|p| p.into_inner()) = v;
+    }
+
+    /// What the context has allocated and compiled so far.
+    pub fn stats(&self) -> GpuStats {
+        *self.inner.stats.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Blocks until all submitted work has finished, and reports any GPU error seen meanwhile.
+    pub fn wait(&self) -> Result<()> {
+        self.inner
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU failed: {e}")))?;
+        self.check_error()
+    }
+
+    /// Returns (and clears) the first GPU error reported since the last check.
+    pub(crate) fn check_error(&self) -> Result<()> {
+        match self.inner.device_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            Some(e) => Err(Error::Gpu(e)),
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) fn stats_mut(&self) -> std::sync::MutexGuard<'_, GpuStats> {
+        self.inner.stats.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Largest number of f32 values one tensor may hold on this device.
+    pub fn max_tensor_elements(&self) -> u64 {
+        self.inner.limits.max_storage_buffer_binding_size.min(self.inner.limits.max_buffer_size) / 4
+    }
+}

@@ -1,0 +1,231 @@
+//! Kernel sources, the pipeline cache and the bind-group cache.
+//!
+//! Every kernel follows one binding convention (shaders/common.wgsl documents it):
+//! `@binding(0)` is a 64-byte uniform parameter block at a dynamic offset, then `inputs`
+//! read-only storage buffers, then `outputs` read-write storage buffers. Compile-time choices
+//! (tile sizes, transposes, activation) are `const` definitions prepended to the source; a pipeline
+//! is cached under (module, defines, entry point), like override constants but also usable for
+//! array sizes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::Gpu;
+use crate::error::{Error, Result};
+
+/// Bytes of one dispatch's parameter block (16 x u32/f32).
+pub const PARAMS_BYTES: u64 = 64;
+
+const COMMON: &str = include_str!("../../shaders/common.wgsl");
+
+/// One `.wgsl` file of `shaders/` (a kernel family).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Module {
+    /// `matmul.wgsl`: C = op(A)·op(B) (+bias) (+activation).
+    Matmul,
+    /// `elementwise.wgsl`: activations, add/mul/scale/copy/fill, SGD update.
+    Elementwise,
+    /// `reduce.wgsl`: fixed-order column sums, row sums and full sums.
+    Reduce,
+}
+
+impl Module {
+    fn file(self) -> &'static str {
+        match self {
+            Module::Matmul => "matmul.wgsl",
+            Module::Elementwise => "elementwise.wgsl",
+            Module::Reduce => "reduce.wgsl",
+        }
+    }
+    fn source(self) -> &'static str {
+        match self {
+            Module::Matmul => include_str!("../../shaders/matmul.wgsl"),
+            Module::Elementwise => include_str!("../../shaders/elementwise.wgsl"),
+            Module::Reduce => include_str!("../../shaders/reduce.wgsl"),
+        }
+    }
+}
+
+/// What identifies a compiled kernel.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct KernelKey {
+    /// Source file.
+    pub module: Module,
+    /// Entry point.
+    pub entry: &'static str,
+    /// `const NAME = VALUE;` lines prepended to the source, in order.
+    pub defines: Vec<(&'static str, String)>,
+    /// Number of read-only storage bindings (1..=inputs).
+    pub inputs: u32,
+    /// Number of read-write storage bindings (after the inputs).
+    pub outputs: u32,
+}
+
+impl KernelKey {
+    /// Human-readable kernel name for error messages: `matmul.wgsl:matmul_register[TA=false,..]`.
+    pub fn describe(&self) -> String {
+        let d: Vec<String> = self.defines.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        format!("{}:{}[{}]", self.module.file(), self.entry, d.join(","))
+    }
+}
+
+/// A compiled pipeline with its bind-group layout.
+pub struct Kernel {
+    pub(crate) pipeline: wgpu::ComputePipeline,
+    pub(crate) layout: Arc<wgpu::BindGroupLayout>,
+    pub(crate) layout_key: (u32, u32),
+    pub(crate) name: String,
+}
+
+#[derive(Default)]
+pub(crate) struct PipelineCache {
+    kernels: HashMap<KernelKey, Arc<Kernel>>,
+    modules: HashMap<(Module, Vec<(&'static str, String)>), wgpu::ShaderModule>,
+    layouts: HashMap<(u32, u32), (Arc<wgpu::BindGroupLayout>, wgpu::PipelineLayout)>,
+    bind_groups: HashMap<Vec<u64>, Arc<wgpu::BindGroup>>,
+}
+
+impl PipelineCache {
+    pub(crate) fn clear_bind_groups(&mut self) {
+        self.bind_groups.clear();
+    }
+}
+
+fn layout_entries(inputs: u32, outputs: u32) -> Vec<wgpu::BindGroupLayoutEntry> {
+    let mut e = vec![wgpu::BindGroupLayoutEntry {
+        binding: 0,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Uniform,
+            has_dynamic_offset: true,
+            min_binding_size: wgpu::BufferSize::new(PARAMS_BYTES),
+        },
+        count: None,
+    }];
+    for i in 0..inputs + outputs {
+        e.push(wgpu::BindGroupLayoutEntry {
+            binding: 1 + i,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Storage { read_only: i < inputs },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        });
+    }
+    e
+}
+
+impl Gpu {
+    /// The compiled kernel for `key`, compiling it on first use. Compile and validation errors
+    /// come back as [`Error::Shader`] naming the kernel.
+    pub fn kernel(&self, key: &KernelKey) -> Result<Arc<Kernel>> {
+        let mut cache = self.inner.pipelines.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(k) = cache.kernels.get(key) {
+            return Ok(k.clone());
+        }
+        let dev = &self.inner.device;
+        let name = key.describe();
+        let scope = dev.push_error_scope(wgpu::ErrorFilter::Validation);
+        let mkey = (key.module, key.defines.clone());
+        if !cache.modules.contains_key(&mkey) {
+            let mut src = String::new();
+            for (k, v) in &key.defines {
+                src.push_str(&format!("const {k} = {v};\n"));
+            }
+            src.push_str(COMMON);
+            src.push('\n');
+            src.push_str(key.module.source());
+            let m = dev.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(key.module.file()),
+                source: wgpu::ShaderSource::Wgsl(src.into()),
+            });
+            cache.modules.insert(mkey.clone(), m);
+        }
+        let lk = (key.inputs, key.outputs);
+        if !cache.layouts.contains_key(&lk) {
+            let bgl = dev.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some("wgvae kernel layout"),
+                entries: &layout_entries(key.inputs, key.outputs),
+            });
+            let pl = dev.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some("wgvae kernel pipeline layout"),
+                bind_group_layouts: &[Some(&bgl)],
+                immediate_size: 0,
+            });
+            cache.layouts.insert(lk, (Arc::new(bgl), pl));
+        }
+        let (bgl, pl) = &cache.layouts[&lk];
+        let pipeline = dev.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(&name),
+            layout: Some(pl),
+            module: &cache.modules[&mkey],
+            entry_point: Some(key.entry),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &[],
+                // Kernels initialise the workgroup memory they read; zero-filling it first is
+                // pure overhead (and costly on CPU adapters).
+                zero_initialize_workgroup_memory: false,
+            },
+            cache: None,
+        });
+        if let Some(err) = pollster::block_on(scope.pop()) {
+            // A broken module would fail every entry point; forget it so the error repeats
+            // faithfully instead of surfacing later as an invalid-object error.
+            cache.modules.remove(&mkey);
+            return Err(Error::Shader { kernel: name, message: err.to_string() });
+        }
+        let k = Arc::new(Kernel { pipeline, layout: bgl.clone(), layout_key: lk, name });
+        cache.kernels.insert(key.clone(), k.clone());
+        drop(cache);
+        self.stats_mut().pipelines_compiled += 1;
+        Ok(k)
+    }
+
+    /// Bind group for `kernel` over (params buffer, storage buffers with bound sizes), cached by
+    /// buffer identity so that a repeated step creates none.
+    pub(crate) fn bind_group(
+        &self,
+        kernel: &Kernel,
+        params: &super::pool::PooledBuffer,
+        buffers: &[(Arc<super::pool::PooledBuffer>, u64)],
+    ) -> Arc<wgpu::BindGroup> {
+        let mut key = Vec::with_capacity(3 + 2 * buffers.len());
+        key.extend([kernel.layout_key.0 as u64, kernel.layout_key.1 as u64, params.id]);
+        for (b, size) in buffers {
+            key.extend([b.id, *size]);
+        }
+        let mut cache = self.inner.pipelines.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(bg) = cache.bind_groups.get(&key) {
+            return bg.clone();
+        }
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: params.raw(),
+                offset: 0,
+                size: wgpu::BufferSize::new(PARAMS_BYTES),
+            }),
+        }];
+        for (i, (b, size)) in buffers.iter().enumerate() {
+            entries.push(wgpu::BindGroupEntry {
+                binding: 1 + i as u32,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: b.raw(),
+                    offset: 0,
+                    size: wgpu::BufferSize::new(*size),
+                }),
+            });
+        }
+        let bg = Arc::new(self.inner.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("wgvae bind group"),
+            layout: &kernel.layout,
+            entries: &entries,
+        }));
+        cache.bind_groups.insert(key, bg.clone());
+        drop(cache);
+        self.stats_mut().bind_groups_created += 1;
+        bg
+    }
+}

@@ -1,0 +1,137 @@
+//! Layers and optimizers: trainable [`Param`]s, [`Linear`], [`Mlp`], and [`Sgd`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rand::{Rng, SeedableRng};
+
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::ops::{self, Act};
+use crate::tape::{Tape, Var};
+use crate::tensor::Tensor;
+
+static NEXT_PARAM: AtomicU64 = AtomicU64::new(1);
+
+/// A trainable tensor with a stable identity and a name (used for checkpoints).
+#[derive(Clone, Debug)]
+pub struct Param {
+    id: u64,
+    name: String,
+    value: Tensor,
+}
+
+impl Param {
+    /// Wraps a tensor as a parameter.
+    pub fn new(name: impl Into<String>, value: Tensor) -> Self {
+        Param { id: NEXT_PARAM.fetch_add(1, Ordering::Relaxed), name: name.into(), value }
+    }
+    /// Unique id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+    /// Name, e.g. `enc.0.weight`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// Current value (updated in place by optimizers).
+    pub fn value(&self) -> &Tensor {
+        &self.value
+    }
+}
+
+/// Fully connected layer y = act(x·Wᵀ + b), W [out, in] and b [1, out] as in PyTorch's `nn.Linear`.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    /// Weight [out, in].
+    pub weight: Param,
+    /// Bias [1, out].
+    pub bias: Param,
+    /// Activation fused into the matmul epilogue.
+    pub act: Act,
+}
+
+impl Linear {
+    /// PyTorch's default initialisation: W, b ~ U(−1/√in, 1/√in), from `rng`.
+    pub fn new(gpu: &Gpu, name: &str, inputs: usize, outputs: usize, act: Act, rng: &mut impl Rng) -> Result<Self> {
+        if inputs == 0 || outputs == 0 {
+            return Err(Error::arg(name, format!("a linear layer needs at least one input and output, got {inputs} -> {outputs}")));
+        }
+        let bound = 1.0 / (inputs as f32).sqrt();
+        let w: Vec<f32> = (0..inputs * outputs).map(|_| rng.random_range(-bound..bound)).collect();
+        let b: Vec<f32> = (0..outputs).map(|_| rng.random_range(-bound..bound)).collect();
+        Ok(Linear {
+            weight: Param::new(format!("{name}.weight"), Tensor::from_slice(gpu, outputs, inputs, &w)?),
+            bias: Param::new(format!("{name}.bias"), Tensor::from_slice(gpu, 1, outputs, &b)?),
+            act,
+        })
+    }
+    /// Records y = act(x·Wᵀ + b).
+    pub fn forward(&self, tape: &mut Tape, x: Var) -> Result<Var> {
+        let w = tape.param(&self.weight);
+        let b = tape.param(&self.bias);
+        ops::linear(tape, x, w, Some(b), self.act)
+    }
+    /// [weight, bias].
+    pub fn params(&self) -> Vec<&Param> {
+        vec![&self.weight, &self.bias]
+    }
+}
+
+/// A stack of [`Linear`] layers: `act` after every layer but the last, `out_act` after the last.
+#[derive(Clone, Debug)]
+pub struct Mlp {
+    /// The layers, input first.
+    pub layers: Vec<Linear>,
+}
+
+impl Mlp {
+    /// Sizes `[in, h1, ..., out]`; layer names are `{name}.{i}`.
+    pub fn new(gpu: &Gpu, name: &str, sizes: &[usize], act: Act, out_act: Act, seed: u64) -> Result<Self> {
+        if sizes.len() < 2 {
+            return Err(Error::arg(name, "an MLP needs at least an input and an output size"));
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let n = sizes.len() - 1;
+        let layers = (0..n)
+            .map(|i| Linear::new(gpu, &format!("{name}.{i}"), sizes[i], sizes[i + 1], if i + 1 == n { out_act } else { act }, &mut rng))
+            .collect::<Result<_>>()?;
+        Ok(Mlp { layers })
+    }
+    /// Records the forward pass.
+    pub fn forward(&self, tape: &mut Tape, mut x: Var) -> Result<Var> {
+        for l in &self.layers {
+            x = l.forward(tape, x)?;
+        }
+        Ok(x)
+    }
+    /// All parameters, layer by layer.
+    pub fn params(&self) -> Vec<&Param> {
+        self.layers.iter().flat_map(|l| l.params()).collect()
+    }
+}
+
+/// Plain stochastic gradient descent, p -= lr·grad, recorded on the step's tape (no extra submit).
+#[derive(Clone, Copy, Debug)]
+pub struct Sgd {
+    /// Learning rate.
+    pub lr: f32,
+}
+
+impl Sgd {
+    /// Validates the learning rate.
+    pub fn new(lr: f32) -> Result<Self> {
+        if !(lr.is_finite() && lr > 0.0) {
+            return Err(Error::arg("lr", format!("{lr} is not a positive finite learning rate")));
+        }
+        Ok(Sgd { lr })
+    }
+    /// Updates every parameter that received a gradient on `tape`.
+    pub fn step(&self, tape: &mut Tape, params: &[&Param]) -> Result<()> {
+        for p in params {
+            if let Some(g) = tape.param_grad(p).cloned() {
+                ops::elementwise::axpy_inplace(tape, -self.lr, &g, p.value())?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,194 @@
+//! Matrix products (`shaders/matmul.wgsl`) and the differentiable `matmul` and `linear` ops.
+//!
+//! C[M,N] = act(op(A)·op(B) + bias): A stored [M,K] or, transposed, [K,M]; B stored [K,N] or
+//! [N,K]; bias [1,N]. The backward pass needs the transposed layouts: for a PyTorch-layout weight
+//! W[out,in], forward is X·Wᵀ (NT), d_X = dY·W (NN) and d_W = dYᵀ·X (TN).
+
+use super::elementwise::act_backward;
+use super::reduce::col_sum;
+use super::{val, Act};
+use crate::error::{Error, Result};
+use crate::gpu::pipeline::{KernelKey, Module};
+use crate::gpu::MatmulVariant;
+use crate::tape::{Params, Tape, Var};
+use crate::tensor::Tensor;
+
+/// Options of one matrix product.
+#[derive(Clone, Copy, Debug)]
+pub struct MatmulOpts {
+    /// Use Aᵀ (A stored [K,M]).
+    pub trans_a: bool,
+    /// Use Bᵀ (B stored [N,K]).
+    pub trans_b: bool,
+    /// Activation applied in the epilogue (after the bias).
+    pub act: Act,
+    /// Kernel variant; `None` uses the device's choice ([`crate::Gpu::matmul_variant`]).
+    pub variant: Option<MatmulVariant>,
+}
+
+impl Default for MatmulOpts {
+    fn default() -> Self {
+        MatmulOpts { trans_a: false, trans_b: false, act: Act::Identity, variant: None }
+    }
+}
+
+impl MatmulOpts {
+    /// Plain A·B with the device's variant.
+    pub fn nn() -> Self {
+        Self::default()
+    }
+    /// Sets the transposes.
+    pub fn trans(mut self, a: bool, b: bool) -> Self {
+        self.trans_a = a;
+        self.trans_b = b;
+        self
+    }
+    /// Sets the epilogue activation.
+    pub fn act(mut self, act: Act) -> Self {
+        self.act = act;
+        self
+    }
+    /// Forces a variant.
+    pub fn variant(mut self, v: MatmulVariant) -> Self {
+        self.variant = Some(v);
+        self
+    }
+}
+
+/// Rows per workgroup of the register variant; tuned on llvmpipe (see benches/matmul.rs).
+const REG_RM: u32 = 8;
+/// Invocations per workgroup of the register variant (each owns 4 columns).
+const REG_WG: u32 = 16;
+
+/// (M, K, N) of op(A)·op(B), checking that the inner dimensions agree.
+pub fn matmul_dims(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<(usize, usize, usize)> {
+    let (m, k) = if ta { (a.cols(), a.rows()) } else { (a.rows(), a.cols()) };
+    let (kb, n) = if tb { (b.cols(), b.rows()) } else { (b.rows(), b.cols()) };
+    if k != kb {
+        return Err(Error::shape(
+            "matmul",
+            format!(
+                "op(A) is {m}x{k} (A {:?}{}) but op(B) is {kb}x{n} (B {:?}{}): inner dimensions differ",
+                a.shape(),
+                if ta { " transposed" } else { "" },
+                b.shape(),
+                if tb { " transposed" } else { "" }
+            ),
+        ));
+    }
+    Ok((m, k, n))
+}
+
+fn launch(tape: &mut Tape, a: &Tensor, b: &Tensor, bias: Option<&Tensor>, c: &Tensor, o: MatmulOpts, accum: bool) -> Result<()> {
+    let (m, k, n) = matmul_dims(a, b, o.trans_a, o.trans_b)?;
+    if c.shape() != [m, n] {
+        return Err(Error::shape("matmul", format!("output is {:?}, expected [{m}, {n}]", c.shape())));
+    }
+    if let Some(bias) = bias {
+        if bias.shape() != [1, n] {
+            return Err(Error::shape("matmul", format!("bias is {:?}, expected [1, {n}]", bias.shape())));
+        }
+    }
+    let variant = o.variant.unwrap_or_else(|| tape.gpu().matmul_variant());
+    let (entry, groups) = match variant {
+        MatmulVariant::Tiled => ("matmul_tiled", [n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1]),
+        MatmulVariant::Register => (
+            "matmul_register",
+            [n.div_ceil(4 * REG_WG as usize) as u32, m.div_ceil(REG_RM as usize) as u32, 1],
+        ),
+    };
+    let mut defines = vec![
+        ("TA", o.trans_a.to_string()),
+        ("TB", o.trans_b.to_string()),
+        ("BIAS", bias.is_some().to_string()),
+        ("ACCUM", accum.to_string()),
+        ("RM", format!("{REG_RM}u")),
+        ("WG", format!("{REG_WG}u")),
+    ];
+    defines.extend(o.act.defines());
+    let key = KernelKey { module: Module::Matmul, entry, defines, inputs: 3, outputs: 1 };
+    let params = Params::new().u(m as u32).u(n as u32).u(k as u32);
+    // Without a bias the slot is filled with A (read-only twice is allowed) to keep one layout.
+    tape.dispatch(&key, params, &[a, b, bias.unwrap_or(a), c], groups)
+}
+
+/// C = act(op(A)·op(B) + bias) into a new tensor.
+pub fn matmul_forward(tape: &mut Tape, a: &Tensor, b: &Tensor, bias: Option<&Tensor>, o: MatmulOpts) -> Result<Tensor> {
+    let (m, _, n) = matmul_dims(a, b, o.trans_a, o.trans_b)?;
+    let c = Tensor::empty(tape.gpu(), m, n)?;
+    launch(tape, a, b, bias, &c, o, false)?;
+    Ok(c)
+}
+
+/// C += op(A)·op(B), in place (no bias, no activation).
+pub fn matmul_accumulate(tape: &mut Tape, a: &Tensor, b: &Tensor, c: &Tensor, o: MatmulOpts) -> Result<()> {
+    if c.same_buffer(a) || c.same_buffer(b) {
+        return Err(Error::arg("matmul_accumulate", "the output must not share a buffer with an operand"));
+    }
+    launch(tape, a, b, None, c, MatmulOpts { act: Act::Identity, ..o }, true)
+}
+
+/// Gradients of C = op(A)·op(B) for upstream dC, with the variant of `o`:
+/// dA = dC·op(B)ᵀ (stored transposed when A is), dB = op(A)ᵀ·dC (likewise).
+pub fn matmul_backward(
+    tape: &mut Tape,
+    a: &Tensor,
+    b: &Tensor,
+    dc: &Tensor,
+    o: MatmulOpts,
+    need_a: bool,
+    need_b: bool,
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let base = MatmulOpts { act: Act::Identity, ..o };
+    let da = if !need_a {
+        None
+    } else if !o.trans_a {
+        Some(matmul_forward(tape, dc, b, None, base.trans(false, !o.trans_b))?)
+    } else {
+        Some(matmul_forward(tape, b, dc, None, base.trans(o.trans_b, true))?)
+    };
+    let db = if !need_b {
+        None
+    } else if !o.trans_b {
+        Some(matmul_forward(tape, a, dc, None, base.trans(!o.trans_a, false))?)
+    } else {
+        Some(matmul_forward(tape, dc, a, None, base.trans(true, o.trans_a))?)
+    };
+    Ok((da, db))
+}
+
+// ------------------------------------------------------------------------- differentiable ops
+
+/// C = op(A)·op(B).  Backward: see [`matmul_backward`].
+pub fn matmul(tape: &mut Tape, a: Var, b: Var, trans_a: bool, trans_b: bool) -> Result<Var> {
+    let (av, bv) = (val(tape, a), val(tape, b));
+    let o = MatmulOpts::nn().trans(trans_a, trans_b);
+    let c = matmul_forward(tape, &av, &bv, None, o)?;
+    Ok(tape.record(&[a, b], c, move |t, g, needs| {
+        let (da, db) = matmul_backward(t, &av, &bv, g, o, needs[0], needs[1])?;
+        Ok(vec![da, db])
+    }))
+}
+
+/// Fully connected layer with a PyTorch-layout weight: y[B,out] = act(x[B,in]·w[out,in]ᵀ + b[1,out]),
+/// one fused kernel.  Backward: g = dy ⊙ act'(y); dx = g·w; dw = gᵀ·x; db = Σ_rows g.
+pub fn linear(tape: &mut Tape, x: Var, w: Var, b: Option<Var>, act: Act) -> Result<Var> {
+    let (xv, wv) = (val(tape, x), val(tape, w));
+    let bv = b.map(|b| val(tape, b));
+    let o = MatmulOpts::nn().trans(false, true).act(act);
+    let y = matmul_forward(tape, &xv, &wv, bv.as_ref(), o)?;
+    let yk = y.clone();
+    let mut inputs = vec![x, w];
+    inputs.extend(b);
+    Ok(tape.record(&inputs, y, move |t, dy, needs| {
+        let g = act_backward(t, dy, &yk, act)?;
+        let plain = MatmulOpts::nn();
+        let dx = if needs[0] { Some(matmul_forward(t, &g, &wv, None, plain)?) } else { None };
+        let dw = if needs[1] { Some(matmul_forward(t, &g, &xv, None, plain.trans(true, false))?) } else { None };
+        let mut out = vec![dx, dw];
+        if needs.len() > 2 {
+            out.push(if needs[2] { Some(col_sum(t, &g, 1.0)?) } else { None });
+        }
+        Ok(out)
+    }))
+}

@@ -1,0 +1,117 @@
+//! Ops: each file holds the kernel launches (on [`Tensor`]s, recorded on a [`Tape`]) and the
+//! differentiable ops built on them (on [`Var`]s, with their backward rules).
+//!
+//! Shape letters: M/B rows (batch), N/K columns, as in the shaders.
+
+pub mod elementwise;
+pub mod matmul;
+pub mod reduce;
+
+pub use elementwise::{activation, add, mul, scale, sub};
+pub use matmul::{linear, matmul};
+pub use reduce::{mean, sum, sum_cols, sum_rows};
+
+use crate::error::{Error, Result};
+use crate::tape::{Tape, Var};
+use crate::tensor::Tensor;
+
+/// Activation functions (forward and backward kernels in `shaders/elementwise.wgsl`, also fused
+/// into the matmul epilogue).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Act {
+    /// y = x
+    Identity,
+    /// y = max(x, 0)
+    Relu,
+    /// y = x if x > 0 else slope·x (slope > 0)
+    LeakyRelu(f32),
+    /// y = tanh(x)
+    Tanh,
+    /// y = 1 / (1 + e^-x)
+    Sigmoid,
+    /// y = x if x > 0 else alpha·(e^x − 1) (alpha > 0)
+    Elu(f32),
+}
+
+impl Act {
+    /// The id shared with `shaders/common.wgsl`.
+    pub fn id(self) -> u32 {
+        match self {
+            Act::Identity => 0,
+            Act::Relu => 1,
+            Act::LeakyRelu(_) => 2,
+            Act::Tanh => 3,
+            Act::Sigmoid => 4,
+            Act::Elu(_) => 5,
+        }
+    }
+    /// Slope / alpha (0 for activations without one).
+    pub fn alpha(self) -> f32 {
+        match self {
+            Act::LeakyRelu(a) | Act::Elu(a) => a,
+            _ => 0.0,
+        }
+    }
+    /// Parses `relu`, `leaky_relu[:slope]`, `tanh`, `sigmoid`, `elu[:alpha]`, `identity`.
+    pub fn parse(s: &str) -> Result<Self> {
+        let (name, arg) = match s.split_once(':') {
+            Some((n, a)) => (n, Some(a)),
+            None => (s, None),
+        };
+        let num = |default: f32| -> Result<f32> {
+            match arg {
+                None => Ok(default),
+                Some(a) => a.parse::<f32>().ok().filter(|v| *v > 0.0 && v.is_finite()).ok_or_else(|| {
+                    Error::arg("activation", format!("`{a}` in `{s}` is not a positive number"))
+                }),
+            }
+        };
+        Ok(match name.to_ascii_lowercase().as_str() {
+            "identity" | "linear" | "none" => Act::Identity,
+            "relu" => Act::Relu,
+            "leaky_relu" | "leakyrelu" => Act::LeakyRelu(num(0.01)?),
+            "tanh" => Act::Tanh,
+            "sigmoid" => Act::Sigmoid,
+            "elu" => Act::Elu(num(1.0)?),
+            _ => {
+                return Err(Error::arg(
+                    "activation",
+                    format!("`{s}` is not one of: relu, leaky_relu[:slope], tanh, sigmoid, elu[:alpha], identity"),
+                ))
+            }
+        })
+    }
+    /// All activations with their default parameters (tests iterate over them).
+    pub const ALL: [Act; 6] = [Act::Identity, Act::Relu, Act::LeakyRelu(0.01), Act::Tanh, Act::Sigmoid, Act::Elu(1.0)];
+
+    pub(crate) fn defines(self) -> Vec<(&'static str, String)> {
+        vec![("ACT", format!("{}u", self.id())), ("ALPHA", wgsl_f32(self.alpha()))]
+    }
+}
+
+/// An f32 as a WGSL literal that round-trips exactly.
+pub(crate) fn wgsl_f32(v: f32) -> String {
+    // Rust's shortest round-trip form, as an f32 literal (`0.01f`, `1e-7f`).
+    format!("{v:?}f")
+}
+
+/// Workgroup grid for a 1-D kernel of `n` invocations in workgroups of `wg`: x capped at 65535,
+/// the rest in y (the kernels flatten (x, y) back with `num_workgroups`).
+pub(crate) fn grid_1d(n: usize, wg: usize) -> [u32; 3] {
+    let groups = n.div_ceil(wg);
+    let x = groups.min(65535);
+    let y = groups.div_ceil(x.max(1));
+    [x as u32, y as u32, 1]
+}
+
+pub(crate) fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
+    if a.shape() != b.shape() {
+        return Err(Error::shape(op, format!("operands are {:?} and {:?}; they must be equal", a.shape(), b.shape())));
+    }
+    Ok(())
+}
+
+/// Value of a var, cloned (a handle clone) so the tape can be borrowed mutably afterwards.
+pub(crate) fn val(tape: &Tape, v: Var) -> Tensor {
+    tape.value(v).clone()
+}

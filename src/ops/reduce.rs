@@ -1,0 +1,89 @@
+//! Fixed-order reductions (`shaders/reduce.wgsl`): column sums x[R,C] -> [1,C] (bias gradients),
+//! row sums x[R,C] -> [R,1] (per-example totals) and full sums x[R,C] -> [1,1] (loss totals).
+//! Deterministic: the same input gives the same bits on the same adapter.
+
+use super::elementwise::broadcast;
+use super::val;
+use crate::error::Result;
+use crate::gpu::pipeline::{KernelKey, Module};
+use crate::tape::{Params, Tape, Var};
+use crate::tensor::Tensor;
+
+/// Elements each invocation adds before the tree (ITEMS in reduce.wgsl) times the workgroup size.
+const CHUNK: usize = 16 * 256;
+
+fn key(entry: &'static str) -> KernelKey {
+    KernelKey { module: Module::Reduce, entry, defines: Vec::new(), inputs: 1, outputs: 1 }
+}
+
+fn params(rows: usize, cols: usize, s: f32) -> Params {
+    Params::new().u(rows as u32).u(cols as u32).f(s)
+}
+
+/// y[1,C] = s · Σ_r x[r, :].
+pub fn col_sum(tape: &mut Tape, x: &Tensor, s: f32) -> Result<Tensor> {
+    let y = Tensor::empty(tape.gpu(), 1, x.cols())?;
+    tape.dispatch(&key("col_sum"), params(x.rows(), x.cols(), s), &[x, &y], [x.cols().div_ceil(64) as u32, 1, 1])?;
+    Ok(y)
+}
+
+/// y[R,1] = s · Σ_c x[:, c].
+pub fn row_sum(tape: &mut Tape, x: &Tensor, s: f32) -> Result<Tensor> {
+    let y = Tensor::empty(tape.gpu(), x.rows(), 1)?;
+    tape.dispatch(&key("row_sum"), params(x.rows(), x.cols(), s), &[x, &y], [x.rows().div_ceil(64) as u32, 1, 1])?;
+    Ok(y)
+}
+
+/// y[1,1] = s · Σ x, by levels of per-workgroup fixed-shape trees.
+pub fn sum_all(tape: &mut Tape, x: &Tensor, s: f32) -> Result<Tensor> {
+    let mut cur = x.clone();
+    loop {
+        let n = cur.len();
+        let groups = n.div_ceil(CHUNK);
+        let last = groups == 1;
+        let y = Tensor::empty(tape.gpu(), 1, groups)?;
+        let scale = if last { s } else { 1.0 };
+        tape.dispatch(&key("sum_partial"), params(n, CHUNK, scale), &[&cur, &y], [groups as u32, 1, 1])?;
+        cur = y;
+        if last {
+            return Ok(cur);
+        }
+    }
+}
+
+// ------------------------------------------------------------------------- differentiable ops
+
+/// Σ x -> [1,1].  Backward: dx = dz broadcast.
+pub fn sum(tape: &mut Tape, x: Var) -> Result<Var> {
+    scaled_sum(tape, x, 1.0)
+}
+
+/// mean(x) -> [1,1].  Backward: dx = dz / n broadcast.
+pub fn mean(tape: &mut Tape, x: Var) -> Result<Var> {
+    let n = tape.value(x).len() as f32;
+    scaled_sum(tape, x, 1.0 / n)
+}
+
+fn scaled_sum(tape: &mut Tape, x: Var, s: f32) -> Result<Var> {
+    let xv = val(tape, x);
+    let z = sum_all(tape, &xv, s)?;
+    let (r, c) = (xv.rows(), xv.cols());
+    Ok(tape.record(&[x], z, move |t, g, _| Ok(vec![Some(broadcast(t, g, r, c, s)?)])))
+}
+
+/// Column sums x[R,C] -> [1,C].  Backward: every row of dx is dz.
+pub fn sum_cols(tape: &mut Tape, x: Var) -> Result<Var> {
+    let xv = val(tape, x);
+    let z = col_sum(tape, &xv, 1.0)?;
+    let (r, c) = (xv.rows(), xv.cols());
+    Ok(tape.record(&[x], z, move |t, g, _| Ok(vec![Some(broadcast(t, g, r, c, 1.0)?)])))
+}
+
+/// Row sums x[R,C] -> [R,1].  Backward: every column of dx is dz.
+pub fn sum_rows(tape: &mut Tape, x: Var) -> Result<Var> {
+    let xv = val(tape, x);
+    let z = row_sum(tape, &xv, 1.0)?;
+    let (r, c) = (xv.rows(), xv.cols());
+    Ok(tape.record(&[x], z, move |t, g, _| Ok(vec![Some(broadcast(t, g, r, c, 1.0)?)])))
+}
+

@@ -1,0 +1,347 @@
+//! The autograd tape and command recorder.
+//!
+//! A [`Tape`] does two jobs for one step:
+//! * it **records GPU work**: every kernel launch appends a [`Dispatch`]; [`Tape::submit`] writes
+//!   all parameter blocks with one `write_buffer`, encodes every dispatch into ONE compute pass of
+//!   ONE command encoder, appends the requested read-backs, and submits once;
+//! * it **records the graph**: each op appends a node (inputs, output, backward rule) in order;
+//!   [`Tape::backward`] walks the nodes in reverse, calls each rule (which records more kernel
+//!   launches on the same tape) and accumulates gradients.
+//!
+//! A no-grad tape ([`Tape::no_grad`]) only records work, for evaluation.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::gpu::pipeline::{Kernel, KernelKey, PARAMS_BYTES};
+use crate::gpu::pool::{BufferKind, PooledBuffer};
+use crate::gpu::Gpu;
+use crate::nn::Param;
+use crate::tensor::Tensor;
+
+/// A value recorded on a tape (an index; cheap to copy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Var(pub(crate) usize);
+
+/// Up to 16 parameter words of one dispatch (u32 or f32 bit patterns).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Params {
+    words: [u32; 16],
+    len: usize,
+}
+
+impl Params {
+    /// An empty block.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Appends a u32 word.
+    pub fn u(mut self, v: u32) -> Self {
+        self.words[self.len] = v;
+        self.len += 1;
+        self
+    }
+    /// Appends an f32 word.
+    pub fn f(self, v: f32) -> Self {
+        self.u(v.to_bits())
+    }
+}
+
+/// One recorded kernel launch.
+pub(crate) struct Dispatch {
+    kernel: Arc<Kernel>,
+    params: Params,
+    buffers: Vec<(Arc<PooledBuffer>, u64)>,
+    groups: [u32; 3],
+}
+
+struct ReadbackCopy {
+    src: Arc<PooledBuffer>,
+    bytes: u64,
+    staging: Arc<PooledBuffer>,
+    submitted: Arc<AtomicBool>,
+}
+
+/// The result of [`Tape::read`]: available after the tape is submitted.
+pub struct Readback {
+    gpu: Gpu,
+    staging: Arc<PooledBuffer>,
+    len: usize,
+    submitted: Arc<AtomicBool>,
+}
+
+impl Readback {
+    /// Waits for the submission and returns the values.
+    pub fn get(self) -> Result<Vec<f32>> {
+        if !self.submitted.load(Ordering::Acquire) {
+            return Err(Error::Autograd("Readback::get called before the tape that recorded it was submitted".into()));
+        }
+        let bytes = self.len as u64 * 4;
+        let slice = self.staging.raw().slice(0..bytes);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.gpu.wait()?;
+        rx.recv()
+            .map_err(|_| Error::Gpu("the read-back mapping was dropped".into()))?
+            .map_err(|e| Error::Gpu(format!("mapping a read-back buffer failed: {e}")))?;
+        let out = {
+            let view = slice.get_mapped_range().map_err(|e| Error::Gpu(format!("reading a mapped buffer failed: {e}")))?;
+            bytemuck::cast_slice::<u8, f32>(&view).to_vec()
+        };
+        self.staging.raw().unmap();
+        Ok(out)
+    }
+}
+
+type BackwardFn = Box<dyn FnOnce(&mut Tape, &Tensor, &[bool]) -> Result<Vec<Option<Tensor>>> + Send>;
+
+struct Node {
+    inputs: Vec<usize>,
+    output: usize,
+    backward: BackwardFn,
+}
+
+struct VarEntry {
+    value: Tensor,
+    requires_grad: bool,
+}
+
+/// Records one step's kernels and graph; see the module docs.
+pub struct Tape {
+    gpu: Gpu,
+    dispatches: Vec<Dispatch>,
+    readbacks: Vec<ReadbackCopy>,
+    vars: Vec<VarEntry>,
+    nodes: Vec<Node>,
+    grads: Vec<Option<Tensor>>,
+    grad_enabled: bool,
+    params: HashMap<u64, Var>,
+}
+
+impl Tape {
+    /// A tape that records gradients.
+    pub fn new(gpu: &Gpu) -> Self {
+        Tape {
+            gpu: gpu.clone(),
+            dispatches: Vec::new(),
+            readbacks: Vec::new(),
+            vars: Vec::new(),
+            nodes: Vec::new(),
+            grads: Vec::new(),
+            grad_enabled: true,
+            params: HashMap::new(),
+        }
+    }
+
+    /// A tape for evaluation: ops record kernels but no backward graph.
+    pub fn no_grad(gpu: &Gpu) -> Self {
+        let mut t = Self::new(gpu);
+        t.grad_enabled = false;
+        t
+    }
+
+    /// The device this tape records for.
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// Whether ops record backward rules.
+    pub fn grad_enabled(&self) -> bool {
+        self.grad_enabled
+    }
+
+    /// Number of kernel launches recorded and not yet submitted.
+    pub fn pending_dispatches(&self) -> usize {
+        self.dispatches.len()
+    }
+
+    // ---------------------------------------------------------------- recording GPU work
+
+    /// Records one kernel launch. `buffers` are the kernel's inputs then outputs, in binding order.
+    pub fn dispatch(&mut self, key: &KernelKey, params: Params, buffers: &[&Tensor], groups: [u32; 3]) -> Result<()> {
+        let kernel = self.gpu.kernel(key)?;
+        if buffers.len() != (key.inputs + key.outputs) as usize {
+            return Err(Error::Autograd(format!(
+                "kernel {} takes {} buffers, {} given",
+                kernel.name,
+                key.inputs + key.outputs,
+                buffers.len()
+            )));
+        }
+        let max = self.gpu.limits().max_compute_workgroups_per_dimension;
+        if groups.iter().any(|&g| g > max) {
+            return Err(Error::DeviceLimit {
+                what: format!("kernel {} with {:?} workgroups", kernel.name, groups),
+                needed: *groups.iter().max().unwrap_or(&0) as u64,
+                limit: max as u64,
+                limit_name: "max_compute_workgroups_per_dimension",
+            });
+        }
+        if groups.contains(&0) {
+            return Ok(());
+        }
+        let buffers = buffers.iter().map(|t| (t.buf.clone(), t.bytes())).collect();
+        self.dispatches.push(Dispatch { kernel, params, buffers, groups });
+        Ok(())
+    }
+
+    /// Asks for `t`'s values once this tape is submitted (one copy into a staging buffer, in the
+    /// same command buffer as the step).
+    pub fn read(&mut self, t: &Tensor) -> Result<Readback> {
+        let staging = self.gpu.alloc(BufferKind::Readback, t.bytes())?;
+        let submitted = Arc::new(AtomicBool::new(false));
+        self.readbacks.push(ReadbackCopy { src: t.buf.clone(), bytes: t.bytes(), staging: staging.clone(), submitted: submitted.clone() });
+        Ok(Readback { gpu: self.gpu.clone(), staging, len: t.len(), submitted })
+    }
+
+    /// Encodes everything recorded so far into one command buffer and submits it. The tape stays
+    /// usable (values and gradients remain readable by later read-backs).
+    pub fn submit(&mut self) -> Result<()> {
+        self.gpu.check_error()?;
+        let dispatches = std::mem::take(&mut self.dispatches);
+        let readbacks = std::mem::take(&mut self.readbacks);
+        if dispatches.is_empty() && readbacks.is_empty() {
+            return Ok(());
+        }
+        let stride = self.gpu.inner.params_stride;
+        let params_buf = if dispatches.is_empty() {
+            None
+        } else {
+            let total = stride * dispatches.len() as u64;
+            let buf = self.gpu.alloc(BufferKind::Uniform, total)?;
+            let mut bytes = vec![0u8; total as usize];
+            for (i, d) in dispatches.iter().enumerate() {
+                let at = i * stride as usize;
+                bytes[at..at + PARAMS_BYTES as usize].copy_from_slice(bytemuck::cast_slice(&d.params.words));
+            }
+            self.gpu.queue().write_buffer(buf.raw(), 0, &bytes);
+            Some(buf)
+        };
+        let mut enc = self.gpu.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgvae step") });
+        if let Some(pb) = &params_buf {
+            let bind_groups: Vec<_> = dispatches.iter().map(|d| self.gpu.bind_group(&d.kernel, pb, &d.buffers)).collect();
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("wgvae step"), timestamp_writes: None });
+            for (i, (d, bg)) in dispatches.iter().zip(&bind_groups).enumerate() {
+                pass.set_pipeline(&d.kernel.pipeline);
+                pass.set_bind_group(0, bg.as_ref(), &[(i as u64 * stride) as u32]);
+                pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+            }
+        }
+        for r in &readbacks {
+            enc.copy_buffer_to_buffer(r.src.raw(), 0, r.staging.raw(), 0, r.bytes);
+        }
+        self.gpu.queue().submit([enc.finish()]);
+        self.gpu.stats_mut().submissions += 1;
+        for r in &readbacks {
+            r.submitted.store(true, Ordering::Release);
+        }
+        // Buffers held by `dispatches` return to the pool here; later work is ordered after this
+        // submission, so reusing them is safe.
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- the graph
+
+    /// A leaf value. With `requires_grad`, [`Tape::grad`] returns its gradient after backward.
+    pub fn leaf(&mut self, value: Tensor, requires_grad: bool) -> Var {
+        self.vars.push(VarEntry { value, requires_grad: requires_grad && self.grad_enabled });
+        self.grads.push(None);
+        Var(self.vars.len() - 1)
+    }
+
+    /// A constant input (no gradient).
+    pub fn input(&mut self, value: Tensor) -> Var {
+        self.leaf(value, false)
+    }
+
+    /// The var of a trainable parameter (one var per parameter per tape).
+    pub fn param(&mut self, p: &Param) -> Var {
+        if let Some(v) = self.params.get(&p.id()) {
+            return *v;
+        }
+        let v = self.leaf(p.value().clone(), true);
+        self.params.insert(p.id(), v);
+        v
+    }
+
+    /// The value of `v`.
+    pub fn value(&self, v: Var) -> &Tensor {
+        &self.vars[v.0].value
+    }
+
+    /// Whether gradients flow to `v`.
+    pub fn requires_grad(&self, v: Var) -> bool {
+        self.vars[v.0].requires_grad
+    }
+
+    /// The gradient of the last [`Tape::backward`] target with respect to `v`, if any reached it.
+    pub fn grad(&self, v: Var) -> Option<&Tensor> {
+        self.grads.get(v.0).and_then(|g| g.as_ref())
+    }
+
+    /// The gradient for parameter `p`, if it took part in the loss.
+    pub fn param_grad(&self, p: &Param) -> Option<&Tensor> {
+        self.params.get(&p.id()).and_then(|v| self.grad(*v))
+    }
+
+    /// Records an op's result. `backward(tape, d_out, needs)` returns one gradient per input (None
+    /// where `needs[i]` is false); it is kept only if grad is enabled and some input needs one.
+    pub fn record(
+        &mut self,
+        inputs: &[Var],
+        value: Tensor,
+        backward: impl FnOnce(&mut Tape, &Tensor, &[bool]) -> Result<Vec<Option<Tensor>>> + Send + 'static,
+    ) -> Var {
+        let needs = self.grad_enabled && inputs.iter().any(|v| self.vars[v.0].requires_grad);
+        let out = self.leaf(value, needs);
+        if needs {
+            self.nodes.push(Node { inputs: inputs.iter().map(|v| v.0).collect(), output: out.0, backward: Box::new(backward) });
+        }
+        out
+    }
+
+    /// Back-propagates from `loss` (seeded with ones, so a non-scalar loss means its sum) through
+    /// every recorded node in reverse order, recording the gradient kernels on this tape.
+    pub fn backward(&mut self, loss: Var) -> Result<()> {
+        if !self.grad_enabled {
+            return Err(Error::Autograd("backward on a no-grad tape".into()));
+        }
+        if !self.vars[loss.0].requires_grad {
+            return Err(Error::Autograd("the loss does not depend on any value that requires a gradient".into()));
+        }
+        let l = &self.vars[loss.0].value;
+        let (r, c) = (l.rows(), l.cols());
+        let seed = crate::ops::elementwise::fill(self, r, c, 1.0)?;
+        self.grads[loss.0] = Some(seed);
+        let nodes = std::mem::take(&mut self.nodes);
+        for node in nodes.into_iter().rev() {
+            let Some(g) = self.grads[node.output].clone() else { continue };
+            let needs: Vec<bool> = node.inputs.iter().map(|&i| self.vars[i].requires_grad).collect();
+            let gin = (node.backward)(self, &g, &needs)?;
+            for ((&i, gi), need) in node.inputs.iter().zip(gin).zip(needs) {
+                let Some(gi) = gi else { continue };
+                if !need {
+                    continue;
+                }
+                let v = &self.vars[i].value;
+                if gi.shape() != v.shape() {
+                    return Err(Error::Autograd(format!(
+                        "a backward rule produced a {:?} gradient for a {:?} value",
+                        gi.shape(),
+                        v.shape()
+                    )));
+                }
+                self.grads[i] = Some(match self.grads[i].take() {
+                    None => gi,
+                    // Out of place: backward rules may hand the same tensor to several inputs.
+                    Some(prev) => crate::ops::elementwise::axpby(self, 1.0, &prev, 1.0, &gi)?,
+                });
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,111 @@
+//! GPU tensor: a pooled storage buffer plus a 2-D row-major f32 shape.
+//!
+//! Every value in a VAE built from MLPs is a matrix (batch x features); vectors are `[1, n]` and
+//! scalars `[1, 1]`. Cloning a tensor shares its buffer (it is a handle, not a copy).
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::gpu::pool::{BufferKind, PooledBuffer};
+use crate::gpu::Gpu;
+
+/// A row-major f32 matrix living in GPU memory.
+#[derive(Clone)]
+pub struct Tensor {
+    pub(crate) buf: Arc<PooledBuffer>,
+    rows: usize,
+    cols: usize,
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor[{}x{}] (buffer {})", self.rows, self.cols, self.buf.id())
+    }
+}
+
+impl Tensor {
+    /// An uninitialised tensor from the pool (kernels that fully overwrite their output use it).
+    pub fn empty(gpu: &Gpu, rows: usize, cols: usize) -> Result<Self> {
+        check_shape("Tensor::empty", rows, cols)?;
+        let bytes = (rows as u64) * (cols as u64) * 4;
+        let buf = gpu.alloc(BufferKind::Storage, bytes)?;
+        Ok(Tensor { buf, rows, cols })
+    }
+
+    /// Uploads `data` (row-major, `rows * cols` values).
+    pub fn from_slice(gpu: &Gpu, rows: usize, cols: usize, data: &[f32]) -> Result<Self> {
+        if data.len() != rows.saturating_mul(cols) {
+            return Err(Error::shape(
+                "Tensor::from_slice",
+                format!("{} values given for a {rows}x{cols} tensor (needs {})", data.len(), rows * cols),
+            ));
+        }
+        let t = Self::empty(gpu, rows, cols)?;
+        gpu.queue().write_buffer(t.buf.raw(), 0, bytemuck::cast_slice(data));
+        Ok(t)
+    }
+
+    /// A tensor of zeros (uploaded; for setup, not for the hot path).
+    pub fn zeros(gpu: &Gpu, rows: usize, cols: usize) -> Result<Self> {
+        check_shape("Tensor::zeros", rows, cols)?;
+        Self::from_slice(gpu, rows, cols, &vec![0.0; rows * cols])
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    /// Number of columns.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    /// `[rows, cols]`.
+    pub fn shape(&self) -> [usize; 2] {
+        [self.rows, self.cols]
+    }
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.rows * self.cols
+    }
+    /// Always false: tensors have at least one element.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+    /// Bytes of data (excluding the pool's rounding).
+    pub fn bytes(&self) -> u64 {
+        self.len() as u64 * 4
+    }
+    /// The same buffer seen with another shape of the same element count.
+    pub fn reshape(&self, rows: usize, cols: usize) -> Result<Self> {
+        if rows * cols != self.len() || rows == 0 || cols == 0 {
+            return Err(Error::shape("reshape", format!("{}x{} cannot be viewed as {rows}x{cols}", self.rows, self.cols)));
+        }
+        Ok(Tensor { buf: self.buf.clone(), rows, cols })
+    }
+    /// The pooled buffer behind this tensor.
+    pub fn buffer(&self) -> &PooledBuffer {
+        &self.buf
+    }
+    /// Whether two tensors share a buffer.
+    pub fn same_buffer(&self, other: &Tensor) -> bool {
+        Arc::ptr_eq(&self.buf, &other.buf)
+    }
+
+    /// Downloads the values: submits, waits, maps. For results and tests, never inside a step.
+    pub fn to_vec(&self, gpu: &Gpu) -> Result<Vec<f32>> {
+        let mut tape = crate::tape::Tape::no_grad(gpu);
+        let rb = tape.read(self)?;
+        tape.submit()?;
+        rb.get()
+    }
+}
+
+pub(crate) fn check_shape(op: &'static str, rows: usize, cols: usize) -> Result<()> {
+    if rows == 0 || cols == 0 {
+        return Err(Error::shape(op, format!("a {rows}x{cols} tensor has no elements; every dimension must be at least 1")));
+    }
+    if rows > u32::MAX as usize / cols.max(1) {
+        return Err(Error::shape(op, format!("{rows}x{cols} has more than 2^32 elements")));
+    }
+    Ok(())
+}

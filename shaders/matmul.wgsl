@@ -9,11 +9,14 @@
 //
 // Bindings: 0 params | 1 A | 2 B | 3 bias (A again when BIAS is false) | 4 C (read_write)
 
+// K is processed in the slice [k_begin, k_end): the host splits long K into slices (accumulating
+// into C) because llvmpipe stops an invocation after 65535 loop iterations.
 struct Params {
     m: u32,
     n: u32,
     k: u32,
-    _pad: u32,
+    k_begin: u32,
+    k_end: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -32,14 +35,11 @@ fn b_at(kk: u32, col: u32) -> f32 {
     return b[kk * p.n + col];
 }
 
-// The epilogue shared by both variants: bias, activation, plain store or accumulate.
+// The epilogue shared by both variants: (accumulate onto C), bias, activation, store.
 fn store(row: u32, col: u32, v: f32) {
     let i = row * p.n + col;
-    if (ACCUM) {
-        c[i] = c[i] + v;
-        return;
-    }
     var x = v;
+    if (ACCUM) { x = x + c[i]; }
     if (BIAS) { x = x + bias[col]; }
     c[i] = act_fwd(ACT, ALPHA, x);
 }
@@ -64,7 +64,7 @@ fn matmul_tiled(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup
     var acc: array<array<f32, 4>, 4>;
     for (var i = 0u; i < 4u; i++) { for (var j = 0u; j < 4u; j++) { acc[i][j] = 0.0; } }
 
-    for (var k0 = 0u; k0 < p.k; k0 += BK) {
+    for (var k0 = p.k_begin; k0 < p.k_end; k0 += BK) {
         // Each of the 256 invocations stages 4 elements of each tile; consecutive invocations
         // read consecutive addresses of the stored layout (coalesced) and zero-fill the edges.
         for (var s = 0u; s < 4u; s++) {
@@ -74,7 +74,7 @@ fn matmul_tiled(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup
             let gr = row0 + ra;
             let gk = k0 + ka;
             var va = 0.0;
-            if (gr < p.m && gk < p.k) { va = a_at(gr, gk); }
+            if (gr < p.m && gk < p.k_end) { va = a_at(gr, gk); }
             tile_a[ka * TS + ra] = va;
 
             var cb: u32; var kb: u32;
@@ -82,7 +82,7 @@ fn matmul_tiled(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup
             let gc = col0 + cb;
             let gkb = k0 + kb;
             var vb = 0.0;
-            if (gc < p.n && gkb < p.k) { vb = b_at(gkb, gc); }
+            if (gc < p.n && gkb < p.k_end) { vb = b_at(gkb, gc); }
             tile_b[kb * TS + cb] = vb;
         }
         workgroupBarrier();
@@ -126,7 +126,7 @@ fn matmul_register(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgr
     var acc: array<vec4<f32>, RM>;
     for (var i = 0u; i < RM; i++) { acc[i] = vec4<f32>(0.0); }
 
-    for (var kk = 0u; kk < p.k; kk++) {
+    for (var kk = p.k_begin; kk < p.k_end; kk++) {
         let bv = vec4<f32>(b_at(kk, cols.x), b_at(kk, cols.y), b_at(kk, cols.z), b_at(kk, cols.w));
         for (var i = 0u; i < RM; i++) {
             acc[i] = fma(vec4<f32>(a_at(rows[i], kk)), bv, acc[i]);

@@ -1,6 +1,9 @@
 // reduce.wgsl — deterministic, fixed-order reductions (WGSL has no float atomics, and a fixed
 // order makes the same inputs give the same bits on the same adapter).
 //
+// Mesa's llvmpipe stops an invocation's loops after 65535 iterations in total (a hang guard), so no
+// invocation here loops more than 4096 + 16 times; long rows and columns take several levels.
+//
 // Parameter block: rows, cols (n = rows*cols for sum_partial: rows = n, cols = chunk), s0 scale.
 
 struct Params {
@@ -14,25 +17,35 @@ struct Params {
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 
-// y[C] = s0 * sum_r x[r, c] — bias gradients. One invocation per column walks the rows in order;
-// neighbouring invocations read neighbouring addresses. Dispatch: (ceil(C/64), 1, 1).
+// Column sums, one level: partial[j, c] = s0 * sum of x[r, c] over rows r in chunk j (chunk =
+// SPAN rows). Invocation (c, j) walks its rows in order; neighbouring invocations read neighbouring
+// addresses. The host repeats levels on the [chunks, C] partials until one row is left (bias
+// gradients at batch <= 4096 take one level). Dispatch: (ceil(C/64), chunks, 1).
+const SPAN: u32 = 4096u;
+
 @compute @workgroup_size(64)
 fn col_sum(@builtin(global_invocation_id) g: vec3<u32>) {
     let c = g.x;
     if (c >= p.cols) { return; }
+    let r0 = g.y * SPAN;
+    let r1 = min(r0 + SPAN, p.rows);
     var s = 0.0;
-    for (var r = 0u; r < p.rows; r++) { s += x[r * p.cols + c]; }
-    y[c] = p.s0 * s;
+    for (var r = r0; r < r1; r++) { s += x[r * p.cols + c]; }
+    y[g.y * p.cols + c] = p.s0 * s;
 }
 
-// y[R] = s0 * sum_c x[r, c] — per-example totals. Dispatch: (ceil(R/64), 1, 1).
+// Row sums, one level: partial[r, j] = s0 * sum of x[r, c] over columns c in chunk j (SPAN columns).
+// Dispatch: (ceil(R/64), chunks, 1); output [R, chunks].
 @compute @workgroup_size(64)
 fn row_sum(@builtin(global_invocation_id) g: vec3<u32>) {
     let r = g.x;
     if (r >= p.rows) { return; }
+    let c0 = g.y * SPAN;
+    let c1 = min(c0 + SPAN, p.cols);
+    let chunks = (p.cols + SPAN - 1u) / SPAN;
     var s = 0.0;
-    for (var c = 0u; c < p.cols; c++) { s += x[r * p.cols + c]; }
-    y[r] = p.s0 * s;
+    for (var c = c0; c < c1; c++) { s += x[r * p.cols + c]; }
+    y[r * chunks + g.y] = p.s0 * s;
 }
 
 // One level of a full sum: workgroup w reduces x[w*chunk .. (w+1)*chunk) (chunk = 256*ITEMS) to

@@ -34,6 +34,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod error;
 pub mod gpu;
 pub mod nn;

@@ -46,7 +46,10 @@ impl MatmulVariant {
         match s.to_ascii_lowercase().as_str() {
             "tiled" => Ok(MatmulVariant::Tiled),
             "register" | "vec4" => Ok(MatmulVariant::Register),
-            other => Err(Error::arg("matmul variant", format!("`{other}` is not one of: tiled, register"))),
+            other => Err(Error::arg(
+                "matmul variant",
+                format!("`{other}` is not one of: tiled, register"),
+            )),
         }
     }
 
@@ -117,7 +120,10 @@ pub struct Gpu {
 
 impl std::fmt::Debug for Gpu {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Gpu").field("adapter", &self.inner.summary.name).field("backend", &self.inner.summary.backend).finish()
+        f.debug_struct("Gpu")
+            .field("adapter", &self.inner.summary.name)
+            .field("backend", &self.inner.summary.backend)
+            .finish()
     }
 }
 
@@ -145,6 +151,37 @@ fn quiet_mesa() {
             std::env::set_var("MESA_VK_IGNORE_CONFORMANCE_WARNING", "1");
         }
     });
+}
+
+/// Runs `f` with file descriptor 2 pointed at /dev/null. Vulkan/EGL loaders and Mesa print lines
+/// such as "XDG_RUNTIME_DIR is invalid" while adapters are probed; they are not errors of ours and
+/// would drown the program's own output. `WGVAE_DRIVER_STDERR=1` keeps them.
+fn with_quiet_stderr<T>(f: impl FnOnce() -> T) -> T {
+    #[cfg(unix)]
+    {
+        if std::env::var_os("WGVAE_DRIVER_STDERR").is_none() {
+            // SAFETY: plain fd juggling; every fd opened here is closed, and fd 2 is restored.
+            unsafe {
+                let devnull = libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY);
+                let saved = libc::dup(2);
+                if devnull >= 0 && saved >= 0 {
+                    libc::dup2(devnull, 2);
+                    let r = f();
+                    libc::dup2(saved, 2);
+                    libc::close(saved);
+                    libc::close(devnull);
+                    return r;
+                }
+                if devnull >= 0 {
+                    libc::close(devnull);
+                }
+                if saved >= 0 {
+                    libc::close(saved);
+                }
+            }
+        }
+    }
+    f()
 }
 
 fn type_rank(t: wgpu::DeviceType) -> u8 {
@@ -175,7 +212,10 @@ impl Gpu {
     /// Opens an adapter with explicit options (see [`GpuOptions`]).
     pub fn with_options(opts: GpuOptions) -> Result<Self> {
         quiet_mesa();
-        let backends = opts.backends.or_else(wgpu::Backends::from_env).unwrap_or(wgpu::Backends::all());
+        let backends = opts
+            .backends
+            .or_else(wgpu::Backends::from_env)
+            .unwrap_or(wgpu::Backends::all());
         let name_filter = opts
             .adapter_name
             .or_else(|| std::env::var("WGPU_ADAPTER_NAME").ok())
@@ -196,8 +236,10 @@ impl Gpu {
             // in debug builds) are rarely installed and only add noise. WGPU_DEBUG/WGPU_VALIDATION
             // turn them back on.
             desc.flags = wgpu::InstanceFlags::empty().with_env();
-            let instance = wgpu::Instance::new(desc);
-            adapters = pollster::block_on(instance.enumerate_adapters(tier_backends));
+            adapters = with_quiet_stderr(|| {
+                let instance = wgpu::Instance::new(desc);
+                pollster::block_on(instance.enumerate_adapters(tier_backends))
+            });
             if let Some(f) = &name_filter {
                 adapters.retain(|a| a.get_info().name.to_lowercase().contains(f.as_str()));
             }
@@ -217,7 +259,11 @@ impl Gpu {
             if let Some(f) = &name_filter {
                 detail.push(format!("name containing `{f}` (WGPU_ADAPTER_NAME)"));
             }
-            let detail = if detail.is_empty() { String::new() } else { format!(" matching {}", detail.join(" and ")) };
+            let detail = if detail.is_empty() {
+                String::new()
+            } else {
+                format!(" matching {}", detail.join(" and "))
+            };
             return Err(Error::NoAdapter { detail });
         };
         let info = adapter.get_info();
@@ -225,15 +271,20 @@ impl Gpu {
         // buffer sizes, not WebGPU's conservative defaults.
         let limits = adapter.limits();
         let features = wgpu::Features::empty();
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("wgvae"),
-            required_features: features,
-            required_limits: limits.clone(),
-            experimental_features: wgpu::ExperimentalFeatures::disabled(),
-            memory_hints: wgpu::MemoryHints::Performance,
-            trace: wgpu::Trace::Off,
-        }))
-        .map_err(|e| Error::RequestDevice { adapter: info.name.clone(), reason: e.to_string() })?;
+        let (device, queue) = with_quiet_stderr(|| {
+            pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+                label: Some("wgvae"),
+                required_features: features,
+                required_limits: limits.clone(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            }))
+        })
+        .map_err(|e| Error::RequestDevice {
+            adapter: info.name.clone(),
+            reason: e.to_string(),
+        })?;
         let device_error: Arc<Mutex<Option<String>>> = Arc::default();
         {
             let slot = device_error.clone();
@@ -252,7 +303,8 @@ impl Gpu {
                 _ => MatmulVariant::for_device_type(info.device_type),
             },
         };
-        let params_stride = (limits.min_uniform_buffer_offset_alignment as u64).max(pipeline::PARAMS_BYTES);
+        let params_stride =
+            (limits.min_uniform_buffer_offset_alignment as u64).max(pipeline::PARAMS_BYTES);
         let summary = AdapterSummary {
             name: info.name,
             backend: info.backend,
@@ -330,7 +382,13 @@ impl Gpu {
 
     /// Returns (and clears) the first GPU error reported since the last check.
     pub(crate) fn check_error(&self) -> Result<()> {
-        match self.inner.device_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        match self
+            .inner
+            .device_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
             Some(e) => Err(Error::Gpu(e)),
             None => Ok(()),
         }
@@ -342,6 +400,10 @@ impl Gpu {
 
     /// Largest number of f32 values one tensor may hold on this device.
     pub fn max_tensor_elements(&self) -> u64 {
-        self.inner.limits.max_storage_buffer_binding_size.min(self.inner.limits.max_buffer_size) / 4
+        self.inner
+            .limits
+            .max_storage_buffer_binding_size
+            .min(self.inner.limits.max_buffer_size)
+            / 4
     }
 }

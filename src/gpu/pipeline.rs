@@ -64,7 +64,11 @@ pub struct KernelKey {
 impl KernelKey {
     /// Human-readable kernel name for error messages: `matmul.wgsl:matmul_register[TA=false,..]`.
     pub fn describe(&self) -> String {
-        let d: Vec<String> = self.defines.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let d: Vec<String> = self
+            .defines
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         format!("{}:{}[{}]", self.module.file(), self.entry, d.join(","))
     }
 }
@@ -107,7 +111,9 @@ fn layout_entries(inputs: u32, outputs: u32) -> Vec<wgpu::BindGroupLayoutEntry> 
             binding: 1 + i,
             visibility: wgpu::ShaderStages::COMPUTE,
             ty: wgpu::BindingType::Buffer {
-                ty: wgpu::BufferBindingType::Storage { read_only: i < inputs },
+                ty: wgpu::BufferBindingType::Storage {
+                    read_only: i < inputs,
+                },
                 has_dynamic_offset: false,
                 min_binding_size: None,
             },
@@ -121,7 +127,11 @@ impl Gpu {
     /// The compiled kernel for `key`, compiling it on first use. Compile and validation errors
     /// come back as [`Error::Shader`] naming the kernel.
     pub fn kernel(&self, key: &KernelKey) -> Result<Arc<Kernel>> {
-        let mut cache = self.inner.pipelines.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self
+            .inner
+            .pipelines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if let Some(k) = cache.kernels.get(key) {
             return Ok(k.clone());
         }
@@ -174,9 +184,17 @@ impl Gpu {
             // A broken module would fail every entry point; forget it so the error repeats
             // faithfully instead of surfacing later as an invalid-object error.
             cache.modules.remove(&mkey);
-            return Err(Error::Shader { kernel: name, message: err.to_string() });
+            return Err(Error::Shader {
+                kernel: name,
+                message: err.to_string(),
+            });
         }
-        let k = Arc::new(Kernel { pipeline, layout: bgl.clone(), layout_key: lk, name });
+        let k = Arc::new(Kernel {
+            pipeline,
+            layout: bgl.clone(),
+            layout_key: lk,
+            name,
+        });
         cache.kernels.insert(key.clone(), k.clone());
         drop(cache);
         self.stats_mut().pipelines_compiled += 1;
@@ -192,11 +210,19 @@ impl Gpu {
         buffers: &[(Arc<super::pool::PooledBuffer>, u64)],
     ) -> Arc<wgpu::BindGroup> {
         let mut key = Vec::with_capacity(3 + 2 * buffers.len());
-        key.extend([kernel.layout_key.0 as u64, kernel.layout_key.1 as u64, params.id]);
+        key.extend([
+            kernel.layout_key.0 as u64,
+            kernel.layout_key.1 as u64,
+            params.id,
+        ]);
         for (b, size) in buffers {
             key.extend([b.id, *size]);
         }
-        let mut cache = self.inner.pipelines.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self
+            .inner
+            .pipelines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if let Some(bg) = cache.bind_groups.get(&key) {
             return bg.clone();
         }
@@ -218,11 +244,15 @@ impl Gpu {
                 }),
             });
         }
-        let bg = Arc::new(self.inner.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("wgvae bind group"),
-            layout: &kernel.layout,
-            entries: &entries,
-        }));
+        let bg = Arc::new(
+            self.inner
+                .device
+                .create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some("wgvae bind group"),
+                    layout: &kernel.layout,
+                    entries: &entries,
+                }),
+        );
         cache.bind_groups.insert(key, bg.clone());
         drop(cache);
         self.stats_mut().bind_groups_created += 1;

@@ -58,7 +58,9 @@ pub struct PooledBuffer {
 impl PooledBuffer {
     /// The wgpu buffer.
     pub fn raw(&self) -> &wgpu::Buffer {
-        self.buffer.as_ref().expect("pooled buffer is present until drop")
+        self.buffer
+            .as_ref()
+            .expect("pooled buffer is present until drop")
     }
     /// Unique id (bind groups are cached by it).
     pub fn id(&self) -> u64 {
@@ -74,7 +76,10 @@ impl Drop for PooledBuffer {
     fn drop(&mut self) {
         if let Some(b) = self.buffer.take() {
             let mut pool = self.gpu.pool.lock().unwrap_or_else(|p| p.into_inner());
-            pool.free.entry((self.kind, self.class)).or_default().push((self.id, b));
+            pool.free
+                .entry((self.kind, self.class))
+                .or_default()
+                .push((self.id, b));
         }
     }
 }
@@ -93,7 +98,11 @@ impl Gpu {
             });
         }
         // A class may round past the buffer limit while the request itself fits: allocate exactly.
-        let class = if class > lim.max_buffer_size { bytes.div_ceil(4) * 4 } else { class };
+        let class = if class > lim.max_buffer_size {
+            bytes.div_ceil(4) * 4
+        } else {
+            class
+        };
         if class > lim.max_buffer_size {
             return Err(Error::DeviceLimit {
                 what: format!("a {kind:?} buffer"),
@@ -122,12 +131,27 @@ impl Gpu {
                 (id, buffer)
             }
         };
-        Ok(Arc::new(PooledBuffer { buffer: Some(buffer), id, kind, class, gpu: self.inner.clone() }))
+        Ok(Arc::new(PooledBuffer {
+            buffer: Some(buffer),
+            id,
+            kind,
+            class,
+            gpu: self.inner.clone(),
+        }))
     }
 
     /// Frees every idle pooled buffer and forgets cached bind groups (e.g. after a large job).
     pub fn trim(&self) {
-        self.inner.pool.lock().unwrap_or_else(|p| p.into_inner()).free.clear();
-        self.inner.pipelines.lock().unwrap_or_else(|p| p.into_inner()).clear_bind_groups();
+        self.inner
+            .pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .free
+            .clear();
+        self.inner
+            .pipelines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear_bind_groups();
     }
 }

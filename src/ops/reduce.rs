@@ -2,7 +2,7 @@
 //! row sums x[R,C] -> [R,1] (per-example totals) and full sums x[R,C] -> [1,1] (loss totals).
 //! Deterministic: the same input gives the same bits on the same adapter.
 
-use super::elementwise::broadcast;
+use super::elementwise::broadcast_to;
 use super::val;
 use crate::error::Result;
 use crate::gpu::pipeline::{KernelKey, Module};
@@ -13,25 +13,62 @@ use crate::tensor::Tensor;
 const CHUNK: usize = 16 * 256;
 
 fn key(entry: &'static str) -> KernelKey {
-    KernelKey { module: Module::Reduce, entry, defines: Vec::new(), inputs: 1, outputs: 1 }
+    KernelKey {
+        module: Module::Reduce,
+        entry,
+        defines: Vec::new(),
+        inputs: 1,
+        outputs: 1,
+    }
 }
 
 fn params(rows: usize, cols: usize, s: f32) -> Params {
     Params::new().u(rows as u32).u(cols as u32).f(s)
 }
 
-/// y[1,C] = s · Σ_r x[r, :].
+/// Rows (or columns) one invocation of col_sum/row_sum adds (SPAN in reduce.wgsl).
+const SPAN: usize = 4096;
+
+/// y[1,C] = s · Σ_r x[r, :], in levels of at most SPAN rows per invocation.
 pub fn col_sum(tape: &mut Tape, x: &Tensor, s: f32) -> Result<Tensor> {
-    let y = Tensor::empty(tape.gpu(), 1, x.cols())?;
-    tape.dispatch(&key("col_sum"), params(x.rows(), x.cols(), s), &[x, &y], [x.cols().div_ceil(64) as u32, 1, 1])?;
-    Ok(y)
+    let mut cur = x.clone();
+    loop {
+        let chunks = cur.rows().div_ceil(SPAN);
+        let last = chunks == 1;
+        let y = Tensor::empty(tape.gpu(), chunks, cur.cols())?;
+        let p = params(cur.rows(), cur.cols(), if last { s } else { 1.0 });
+        tape.dispatch(
+            &key("col_sum"),
+            p,
+            &[&cur, &y],
+            [cur.cols().div_ceil(64) as u32, chunks as u32, 1],
+        )?;
+        if last {
+            return Ok(y);
+        }
+        cur = y;
+    }
 }
 
-/// y[R,1] = s · Σ_c x[:, c].
+/// y[R,1] = s · Σ_c x[:, c], in levels of at most SPAN columns per invocation.
 pub fn row_sum(tape: &mut Tape, x: &Tensor, s: f32) -> Result<Tensor> {
-    let y = Tensor::empty(tape.gpu(), x.rows(), 1)?;
-    tape.dispatch(&key("row_sum"), params(x.rows(), x.cols(), s), &[x, &y], [x.rows().div_ceil(64) as u32, 1, 1])?;
-    Ok(y)
+    let mut cur = x.clone();
+    loop {
+        let chunks = cur.cols().div_ceil(SPAN);
+        let last = chunks == 1;
+        let y = Tensor::empty(tape.gpu(), cur.rows(), chunks)?;
+        let p = params(cur.rows(), cur.cols(), if last { s } else { 1.0 });
+        tape.dispatch(
+            &key("row_sum"),
+            p,
+            &[&cur, &y],
+            [cur.rows().div_ceil(64) as u32, chunks as u32, 1],
+        )?;
+        if last {
+            return Ok(y);
+        }
+        cur = y;
+    }
 }
 
 /// y[1,1] = s · Σ x, by levels of per-workgroup fixed-shape trees.
@@ -43,7 +80,12 @@ pub fn sum_all(tape: &mut Tape, x: &Tensor, s: f32) -> Result<Tensor> {
         let last = groups == 1;
         let y = Tensor::empty(tape.gpu(), 1, groups)?;
         let scale = if last { s } else { 1.0 };
-        tape.dispatch(&key("sum_partial"), params(n, CHUNK, scale), &[&cur, &y], [groups as u32, 1, 1])?;
+        tape.dispatch(
+            &key("sum_partial"),
+            params(n, CHUNK, scale),
+            &[&cur, &y],
+            [groups as u32, 1, 1],
+        )?;
         cur = y;
         if last {
             return Ok(cur);
@@ -68,7 +110,9 @@ fn scaled_sum(tape: &mut Tape, x: Var, s: f32) -> Result<Var> {
     let xv = val(tape, x);
     let z = sum_all(tape, &xv, s)?;
     let (r, c) = (xv.rows(), xv.cols());
-    Ok(tape.record(&[x], z, move |t, g, _| Ok(vec![Some(broadcast(t, g, r, c, s)?)])))
+    Ok(tape.record(&[x], z, move |t, g, _| {
+        Ok(vec![Some(broadcast_to(t, g, r, c, s)?)])
+    }))
 }
 
 /// Column sums x[R,C] -> [1,C].  Backward: every row of dx is dz.
@@ -76,7 +120,9 @@ pub fn sum_cols(tape: &mut Tape, x: Var) -> Result<Var> {
     let xv = val(tape, x);
     let z = col_sum(tape, &xv, 1.0)?;
     let (r, c) = (xv.rows(), xv.cols());
-    Ok(tape.record(&[x], z, move |t, g, _| Ok(vec![Some(broadcast(t, g, r, c, 1.0)?)])))
+    Ok(tape.record(&[x], z, move |t, g, _| {
+        Ok(vec![Some(broadcast_to(t, g, r, c, 1.0)?)])
+    }))
 }
 
 /// Row sums x[R,C] -> [R,1].  Backward: every column of dx is dz.
@@ -84,6 +130,7 @@ pub fn sum_rows(tape: &mut Tape, x: Var) -> Result<Var> {
     let xv = val(tape, x);
     let z = row_sum(tape, &xv, 1.0)?;
     let (r, c) = (xv.rows(), xv.cols());
-    Ok(tape.record(&[x], z, move |t, g, _| Ok(vec![Some(broadcast(t, g, r, c, 1.0)?)])))
+    Ok(tape.record(&[x], z, move |t, g, _| {
+        Ok(vec![Some(broadcast_to(t, g, r, c, 1.0)?)])
+    }))
 }
-

@@ -1,0 +1,152 @@
+//! Shared by `wgvae bench` and `cargo bench`: the matmul shapes that matter for the classic VAE
+//! (784-400-20-400-784, batch 128) in every layout the training step uses, plus square sizes, and
+//! a timer that measures GFLOP/s of one kernel variant on one shape.
+
+use std::time::{Duration, Instant};
+
+use crate::error::Result;
+use crate::gpu::{Gpu, MatmulVariant};
+use crate::ops::matmul::{matmul_forward, MatmulOpts};
+use crate::tape::Tape;
+use crate::tensor::Tensor;
+
+/// One matmul problem: C[M,N] = op(A)·op(B) with op(A) [M,K], op(B) [K,N].
+#[derive(Clone, Copy, Debug)]
+pub struct MatmulShape {
+    /// What the product is in a VAE step.
+    pub name: &'static str,
+    /// Rows of C.
+    pub m: usize,
+    /// Contracted dimension.
+    pub k: usize,
+    /// Columns of C.
+    pub n: usize,
+    /// A stored transposed.
+    pub ta: bool,
+    /// B stored transposed.
+    pub tb: bool,
+}
+
+impl MatmulShape {
+    /// Floating-point operations of one product (2·M·N·K).
+    pub fn flops(&self) -> f64 {
+        2.0 * self.m as f64 * self.n as f64 * self.k as f64
+    }
+    /// `NN`, `NT`, `TN` or `TT`.
+    pub fn layout(&self) -> &'static str {
+        match (self.ta, self.tb) {
+            (false, false) => "NN",
+            (false, true) => "NT",
+            (true, false) => "TN",
+            (true, true) => "TT",
+        }
+    }
+}
+
+const fn s(name: &'static str, m: usize, k: usize, n: usize, ta: bool, tb: bool) -> MatmulShape {
+    MatmulShape {
+        name,
+        m,
+        k,
+        n,
+        ta,
+        tb,
+    }
+}
+
+/// The classic VAE's products at batch 128 (forward X·Wᵀ is NT, d_X = dY·W is NN, d_W = dYᵀ·X is
+/// TN) and square references.
+pub const SHAPES: [MatmulShape; 10] = [
+    s("fc 784->400 fwd", 128, 784, 400, false, true),
+    s("fc 784->400 dW", 400, 128, 784, true, false),
+    s("fc 400->784 fwd", 128, 400, 784, false, true),
+    s("fc 400->784 dX", 128, 784, 400, false, false),
+    s("fc 400->784 dW", 784, 128, 400, true, false),
+    s("fc 400->20 fwd", 128, 400, 20, false, true),
+    s("fc 400->20 dX", 128, 20, 400, false, false),
+    s("fc 400->20 dW", 20, 128, 400, true, false),
+    s("square 512", 512, 512, 512, false, false),
+    s("square 1024", 1024, 1024, 1024, false, false),
+];
+
+/// Operands for `shape`, filled with small deterministic values.
+pub fn operands(gpu: &Gpu, shape: &MatmulShape) -> Result<(Tensor, Tensor)> {
+    let (ar, ac) = if shape.ta {
+        (shape.k, shape.m)
+    } else {
+        (shape.m, shape.k)
+    };
+    let (br, bc) = if shape.tb {
+        (shape.n, shape.k)
+    } else {
+        (shape.k, shape.n)
+    };
+    let fill = |n: usize, seed: usize| -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i * 7 + seed) % 13) as f32 - 6.0) / 13.0)
+            .collect()
+    };
+    Ok((
+        Tensor::from_slice(gpu, ar, ac, &fill(ar * ac, 1))?,
+        Tensor::from_slice(gpu, br, bc, &fill(br * bc, 5))?,
+    ))
+}
+
+/// Records `reps` products of `shape` with `variant` on one tape, submits once and waits: the unit
+/// of work both benchmarks time.
+pub fn run_matmul(
+    gpu: &Gpu,
+    a: &Tensor,
+    b: &Tensor,
+    shape: &MatmulShape,
+    variant: MatmulVariant,
+    reps: usize,
+) -> Result<()> {
+    let mut tape = Tape::no_grad(gpu);
+    let o = MatmulOpts::nn().trans(shape.ta, shape.tb).variant(variant);
+    for _ in 0..reps {
+        let _c = matmul_forward(&mut tape, a, b, None, o)?;
+    }
+    tape.submit()?;
+    gpu.wait()
+}
+
+/// Measured throughput of one variant on one shape.
+#[derive(Clone, Copy, Debug)]
+pub struct MatmulResult {
+    /// Median seconds per product.
+    pub seconds: f64,
+    /// GFLOP/s at the median.
+    pub gflops: f64,
+}
+
+/// Times `variant` on `shape`: a warm-up (compiles the pipeline), then batches of products per
+/// submission until `budget` is spent; reports the median batch.
+pub fn time_matmul(
+    gpu: &Gpu,
+    shape: &MatmulShape,
+    variant: MatmulVariant,
+    budget: Duration,
+) -> Result<MatmulResult> {
+    let (a, b) = operands(gpu, shape)?;
+    run_matmul(gpu, &a, &b, shape, variant, 1)?;
+    // Enough products per submission that the submit/wait round trip (~0.3 ms on llvmpipe)
+    // stays small against the kernels.
+    let t0 = Instant::now();
+    run_matmul(gpu, &a, &b, shape, variant, 1)?;
+    let one = t0.elapsed().as_secs_f64().max(1e-6);
+    let reps = ((0.05 / one).ceil() as usize).clamp(1, 64);
+    let mut times = Vec::new();
+    let start = Instant::now();
+    while times.len() < 3 || (start.elapsed() < budget && times.len() < 50) {
+        let t = Instant::now();
+        run_matmul(gpu, &a, &b, shape, variant, reps)?;
+        times.push(t.elapsed().as_secs_f64() / reps as f64);
+    }
+    times.sort_by(f64::total_cmp);
+    let seconds = times[times.len() / 2];
+    Ok(MatmulResult {
+        seconds,
+        gflops: shape.flops() / seconds / 1e9,
+    })
+}

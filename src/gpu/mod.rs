@@ -236,13 +236,15 @@ impl Gpu {
             // in debug builds) are rarely installed and only add noise. WGPU_DEBUG/WGPU_VALIDATION
             // turn them back on.
             desc.flags = wgpu::InstanceFlags::empty().with_env();
+            // Unwanted adapters are dropped inside too: tearing down an EGL display also talks.
             adapters = with_quiet_stderr(|| {
                 let instance = wgpu::Instance::new(desc);
-                pollster::block_on(instance.enumerate_adapters(tier_backends))
+                let mut found = pollster::block_on(instance.enumerate_adapters(tier_backends));
+                if let Some(f) = &name_filter {
+                    found.retain(|a| a.get_info().name.to_lowercase().contains(f.as_str()));
+                }
+                found
             });
-            if let Some(f) = &name_filter {
-                adapters.retain(|a| a.get_info().name.to_lowercase().contains(f.as_str()));
-            }
             if !adapters.is_empty() {
                 break;
             }

@@ -54,7 +54,7 @@ pub struct KernelKey {
     /// Entry point.
     pub entry: &'static str,
     /// `const NAME = VALUE;` lines prepended to the source, in order.
-    pub defines: Vec<(&'static str, String)>,
+    pub defines: Defines,
     /// Number of read-only storage bindings (1..=inputs).
     pub inputs: u32,
     /// Number of read-write storage bindings (after the inputs).
@@ -81,10 +81,13 @@ pub struct Kernel {
     pub(crate) name: String,
 }
 
+/// `const` definitions prepended to a module's source.
+pub type Defines = Vec<(&'static str, String)>;
+
 #[derive(Default)]
 pub(crate) struct PipelineCache {
     kernels: HashMap<KernelKey, Arc<Kernel>>,
-    modules: HashMap<(Module, Vec<(&'static str, String)>), wgpu::ShaderModule>,
+    modules: HashMap<(Module, Defines), wgpu::ShaderModule>,
     layouts: HashMap<(u32, u32), (Arc<wgpu::BindGroupLayout>, wgpu::PipelineLayout)>,
     bind_groups: HashMap<Vec<u64>, Arc<wgpu::BindGroup>>,
 }
@@ -154,7 +157,7 @@ impl Gpu {
             cache.modules.insert(mkey.clone(), m);
         }
         let lk = (key.inputs, key.outputs);
-        if !cache.layouts.contains_key(&lk) {
+        cache.layouts.entry(lk).or_insert_with(|| {
             let bgl = dev.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
                 label: Some("wgvae kernel layout"),
                 entries: &layout_entries(key.inputs, key.outputs),
@@ -164,8 +167,8 @@ impl Gpu {
                 bind_group_layouts: &[Some(&bgl)],
                 immediate_size: 0,
             });
-            cache.layouts.insert(lk, (Arc::new(bgl), pl));
-        }
+            (Arc::new(bgl), pl)
+        });
         let (bgl, pl) = &cache.layouts[&lk];
         let pipeline = dev.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(&name),

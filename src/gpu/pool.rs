@@ -5,7 +5,7 @@
 //! because work is executed in submission (and, within a command buffer, encoding) order: a buffer
 //! handed out again is only written by commands recorded after every command that read it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -36,7 +36,10 @@ impl BufferKind {
 
 #[derive(Default)]
 pub(crate) struct Pool {
-    free: HashMap<(BufferKind, u64), Vec<(u64, wgpu::Buffer)>>,
+    /// Free buffers per (kind, class), by id. Handing out the lowest id first makes a repeated
+    /// step get the very same buffers in the same roles, whatever order the previous step
+    /// released them in, so its cached bind groups hit.
+    free: HashMap<(BufferKind, u64), BTreeMap<u64, wgpu::Buffer>>,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -79,7 +82,7 @@ impl Drop for PooledBuffer {
             pool.free
                 .entry((self.kind, self.class))
                 .or_default()
-                .push((self.id, b));
+                .insert(self.id, b);
         }
     }
 }
@@ -113,7 +116,9 @@ impl Gpu {
         }
         let reused = {
             let mut pool = self.inner.pool.lock().unwrap_or_else(|p| p.into_inner());
-            pool.free.get_mut(&(kind, class)).and_then(|v| v.pop())
+            pool.free
+                .get_mut(&(kind, class))
+                .and_then(|v| v.pop_first())
         };
         let (id, buffer) = match reused {
             Some(x) => x,

@@ -10,19 +10,11 @@ use wgvae::bench::{operands, run_matmul, SHAPES};
 use wgvae::{Gpu, MatmulVariant};
 
 fn matmul(c: &mut Criterion) {
-    let gpu = Gpu::new()
-        .expect("a GPU adapter (on Linux without a GPU: apt-get install mesa-vulkan-drivers)");
-    eprintln!(
-        "adapter: {} ({:?}, {:?})",
-        gpu.adapter().name,
-        gpu.adapter().backend,
-        gpu.adapter().device_type
-    );
+    let gpu = Gpu::new().expect("a GPU adapter (on Linux without a GPU: apt-get install mesa-vulkan-drivers)");
+    eprintln!("adapter: {} ({:?}, {:?})", gpu.adapter().name, gpu.adapter().backend, gpu.adapter().device_type);
     let filter = std::env::var("WGVAE_BENCH_SHAPES").unwrap_or_default();
     let mut g = c.benchmark_group("matmul");
-    g.sample_size(10)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(3));
+    g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
     for shape in SHAPES.iter().filter(|s| s.name.contains(filter.as_str())) {
         let (a, b) = operands(&gpu, shape).expect("operands");
         // Several products per submission so the submit/wait round trip does not dominate.
@@ -31,18 +23,9 @@ fn matmul(c: &mut Criterion) {
         for v in MatmulVariant::ALL {
             let id = BenchmarkId::new(
                 v.name(),
-                format!(
-                    "{} {}x{}x{} {}",
-                    shape.name,
-                    shape.m,
-                    shape.k,
-                    shape.n,
-                    shape.layout()
-                ),
+                format!("{} {}x{}x{} {}", shape.name, shape.m, shape.k, shape.n, shape.layout()),
             );
-            g.bench_function(id, |bch| {
-                bch.iter(|| run_matmul(&gpu, &a, &b, shape, v, reps).expect("matmul"))
-            });
+            g.bench_function(id, |bch| bch.iter(|| run_matmul(&gpu, &a, &b, shape, v, reps).expect("matmul")));
         }
     }
     g.finish();

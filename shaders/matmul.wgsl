@@ -140,3 +140,77 @@ fn matmul_register(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgr
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Variant `register`, aligned path (K % 4 == 0, M % 4 == 0 when TA, N % 4 == 0 when !TB; the host
+// checks). Mesa's llvmpipe (through Mesa 22 at least) turns EVERY storage-buffer load into a loop
+// over the SIMD lanes, however uniform the address, so the cost is per load instruction, not per
+// float: a vec4 load costs about what a scalar one does. This path therefore moves operands only
+// as vec4s: per step of 4 along K an invocation loads RM/4 blocks of A and CN/4 blocks of B, each
+// block a 4x4 sub-matrix in 4 vec4 loads, and multiplies them as mat4x4s (64 FMAs per block pair).
+// Invocation x of workgroup (gx, gy) owns rows gy*RM .. +RM-1 and columns (gx*WG + x)*CN .. +CN-1.
+// Out-of-range blocks load clamped, in-bounds addresses and are not stored.
+// Dispatch: (ceil(N / (CN*WG)), ceil(M / RM), 1).
+@group(0) @binding(1) var<storage, read> a4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> b4: array<vec4<f32>>;
+
+// The 4x4 block of op(A) at rows r0.., k0..: column j holds op(A)[r0 + i, k0 + j] over i.
+fn a_block(r0: u32, k0: u32) -> mat4x4<f32> {
+    if (TA) {
+        // A stored [K, M]: rows r0..r0+3 of one k are contiguous (M % 4 == 0, r0 % 4 == 0).
+        let rb = min(r0, p.m - 4u) / 4u;
+        let q = p.m / 4u;
+        return mat4x4<f32>(a4[k0 * q + rb], a4[(k0 + 1u) * q + rb], a4[(k0 + 2u) * q + rb], a4[(k0 + 3u) * q + rb]);
+    }
+    // A stored [M, K]: k0..k0+3 of one row are contiguous (K % 4 == 0).
+    let q = p.k / 4u;
+    let kb = k0 / 4u;
+    let rows = mat4x4<f32>(
+        a4[min(r0, p.m - 1u) * q + kb], a4[min(r0 + 1u, p.m - 1u) * q + kb],
+        a4[min(r0 + 2u, p.m - 1u) * q + kb], a4[min(r0 + 3u, p.m - 1u) * q + kb]);
+    return transpose(rows);
+}
+
+// The 4x4 block of op(B) at k0.., cols c0..: column c holds op(B)[k0 + j, c0 + c] over j.
+fn b_block(k0: u32, c0: u32) -> mat4x4<f32> {
+    if (TB) {
+        // B stored [N, K]: k0..k0+3 of one column are contiguous (K % 4 == 0).
+        let q = p.k / 4u;
+        let kb = k0 / 4u;
+        return mat4x4<f32>(
+            b4[min(c0, p.n - 1u) * q + kb], b4[min(c0 + 1u, p.n - 1u) * q + kb],
+            b4[min(c0 + 2u, p.n - 1u) * q + kb], b4[min(c0 + 3u, p.n - 1u) * q + kb]);
+    }
+    // B stored [K, N]: c0..c0+3 of one k are contiguous (N % 4 == 0, c0 % 4 == 0).
+    let cb = min(c0, p.n - 4u) / 4u;
+    let q = p.n / 4u;
+    let ks = mat4x4<f32>(b4[k0 * q + cb], b4[(k0 + 1u) * q + cb], b4[(k0 + 2u) * q + cb], b4[(k0 + 3u) * q + cb]);
+    return transpose(ks);
+}
+
+@compute @workgroup_size(WG, 1, 1)
+fn matmul_register4(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let col0 = (wid.x * WG + lid.x) * CN;
+    let row0 = wid.y * RM;
+    // acc[i * (CN/4) + j]: block of rows row0+4i.., columns col0+4j.. (column c = output column).
+    var acc: array<mat4x4<f32>, (RM / 4u) * (CN / 4u)>;
+    for (var t = 0u; t < (RM / 4u) * (CN / 4u); t++) { acc[t] = mat4x4<f32>(); }
+    for (var k0 = p.k_begin; k0 < p.k_end; k0 += 4u) {
+        var bb: array<mat4x4<f32>, CN / 4u>;
+        for (var j = 0u; j < CN / 4u; j++) { bb[j] = b_block(k0, col0 + 4u * j); }
+        for (var i = 0u; i < RM / 4u; i++) {
+            let ab = a_block(row0 + 4u * i, k0);
+            for (var j = 0u; j < CN / 4u; j++) {
+                acc[i * (CN / 4u) + j] += ab * bb[j];
+            }
+        }
+    }
+    for (var i = 0u; i < RM; i++) {
+        let row = row0 + i;
+        if (row >= p.m) { break; }
+        for (var j = 0u; j < CN; j++) {
+            let col = col0 + j;
+            if (col < p.n) { store(row, col, acc[(i / 4u) * (CN / 4u) + j / 4u][j % 4u][i % 4u]); }
+        }
+    }
+}

@@ -44,14 +44,7 @@ impl MatmulShape {
 }
 
 const fn s(name: &'static str, m: usize, k: usize, n: usize, ta: bool, tb: bool) -> MatmulShape {
-    MatmulShape {
-        name,
-        m,
-        k,
-        n,
-        ta,
-        tb,
-    }
+    MatmulShape { name, m, k, n, ta, tb }
 }
 
 /// The classic VAE's products at batch 128 (forward X·Wᵀ is NT, d_X = dY·W is NN, d_W = dYᵀ·X is
@@ -71,25 +64,11 @@ pub const SHAPES: [MatmulShape; 10] = [
 
 /// Operands for `shape`, filled with small deterministic values.
 pub fn operands(gpu: &Gpu, shape: &MatmulShape) -> Result<(Tensor, Tensor)> {
-    let (ar, ac) = if shape.ta {
-        (shape.k, shape.m)
-    } else {
-        (shape.m, shape.k)
-    };
-    let (br, bc) = if shape.tb {
-        (shape.n, shape.k)
-    } else {
-        (shape.k, shape.n)
-    };
-    let fill = |n: usize, seed: usize| -> Vec<f32> {
-        (0..n)
-            .map(|i| (((i * 7 + seed) % 13) as f32 - 6.0) / 13.0)
-            .collect()
-    };
-    Ok((
-        Tensor::from_slice(gpu, ar, ac, &fill(ar * ac, 1))?,
-        Tensor::from_slice(gpu, br, bc, &fill(br * bc, 5))?,
-    ))
+    let (ar, ac) = if shape.ta { (shape.k, shape.m) } else { (shape.m, shape.k) };
+    let (br, bc) = if shape.tb { (shape.n, shape.k) } else { (shape.k, shape.n) };
+    let fill =
+        |n: usize, seed: usize| -> Vec<f32> { (0..n).map(|i| (((i * 7 + seed) % 13) as f32 - 6.0) / 13.0).collect() };
+    Ok((Tensor::from_slice(gpu, ar, ac, &fill(ar * ac, 1))?, Tensor::from_slice(gpu, br, bc, &fill(br * bc, 5))?))
 }
 
 /// Records `reps` products of `shape` with `variant` on one tape, submits once and waits: the unit
@@ -122,12 +101,7 @@ pub struct MatmulResult {
 
 /// Times `variant` on `shape`: a warm-up (compiles the pipeline), then batches of products per
 /// submission until `budget` is spent; reports the median batch.
-pub fn time_matmul(
-    gpu: &Gpu,
-    shape: &MatmulShape,
-    variant: MatmulVariant,
-    budget: Duration,
-) -> Result<MatmulResult> {
+pub fn time_matmul(gpu: &Gpu, shape: &MatmulShape, variant: MatmulVariant, budget: Duration) -> Result<MatmulResult> {
     let (a, b) = operands(gpu, shape)?;
     run_matmul(gpu, &a, &b, shape, variant, 1)?;
     // Enough products per submission that the submit/wait round trip (~0.3 ms on llvmpipe)
@@ -145,8 +119,5 @@ pub fn time_matmul(
     }
     times.sort_by(f64::total_cmp);
     let seconds = times[times.len() / 2];
-    Ok(MatmulResult {
-        seconds,
-        gflops: shape.flops() / seconds / 1e9,
-    })
+    Ok(MatmulResult { seconds, gflops: shape.flops() / seconds / 1e9 })
 }

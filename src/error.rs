@@ -78,16 +78,10 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn shape(op: &'static str, detail: impl Into<String>) -> Self {
-        Error::Shape {
-            op,
-            detail: detail.into(),
-        }
+        Error::Shape { op, detail: detail.into() }
     }
     pub(crate) fn arg(name: impl Into<String>, detail: impl Into<String>) -> Self {
-        Error::InvalidArgument {
-            name: name.into(),
-            detail: detail.into(),
-        }
+        Error::InvalidArgument { name: name.into(), detail: detail.into() }
     }
 }
 

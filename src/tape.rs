@@ -76,9 +76,7 @@ impl Readback {
     /// Waits for the submission and returns the values.
     pub fn get(self) -> Result<Vec<f32>> {
         if !self.submitted.load(Ordering::Acquire) {
-            return Err(Error::Autograd(
-                "Readback::get called before the tape that recorded it was submitted".into(),
-            ));
+            return Err(Error::Autograd("Readback::get called before the tape that recorded it was submitted".into()));
         }
         let bytes = self.len as u64 * 4;
         let slice = self.staging.raw().slice(0..bytes);
@@ -91,9 +89,8 @@ impl Readback {
             .map_err(|_| Error::Gpu("the read-back mapping was dropped".into()))?
             .map_err(|e| Error::Gpu(format!("mapping a read-back buffer failed: {e}")))?;
         let out = {
-            let view = slice
-                .get_mapped_range()
-                .map_err(|e| Error::Gpu(format!("reading a mapped buffer failed: {e}")))?;
+            let view =
+                slice.get_mapped_range().map_err(|e| Error::Gpu(format!("reading a mapped buffer failed: {e}")))?;
             bytemuck::cast_slice::<u8, f32>(&view).to_vec()
         };
         self.staging.raw().unmap();
@@ -101,8 +98,7 @@ impl Readback {
     }
 }
 
-type BackwardFn =
-    Box<dyn FnOnce(&mut Tape, &Tensor, &[bool]) -> Result<Vec<Option<Tensor>>> + Send>;
+type BackwardFn = Box<dyn FnOnce(&mut Tape, &Tensor, &[bool]) -> Result<Vec<Option<Tensor>>> + Send>;
 
 struct Node {
     inputs: Vec<usize>,
@@ -167,13 +163,7 @@ impl Tape {
     // ---------------------------------------------------------------- recording GPU work
 
     /// Records one kernel launch. `buffers` are the kernel's inputs then outputs, in binding order.
-    pub fn dispatch(
-        &mut self,
-        key: &KernelKey,
-        params: Params,
-        buffers: &[&Tensor],
-        groups: [u32; 3],
-    ) -> Result<()> {
+    pub fn dispatch(&mut self, key: &KernelKey, params: Params, buffers: &[&Tensor], groups: [u32; 3]) -> Result<()> {
         let kernel = self.gpu.kernel(key)?;
         if buffers.len() != (key.inputs + key.outputs) as usize {
             return Err(Error::Autograd(format!(
@@ -196,12 +186,7 @@ impl Tape {
             return Ok(());
         }
         let buffers = buffers.iter().map(|t| (t.buf.clone(), t.bytes())).collect();
-        self.dispatches.push(Dispatch {
-            kernel,
-            params,
-            buffers,
-            groups,
-        });
+        self.dispatches.push(Dispatch { kernel, params, buffers, groups });
         Ok(())
     }
 
@@ -216,12 +201,7 @@ impl Tape {
             staging: staging.clone(),
             submitted: submitted.clone(),
         });
-        Ok(Readback {
-            gpu: self.gpu.clone(),
-            staging,
-            len: t.len(),
-            submitted,
-        })
+        Ok(Readback { gpu: self.gpu.clone(), staging, len: t.len(), submitted })
     }
 
     /// Encodes everything recorded so far into one command buffer and submits it. The tape stays
@@ -242,27 +222,18 @@ impl Tape {
             let mut bytes = vec![0u8; total as usize];
             for (i, d) in dispatches.iter().enumerate() {
                 let at = i * stride as usize;
-                bytes[at..at + PARAMS_BYTES as usize]
-                    .copy_from_slice(bytemuck::cast_slice(&d.params.words));
+                bytes[at..at + PARAMS_BYTES as usize].copy_from_slice(bytemuck::cast_slice(&d.params.words));
             }
             self.gpu.queue().write_buffer(buf.raw(), 0, &bytes);
             Some(buf)
         };
-        let mut enc = self
-            .gpu
-            .device()
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("wgvae step"),
-            });
+        let mut enc =
+            self.gpu.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgvae step") });
         if let Some(pb) = &params_buf {
-            let bind_groups: Vec<_> = dispatches
-                .iter()
-                .map(|d| self.gpu.bind_group(&d.kernel, pb, &d.buffers))
-                .collect();
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("wgvae step"),
-                timestamp_writes: None,
-            });
+            let bind_groups: Vec<_> =
+                dispatches.iter().map(|d| self.gpu.bind_group(&d.kernel, pb, &d.buffers)).collect();
+            let mut pass = enc
+                .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("wgvae step"), timestamp_writes: None });
             for (i, (d, bg)) in dispatches.iter().zip(&bind_groups).enumerate() {
                 pass.set_pipeline(&d.kernel.pipeline);
                 pass.set_bind_group(0, bg.as_ref(), &[(i as u64 * stride) as u32]);
@@ -286,10 +257,7 @@ impl Tape {
 
     /// A leaf value. With `requires_grad`, [`Tape::grad`] returns its gradient after backward.
     pub fn leaf(&mut self, value: Tensor, requires_grad: bool) -> Var {
-        self.vars.push(VarEntry {
-            value,
-            requires_grad: requires_grad && self.grad_enabled,
-        });
+        self.vars.push(VarEntry { value, requires_grad: requires_grad && self.grad_enabled });
         self.grads.push(None);
         Var(self.vars.len() - 1)
     }
@@ -335,9 +303,7 @@ impl Tape {
         &mut self,
         inputs: &[Var],
         value: Tensor,
-        backward: impl FnOnce(&mut Tape, &Tensor, &[bool]) -> Result<Vec<Option<Tensor>>>
-            + Send
-            + 'static,
+        backward: impl FnOnce(&mut Tape, &Tensor, &[bool]) -> Result<Vec<Option<Tensor>>> + Send + 'static,
     ) -> Var {
         let needs = self.grad_enabled && inputs.iter().any(|v| self.vars[v.0].requires_grad);
         let out = self.leaf(value, needs);
@@ -358,9 +324,7 @@ impl Tape {
             return Err(Error::Autograd("backward on a no-grad tape".into()));
         }
         if !self.vars[loss.0].requires_grad {
-            return Err(Error::Autograd(
-                "the loss does not depend on any value that requires a gradient".into(),
-            ));
+            return Err(Error::Autograd("the loss does not depend on any value that requires a gradient".into()));
         }
         let l = &self.vars[loss.0].value;
         let (r, c) = (l.rows(), l.cols());
@@ -371,11 +335,7 @@ impl Tape {
             let Some(g) = self.grads[node.output].clone() else {
                 continue;
             };
-            let needs: Vec<bool> = node
-                .inputs
-                .iter()
-                .map(|&i| self.vars[i].requires_grad)
-                .collect();
+            let needs: Vec<bool> = node.inputs.iter().map(|&i| self.vars[i].requires_grad).collect();
             let gin = (node.backward)(self, &g, &needs)?;
             for ((&i, gi), need) in node.inputs.iter().zip(gin).zip(needs) {
                 let Some(gi) = gi else { continue };

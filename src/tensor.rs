@@ -19,13 +19,7 @@ pub struct Tensor {
 
 impl std::fmt::Debug for Tensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Tensor[{}x{}] (buffer {})",
-            self.rows,
-            self.cols,
-            self.buf.id()
-        )
+        write!(f, "Tensor[{}x{}] (buffer {})", self.rows, self.cols, self.buf.id())
     }
 }
 
@@ -43,16 +37,11 @@ impl Tensor {
         if data.len() != rows.saturating_mul(cols) {
             return Err(Error::shape(
                 "Tensor::from_slice",
-                format!(
-                    "{} values given for a {rows}x{cols} tensor (needs {})",
-                    data.len(),
-                    rows * cols
-                ),
+                format!("{} values given for a {rows}x{cols} tensor (needs {})", data.len(), rows * cols),
             ));
         }
         let t = Self::empty(gpu, rows, cols)?;
-        gpu.queue()
-            .write_buffer(t.buf.raw(), 0, bytemuck::cast_slice(data));
+        gpu.queue().write_buffer(t.buf.raw(), 0, bytemuck::cast_slice(data));
         Ok(t)
     }
 
@@ -91,17 +80,10 @@ impl Tensor {
         if rows * cols != self.len() || rows == 0 || cols == 0 {
             return Err(Error::shape(
                 "reshape",
-                format!(
-                    "{}x{} cannot be viewed as {rows}x{cols}",
-                    self.rows, self.cols
-                ),
+                format!("{}x{} cannot be viewed as {rows}x{cols}", self.rows, self.cols),
             ));
         }
-        Ok(Tensor {
-            buf: self.buf.clone(),
-            rows,
-            cols,
-        })
+        Ok(Tensor { buf: self.buf.clone(), rows, cols })
     }
     /// The pooled buffer behind this tensor.
     pub fn buffer(&self) -> &PooledBuffer {
@@ -129,10 +111,7 @@ pub(crate) fn check_shape(op: &'static str, rows: usize, cols: usize) -> Result<
         ));
     }
     if rows > u32::MAX as usize / cols.max(1) {
-        return Err(Error::shape(
-            op,
-            format!("{rows}x{cols} has more than 2^32 elements"),
-        ));
+        return Err(Error::shape(op, format!("{rows}x{cols} has more than 2^32 elements")));
     }
     Ok(())
 }

@@ -9,11 +9,7 @@ use wgvae::ops::{self, Act};
 use wgvae::{Tape, Var};
 
 /// Gradients of Σ upstream ⊙ build(inputs) on the GPU, one per input.
-fn gpu_grads(
-    inputs: &[&Mat],
-    upstream: &Mat,
-    build: impl FnOnce(&mut Tape, &[Var]) -> wgvae::Result<Var>,
-) -> Vec<Mat> {
+fn gpu_grads(inputs: &[&Mat], upstream: &Mat, build: impl FnOnce(&mut Tape, &[Var]) -> wgvae::Result<Var>) -> Vec<Mat> {
     let mut tape = Tape::new(gpu());
     let vars: Vec<Var> = inputs.iter().map(|m| tape.leaf(m.upload(), true)).collect();
     let y = build(&mut tape, &vars).unwrap();
@@ -22,9 +18,7 @@ fn gpu_grads(
     let l = ops::sum(&mut tape, yw).unwrap();
     tape.backward(l).unwrap();
     tape.submit().unwrap();
-    vars.iter()
-        .map(|v| download(tape.grad(*v).expect("every input receives a gradient")))
-        .collect()
+    vars.iter().map(|v| download(tape.grad(*v).expect("every input receives a gradient"))).collect()
 }
 
 /// Checks `reference` grads against finite differences of `f`, then `gpu` grads against `reference`.
@@ -50,13 +44,7 @@ fn check(
             1e-6,
             &format!("{name}: reference rule vs finite differences, input {i}"),
         );
-        assert_close(
-            &gpu[i],
-            &reference[i],
-            tol,
-            tol,
-            &format!("{name}: GPU backward vs reference, input {i}"),
-        );
+        assert_close(&gpu[i], &reference[i], tol, tol, &format!("{name}: GPU backward vs reference, input {i}"));
     }
 }
 
@@ -65,36 +53,17 @@ fn matmul_backward_every_layout() {
     let (m, k, n) = (7, 9, 5);
     for ta in [false, true] {
         for tb in [false, true] {
-            let a = if ta {
-                Mat::rand(k, m, -1.0, 1.0, 1)
-            } else {
-                Mat::rand(m, k, -1.0, 1.0, 1)
-            };
-            let b = if tb {
-                Mat::rand(n, k, -1.0, 1.0, 2)
-            } else {
-                Mat::rand(k, n, -1.0, 1.0, 2)
-            };
+            let a = if ta { Mat::rand(k, m, -1.0, 1.0, 1) } else { Mat::rand(m, k, -1.0, 1.0, 1) };
+            let b = if tb { Mat::rand(n, k, -1.0, 1.0, 2) } else { Mat::rand(k, n, -1.0, 1.0, 2) };
             let up = Mat::rand(m, n, -1.0, 1.0, 3);
             let f = |x: &[Mat]| matmul(&x[0], &x[1], ta, tb);
             let opb = if tb { b.t() } else { b.clone() };
             let opa = if ta { a.t() } else { a.clone() };
             let dopa = matmul(&up, &opb, false, true);
             let dopb = matmul(&opa, &up, true, false);
-            let reference = [
-                if ta { dopa.t() } else { dopa },
-                if tb { dopb.t() } else { dopb },
-            ];
+            let reference = [if ta { dopa.t() } else { dopa }, if tb { dopb.t() } else { dopb }];
             let g = gpu_grads(&[&a, &b], &up, |t, v| ops::matmul(t, v[0], v[1], ta, tb));
-            check(
-                &format!("matmul ta={ta} tb={tb}"),
-                &[&a, &b],
-                &up,
-                f,
-                &reference,
-                &g,
-                1e-5,
-            );
+            check(&format!("matmul ta={ta} tb={tb}"), &[&a, &b], &up, f, &reference, &g, 1e-5);
         }
     }
 }
@@ -109,64 +78,28 @@ fn linear_backward_every_activation_with_and_without_bias() {
     for act in Act::ALL {
         let pre = add_row(&matmul(&x, &w, false, true), &b);
         let g = up.zip(&pre, |u, p| u * act_grad(act, p));
-        let reference = [
-            matmul(&g, &w, false, false),
-            matmul(&g, &x, true, false),
-            col_sum(&g),
-        ];
-        let f =
-            |v: &[Mat]| add_row(&matmul(&v[0], &v[1], false, true), &v[2]).map(|p| act_fwd(act, p));
-        let got = gpu_grads(&[&x, &w, &b], &up, |t, v| {
-            ops::linear(t, v[0], v[1], Some(v[2]), act)
-        });
-        check(
-            &format!("linear {act:?}"),
-            &[&x, &w, &b],
-            &up,
-            f,
-            &reference,
-            &got,
-            1e-5,
-        );
+        let reference = [matmul(&g, &w, false, false), matmul(&g, &x, true, false), col_sum(&g)];
+        let f = |v: &[Mat]| add_row(&matmul(&v[0], &v[1], false, true), &v[2]).map(|p| act_fwd(act, p));
+        let got = gpu_grads(&[&x, &w, &b], &up, |t, v| ops::linear(t, v[0], v[1], Some(v[2]), act));
+        check(&format!("linear {act:?}"), &[&x, &w, &b], &up, f, &reference, &got, 1e-5);
     }
     // Without bias.
     let pre = matmul(&x, &w, false, true);
     let g = up.zip(&pre, |u, p| u * act_grad(Act::Relu, p));
     let reference = [matmul(&g, &w, false, false), matmul(&g, &x, true, false)];
     let f = |v: &[Mat]| matmul(&v[0], &v[1], false, true).map(|p| act_fwd(Act::Relu, p));
-    let got = gpu_grads(&[&x, &w], &up, |t, v| {
-        ops::linear(t, v[0], v[1], None, Act::Relu)
-    });
-    check(
-        "linear relu, no bias",
-        &[&x, &w],
-        &up,
-        f,
-        &reference,
-        &got,
-        1e-5,
-    );
+    let got = gpu_grads(&[&x, &w], &up, |t, v| ops::linear(t, v[0], v[1], None, Act::Relu));
+    check("linear relu, no bias", &[&x, &w], &up, f, &reference, &got, 1e-5);
 }
 
 #[test]
 fn activation_backward_every_activation() {
     let x = Mat::rand(9, 13, -3.0, 3.0, 8);
     let up = Mat::rand(9, 13, -1.0, 1.0, 9);
-    for act in Act::ALL
-        .into_iter()
-        .chain([Act::LeakyRelu(0.2), Act::Elu(0.5)])
-    {
+    for act in Act::ALL.into_iter().chain([Act::LeakyRelu(0.2), Act::Elu(0.5)]) {
         let reference = [up.zip(&x, |u, v| u * act_grad(act, v))];
         let got = gpu_grads(&[&x], &up, |t, v| ops::activation(t, v[0], act));
-        check(
-            &format!("activation {act:?}"),
-            &[&x],
-            &up,
-            |v| v[0].map(|p| act_fwd(act, p)),
-            &reference,
-            &got,
-            1e-5,
-        );
+        check(&format!("activation {act:?}"), &[&x], &up, |v| v[0].map(|p| act_fwd(act, p)), &reference, &got, 1e-5);
     }
 }
 
@@ -176,57 +109,17 @@ fn elementwise_backward() {
     let b = Mat::rand(5, 17, -2.0, 2.0, 11);
     let up = Mat::rand(5, 17, -1.0, 1.0, 12);
     let got = gpu_grads(&[&a, &b], &up, |t, v| ops::add(t, v[0], v[1]));
-    check(
-        "add",
-        &[&a, &b],
-        &up,
-        |v| v[0].zip(&v[1], |x, y| x + y),
-        &[up.clone(), up.clone()],
-        &got,
-        1e-6,
-    );
+    check("add", &[&a, &b], &up, |v| v[0].zip(&v[1], |x, y| x + y), &[up.clone(), up.clone()], &got, 1e-6);
     let got = gpu_grads(&[&a, &b], &up, |t, v| ops::sub(t, v[0], v[1]));
-    check(
-        "sub",
-        &[&a, &b],
-        &up,
-        |v| v[0].zip(&v[1], |x, y| x - y),
-        &[up.clone(), up.map(|u| -u)],
-        &got,
-        1e-6,
-    );
+    check("sub", &[&a, &b], &up, |v| v[0].zip(&v[1], |x, y| x - y), &[up.clone(), up.map(|u| -u)], &got, 1e-6);
     let got = gpu_grads(&[&a, &b], &up, |t, v| ops::mul(t, v[0], v[1]));
     let reference = [up.zip(&b, |u, y| u * y), up.zip(&a, |u, x| u * x)];
-    check(
-        "mul",
-        &[&a, &b],
-        &up,
-        |v| v[0].zip(&v[1], |x, y| x * y),
-        &reference,
-        &got,
-        1e-6,
-    );
+    check("mul", &[&a, &b], &up, |v| v[0].zip(&v[1], |x, y| x * y), &reference, &got, 1e-6);
     let got = gpu_grads(&[&a], &up, |t, v| ops::scale(t, v[0], -0.3));
-    check(
-        "scale",
-        &[&a],
-        &up,
-        |v| v[0].map(|x| -0.3 * x),
-        &[up.map(|u| -0.3 * u)],
-        &got,
-        1e-6,
-    );
+    check("scale", &[&a], &up, |v| v[0].map(|x| -0.3 * x), &[up.map(|u| -0.3 * u)], &got, 1e-6);
     // The same var used twice: gradients accumulate (d(a*a) = 2a).
     let got = gpu_grads(&[&a], &up, |t, v| ops::mul(t, v[0], v[0]));
-    check(
-        "mul(a, a)",
-        &[&a],
-        &up,
-        |v| v[0].map(|x| x * x),
-        &[up.zip(&a, |u, x| 2.0 * u * x)],
-        &got,
-        1e-5,
-    );
+    check("mul(a, a)", &[&a], &up, |v| v[0].map(|x| x * x), &[up.zip(&a, |u, x| 2.0 * u * x)], &got, 1e-5);
 }
 
 #[test]
@@ -234,49 +127,17 @@ fn reduction_backward() {
     let x = Mat::rand(6, 9, -1.0, 1.0, 13);
     let up1 = Mat::rand(1, 1, -1.0, 1.0, 14);
     let got = gpu_grads(&[&x], &up1, |t, v| ops::sum(t, v[0]));
-    check(
-        "sum",
-        &[&x],
-        &up1,
-        |v| Mat::new(1, 1, vec![v[0].sum()]),
-        &[x.map(|_| up1.d[0])],
-        &got,
-        1e-6,
-    );
+    check("sum", &[&x], &up1, |v| Mat::new(1, 1, vec![v[0].sum()]), &[x.map(|_| up1.d[0])], &got, 1e-6);
     let got = gpu_grads(&[&x], &up1, |t, v| ops::mean(t, v[0]));
-    check(
-        "mean",
-        &[&x],
-        &up1,
-        |v| Mat::new(1, 1, vec![v[0].sum() / 54.0]),
-        &[x.map(|_| up1.d[0] / 54.0)],
-        &got,
-        1e-6,
-    );
+    check("mean", &[&x], &up1, |v| Mat::new(1, 1, vec![v[0].sum() / 54.0]), &[x.map(|_| up1.d[0] / 54.0)], &got, 1e-6);
     let upc = Mat::rand(1, 9, -1.0, 1.0, 15);
     let got = gpu_grads(&[&x], &upc, |t, v| ops::sum_cols(t, v[0]));
     let reference = Mat::new(6, 9, (0..54).map(|i| upc.d[i % 9]).collect());
-    check(
-        "sum_cols",
-        &[&x],
-        &upc,
-        |v| col_sum(&v[0]),
-        &[reference],
-        &got,
-        1e-6,
-    );
+    check("sum_cols", &[&x], &upc, |v| col_sum(&v[0]), &[reference], &got, 1e-6);
     let upr = Mat::rand(6, 1, -1.0, 1.0, 16);
     let got = gpu_grads(&[&x], &upr, |t, v| ops::sum_rows(t, v[0]));
     let reference = Mat::new(6, 9, (0..54).map(|i| upr.d[i / 9]).collect());
-    check(
-        "sum_rows",
-        &[&x],
-        &upr,
-        |v| row_sum(&v[0]),
-        &[reference],
-        &got,
-        1e-6,
-    );
+    check("sum_rows", &[&x], &upr, |v| row_sum(&v[0]), &[reference], &got, 1e-6);
 }
 
 // ------------------------------------------------------------------------------ a 2-layer MLP
@@ -349,13 +210,7 @@ fn mlp_gradients_match_finite_differences() {
     assert!((loss as f64 - RefMlp::loss(r.params(), &x, &t)).abs() < 1e-4);
     for (p, want) in mlp.params().iter().zip(&fd) {
         let got = download(tape.param_grad(p).unwrap());
-        assert_close(
-            &got,
-            want,
-            1e-4,
-            1e-4,
-            &format!("MLP gradient of {}", p.name()),
-        );
+        assert_close(&got, want, 1e-4, 1e-4, &format!("MLP gradient of {}", p.name()));
     }
 }
 
@@ -376,18 +231,11 @@ fn mlp_training_matches_reference_sgd_and_lowers_loss() {
             "step {step}: GPU loss {gpu_loss} vs f64 reference {ref_loss}"
         );
         let g = r.grads(&x, &t);
-        for (p, gi) in [&mut r.w1, &mut r.b1, &mut r.w2, &mut r.b2]
-            .into_iter()
-            .zip(&g)
-        {
+        for (p, gi) in [&mut r.w1, &mut r.b1, &mut r.w2, &mut r.b2].into_iter().zip(&g) {
             *p = p.zip(gi, |a, b| a - 0.02 * b);
         }
         first.get_or_insert(gpu_loss);
         last = gpu_loss;
     }
-    assert!(
-        last < 0.5 * first.unwrap(),
-        "training lowers the loss: {} -> {last}",
-        first.unwrap()
-    );
+    assert!(last < 0.5 * first.unwrap(), "training lowers the loss: {} -> {last}", first.unwrap());
 }

@@ -8,47 +8,20 @@ use wgvae::ops::{elementwise as ew, reduce, Act};
 use wgvae::{MatmulVariant, Tape};
 
 /// (M, K, N): ones, primes, one past tile/workgroup multiples, and the 785-wide MNIST+bias case.
-const SIZES: [(usize, usize, usize); 7] = [
-    (1, 1, 1),
-    (7, 3, 5),
-    (33, 17, 65),
-    (1, 130, 7),
-    (65, 1, 129),
-    (130, 785, 33),
-    (257, 64, 67),
-];
+const SIZES: [(usize, usize, usize); 7] =
+    [(1, 1, 1), (7, 3, 5), (33, 17, 65), (1, 130, 7), (65, 1, 129), (130, 785, 33), (257, 64, 67)];
 
 fn matmul_case(v: MatmulVariant, m: usize, k: usize, n: usize, ta: bool, tb: bool, seed: u64) {
-    let a = if ta {
-        Mat::rand(k, m, -1.0, 1.0, seed)
-    } else {
-        Mat::rand(m, k, -1.0, 1.0, seed)
-    };
-    let b = if tb {
-        Mat::rand(n, k, -1.0, 1.0, seed + 1)
-    } else {
-        Mat::rand(k, n, -1.0, 1.0, seed + 1)
-    };
+    let a = if ta { Mat::rand(k, m, -1.0, 1.0, seed) } else { Mat::rand(m, k, -1.0, 1.0, seed) };
+    let b = if tb { Mat::rand(n, k, -1.0, 1.0, seed + 1) } else { Mat::rand(k, n, -1.0, 1.0, seed + 1) };
     let want = matmul(&a, &b, ta, tb);
     let mut tape = Tape::no_grad(gpu());
-    let c = matmul_forward(
-        &mut tape,
-        &a.upload(),
-        &b.upload(),
-        None,
-        MatmulOpts::nn().trans(ta, tb).variant(v),
-    )
-    .unwrap();
+    let c =
+        matmul_forward(&mut tape, &a.upload(), &b.upload(), None, MatmulOpts::nn().trans(ta, tb).variant(v)).unwrap();
     tape.submit().unwrap();
     // f32 products summed over K: error grows like sqrt(K) * eps * |terms|.
     let atol = 1e-6 * (k as f64).sqrt() * 4.0;
-    assert_close(
-        &download(&c),
-        &want,
-        atol,
-        1e-5,
-        &format!("{} matmul {m}x{k}x{n} ta={ta} tb={tb}", v.name()),
-    );
+    assert_close(&download(&c), &want, atol, 1e-5, &format!("{} matmul {m}x{k}x{n} ta={ta} tb={tb}", v.name()));
 }
 
 #[test]
@@ -78,10 +51,7 @@ fn matmul_long_k_every_variant() {
 #[test]
 fn matmul_vae_shapes_every_variant() {
     for v in MatmulVariant::ALL {
-        for s in wgvae::bench::SHAPES
-            .iter()
-            .filter(|s| s.m * s.n * s.k < 50_000_000)
-        {
+        for s in wgvae::bench::SHAPES.iter().filter(|s| s.m * s.n * s.k < 50_000_000) {
             matmul_case(v, s.m, s.k, s.n, s.ta, s.tb, 7);
         }
     }
@@ -95,14 +65,10 @@ fn matmul_fused_bias_and_every_activation() {
     let b = Mat::rand(1, n, -1.0, 1.0, 3);
     let pre = add_row(&matmul(&x, &w, false, true), &b);
     for v in MatmulVariant::ALL {
-        for act in Act::ALL
-            .into_iter()
-            .chain([Act::LeakyRelu(0.2), Act::Elu(0.5)])
-        {
+        for act in Act::ALL.into_iter().chain([Act::LeakyRelu(0.2), Act::Elu(0.5)]) {
             let mut tape = Tape::no_grad(gpu());
             let o = MatmulOpts::nn().trans(false, true).act(act).variant(v);
-            let y =
-                matmul_forward(&mut tape, &x.upload(), &w.upload(), Some(&b.upload()), o).unwrap();
+            let y = matmul_forward(&mut tape, &x.upload(), &w.upload(), Some(&b.upload()), o).unwrap();
             tape.submit().unwrap();
             assert_close(
                 &download(&y),
@@ -124,23 +90,11 @@ fn matmul_accumulate_adds_into_output() {
         let c0 = Mat::rand(m, n, -1.0, 1.0, 6);
         let c = c0.upload();
         let mut tape = Tape::no_grad(gpu());
-        matmul_accumulate(
-            &mut tape,
-            &a.upload(),
-            &b.upload(),
-            &c,
-            MatmulOpts::nn().trans(true, false).variant(v),
-        )
-        .unwrap();
+        matmul_accumulate(&mut tape, &a.upload(), &b.upload(), &c, MatmulOpts::nn().trans(true, false).variant(v))
+            .unwrap();
         tape.submit().unwrap();
         let want = c0.zip(&matmul(&a, &b, true, false), |x, y| x + y);
-        assert_close(
-            &download(&c),
-            &want,
-            1e-5,
-            1e-5,
-            &format!("{} accumulate", v.name()),
-        );
+        assert_close(&download(&c), &want, 1e-5, 1e-5, &format!("{} accumulate", v.name()));
     }
 }
 
@@ -152,29 +106,14 @@ fn activations_forward_and_backward() {
     x.d[1] = -90.0;
     x.d[2] = 0.0;
     let dy = Mat::rand(33, 31, -1.0, 1.0, 10);
-    for act in Act::ALL
-        .into_iter()
-        .chain([Act::LeakyRelu(0.3), Act::Elu(0.7)])
-    {
+    for act in Act::ALL.into_iter().chain([Act::LeakyRelu(0.3), Act::Elu(0.7)]) {
         let mut tape = Tape::no_grad(gpu());
         let y = ew::act_forward(&mut tape, &x.upload(), act).unwrap();
         let dx = ew::act_backward(&mut tape, &dy.upload(), &y, act).unwrap();
         tape.submit().unwrap();
-        assert_close(
-            &download(&y),
-            &x.map(|v| act_fwd(act, v)),
-            1e-6,
-            1e-5,
-            &format!("{act:?} forward"),
-        );
+        assert_close(&download(&y), &x.map(|v| act_fwd(act, v)), 1e-6, 1e-5, &format!("{act:?} forward"));
         let want = dy.zip(&x, |g, v| g * act_grad(act, v));
-        assert_close(
-            &download(&dx),
-            &want,
-            1e-5,
-            1e-4,
-            &format!("{act:?} backward"),
-        );
+        assert_close(&download(&dx), &want, 1e-5, 1e-4, &format!("{act:?} backward"));
     }
 }
 
@@ -193,30 +132,12 @@ fn elementwise_ops() {
     let fill = ew::fill(&mut tape, 3, 70001, 2.5).unwrap();
     ew::axpy_inplace(&mut tape, 0.75, &ga, &acc).unwrap();
     tape.submit().unwrap();
-    assert_close(
-        &download(&axpby),
-        &a.zip(&b, |x, y| 0.5 * x - 2.0 * y),
-        1e-6,
-        1e-6,
-        "axpby",
-    );
+    assert_close(&download(&axpby), &a.zip(&b, |x, y| 0.5 * x - 2.0 * y), 1e-6, 1e-6, "axpby");
     assert_close(&download(&mul), &a.zip(&b, |x, y| x * y), 1e-6, 1e-6, "mul");
-    assert_close(
-        &download(&aff),
-        &a.map(|x| -1.5 * x + 0.25),
-        1e-6,
-        1e-6,
-        "affine",
-    );
+    assert_close(&download(&aff), &a.map(|x| -1.5 * x + 0.25), 1e-6, 1e-6, "affine");
     assert_eq!(download(&cp), a, "copy is exact");
     assert!(download(&fill).d.iter().all(|&v| v == 2.5), "fill");
-    assert_close(
-        &download(&acc),
-        &b.zip(&a, |y, x| y + 0.75 * x),
-        1e-6,
-        1e-6,
-        "axpy_inplace",
-    );
+    assert_close(&download(&acc), &b.zip(&a, |y, x| y + 0.75 * x), 1e-6, 1e-6, "axpy_inplace");
 }
 
 #[test]
@@ -232,15 +153,7 @@ fn large_elementwise_uses_2d_grid() {
 
 #[test]
 fn reductions_match_reference_and_are_deterministic() {
-    for &(r, c) in &[
-        (1, 1),
-        (7, 3),
-        (129, 65),
-        (1, 4097),
-        (3, 70001),
-        (70001, 3),
-        (785, 130),
-    ] {
+    for &(r, c) in &[(1, 1), (7, 3), (129, 65), (1, 4097), (3, 70001), (70001, 3), (785, 130)] {
         let x = Mat::rand(r, c, -1.0, 1.0, (r * c) as u64);
         let gx = x.upload();
         let mut tape = Tape::no_grad(gpu());
@@ -250,33 +163,11 @@ fn reductions_match_reference_and_are_deterministic() {
         let s2 = reduce::sum_all(&mut tape, &gx, 0.5).unwrap();
         tape.submit().unwrap();
         let atol = 1e-6 * ((r * c) as f64).sqrt() * 2.0;
-        assert_close(
-            &download(&cs),
-            &col_sum(&x),
-            atol,
-            1e-5,
-            &format!("col_sum {r}x{c}"),
-        );
-        assert_close(
-            &download(&rs),
-            &row_sum(&x),
-            atol,
-            1e-5,
-            &format!("row_sum {r}x{c}"),
-        );
+        assert_close(&download(&cs), &col_sum(&x), atol, 1e-5, &format!("col_sum {r}x{c}"));
+        assert_close(&download(&rs), &row_sum(&x), atol, 1e-5, &format!("row_sum {r}x{c}"));
         let (a, b) = (download(&s1), download(&s2));
-        assert_close(
-            &a,
-            &Mat::new(1, 1, vec![0.5 * x.sum()]),
-            atol,
-            1e-5,
-            &format!("sum {r}x{c}"),
-        );
-        assert_eq!(
-            a.d[0].to_bits(),
-            b.d[0].to_bits(),
-            "sum is bit-for-bit repeatable"
-        );
+        assert_close(&a, &Mat::new(1, 1, vec![0.5 * x.sum()]), atol, 1e-5, &format!("sum {r}x{c}"));
+        assert_eq!(a.d[0].to_bits(), b.d[0].to_bits(), "sum is bit-for-bit repeatable");
     }
 }
 
@@ -287,23 +178,13 @@ fn broadcasts() {
     let col = Mat::rand(7, 1, -1.0, 1.0, 3);
     let mut tape = Tape::new(gpu());
     // Broadcasts are the backward rules of the reductions: check them through the tape.
-    let (vs, vr, vc) = (
-        tape.leaf(s.upload(), true),
-        tape.leaf(row.upload(), true),
-        tape.leaf(col.upload(), true),
-    );
+    let (vs, vr, vc) = (tape.leaf(s.upload(), true), tape.leaf(row.upload(), true), tape.leaf(col.upload(), true));
     let _ = (vs, vr, vc);
     let bs = ew_broadcast(&mut tape, &s, 7, 9);
     let br = ew_broadcast(&mut tape, &row, 7, 9);
     let bc = ew_broadcast(&mut tape, &col, 7, 9);
     tape.submit().unwrap();
-    assert_close(
-        &download(&bs),
-        &Mat::new(7, 9, vec![-2.0 * s.d[0]; 63]),
-        1e-7,
-        0.0,
-        "scalar",
-    );
+    assert_close(&download(&bs), &Mat::new(7, 9, vec![-2.0 * s.d[0]; 63]), 1e-7, 0.0, "scalar");
     let want_r = Mat::new(7, 9, (0..63).map(|i| -2.0 * row.d[i % 9]).collect());
     let want_c = Mat::new(7, 9, (0..63).map(|i| -2.0 * col.d[i / 9]).collect());
     assert_close(&download(&br), &want_r, 1e-7, 0.0, "row");

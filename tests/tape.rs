@@ -28,41 +28,16 @@ fn repeated_step_allocates_nothing_and_submits_once() {
     let gpu = Gpu::new().unwrap();
     let mlp = Mlp::new(&gpu, "m", &[13, 33, 7], Act::Relu, Act::Sigmoid, 1).unwrap();
     let opt = Sgd::new(0.1).unwrap();
-    let x = Tensor::from_slice(
-        &gpu,
-        10,
-        13,
-        &(0..130).map(|i| (i % 7) as f32 / 7.0).collect::<Vec<_>>(),
-    )
-    .unwrap();
-    let t = Tensor::from_slice(
-        &gpu,
-        10,
-        7,
-        &(0..70).map(|i| (i % 2) as f32).collect::<Vec<_>>(),
-    )
-    .unwrap();
+    let x = Tensor::from_slice(&gpu, 10, 13, &(0..130).map(|i| (i % 7) as f32 / 7.0).collect::<Vec<_>>()).unwrap();
+    let t = Tensor::from_slice(&gpu, 10, 7, &(0..70).map(|i| (i % 2) as f32).collect::<Vec<_>>()).unwrap();
     step(&gpu, &mlp, &opt, &x, &t);
     let s1 = gpu.stats();
     step(&gpu, &mlp, &opt, &x, &t);
     let s2 = gpu.stats();
-    assert_eq!(
-        s2.buffers_created, s1.buffers_created,
-        "second identical step created buffers"
-    );
-    assert_eq!(
-        s2.bind_groups_created, s1.bind_groups_created,
-        "second identical step created bind groups"
-    );
-    assert_eq!(
-        s2.pipelines_compiled, s1.pipelines_compiled,
-        "second identical step compiled pipelines"
-    );
-    assert_eq!(
-        s2.submissions,
-        s1.submissions + 1,
-        "forward, backward, update and read-back are one submission"
-    );
+    assert_eq!(s2.buffers_created, s1.buffers_created, "second identical step created buffers");
+    assert_eq!(s2.bind_groups_created, s1.bind_groups_created, "second identical step created bind groups");
+    assert_eq!(s2.pipelines_compiled, s1.pipelines_compiled, "second identical step compiled pipelines");
+    assert_eq!(s2.submissions, s1.submissions + 1, "forward, backward, update and read-back are one submission");
 }
 
 #[test]
@@ -72,9 +47,7 @@ fn same_seed_same_losses_bit_for_bit() {
         let opt = Sgd::new(0.05).unwrap();
         let x = Mat::rand(5, 6, -1.0, 1.0, 1).upload();
         let t = Mat::rand(5, 2, -1.0, 1.0, 2).upload();
-        (0..10)
-            .map(|_| step(gpu(), &mlp, &opt, &x, &t).to_bits())
-            .collect::<Vec<_>>()
+        (0..10).map(|_| step(gpu(), &mlp, &opt, &x, &t).to_bits()).collect::<Vec<_>>()
     };
     assert_eq!(run(), run());
 }
@@ -112,69 +85,31 @@ fn bad_shapes_are_typed_errors_not_panics() {
     let mut tape = Tape::new(g);
     let a = tape.input(Mat::rand(3, 4, 0.0, 1.0, 1).upload());
     let b = tape.input(Mat::rand(5, 6, 0.0, 1.0, 2).upload());
-    assert!(matches!(
-        ops::matmul(&mut tape, a, b, false, false),
-        Err(Error::Shape { op: "matmul", .. })
-    ));
-    assert!(matches!(
-        ops::add(&mut tape, a, b),
-        Err(Error::Shape { .. })
-    ));
-    assert!(matches!(
-        ops::mul(&mut tape, a, b),
-        Err(Error::Shape { .. })
-    ));
+    assert!(matches!(ops::matmul(&mut tape, a, b, false, false), Err(Error::Shape { op: "matmul", .. })));
+    assert!(matches!(ops::add(&mut tape, a, b), Err(Error::Shape { .. })));
+    assert!(matches!(ops::mul(&mut tape, a, b), Err(Error::Shape { .. })));
     let w = tape.input(Mat::rand(2, 4, 0.0, 1.0, 3).upload());
     let bad_bias = tape.input(Mat::rand(1, 3, 0.0, 1.0, 4).upload());
-    assert!(matches!(
-        ops::linear(&mut tape, a, w, Some(bad_bias), Act::Relu),
-        Err(Error::Shape { .. })
-    ));
-    assert!(matches!(
-        Tensor::from_slice(g, 2, 2, &[1.0; 3]),
-        Err(Error::Shape { .. })
-    ));
+    assert!(matches!(ops::linear(&mut tape, a, w, Some(bad_bias), Act::Relu), Err(Error::Shape { .. })));
+    assert!(matches!(Tensor::from_slice(g, 2, 2, &[1.0; 3]), Err(Error::Shape { .. })));
     assert!(matches!(Tensor::zeros(g, 0, 5), Err(Error::Shape { .. })));
     assert!(matches!(Tensor::empty(g, 3, 0), Err(Error::Shape { .. })));
-    assert!(matches!(
-        Mat::rand(2, 3, 0.0, 1.0, 1).upload().reshape(4, 2),
-        Err(Error::Shape { .. })
-    ));
+    assert!(matches!(Mat::rand(2, 3, 0.0, 1.0, 1).upload().reshape(4, 2), Err(Error::Shape { .. })));
     // The messages name the shapes.
-    let msg = ops::matmul(&mut tape, a, b, false, false)
-        .unwrap_err()
-        .to_string();
+    let msg = ops::matmul(&mut tape, a, b, false, false).unwrap_err().to_string();
     assert!(msg.contains("[3, 4]") && msg.contains("[5, 6]"), "{msg}");
 }
 
 #[test]
 fn bad_arguments_are_typed_errors() {
     assert!(matches!(Sgd::new(-1.0), Err(Error::InvalidArgument { .. })));
-    assert!(matches!(
-        Sgd::new(f32::NAN),
-        Err(Error::InvalidArgument { .. })
-    ));
-    assert!(matches!(
-        Act::parse("swish"),
-        Err(Error::InvalidArgument { .. })
-    ));
-    assert!(matches!(
-        Act::parse("leaky_relu:-1"),
-        Err(Error::InvalidArgument { .. })
-    ));
+    assert!(matches!(Sgd::new(f32::NAN), Err(Error::InvalidArgument { .. })));
+    assert!(matches!(Act::parse("swish"), Err(Error::InvalidArgument { .. })));
+    assert!(matches!(Act::parse("leaky_relu:-1"), Err(Error::InvalidArgument { .. })));
     assert_eq!(Act::parse("leaky_relu:0.2").unwrap(), Act::LeakyRelu(0.2));
-    assert!(matches!(
-        MatmulVariant::parse("cuda"),
-        Err(Error::InvalidArgument { .. })
-    ));
-    assert!(matches!(
-        Mlp::new(gpu(), "m", &[4], Act::Relu, Act::Relu, 0),
-        Err(Error::InvalidArgument { .. })
-    ));
-    assert!(matches!(
-        Mlp::new(gpu(), "m", &[4, 0, 2], Act::Relu, Act::Relu, 0),
-        Err(Error::InvalidArgument { .. })
-    ));
+    assert!(matches!(MatmulVariant::parse("cuda"), Err(Error::InvalidArgument { .. })));
+    assert!(matches!(Mlp::new(gpu(), "m", &[4], Act::Relu, Act::Relu, 0), Err(Error::InvalidArgument { .. })));
+    assert!(matches!(Mlp::new(gpu(), "m", &[4, 0, 2], Act::Relu, Act::Relu, 0), Err(Error::InvalidArgument { .. })));
 }
 
 #[test]
@@ -187,17 +122,12 @@ fn too_large_tensor_is_a_device_limit_error() {
 
 #[test]
 fn missing_adapter_is_a_typed_error_that_says_what_to_install() {
-    let err = Gpu::with_options(wgvae::GpuOptions {
-        adapter_name: Some("no-such-adapter-xyz".into()),
-        ..Default::default()
-    })
-    .unwrap_err();
+    let err =
+        Gpu::with_options(wgvae::GpuOptions { adapter_name: Some("no-such-adapter-xyz".into()), ..Default::default() })
+            .unwrap_err();
     assert!(matches!(err, Error::NoAdapter { .. }));
     let msg = err.to_string();
-    assert!(
-        msg.contains("mesa-vulkan-drivers") && msg.contains("no-such-adapter-xyz"),
-        "{msg}"
-    );
+    assert!(msg.contains("mesa-vulkan-drivers") && msg.contains("no-such-adapter-xyz"), "{msg}");
 }
 
 #[test]

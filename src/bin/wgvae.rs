@@ -6,11 +6,7 @@ use clap::{Parser, Subcommand};
 use wgvae::Gpu;
 
 #[derive(Parser)]
-#[command(
-    name = "wgvae",
-    version,
-    about = "Train variational autoencoders on any GPU with WGSL compute shaders"
-)]
+#[command(name = "wgvae", version, about = "Train variational autoencoders on any GPU with WGSL compute shaders")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -45,12 +41,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Info { json } => info(json),
-        Cmd::Bench {
-            filter,
-            variant,
-            seconds,
-            json,
-        } => bench(&filter, variant.as_deref(), seconds, json),
+        Cmd::Bench { filter, variant, seconds, json } => bench(&filter, variant.as_deref(), seconds, json),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -75,11 +66,7 @@ fn info(json: bool) -> wgvae::Result<()> {
         "max_compute_workgroups_per_dimension": l.max_compute_workgroups_per_dimension,
         "min_uniform_buffer_offset_alignment": l.min_uniform_buffer_offset_alignment,
     });
-    let features: Vec<String> = gpu
-        .features()
-        .iter_names()
-        .map(|(n, _)| n.to_string())
-        .collect();
+    let features: Vec<String> = gpu.features().iter_names().map(|(n, _)| n.to_string()).collect();
     let v = serde_json::json!({
         "adapter": a.name,
         "backend": format!("{:?}", a.backend),
@@ -102,11 +89,7 @@ fn info(json: bool) -> wgvae::Result<()> {
         println!("matmul kernel  {}", gpu.matmul_variant().name());
         println!(
             "features       {}",
-            if features.is_empty() {
-                "(none beyond WebGPU core)".to_string()
-            } else {
-                features.join(", ")
-            }
+            if features.is_empty() { "(none beyond WebGPU core)".to_string() } else { features.join(", ") }
         );
         println!("limits");
         if let Some(obj) = limits.as_object() {
@@ -148,12 +131,7 @@ fn bench(filter: &str, variant: Option<&str>, seconds: f64, json: bool) -> wgvae
     }
     for s in SHAPES.iter().filter(|s| s.name.contains(filter)) {
         if !json {
-            print!(
-                "{:<18} {:>16} {:>6}",
-                s.name,
-                format!("{}x{}x{}", s.m, s.k, s.n),
-                s.layout()
-            );
+            print!("{:<18} {:>16} {:>6}", s.name, format!("{}x{}x{}", s.m, s.k, s.n), s.layout());
         }
         for v in &variants {
             let r = time_matmul(&gpu, s, *v, std::time::Duration::from_secs_f64(seconds))?;

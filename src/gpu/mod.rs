@@ -23,21 +23,26 @@ pub enum MatmulVariant {
     /// Shared-memory tiled kernel (64x64 tile, 4x4 outputs per invocation): for discrete and
     /// integrated GPUs, where workgroup memory is fast and barriers are cheap.
     Tiled,
-    /// Register-blocked kernel with no shared memory and no barriers (each invocation keeps a
-    /// block of outputs in registers, operand rows are read as workgroup-uniform scalars): for CPU
-    /// adapters such as Mesa's llvmpipe/lavapipe, where barriers are emulated and slow.
+    /// Register-blocked kernel with no shared memory and no barriers, loading operands as vec4s
+    /// (scalar loads on shapes that are not multiples of 4): for CPU adapters such as Mesa's
+    /// llvmpipe/lavapipe, where barriers are emulated and every storage load is a loop over lanes.
     Register,
+    /// The register kernel with operands shared between the 8 lanes of a subgroup, so each float
+    /// is loaded once per subgroup: the fastest choice on llvmpipe/lavapipe. Needs 8-wide
+    /// subgroups and dimensions that are multiples of 4; other cases run [`MatmulVariant::Register`].
+    Subgroup,
 }
 
 impl MatmulVariant {
     /// All variants, for tests and benchmarks that must cover each one.
-    pub const ALL: [MatmulVariant; 2] = [MatmulVariant::Tiled, MatmulVariant::Register];
+    pub const ALL: [MatmulVariant; 3] = [MatmulVariant::Tiled, MatmulVariant::Register, MatmulVariant::Subgroup];
 
-    /// Short lowercase name (`tiled`, `register`).
+    /// Short lowercase name (`tiled`, `register`, `subgroup`).
     pub fn name(self) -> &'static str {
         match self {
             MatmulVariant::Tiled => "tiled",
             MatmulVariant::Register => "register",
+            MatmulVariant::Subgroup => "subgroup",
         }
     }
 
@@ -46,16 +51,15 @@ impl MatmulVariant {
         match s.to_ascii_lowercase().as_str() {
             "tiled" => Ok(MatmulVariant::Tiled),
             "register" | "vec4" => Ok(MatmulVariant::Register),
-            other => Err(Error::arg(
-                "matmul variant",
-                format!("`{other}` is not one of: tiled, register"),
-            )),
+            other => Err(Error::arg("matmul variant", format!("`{other}` is not one of: tiled, register"))),
         }
     }
 
-    /// The variant this adapter should use by default.
-    pub fn for_device_type(t: wgpu::DeviceType) -> Self {
+    /// The variant an adapter of type `t` should use by default (`subgroups_of_8`: whether it
+    /// runs 8-lane subgroups).
+    pub fn for_adapter(t: wgpu::DeviceType, subgroups_of_8: bool) -> Self {
         match t {
+            wgpu::DeviceType::Cpu if subgroups_of_8 => MatmulVariant::Subgroup,
             wgpu::DeviceType::Cpu => MatmulVariant::Register,
             _ => MatmulVariant::Tiled,
         }
@@ -79,6 +83,8 @@ pub struct AdapterSummary {
     pub vendor: u32,
     /// PCI device id.
     pub device: u32,
+    /// Smallest and largest subgroup (SIMD width) the adapter may use.
+    pub subgroup_size: (u32, u32),
 }
 
 /// Counters that show what the context has done (used by the pool-reuse test and `wgvae info`).
@@ -212,10 +218,7 @@ impl Gpu {
     /// Opens an adapter with explicit options (see [`GpuOptions`]).
     pub fn with_options(opts: GpuOptions) -> Result<Self> {
         quiet_mesa();
-        let backends = opts
-            .backends
-            .or_else(wgpu::Backends::from_env)
-            .unwrap_or(wgpu::Backends::all());
+        let backends = opts.backends.or_else(wgpu::Backends::from_env).unwrap_or(wgpu::Backends::all());
         let name_filter = opts
             .adapter_name
             .or_else(|| std::env::var("WGPU_ADAPTER_NAME").ok())
@@ -261,18 +264,15 @@ impl Gpu {
             if let Some(f) = &name_filter {
                 detail.push(format!("name containing `{f}` (WGPU_ADAPTER_NAME)"));
             }
-            let detail = if detail.is_empty() {
-                String::new()
-            } else {
-                format!(" matching {}", detail.join(" and "))
-            };
+            let detail = if detail.is_empty() { String::new() } else { format!(" matching {}", detail.join(" and ")) };
             return Err(Error::NoAdapter { detail });
         };
         let info = adapter.get_info();
         // The adapter's own limits: large datasets and batches need its real storage-binding and
         // buffer sizes, not WebGPU's conservative defaults.
         let limits = adapter.limits();
-        let features = wgpu::Features::empty();
+        // Subgroups let the CPU-adapter matmul share operands between SIMD lanes without memory.
+        let features = adapter.features() & wgpu::Features::SUBGROUP;
         let (device, queue) = with_quiet_stderr(|| {
             pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
                 label: Some("wgvae"),
@@ -283,10 +283,7 @@ impl Gpu {
                 trace: wgpu::Trace::Off,
             }))
         })
-        .map_err(|e| Error::RequestDevice {
-            adapter: info.name.clone(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| Error::RequestDevice { adapter: info.name.clone(), reason: e.to_string() })?;
         let device_error: Arc<Mutex<Option<String>>> = Arc::default();
         {
             let slot = device_error.clone();
@@ -302,11 +299,14 @@ impl Gpu {
             Some(v) => v,
             None => match std::env::var("WGVAE_MATMUL") {
                 Ok(s) if !s.is_empty() => MatmulVariant::parse(&s)?,
-                _ => MatmulVariant::for_device_type(info.device_type),
+                _ => MatmulVariant::for_adapter(
+                    info.device_type,
+                    features.contains(wgpu::Features::SUBGROUP)
+                        && (info.subgroup_min_size, info.subgroup_max_size) == (8, 8),
+                ),
             },
         };
-        let params_stride =
-            (limits.min_uniform_buffer_offset_alignment as u64).max(pipeline::PARAMS_BYTES);
+        let params_stride = (limits.min_uniform_buffer_offset_alignment as u64).max(pipeline::PARAMS_BYTES);
         let summary = AdapterSummary {
             name: info.name,
             backend: info.backend,
@@ -315,6 +315,7 @@ impl Gpu {
             driver_info: info.driver_info,
             vendor: info.vendor,
             device: info.device,
+            subgroup_size: (info.subgroup_min_size, info.subgroup_max_size),
         };
         Ok(Gpu {
             inner: Arc::new(GpuInner {
@@ -384,13 +385,7 @@ impl Gpu {
 
     /// Returns (and clears) the first GPU error reported since the last check.
     pub(crate) fn check_error(&self) -> Result<()> {
-        match self
-            .inner
-            .device_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
+        match self.inner.device_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
             Some(e) => Err(Error::Gpu(e)),
             None => Ok(()),
         }
@@ -400,12 +395,13 @@ impl Gpu {
         self.inner.stats.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether kernels written for 8-lane subgroups can run (llvmpipe/lavapipe: yes).
+    pub fn has_subgroups_of_8(&self) -> bool {
+        self.inner.features.contains(wgpu::Features::SUBGROUP) && self.inner.summary.subgroup_size == (8, 8)
+    }
+
     /// Largest number of f32 values one tensor may hold on this device.
     pub fn max_tensor_elements(&self) -> u64 {
-        self.inner
-            .limits
-            .max_storage_buffer_binding_size
-            .min(self.inner.limits.max_buffer_size)
-            / 4
+        self.inner.limits.max_storage_buffer_binding_size.min(self.inner.limits.max_buffer_size) / 4
     }
 }

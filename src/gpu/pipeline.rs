@@ -23,6 +23,8 @@ const COMMON: &str = include_str!("../../shaders/common.wgsl");
 pub enum Module {
     /// `matmul.wgsl`: C = op(A)·op(B) (+bias) (+activation).
     Matmul,
+    /// `matmul_subgroup.wgsl`: the CPU-adapter matmul that shares operands through subgroups.
+    MatmulSubgroup,
     /// `elementwise.wgsl`: activations, add/mul/scale/copy/fill, SGD update.
     Elementwise,
     /// `reduce.wgsl`: fixed-order column sums, row sums and full sums.
@@ -33,6 +35,7 @@ impl Module {
     fn file(self) -> &'static str {
         match self {
             Module::Matmul => "matmul.wgsl",
+            Module::MatmulSubgroup => "matmul_subgroup.wgsl",
             Module::Elementwise => "elementwise.wgsl",
             Module::Reduce => "reduce.wgsl",
         }
@@ -40,6 +43,7 @@ impl Module {
     fn source(self) -> &'static str {
         match self {
             Module::Matmul => include_str!("../../shaders/matmul.wgsl"),
+            Module::MatmulSubgroup => include_str!("../../shaders/matmul_subgroup.wgsl"),
             Module::Elementwise => include_str!("../../shaders/elementwise.wgsl"),
             Module::Reduce => include_str!("../../shaders/reduce.wgsl"),
         }
@@ -64,11 +68,7 @@ pub struct KernelKey {
 impl KernelKey {
     /// Human-readable kernel name for error messages: `matmul.wgsl:matmul_register[TA=false,..]`.
     pub fn describe(&self) -> String {
-        let d: Vec<String> = self
-            .defines
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
+        let d: Vec<String> = self.defines.iter().map(|(k, v)| format!("{k}={v}")).collect();
         format!("{}:{}[{}]", self.module.file(), self.entry, d.join(","))
     }
 }
@@ -114,9 +114,7 @@ fn layout_entries(inputs: u32, outputs: u32) -> Vec<wgpu::BindGroupLayoutEntry> 
             binding: 1 + i,
             visibility: wgpu::ShaderStages::COMPUTE,
             ty: wgpu::BindingType::Buffer {
-                ty: wgpu::BufferBindingType::Storage {
-                    read_only: i < inputs,
-                },
+                ty: wgpu::BufferBindingType::Storage { read_only: i < inputs },
                 has_dynamic_offset: false,
                 min_binding_size: None,
             },
@@ -130,11 +128,7 @@ impl Gpu {
     /// The compiled kernel for `key`, compiling it on first use. Compile and validation errors
     /// come back as [`Error::Shader`] naming the kernel.
     pub fn kernel(&self, key: &KernelKey) -> Result<Arc<Kernel>> {
-        let mut cache = self
-            .inner
-            .pipelines
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut cache = self.inner.pipelines.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(k) = cache.kernels.get(key) {
             return Ok(k.clone());
         }
@@ -143,6 +137,7 @@ impl Gpu {
         let scope = dev.push_error_scope(wgpu::ErrorFilter::Validation);
         let mkey = (key.module, key.defines.clone());
         if !cache.modules.contains_key(&mkey) {
+            // (Subgroup builtins need no `enable` directive in naga: the device feature suffices.)
             let mut src = String::new();
             for (k, v) in &key.defines {
                 src.push_str(&format!("const {k} = {v};\n"));
@@ -187,17 +182,9 @@ impl Gpu {
             // A broken module would fail every entry point; forget it so the error repeats
             // faithfully instead of surfacing later as an invalid-object error.
             cache.modules.remove(&mkey);
-            return Err(Error::Shader {
-                kernel: name,
-                message: err.to_string(),
-            });
+            return Err(Error::Shader { kernel: name, message: err.to_string() });
         }
-        let k = Arc::new(Kernel {
-            pipeline,
-            layout: bgl.clone(),
-            layout_key: lk,
-            name,
-        });
+        let k = Arc::new(Kernel { pipeline, layout: bgl.clone(), layout_key: lk, name });
         cache.kernels.insert(key.clone(), k.clone());
         drop(cache);
         self.stats_mut().pipelines_compiled += 1;
@@ -213,19 +200,11 @@ impl Gpu {
         buffers: &[(Arc<super::pool::PooledBuffer>, u64)],
     ) -> Arc<wgpu::BindGroup> {
         let mut key = Vec::with_capacity(3 + 2 * buffers.len());
-        key.extend([
-            kernel.layout_key.0 as u64,
-            kernel.layout_key.1 as u64,
-            params.id,
-        ]);
+        key.extend([kernel.layout_key.0 as u64, kernel.layout_key.1 as u64, params.id]);
         for (b, size) in buffers {
             key.extend([b.id, *size]);
         }
-        let mut cache = self
-            .inner
-            .pipelines
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut cache = self.inner.pipelines.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(bg) = cache.bind_groups.get(&key) {
             return bg.clone();
         }
@@ -247,15 +226,11 @@ impl Gpu {
                 }),
             });
         }
-        let bg = Arc::new(
-            self.inner
-                .device
-                .create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some("wgvae bind group"),
-                    layout: &kernel.layout,
-                    entries: &entries,
-                }),
-        );
+        let bg = Arc::new(self.inner.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("wgvae bind group"),
+            layout: &kernel.layout,
+            entries: &entries,
+        }));
         cache.bind_groups.insert(key, bg.clone());
         drop(cache);
         self.stats_mut().bind_groups_created += 1;

@@ -61,9 +61,7 @@ pub struct PooledBuffer {
 impl PooledBuffer {
     /// The wgpu buffer.
     pub fn raw(&self) -> &wgpu::Buffer {
-        self.buffer
-            .as_ref()
-            .expect("pooled buffer is present until drop")
+        self.buffer.as_ref().expect("pooled buffer is present until drop")
     }
     /// Unique id (bind groups are cached by it).
     pub fn id(&self) -> u64 {
@@ -79,10 +77,7 @@ impl Drop for PooledBuffer {
     fn drop(&mut self) {
         if let Some(b) = self.buffer.take() {
             let mut pool = self.gpu.pool.lock().unwrap_or_else(|p| p.into_inner());
-            pool.free
-                .entry((self.kind, self.class))
-                .or_default()
-                .insert(self.id, b);
+            pool.free.entry((self.kind, self.class)).or_default().insert(self.id, b);
         }
     }
 }
@@ -101,11 +96,7 @@ impl Gpu {
             });
         }
         // A class may round past the buffer limit while the request itself fits: allocate exactly.
-        let class = if class > lim.max_buffer_size {
-            bytes.div_ceil(4) * 4
-        } else {
-            class
-        };
+        let class = if class > lim.max_buffer_size { bytes.div_ceil(4) * 4 } else { class };
         if class > lim.max_buffer_size {
             return Err(Error::DeviceLimit {
                 what: format!("a {kind:?} buffer"),
@@ -116,9 +107,7 @@ impl Gpu {
         }
         let reused = {
             let mut pool = self.inner.pool.lock().unwrap_or_else(|p| p.into_inner());
-            pool.free
-                .get_mut(&(kind, class))
-                .and_then(|v| v.pop_first())
+            pool.free.get_mut(&(kind, class)).and_then(|v| v.pop_first())
         };
         let (id, buffer) = match reused {
             Some(x) => x,
@@ -136,27 +125,12 @@ impl Gpu {
                 (id, buffer)
             }
         };
-        Ok(Arc::new(PooledBuffer {
-            buffer: Some(buffer),
-            id,
-            kind,
-            class,
-            gpu: self.inner.clone(),
-        }))
+        Ok(Arc::new(PooledBuffer { buffer: Some(buffer), id, kind, class, gpu: self.inner.clone() }))
     }
 
     /// Frees every idle pooled buffer and forgets cached bind groups (e.g. after a large job).
     pub fn trim(&self) {
-        self.inner
-            .pool
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .free
-            .clear();
-        self.inner
-            .pipelines
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear_bind_groups();
+        self.inner.pool.lock().unwrap_or_else(|p| p.into_inner()).free.clear();
+        self.inner.pipelines.lock().unwrap_or_else(|p| p.into_inner()).clear_bind_groups();
     }
 }

@@ -23,11 +23,7 @@ pub struct Param {
 impl Param {
     /// Wraps a tensor as a parameter.
     pub fn new(name: impl Into<String>, value: Tensor) -> Self {
-        Param {
-            id: NEXT_PARAM.fetch_add(1, Ordering::Relaxed),
-            name: name.into(),
-            value,
-        }
+        Param { id: NEXT_PARAM.fetch_add(1, Ordering::Relaxed), name: name.into(), value }
     }
     /// Unique id.
     pub fn id(&self) -> u64 {
@@ -56,38 +52,19 @@ pub struct Linear {
 
 impl Linear {
     /// PyTorch's default initialisation: W, b ~ U(−1/√in, 1/√in), from `rng`.
-    pub fn new(
-        gpu: &Gpu,
-        name: &str,
-        inputs: usize,
-        outputs: usize,
-        act: Act,
-        rng: &mut impl Rng,
-    ) -> Result<Self> {
+    pub fn new(gpu: &Gpu, name: &str, inputs: usize, outputs: usize, act: Act, rng: &mut impl Rng) -> Result<Self> {
         if inputs == 0 || outputs == 0 {
             return Err(Error::arg(
                 name,
-                format!(
-                    "a linear layer needs at least one input and output, got {inputs} -> {outputs}"
-                ),
+                format!("a linear layer needs at least one input and output, got {inputs} -> {outputs}"),
             ));
         }
         let bound = 1.0 / (inputs as f32).sqrt();
-        let w: Vec<f32> = (0..inputs * outputs)
-            .map(|_| rng.random_range(-bound..bound))
-            .collect();
-        let b: Vec<f32> = (0..outputs)
-            .map(|_| rng.random_range(-bound..bound))
-            .collect();
+        let w: Vec<f32> = (0..inputs * outputs).map(|_| rng.random_range(-bound..bound)).collect();
+        let b: Vec<f32> = (0..outputs).map(|_| rng.random_range(-bound..bound)).collect();
         Ok(Linear {
-            weight: Param::new(
-                format!("{name}.weight"),
-                Tensor::from_slice(gpu, outputs, inputs, &w)?,
-            ),
-            bias: Param::new(
-                format!("{name}.bias"),
-                Tensor::from_slice(gpu, 1, outputs, &b)?,
-            ),
+            weight: Param::new(format!("{name}.weight"), Tensor::from_slice(gpu, outputs, inputs, &w)?),
+            bias: Param::new(format!("{name}.bias"), Tensor::from_slice(gpu, 1, outputs, &b)?),
             act,
         })
     }
@@ -112,19 +89,9 @@ pub struct Mlp {
 
 impl Mlp {
     /// Sizes `[in, h1, ..., out]`; layer names are `{name}.{i}`.
-    pub fn new(
-        gpu: &Gpu,
-        name: &str,
-        sizes: &[usize],
-        act: Act,
-        out_act: Act,
-        seed: u64,
-    ) -> Result<Self> {
+    pub fn new(gpu: &Gpu, name: &str, sizes: &[usize], act: Act, out_act: Act, seed: u64) -> Result<Self> {
         if sizes.len() < 2 {
-            return Err(Error::arg(
-                name,
-                "an MLP needs at least an input and an output size",
-            ));
+            return Err(Error::arg(name, "an MLP needs at least an input and an output size"));
         }
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let n = sizes.len() - 1;
@@ -166,10 +133,7 @@ impl Sgd {
     /// Validates the learning rate.
     pub fn new(lr: f32) -> Result<Self> {
         if !(lr.is_finite() && lr > 0.0) {
-            return Err(Error::arg(
-                "lr",
-                format!("{lr} is not a positive finite learning rate"),
-            ));
+            return Err(Error::arg("lr", format!("{lr} is not a positive finite learning rate")));
         }
         Ok(Sgd { lr })
     }

@@ -10,13 +10,7 @@ use crate::tensor::Tensor;
 const WG: usize = 256;
 
 fn key(entry: &'static str, inputs: u32, outputs: u32, act: Act) -> KernelKey {
-    KernelKey {
-        module: Module::Elementwise,
-        entry,
-        defines: act.defines(),
-        inputs,
-        outputs,
-    }
+    KernelKey { module: Module::Elementwise, entry, defines: act.defines(), inputs, outputs }
 }
 
 fn params(n: usize, cols: usize, s0: f32, s1: f32) -> Params {
@@ -35,12 +29,7 @@ fn launch(
     let k = key(entry, inputs.len() as u32, 1, act);
     let mut bufs: Vec<&Tensor> = inputs.to_vec();
     bufs.push(out);
-    tape.dispatch(
-        &k,
-        params(out.len(), out.cols(), s0, s1),
-        &bufs,
-        grid_1d(out.len(), WG),
-    )
+    tape.dispatch(&k, params(out.len(), out.cols(), s0, s1), &bufs, grid_1d(out.len(), WG))
 }
 
 /// y[M,N] = value.
@@ -82,10 +71,7 @@ pub fn copy(tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
 pub fn axpy_inplace(tape: &mut Tape, s: f32, x: &Tensor, y: &Tensor) -> Result<()> {
     same_shape("axpy_inplace", x, y)?;
     if x.same_buffer(y) {
-        return Err(crate::Error::arg(
-            "axpy_inplace",
-            "x and y are the same buffer; use affine instead",
-        ));
+        return Err(crate::Error::arg("axpy_inplace", "x and y are the same buffer; use affine instead"));
     }
     launch(tape, "axpy_inplace", &[x], y, Act::Identity, s, 0.0)
 }
@@ -110,22 +96,13 @@ pub fn act_backward(tape: &mut Tape, dy: &Tensor, y: &Tensor, act: Act) -> Resul
 
 /// Broadcasts into y[rows, cols]: `Scalar` x[1,1], `Row` x[1,cols] (every row), `Col` x[rows,1]
 /// (every column), each times s.
-pub fn broadcast_to(
-    tape: &mut Tape,
-    x: &Tensor,
-    rows: usize,
-    cols: usize,
-    s: f32,
-) -> Result<Tensor> {
+pub fn broadcast_to(tape: &mut Tape, x: &Tensor, rows: usize, cols: usize, s: f32) -> Result<Tensor> {
     let entry = match x.shape() {
         [1, 1] => "broadcast_scalar",
         [1, c] if c == cols => "broadcast_row",
         [r, 1] if r == rows => "broadcast_col",
         other => {
-            return Err(crate::Error::shape(
-                "broadcast",
-                format!("cannot broadcast {other:?} to [{rows}, {cols}]"),
-            ));
+            return Err(crate::Error::shape("broadcast", format!("cannot broadcast {other:?} to [{rows}, {cols}]")));
         }
     };
     let y = Tensor::empty(tape.gpu(), rows, cols)?;
@@ -139,28 +116,20 @@ pub fn broadcast_to(
 pub fn activation(tape: &mut Tape, x: Var, act: Act) -> Result<Var> {
     let y = act_forward(tape, &val(tape, x), act)?;
     let yk = y.clone();
-    Ok(tape.record(&[x], y, move |t, g, _| {
-        Ok(vec![Some(act_backward(t, g, &yk, act)?)])
-    }))
+    Ok(tape.record(&[x], y, move |t, g, _| Ok(vec![Some(act_backward(t, g, &yk, act)?)])))
 }
 
 /// z = x + y.  Backward: dx = dz, dy = dz.
 pub fn add(tape: &mut Tape, x: Var, y: Var) -> Result<Var> {
     let z = axpby(tape, 1.0, &val(tape, x), 1.0, &val(tape, y))?;
-    Ok(tape.record(&[x, y], z, |_, g, _| {
-        Ok(vec![Some(g.clone()), Some(g.clone())])
-    }))
+    Ok(tape.record(&[x, y], z, |_, g, _| Ok(vec![Some(g.clone()), Some(g.clone())])))
 }
 
 /// z = x − y.  Backward: dx = dz, dy = −dz.
 pub fn sub(tape: &mut Tape, x: Var, y: Var) -> Result<Var> {
     let z = axpby(tape, 1.0, &val(tape, x), -1.0, &val(tape, y))?;
     Ok(tape.record(&[x, y], z, |t, g, needs| {
-        let dy = if needs[1] {
-            Some(affine(t, g, -1.0, 0.0)?)
-        } else {
-            None
-        };
+        let dy = if needs[1] { Some(affine(t, g, -1.0, 0.0)?) } else { None };
         Ok(vec![Some(g.clone()), dy])
     }))
 }
@@ -170,16 +139,8 @@ pub fn mul(tape: &mut Tape, x: Var, y: Var) -> Result<Var> {
     let (xv, yv) = (val(tape, x), val(tape, y));
     let z = mul_t(tape, &xv, &yv)?;
     Ok(tape.record(&[x, y], z, move |t, g, needs| {
-        let dx = if needs[0] {
-            Some(mul_t(t, g, &yv)?)
-        } else {
-            None
-        };
-        let dy = if needs[1] {
-            Some(mul_t(t, g, &xv)?)
-        } else {
-            None
-        };
+        let dx = if needs[0] { Some(mul_t(t, g, &yv)?) } else { None };
+        let dy = if needs[1] { Some(mul_t(t, g, &xv)?) } else { None };
         Ok(vec![dx, dy])
     }))
 }
@@ -187,7 +148,5 @@ pub fn mul(tape: &mut Tape, x: Var, y: Var) -> Result<Var> {
 /// z = s·x.  Backward: dx = s·dz.
 pub fn scale(tape: &mut Tape, x: Var, s: f32) -> Result<Var> {
     let z = affine(tape, &val(tape, x), s, 0.0)?;
-    Ok(tape.record(&[x], z, move |t, g, _| {
-        Ok(vec![Some(affine(t, g, s, 0.0)?)])
-    }))
+    Ok(tape.record(&[x], z, move |t, g, _| Ok(vec![Some(affine(t, g, s, 0.0)?)])))
 }

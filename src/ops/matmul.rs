@@ -28,12 +28,7 @@ pub struct MatmulOpts {
 
 impl Default for MatmulOpts {
     fn default() -> Self {
-        MatmulOpts {
-            trans_a: false,
-            trans_b: false,
-            act: Act::Identity,
-            variant: None,
-        }
+        MatmulOpts { trans_a: false, trans_b: false, act: Act::Identity, variant: None }
     }
 }
 
@@ -60,10 +55,18 @@ impl MatmulOpts {
     }
 }
 
-/// Rows per workgroup of the register variant; tuned on llvmpipe (see benches/matmul.rs).
-const REG_RM: u32 = 8;
-/// Invocations per workgroup of the register variant (each owns 4 columns).
-const REG_WG: u32 = 16;
+/// Rows per workgroup of the register kernels (RM in matmul.wgsl; a multiple of 4).
+const REG_RM: usize = 8;
+/// Invocations per workgroup of the register and subgroup kernels (a multiple of 8).
+const REG_WG: usize = 16;
+/// Columns per invocation of `matmul_register4` (a multiple of 4).
+const REG4_CN: usize = 4;
+
+/// Whether the vec4 kernels (`matmul_register4`, `matmul_subgroup`) can take this product: every
+/// vec4 they load must be a 16-byte aligned run within one row of a stored operand.
+pub fn vec4_aligned(m: usize, k: usize, n: usize, ta: bool, tb: bool) -> bool {
+    k % 4 == 0 && (!ta || m % 4 == 0) && (tb || n % 4 == 0)
+}
 
 /// Longest K one dispatch handles. llvmpipe stops an invocation after 65535 loop iterations, and
 /// one K step of either variant costs up to ~17 of them.
@@ -71,16 +74,8 @@ const K_SLICE: usize = 2048;
 
 /// (M, K, N) of op(A)·op(B), checking that the inner dimensions agree.
 pub fn matmul_dims(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<(usize, usize, usize)> {
-    let (m, k) = if ta {
-        (a.cols(), a.rows())
-    } else {
-        (a.rows(), a.cols())
-    };
-    let (kb, n) = if tb {
-        (b.cols(), b.rows())
-    } else {
-        (b.rows(), b.cols())
-    };
+    let (m, k) = if ta { (a.cols(), a.rows()) } else { (a.rows(), a.cols()) };
+    let (kb, n) = if tb { (b.cols(), b.rows()) } else { (b.rows(), b.cols()) };
     if k != kb {
         return Err(Error::shape(
             "matmul",
@@ -107,34 +102,27 @@ fn launch(
 ) -> Result<()> {
     let (m, k, n) = matmul_dims(a, b, o.trans_a, o.trans_b)?;
     if c.shape() != [m, n] {
-        return Err(Error::shape(
-            "matmul",
-            format!("output is {:?}, expected [{m}, {n}]", c.shape()),
-        ));
+        return Err(Error::shape("matmul", format!("output is {:?}, expected [{m}, {n}]", c.shape())));
     }
     if let Some(bias) = bias {
         if bias.shape() != [1, n] {
-            return Err(Error::shape(
-                "matmul",
-                format!("bias is {:?}, expected [1, {n}]", bias.shape()),
-            ));
+            return Err(Error::shape("matmul", format!("bias is {:?}, expected [1, {n}]", bias.shape())));
         }
     }
     let variant = o.variant.unwrap_or_else(|| tape.gpu().matmul_variant());
-    let (entry, groups) = match variant {
-        MatmulVariant::Tiled => (
-            "matmul_tiled",
-            [n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1],
-        ),
-        MatmulVariant::Register => (
-            "matmul_register",
-            [
-                n.div_ceil(4 * REG_WG as usize) as u32,
-                m.div_ceil(REG_RM as usize) as u32,
-                1,
-            ],
-        ),
+    let aligned = vec4_aligned(m, k, n, o.trans_a, o.trans_b);
+    // (entry, module, rows per workgroup, columns per workgroup)
+    let (entry, module, rows, cols) = match variant {
+        MatmulVariant::Tiled => ("matmul_tiled", Module::Matmul, 64, 64),
+        MatmulVariant::Subgroup if aligned && tape.gpu().has_subgroups_of_8() => {
+            ("matmul_subgroup", Module::MatmulSubgroup, 8, 4 * REG_WG)
+        }
+        MatmulVariant::Register | MatmulVariant::Subgroup if aligned => {
+            ("matmul_register4", Module::Matmul, REG_RM, REG4_CN * REG_WG)
+        }
+        MatmulVariant::Register | MatmulVariant::Subgroup => ("matmul_register", Module::Matmul, REG_RM, 4 * REG_WG),
     };
+    let groups = [n.div_ceil(cols) as u32, m.div_ceil(rows) as u32, 1];
     // Long K runs as slices accumulated into C; bias and activation apply with the last slice.
     let slices = k.div_ceil(K_SLICE);
     for s in 0..slices {
@@ -149,21 +137,11 @@ fn launch(
             ("ACCUM", (accum || s > 0).to_string()),
             ("RM", format!("{REG_RM}u")),
             ("WG", format!("{REG_WG}u")),
+            ("CN", format!("{REG4_CN}u")),
         ];
         defines.extend(slice_act.defines());
-        let key = KernelKey {
-            module: Module::Matmul,
-            entry,
-            defines,
-            inputs: 3,
-            outputs: 1,
-        };
-        let params = Params::new()
-            .u(m as u32)
-            .u(n as u32)
-            .u(k as u32)
-            .u(k0 as u32)
-            .u(k1 as u32);
+        let key = KernelKey { module, entry, defines, inputs: 3, outputs: 1 };
+        let params = Params::new().u(m as u32).u(n as u32).u(k as u32).u(k0 as u32).u(k1 as u32);
         // Without a bias the slot is filled with A (read-only twice is allowed) to keep one layout.
         tape.dispatch(&key, params, &[a, b, slice_bias.unwrap_or(a), c], groups)?;
     }
@@ -171,13 +149,7 @@ fn launch(
 }
 
 /// C = act(op(A)·op(B) + bias) into a new tensor.
-pub fn matmul_forward(
-    tape: &mut Tape,
-    a: &Tensor,
-    b: &Tensor,
-    bias: Option<&Tensor>,
-    o: MatmulOpts,
-) -> Result<Tensor> {
+pub fn matmul_forward(tape: &mut Tape, a: &Tensor, b: &Tensor, bias: Option<&Tensor>, o: MatmulOpts) -> Result<Tensor> {
     let (m, _, n) = matmul_dims(a, b, o.trans_a, o.trans_b)?;
     let c = Tensor::empty(tape.gpu(), m, n)?;
     launch(tape, a, b, bias, &c, o, false)?;
@@ -185,31 +157,11 @@ pub fn matmul_forward(
 }
 
 /// C += op(A)·op(B), in place (no bias, no activation).
-pub fn matmul_accumulate(
-    tape: &mut Tape,
-    a: &Tensor,
-    b: &Tensor,
-    c: &Tensor,
-    o: MatmulOpts,
-) -> Result<()> {
+pub fn matmul_accumulate(tape: &mut Tape, a: &Tensor, b: &Tensor, c: &Tensor, o: MatmulOpts) -> Result<()> {
     if c.same_buffer(a) || c.same_buffer(b) {
-        return Err(Error::arg(
-            "matmul_accumulate",
-            "the output must not share a buffer with an operand",
-        ));
+        return Err(Error::arg("matmul_accumulate", "the output must not share a buffer with an operand"));
     }
-    launch(
-        tape,
-        a,
-        b,
-        None,
-        c,
-        MatmulOpts {
-            act: Act::Identity,
-            ..o
-        },
-        true,
-    )
+    launch(tape, a, b, None, c, MatmulOpts { act: Act::Identity, ..o }, true)
 }
 
 /// Gradients of C = op(A)·op(B) for upstream dC, with the variant of `o`:
@@ -223,47 +175,20 @@ pub fn matmul_backward(
     need_a: bool,
     need_b: bool,
 ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-    let base = MatmulOpts {
-        act: Act::Identity,
-        ..o
-    };
+    let base = MatmulOpts { act: Act::Identity, ..o };
     let da = if !need_a {
         None
     } else if !o.trans_a {
-        Some(matmul_forward(
-            tape,
-            dc,
-            b,
-            None,
-            base.trans(false, !o.trans_b),
-        )?)
+        Some(matmul_forward(tape, dc, b, None, base.trans(false, !o.trans_b))?)
     } else {
-        Some(matmul_forward(
-            tape,
-            b,
-            dc,
-            None,
-            base.trans(o.trans_b, true),
-        )?)
+        Some(matmul_forward(tape, b, dc, None, base.trans(o.trans_b, true))?)
     };
     let db = if !need_b {
         None
     } else if !o.trans_b {
-        Some(matmul_forward(
-            tape,
-            a,
-            dc,
-            None,
-            base.trans(!o.trans_a, false),
-        )?)
+        Some(matmul_forward(tape, a, dc, None, base.trans(!o.trans_a, false))?)
     } else {
-        Some(matmul_forward(
-            tape,
-            dc,
-            a,
-            None,
-            base.trans(true, o.trans_a),
-        )?)
+        Some(matmul_forward(tape, dc, a, None, base.trans(true, o.trans_a))?)
     };
     Ok((da, db))
 }
@@ -294,23 +219,11 @@ pub fn linear(tape: &mut Tape, x: Var, w: Var, b: Option<Var>, act: Act) -> Resu
     Ok(tape.record(&inputs, y, move |t, dy, needs| {
         let g = act_backward(t, dy, &yk, act)?;
         let plain = MatmulOpts::nn();
-        let dx = if needs[0] {
-            Some(matmul_forward(t, &g, &wv, None, plain)?)
-        } else {
-            None
-        };
-        let dw = if needs[1] {
-            Some(matmul_forward(t, &g, &xv, None, plain.trans(true, false))?)
-        } else {
-            None
-        };
+        let dx = if needs[0] { Some(matmul_forward(t, &g, &wv, None, plain)?) } else { None };
+        let dw = if needs[1] { Some(matmul_forward(t, &g, &xv, None, plain.trans(true, false))?) } else { None };
         let mut out = vec![dx, dw];
         if needs.len() > 2 {
-            out.push(if needs[2] {
-                Some(col_sum(t, &g, 1.0)?)
-            } else {
-                None
-            });
+            out.push(if needs[2] { Some(col_sum(t, &g, 1.0)?) } else { None });
         }
         Ok(out)
     }))

@@ -65,12 +65,7 @@ impl Act {
                     .parse::<f32>()
                     .ok()
                     .filter(|v| *v > 0.0 && v.is_finite())
-                    .ok_or_else(|| {
-                        Error::arg(
-                            "activation",
-                            format!("`{a}` in `{s}` is not a positive number"),
-                        )
-                    }),
+                    .ok_or_else(|| Error::arg("activation", format!("`{a}` in `{s}` is not a positive number"))),
             }
         };
         Ok(match name.to_ascii_lowercase().as_str() {
@@ -89,20 +84,10 @@ impl Act {
         })
     }
     /// All activations with their default parameters (tests iterate over them).
-    pub const ALL: [Act; 6] = [
-        Act::Identity,
-        Act::Relu,
-        Act::LeakyRelu(0.01),
-        Act::Tanh,
-        Act::Sigmoid,
-        Act::Elu(1.0),
-    ];
+    pub const ALL: [Act; 6] = [Act::Identity, Act::Relu, Act::LeakyRelu(0.01), Act::Tanh, Act::Sigmoid, Act::Elu(1.0)];
 
     pub(crate) fn defines(self) -> Vec<(&'static str, String)> {
-        vec![
-            ("ACT", format!("{}u", self.id())),
-            ("ALPHA", wgsl_f32(self.alpha())),
-        ]
+        vec![("ACT", format!("{}u", self.id())), ("ALPHA", wgsl_f32(self.alpha()))]
     }
 }
 
@@ -123,14 +108,7 @@ pub(crate) fn grid_1d(n: usize, wg: usize) -> [u32; 3] {
 
 pub(crate) fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
     if a.shape() != b.shape() {
-        return Err(Error::shape(
-            op,
-            format!(
-                "operands are {:?} and {:?}; they must be equal",
-                a.shape(),
-                b.shape()
-            ),
-        ));
+        return Err(Error::shape(op, format!("operands are {:?} and {:?}; they must be equal", a.shape(), b.shape())));
     }
     Ok(())
 }

@@ -13,13 +13,7 @@ use crate::tensor::Tensor;
 const CHUNK: usize = 16 * 256;
 
 fn key(entry: &'static str) -> KernelKey {
-    KernelKey {
-        module: Module::Reduce,
-        entry,
-        defines: Vec::new(),
-        inputs: 1,
-        outputs: 1,
-    }
+    KernelKey { module: Module::Reduce, entry, defines: Vec::new(), inputs: 1, outputs: 1 }
 }
 
 fn params(rows: usize, cols: usize, s: f32) -> Params {
@@ -37,12 +31,7 @@ pub fn col_sum(tape: &mut Tape, x: &Tensor, s: f32) -> Result<Tensor> {
         let last = chunks == 1;
         let y = Tensor::empty(tape.gpu(), chunks, cur.cols())?;
         let p = params(cur.rows(), cur.cols(), if last { s } else { 1.0 });
-        tape.dispatch(
-            &key("col_sum"),
-            p,
-            &[&cur, &y],
-            [cur.cols().div_ceil(64) as u32, chunks as u32, 1],
-        )?;
+        tape.dispatch(&key("col_sum"), p, &[&cur, &y], [cur.cols().div_ceil(64) as u32, chunks as u32, 1])?;
         if last {
             return Ok(y);
         }
@@ -58,12 +47,7 @@ pub fn row_sum(tape: &mut Tape, x: &Tensor, s: f32) -> Result<Tensor> {
         let last = chunks == 1;
         let y = Tensor::empty(tape.gpu(), cur.rows(), chunks)?;
         let p = params(cur.rows(), cur.cols(), if last { s } else { 1.0 });
-        tape.dispatch(
-            &key("row_sum"),
-            p,
-            &[&cur, &y],
-            [cur.rows().div_ceil(64) as u32, chunks as u32, 1],
-        )?;
+        tape.dispatch(&key("row_sum"), p, &[&cur, &y], [cur.rows().div_ceil(64) as u32, chunks as u32, 1])?;
         if last {
             return Ok(y);
         }
@@ -80,12 +64,7 @@ pub fn sum_all(tape: &mut Tape, x: &Tensor, s: f32) -> Result<Tensor> {
         let last = groups == 1;
         let y = Tensor::empty(tape.gpu(), 1, groups)?;
         let scale = if last { s } else { 1.0 };
-        tape.dispatch(
-            &key("sum_partial"),
-            params(n, CHUNK, scale),
-            &[&cur, &y],
-            [groups as u32, 1, 1],
-        )?;
+        tape.dispatch(&key("sum_partial"), params(n, CHUNK, scale), &[&cur, &y], [groups as u32, 1, 1])?;
         cur = y;
         if last {
             return Ok(cur);
@@ -110,9 +89,7 @@ fn scaled_sum(tape: &mut Tape, x: Var, s: f32) -> Result<Var> {
     let xv = val(tape, x);
     let z = sum_all(tape, &xv, s)?;
     let (r, c) = (xv.rows(), xv.cols());
-    Ok(tape.record(&[x], z, move |t, g, _| {
-        Ok(vec![Some(broadcast_to(t, g, r, c, s)?)])
-    }))
+    Ok(tape.record(&[x], z, move |t, g, _| Ok(vec![Some(broadcast_to(t, g, r, c, s)?)])))
 }
 
 /// Column sums x[R,C] -> [1,C].  Backward: every row of dx is dz.
@@ -120,9 +97,7 @@ pub fn sum_cols(tape: &mut Tape, x: Var) -> Result<Var> {
     let xv = val(tape, x);
     let z = col_sum(tape, &xv, 1.0)?;
     let (r, c) = (xv.rows(), xv.cols());
-    Ok(tape.record(&[x], z, move |t, g, _| {
-        Ok(vec![Some(broadcast_to(t, g, r, c, 1.0)?)])
-    }))
+    Ok(tape.record(&[x], z, move |t, g, _| Ok(vec![Some(broadcast_to(t, g, r, c, 1.0)?)])))
 }
 
 /// Row sums x[R,C] -> [R,1].  Backward: every column of dx is dz.
@@ -130,7 +105,5 @@ pub fn sum_rows(tape: &mut Tape, x: Var) -> Result<Var> {
     let xv = val(tape, x);
     let z = row_sum(tape, &xv, 1.0)?;
     let (r, c) = (xv.rows(), xv.cols());
-    Ok(tape.record(&[x], z, move |t, g, _| {
-        Ok(vec![Some(broadcast_to(t, g, r, c, 1.0)?)])
-    }))
+    Ok(tape.record(&[x], z, move |t, g, _| Ok(vec![Some(broadcast_to(t, g, r, c, 1.0)?)])))
 }

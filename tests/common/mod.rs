@@ -10,9 +10,7 @@ use wgvae::{Gpu, Tensor};
 /// One device shared by every test of a binary (adapter setup and shader JIT are not free).
 pub fn gpu() -> &'static Gpu {
     static GPU: OnceLock<Gpu> = OnceLock::new();
-    GPU.get_or_init(|| {
-        Gpu::new().expect("tests need a GPU adapter; without a GPU install mesa-vulkan-drivers")
-    })
+    GPU.get_or_init(|| Gpu::new().expect("tests need a GPU adapter; without a GPU install mesa-vulkan-drivers"))
 }
 
 /// Row-major f64 matrix.
@@ -34,13 +32,7 @@ impl Mat {
     /// Uniform(lo, hi) values from a seeded generator, rounded to f32 so the GPU sees the same.
     pub fn rand(r: usize, c: usize, lo: f64, hi: f64, seed: u64) -> Self {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        Mat::new(
-            r,
-            c,
-            (0..r * c)
-                .map(|_| rng.random_range(lo..hi) as f32 as f64)
-                .collect(),
-        )
+        Mat::new(r, c, (0..r * c).map(|_| rng.random_range(lo..hi) as f32 as f64).collect())
     }
     pub fn at(&self, i: usize, j: usize) -> f64 {
         self.d[i * self.c + j]
@@ -59,11 +51,7 @@ impl Mat {
     }
     pub fn zip(&self, o: &Mat, f: impl Fn(f64, f64) -> f64) -> Mat {
         assert_eq!((self.r, self.c), (o.r, o.c));
-        Mat::new(
-            self.r,
-            self.c,
-            self.d.iter().zip(&o.d).map(|(&a, &b)| f(a, b)).collect(),
-        )
+        Mat::new(self.r, self.c, self.d.iter().zip(&o.d).map(|(&a, &b)| f(a, b)).collect())
     }
     pub fn f32s(&self) -> Vec<f32> {
         self.d.iter().map(|&x| x as f32).collect()
@@ -125,13 +113,7 @@ pub fn col_sum(m: &Mat) -> Mat {
 }
 
 pub fn row_sum(m: &Mat) -> Mat {
-    Mat::new(
-        m.r,
-        1,
-        (0..m.r)
-            .map(|i| (0..m.c).map(|j| m.at(i, j)).sum())
-            .collect(),
-    )
+    Mat::new(m.r, 1, (0..m.r).map(|i| (0..m.c).map(|j| m.at(i, j)).sum()).collect())
 }
 
 /// Activation ids as in shaders/common.wgsl.

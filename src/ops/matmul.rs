@@ -65,7 +65,7 @@ const REG4_CN: usize = 4;
 /// Whether the vec4 kernels (`matmul_register4`, `matmul_subgroup`) can take this product: every
 /// vec4 they load must be a 16-byte aligned run within one row of a stored operand.
 pub fn vec4_aligned(m: usize, k: usize, n: usize, ta: bool, tb: bool) -> bool {
-    k % 4 == 0 && (!ta || m % 4 == 0) && (tb || n % 4 == 0)
+    k.is_multiple_of(4) && (!ta || m.is_multiple_of(4)) && (tb || n.is_multiple_of(4))
 }
 
 /// Longest K one dispatch handles. llvmpipe stops an invocation after 65535 loop iterations, and

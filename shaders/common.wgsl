@@ -62,3 +62,42 @@ fn act_grad_from_y(a: u32, alpha: f32, y: f32) -> f32 {
 fn flat_index(wid: vec3<u32>, lid: u32, groups_x: u32, wg: u32) -> u32 {
     return (wid.y * groups_x + wid.x) * wg + lid;
 }
+
+// ---- Philox4x32-10 (used by random.wgsl and data.wgsl) ----
+
+// High 32 bits of a 32x32-bit product (WGSL has no 64-bit integers): schoolbook on 16-bit halves.
+fn mul_hi(a: u32, b: u32) -> u32 {
+    let a_lo = a & 0xffffu;
+    let a_hi = a >> 16u;
+    let b_lo = b & 0xffffu;
+    let b_hi = b >> 16u;
+    let t = a_hi * b_lo + ((a_lo * b_lo) >> 16u);
+    let w = (t & 0xffffu) + a_lo * b_hi;
+    return a_hi * b_hi + (t >> 16u) + (w >> 16u);
+}
+
+fn philox(counter: vec4<u32>, key: vec2<u32>) -> vec4<u32> {
+    var c = counter;
+    var k = key;
+    for (var r = 0u; r < 10u; r++) {
+        let hi0 = mul_hi(0xD2511F53u, c.x);
+        let lo0 = 0xD2511F53u * c.x;
+        let hi1 = mul_hi(0xCD9E8D57u, c.z);
+        let lo1 = 0xCD9E8D57u * c.z;
+        c = vec4<u32>(hi1 ^ c.y ^ k.x, lo1, hi0 ^ c.w ^ k.y, lo0);
+        k = k + vec2<u32>(0x9E3779B9u, 0xBB67AE85u);
+    }
+    return c;
+}
+
+// A 32-bit word to a float in (0, 1): the top 24 bits, centred in their interval (exact in f32).
+fn u01(x: u32) -> f32 {
+    return (f32(x >> 8u) + 0.5) * (1.0 / 16777216.0);
+}
+
+// Two independent N(0,1) values from two words (Box-Muller).
+fn box_muller(x: u32, y: u32) -> vec2<f32> {
+    let r = sqrt(-2.0 * log(u01(x)));
+    let t = 6.283185307179586 * u01(y);
+    return vec2<f32>(r * cos(t), r * sin(t));
+}

@@ -65,6 +65,22 @@ pub enum Error {
     /// A gradient was asked for a value that does not take part in the loss, or backward was misused.
     #[error("autograd: {0}")]
     Autograd(String),
+    /// A data file is missing, truncated, corrupt or inconsistent with its siblings.
+    #[error("{path}: {detail}")]
+    Data {
+        /// The offending file (or directory).
+        path: PathBuf,
+        /// What is wrong and, where possible, what to do.
+        detail: String,
+    },
+    /// A checkpoint cannot be used (corrupt, or saved from another configuration).
+    #[error("checkpoint {path}: {detail}")]
+    Checkpoint {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {

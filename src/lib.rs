@@ -35,12 +35,18 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod checkpoint;
+pub mod data;
 pub mod error;
 pub mod gpu;
+pub mod image;
 pub mod nn;
 pub mod ops;
+pub mod rng;
 pub mod tape;
 pub mod tensor;
+pub mod train;
+pub mod vae;
 
 pub use error::{Error, Result};
 pub use gpu::{Gpu, GpuOptions, MatmulVariant};

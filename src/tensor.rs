@@ -45,6 +45,29 @@ impl Tensor {
         Ok(t)
     }
 
+    /// Raw u32 words (dataset bytes, permutations) in a tensor-shaped buffer, for the kernels that
+    /// read `array<u32>`; f32 ops must not be applied to it.
+    pub fn from_u32(gpu: &Gpu, rows: usize, cols: usize, data: &[u32]) -> Result<Self> {
+        if data.len() != rows.saturating_mul(cols) {
+            return Err(Error::shape("Tensor::from_u32", format!("{} words given for {rows}x{cols}", data.len())));
+        }
+        let t = Self::empty(gpu, rows, cols)?;
+        gpu.queue().write_buffer(t.buf.raw(), 0, bytemuck::cast_slice(data));
+        Ok(t)
+    }
+
+    /// Overwrites the contents with `data` (same length), ordered before the next submission.
+    pub fn write(&self, gpu: &Gpu, data: &[f32]) -> Result<()> {
+        if data.len() != self.len() {
+            return Err(Error::shape(
+                "Tensor::write",
+                format!("{} values for a {}x{} tensor", data.len(), self.rows, self.cols),
+            ));
+        }
+        gpu.queue().write_buffer(self.buf.raw(), 0, bytemuck::cast_slice(data));
+        Ok(())
+    }
+
     /// A tensor of zeros (uploaded; for setup, not for the hot path).
     pub fn zeros(gpu: &Gpu, rows: usize, cols: usize) -> Result<Self> {
         check_shape("Tensor::zeros", rows, cols)?;

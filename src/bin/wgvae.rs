@@ -1,9 +1,15 @@
 //! `wgvae` command-line tool.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use wgvae::Gpu;
+use clap::{Args, Parser, Subcommand};
+use wgvae::checkpoint::Checkpoint;
+use wgvae::data::{idx, sprites, Split};
+use wgvae::ops::Act;
+use wgvae::train::{append_jsonl, write_pictures, EpochMetrics, TrainOptions, Trainer};
+use wgvae::vae::{Likelihood, VaeConfig};
+use wgvae::{Error, Gpu, Result};
 
 #[derive(Parser)]
 #[command(name = "wgvae", version, about = "Train variational autoencoders on any GPU with WGSL compute shaders")]
@@ -14,6 +20,50 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Train a VAE (default: the classic 784-400-20 model on the built-in sprites).
+    Train(TrainArgs),
+    /// Print the test negative ELBO, reconstruction and KL of a checkpoint as JSON.
+    Eval {
+        /// Checkpoint to evaluate.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// MNIST-layout directory (default: the data the checkpoint was trained on).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Examples per evaluation batch.
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+    },
+    /// Decode draws from the prior into a PNG grid.
+    Sample {
+        /// Checkpoint to sample from.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Number of samples.
+        #[arg(long, default_value_t = 64)]
+        n: usize,
+        /// Output PNG.
+        #[arg(long, default_value = "samples.png")]
+        out: PathBuf,
+        /// Seed of the prior draws.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Write test inputs above their reconstructions as a PNG grid.
+    Reconstruct {
+        /// Checkpoint to use.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// MNIST-layout directory (default: the data the checkpoint was trained on).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Number of test images.
+        #[arg(long, default_value_t = 8)]
+        n: usize,
+        /// Output PNG.
+        #[arg(long, default_value = "reconstructions.png")]
+        out: PathBuf,
+    },
     /// Print the adapter, backend, device type, limits and features in use.
     Info {
         /// Print JSON instead of text.
@@ -37,9 +87,62 @@ enum Cmd {
     },
 }
 
+#[derive(Args)]
+struct TrainArgs {
+    /// MNIST-layout directory with train-/t10k- IDX files, raw or .gz (default: built-in sprites).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Total epochs (with --resume: train until this many are done).
+    #[arg(long, default_value_t = 10)]
+    epochs: u64,
+    /// Examples per step.
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
+    /// Adam learning rate.
+    #[arg(long, default_value_t = 1e-3, allow_negative_numbers = true)]
+    lr: f32,
+    /// Latent dimension (default 20).
+    #[arg(long)]
+    latent: Option<usize>,
+    /// Hidden layer sizes, comma separated (default 400).
+    #[arg(long, value_delimiter = ',')]
+    hidden: Option<Vec<usize>>,
+    /// Hidden activation: relu, leaky_relu[:slope], tanh, sigmoid, elu[:alpha] (default relu).
+    #[arg(long)]
+    activation: Option<String>,
+    /// Decoder likelihood: bernoulli or gaussian[:variance] (default bernoulli).
+    #[arg(long)]
+    likelihood: Option<String>,
+    /// A named architecture: `classic` (784-400-20-400-784, ReLU, Bernoulli, as PyTorch's example).
+    #[arg(long)]
+    preset: Option<String>,
+    /// KL weight (1 = the ELBO).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    beta: f32,
+    /// Resample binary pixels x ~ Bernoulli(pixel) every step.
+    #[arg(long)]
+    binarize: bool,
+    /// Seed of initialisation, shuffling and noise.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Run directory (default: runs/<timestamp>, or the checkpoint's directory with --resume).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue from this checkpoint (weights, Adam state, step, epoch, seed).
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Steps between progress updates.
+    #[arg(long, default_value_t = 10)]
+    log_every: usize,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
+        Cmd::Train(a) => train(a),
+        Cmd::Eval { checkpoint, data, batch } => eval(&checkpoint, data.as_deref(), batch),
+        Cmd::Sample { checkpoint, n, out, seed } => sample(&checkpoint, n, &out, seed),
+        Cmd::Reconstruct { checkpoint, data, n, out } => reconstruct(&checkpoint, data.as_deref(), n, &out),
         Cmd::Info { json } => info(json),
         Cmd::Bench { filter, variant, seconds, json } => bench(&filter, variant.as_deref(), seconds, json),
     };
@@ -50,6 +153,263 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn load_data(data: Option<&Path>, seed: u64) -> Result<Split> {
+    match data {
+        Some(d) => idx::load_dir(d),
+        None => Ok(sprites::sprites(seed)),
+    }
+}
+
+/// The data a checkpoint was trained on (`sprites` or a directory), unless overridden.
+fn checkpoint_data(ck: &Checkpoint, data: Option<&Path>) -> Result<Split> {
+    match (data, ck.meta.get("data").map(String::as_str)) {
+        (Some(d), _) => idx::load_dir(d),
+        (None, None) | (None, Some("sprites")) => Ok(sprites::sprites(ck.meta_u64("data_seed").unwrap_or(0))),
+        (None, Some(d)) => idx::load_dir(Path::new(d)),
+    }
+}
+
+fn timestamp() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + (m <= 2) as i64;
+    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem / 60 % 60, rem % 60)
+}
+
+fn model_config(a: &TrainArgs, input_dim: usize) -> Result<VaeConfig> {
+    let mut c = match a.preset.as_deref() {
+        None | Some("classic") => VaeConfig::classic(),
+        Some(p) => return Err(Error::InvalidArgument { name: "--preset".into(), detail: format!("`{p}` is not one of: classic") }),
+    };
+    c.input_dim = input_dim;
+    if let Some(l) = a.latent {
+        c.latent = l;
+    }
+    if let Some(h) = &a.hidden {
+        c.hidden = h.clone();
+    }
+    if let Some(s) = &a.activation {
+        c.activation = Act::parse(s)?;
+    }
+    if let Some(s) = &a.likelihood {
+        c.likelihood = Likelihood::parse(s)?;
+    }
+    c.validate()?;
+    Ok(c)
+}
+
+/// With --resume, architecture flags must agree with the checkpoint.
+fn check_resume_flags(a: &TrainArgs, ck: &Checkpoint) -> Result<()> {
+    let c = &ck.config;
+    let clash = |flag: &str, given: String, saved: String| Error::Checkpoint {
+        path: ck.path.clone(),
+        detail: format!("it was trained with {flag} {saved} but {flag} {given} was given; drop the flag or start a new run"),
+    };
+    if let Some(l) = a.latent.filter(|l| *l != c.latent) {
+        return Err(clash("--latent", l.to_string(), c.latent.to_string()));
+    }
+    if let Some(h) = a.hidden.as_ref().filter(|h| **h != c.hidden) {
+        return Err(clash("--hidden", format!("{h:?}"), format!("{:?}", c.hidden)));
+    }
+    if let Some(s) = &a.activation {
+        if Act::parse(s)? != c.activation {
+            return Err(clash("--activation", s.clone(), wgvae::vae::act_name(c.activation)));
+        }
+    }
+    if let Some(s) = &a.likelihood {
+        if Likelihood::parse(s)? != c.likelihood {
+            return Err(clash("--likelihood", s.clone(), c.likelihood.name()));
+        }
+    }
+    Ok(())
+}
+
+fn train(a: TrainArgs) -> Result<()> {
+    let opts = TrainOptions { batch: a.batch, lr: a.lr, seed: a.seed, beta: a.beta, binarize: a.binarize, log_every: a.log_every };
+    opts.validate()?;
+    if a.epochs == 0 {
+        return Err(Error::InvalidArgument { name: "--epochs".into(), detail: "must be at least 1".into() });
+    }
+    let ck = match &a.resume {
+        Some(p) => {
+            let ck = Checkpoint::load(p)?;
+            check_resume_flags(&a, &ck)?;
+            Some(ck)
+        }
+        None => None,
+    };
+    let split = match (&ck, &a.data) {
+        (Some(ck), None) => checkpoint_data(ck, None)?,
+        _ => load_data(a.data.as_deref(), 0)?,
+    };
+    let config = match &ck {
+        Some(ck) => ck.config.clone(),
+        None => model_config(&a, split.train.dim())?,
+    };
+    let out = match (&a.out, &a.resume) {
+        (Some(o), _) => o.clone(),
+        (None, Some(r)) => r.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf(),
+        (None, None) => PathBuf::from("runs").join(timestamp()),
+    };
+    std::fs::create_dir_all(&out).map_err(|source| Error::Io { path: out.clone(), source })?;
+    let probe = out.join(".wgvae-write-test");
+    std::fs::write(&probe, b"").map_err(|source| Error::Io { path: out.clone(), source })?;
+    let _ = std::fs::remove_file(&probe);
+
+    let gpu = Gpu::new()?;
+    let mut trainer = match &ck {
+        Some(ck) => Trainer::resume(&gpu, ck, opts, &split)?,
+        None => Trainer::new(&gpu, config.clone(), opts, &split)?,
+    };
+    let hidden: Vec<String> = config.hidden.iter().map(|h| h.to_string()).collect();
+    println!(
+        "wgvae: {} ({} train / {} test images of {}x{}) on {} ({:?})",
+        split.name, split.train.n, split.test.n, split.train.rows, split.train.cols, gpu.adapter().name, gpu.adapter().backend
+    );
+    println!(
+        "model: {}-{}-{} {} {}, batch {}, lr {}, beta {}, seed {}",
+        config.input_dim,
+        hidden.join("-"),
+        config.latent,
+        wgvae::vae::act_name(config.activation),
+        config.likelihood.name(),
+        trainer.opts.batch,
+        trainer.opts.lr,
+        trainer.opts.beta,
+        trainer.opts.seed
+    );
+    println!("writing to {}", out.display());
+    if trainer.epoch >= a.epochs {
+        println!("the checkpoint has already trained {} epochs (--epochs {}): nothing to do", trainer.epoch, a.epochs);
+        return Ok(());
+    }
+    let data_name = match &a.data {
+        Some(d) => d.display().to_string(),
+        None => ck.as_ref().and_then(|c| c.meta.get("data").cloned()).unwrap_or_else(|| "sprites".into()),
+    };
+    let ck_path = out.join("checkpoint.safetensors");
+    let metrics_path = out.join("metrics.jsonl");
+    while trainer.epoch < a.epochs {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("{}/{}", trainer.epoch + 1, a.epochs));
+        let (tr, secs) = trainer.train_epoch(&mut |p| {
+            bar.set_length(p.batches as u64);
+            bar.set_position(p.batch as u64);
+            bar.set_message(format!("loss {:.2}  {:.0} ex/s", p.running_loss, p.examples_per_second));
+        })?;
+        bar.finish_and_clear();
+        let te = trainer.evaluate(&trainer.test)?;
+        let m = EpochMetrics {
+            epoch: trainer.epoch,
+            step: trainer.step,
+            train_loss: tr.loss,
+            train_recon: tr.recon,
+            train_kl: tr.kl,
+            test_loss: te.loss,
+            recon: te.recon,
+            kl: te.kl,
+            epoch_seconds: secs,
+            examples_per_second: split.train.n as f64 / secs,
+        };
+        append_jsonl(&metrics_path, &m.to_json())?;
+        let mut extra = std::collections::HashMap::new();
+        extra.insert("data".to_string(), data_name.clone());
+        trainer.save_with(&ck_path, &extra)?;
+        println!(
+            "epoch {:>3}/{}  train {:8.2}  test {:8.2} (recon {:8.2}, kl {:6.2})  {:6.1} s  {:6.0} ex/s",
+            m.epoch, a.epochs, m.train_loss, m.test_loss, m.recon, m.kl, secs, m.examples_per_second
+        );
+    }
+    let (sp, rp) = write_pictures(&out, &gpu, &trainer.vae, &split.test, trainer.opts.seed)?;
+    println!("done: {} epochs, {} steps", trainer.epoch, trainer.step);
+    println!("  metrics          {}", metrics_path.display());
+    println!("  checkpoint       {}", ck_path.display());
+    println!("  samples          {}", sp.display());
+    println!("  reconstructions  {}", rp.display());
+    Ok(())
+}
+
+fn eval(checkpoint: &Path, data: Option<&Path>, batch: usize) -> Result<()> {
+    if batch == 0 {
+        return Err(Error::InvalidArgument { name: "--batch".into(), detail: "must be at least 1".into() });
+    }
+    let ck = Checkpoint::load(checkpoint)?;
+    let split = checkpoint_data(&ck, data)?;
+    let gpu = Gpu::new()?;
+    let vae = ck.vae(&gpu)?;
+    if split.test.dim() != vae.config.input_dim {
+        return Err(Error::InvalidArgument {
+            name: "--data".into(),
+            detail: format!("{} has {} pixels per image, the checkpoint's model takes {}", split.name, split.test.dim(), vae.config.input_dim),
+        });
+    }
+    let test = wgvae::data::gpu::GpuImages::upload(&gpu, &split.test)?;
+    let seed = ck.meta_u64("seed").unwrap_or(0);
+    let beta = ck.meta.get("beta").and_then(|b| b.parse().ok()).unwrap_or(1.0);
+    let e = wgvae::train::evaluate(&gpu, &vae, &test, batch, beta, seed)?;
+    let v = serde_json::json!({
+        "checkpoint": checkpoint.display().to_string(), "data": split.name, "examples": split.test.n,
+        "epoch": ck.meta_u64("epoch"), "test_loss": e.loss, "recon": e.recon, "kl": e.kl, "beta": beta,
+        "unit": "nats per example (negative ELBO, lower is better)",
+    });
+    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    Ok(())
+}
+
+fn sample(checkpoint: &Path, n: usize, out: &Path, seed: u64) -> Result<()> {
+    let ck = Checkpoint::load(checkpoint)?;
+    let gpu = Gpu::new()?;
+    let vae = ck.vae(&gpu)?;
+    let side = (vae.config.input_dim as f64).sqrt() as usize;
+    if side * side != vae.config.input_dim {
+        return Err(Error::InvalidArgument { name: "--checkpoint".into(), detail: "the model's inputs are not square images".into() });
+    }
+    let px = vae.sample(&gpu, n, seed)?.to_vec(&gpu)?;
+    wgvae::image::save_grid(out, &px, n, side, side, (n as f64).sqrt().ceil() as usize)?;
+    println!("wrote {n} samples to {}", out.display());
+    Ok(())
+}
+
+fn reconstruct(checkpoint: &Path, data: Option<&Path>, n: usize, out: &Path) -> Result<()> {
+    if n == 0 {
+        return Err(Error::InvalidArgument { name: "--n".into(), detail: "must be at least 1".into() });
+    }
+    let ck = Checkpoint::load(checkpoint)?;
+    let split = checkpoint_data(&ck, data)?;
+    let gpu = Gpu::new()?;
+    let vae = ck.vae(&gpu)?;
+    let t = &split.test;
+    if t.dim() != vae.config.input_dim {
+        return Err(Error::InvalidArgument {
+            name: "--data".into(),
+            detail: format!("{} has {} pixels per image, the model takes {}", split.name, t.dim(), vae.config.input_dim),
+        });
+    }
+    let k = n.min(t.n);
+    let inputs: Vec<f32> = t.pixels[..k * t.dim()].iter().map(|&p| p as f32 / 255.0).collect();
+    let x = wgvae::Tensor::from_slice(&gpu, k, t.dim(), &inputs)?;
+    let rec = vae.reconstruct(&gpu, &x)?.to_vec(&gpu)?;
+    let mut both = inputs;
+    both.extend(rec);
+    wgvae::image::save_grid(out, &both, 2 * k, t.rows, t.cols, k)?;
+    println!("wrote {k} test images (top) and their reconstructions (bottom) to {}", out.display());
+    Ok(())
 }
 
 fn info(json: bool) -> wgvae::Result<()> {

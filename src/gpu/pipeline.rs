@@ -29,6 +29,14 @@ pub enum Module {
     Elementwise,
     /// `reduce.wgsl`: fixed-order column sums, row sums and full sums.
     Reduce,
+    /// `random.wgsl`: Philox4x32-10 normals and uniforms.
+    Random,
+    /// `vae.wgsl`: reparameterization, KL, Bernoulli and Gaussian reconstruction terms.
+    Vae,
+    /// `optim.wgsl`: fused Adam / AdamW.
+    Optim,
+    /// `data.wgsl`: batch gathering from the packed u8 dataset.
+    Data,
 }
 
 impl Module {
@@ -38,6 +46,10 @@ impl Module {
             Module::MatmulSubgroup => "matmul_subgroup.wgsl",
             Module::Elementwise => "elementwise.wgsl",
             Module::Reduce => "reduce.wgsl",
+            Module::Random => "random.wgsl",
+            Module::Vae => "vae.wgsl",
+            Module::Optim => "optim.wgsl",
+            Module::Data => "data.wgsl",
         }
     }
     fn source(self) -> &'static str {
@@ -46,6 +58,10 @@ impl Module {
             Module::MatmulSubgroup => include_str!("../../shaders/matmul_subgroup.wgsl"),
             Module::Elementwise => include_str!("../../shaders/elementwise.wgsl"),
             Module::Reduce => include_str!("../../shaders/reduce.wgsl"),
+            Module::Random => include_str!("../../shaders/random.wgsl"),
+            Module::Vae => include_str!("../../shaders/vae.wgsl"),
+            Module::Optim => include_str!("../../shaders/optim.wgsl"),
+            Module::Data => include_str!("../../shaders/data.wgsl"),
         }
     }
 }

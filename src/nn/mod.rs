@@ -1,4 +1,7 @@
-//! Layers and optimizers: trainable [`Param`]s, [`Linear`], [`Mlp`], and [`Sgd`].
+//! Layers and optimizers: trainable [`Param`]s, [`Linear`], [`Mlp`], [`Sgd`] and [`Adam`].
+
+mod adam;
+pub use adam::Adam;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -6,6 +6,7 @@
 pub mod elementwise;
 pub mod matmul;
 pub mod reduce;
+pub mod vae;
 
 pub use elementwise::{activation, add, mul, scale, sub};
 pub use matmul::{linear, matmul};
@@ -99,7 +100,7 @@ pub(crate) fn wgsl_f32(v: f32) -> String {
 
 /// Workgroup grid for a 1-D kernel of `n` invocations in workgroups of `wg`: x capped at 65535,
 /// the rest in y (the kernels flatten (x, y) back with `num_workgroups`).
-pub(crate) fn grid_1d(n: usize, wg: usize) -> [u32; 3] {
+pub fn grid_1d(n: usize, wg: usize) -> [u32; 3] {
     let groups = n.div_ceil(wg);
     let x = groups.min(65535);
     let y = groups.div_ceil(x.max(1));

@@ -1,0 +1,42 @@
+// data.wgsl — builds a training batch on the GPU from the dataset uploaded once in compact form.
+//
+// The dataset is N images of D u8 pixels packed four to a u32 (byte j of the dataset is bits
+// 8*(j%4).. of word j/4), the order is a u32 permutation of the image indices uploaded once per
+// epoch, and batch b takes images order[offset .. offset+B). Optional dynamic binarization draws
+// x ~ Bernoulli(pixel/255) with the Philox stream of random.wgsl (counter (i, step, stream, 0)).
+//
+// x[B,D] f32 in [0, 1]. Parameter block: n = B*D, d = D, offset, binarize (0/1), seed_lo,
+// seed_hi, step, stream. Bindings: 0 params | 1 data (u32) | 2 order (u32) | 3 x
+// Dispatch: 1-D grid over n (flat_index), workgroup 256.
+
+struct Params {
+    n: u32,
+    d: u32,
+    offset: u32,
+    binarize: u32,
+    seed_lo: u32,
+    seed_hi: u32,
+    step: u32,
+    stream: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> data: array<u32>;
+@group(0) @binding(2) var<storage, read> order: array<u32>;
+@group(0) @binding(3) var<storage, read_write> x: array<f32>;
+
+@compute @workgroup_size(256)
+fn gather(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = flat_index(wid, lid.x, nwg.x, 256u);
+    if (i >= p.n) { return; }
+    let row = i / p.d;
+    let col = i % p.d;
+    let byte = order[p.offset + row] * p.d + col;
+    let v = f32((data[byte / 4u] >> (8u * (byte % 4u))) & 0xffu) / 255.0;
+    if (p.binarize == 1u) {
+        let u = u01(philox(vec4<u32>(i, p.step, p.stream, 0u), vec2<u32>(p.seed_lo, p.seed_hi)).x);
+        x[i] = select(0.0, 1.0, u < v);
+    } else {
+        x[i] = v;
+    }
+}

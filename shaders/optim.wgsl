@@ -1,0 +1,45 @@
+// optim.wgsl — fused Adam / AdamW update of one parameter tensor, in place.
+//
+//   m = b1*m + (1-b1)*g          v = b2*v + (1-b2)*g^2
+//   Adam  (L2):    g' = g + wd*p before the moments
+//   AdamW (decoupled): p = p - lr*wd*p
+//   p = p - lr * (m / bc1) / (sqrt(v / bc2) + eps),   bc1 = 1 - b1^t, bc2 = 1 - b2^t
+//
+// Shapes: g, p, m, v all [n] (any matrix, flattened). Workgroup 256, flat_index over a 2-D grid.
+// Bindings: 0 params | 1 g | 2 p (read_write) | 3 m (read_write) | 4 v (read_write)
+
+struct Params {
+    n: u32,
+    decoupled: u32,
+    lr: f32,
+    b1: f32,
+    b2: f32,
+    eps: f32,
+    wd: f32,
+    bc1: f32,
+    bc2: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> grad: array<f32>;
+@group(0) @binding(2) var<storage, read_write> param: array<f32>;
+@group(0) @binding(3) var<storage, read_write> m1: array<f32>;
+@group(0) @binding(4) var<storage, read_write> m2: array<f32>;
+
+@compute @workgroup_size(256)
+fn adam_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = flat_index(wid, lid.x, nwg.x, 256u);
+    if (i >= p.n) { return; }
+    var w = param[i];
+    var g = grad[i];
+    if (p.decoupled == 1u) {
+        w = w - p.lr * p.wd * w;
+    } else {
+        g = g + p.wd * w;
+    }
+    let m = p.b1 * m1[i] + (1.0 - p.b1) * g;
+    let v = p.b2 * m2[i] + (1.0 - p.b2) * g * g;
+    m1[i] = m;
+    m2[i] = v;
+    param[i] = w - p.lr * (m / p.bc1) / (sqrt(v / p.bc2) + p.eps);
+}

@@ -1,0 +1,91 @@
+//! A split's images living on the GPU in compact form (u8 pixels packed four to a u32: 60,000
+//! Fashion-MNIST images are 47 MB, well inside one storage binding, where f32 would not be), and
+//! the gather kernel (`shaders/data.wgsl`) that builds each f32 batch from a shuffled order.
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+use super::Images;
+use crate::error::{Error, Result};
+use crate::gpu::pipeline::{KernelKey, Module};
+use crate::gpu::Gpu;
+use crate::ops::grid_1d;
+use crate::ops::vae::Noise;
+use crate::tape::{Params, Tape};
+use crate::tensor::Tensor;
+
+/// Images uploaded once; batches are gathered on the GPU.
+pub struct GpuImages {
+    data: Tensor,
+    /// Number of images.
+    pub n: usize,
+    /// Pixels per image.
+    pub dim: usize,
+    /// Labels, kept on the CPU (for conditioning and plots).
+    pub labels: Option<Vec<u8>>,
+}
+
+impl GpuImages {
+    /// Uploads `images` packed as u32 words.
+    pub fn upload(gpu: &Gpu, images: &Images) -> Result<Self> {
+        let bytes = &images.pixels;
+        if bytes.is_empty() {
+            return Err(Error::arg("dataset", "it has no images"));
+        }
+        let mut words = vec![0u32; bytes.len().div_ceil(4)];
+        for (i, &b) in bytes.iter().enumerate() {
+            words[i / 4] |= (b as u32) << (8 * (i % 4));
+        }
+        let data = Tensor::from_u32(gpu, 1, words.len(), &words)?;
+        Ok(GpuImages { data, n: images.n, dim: images.dim(), labels: images.labels.clone() })
+    }
+
+    /// The order of one epoch: a permutation of 0..n drawn from (seed, epoch), uploaded (one
+    /// write per epoch). `shuffle = false` keeps 0..n (evaluation).
+    pub fn order(&self, gpu: &Gpu, seed: u64, epoch: u64, shuffle: bool) -> Result<(Vec<u32>, Tensor)> {
+        let mut idx: Vec<u32> = (0..self.n as u32).collect();
+        if shuffle {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            idx.shuffle(&mut rng);
+        }
+        let t = Tensor::from_u32(gpu, 1, idx.len(), &idx)?;
+        Ok((idx, t))
+    }
+
+    /// x[B, D] = images order[offset .. offset+B) as f32 in [0, 1], or, with `binarize`, a
+    /// Bernoulli(pixel) draw from that noise stream.
+    pub fn batch(
+        &self,
+        tape: &mut Tape,
+        order: &Tensor,
+        offset: usize,
+        b: usize,
+        binarize: Option<Noise>,
+    ) -> Result<Tensor> {
+        if b == 0 || offset + b > order.len() {
+            return Err(Error::arg(
+                "batch",
+                format!("rows {offset}..{} are outside the {} ordered images", offset + b, order.len()),
+            ));
+        }
+        let x = Tensor::empty(tape.gpu(), b, self.dim)?;
+        let n = x.len();
+        let (bin, noise) = match binarize {
+            Some(nz) => (1, nz),
+            None => (0, Noise { seed: 0, step: 0, stream: 0 }),
+        };
+        let k = crate::rng::key(noise.seed);
+        let p = Params::new()
+            .u(n as u32)
+            .u(self.dim as u32)
+            .u(offset as u32)
+            .u(bin)
+            .u(k[0])
+            .u(k[1])
+            .u(noise.step)
+            .u(noise.stream);
+        let key = KernelKey { module: Module::Data, entry: "gather", defines: Vec::new(), inputs: 2, outputs: 1 };
+        tape.dispatch(&key, p, &[&self.data, order, &x], grid_1d(n, 256))?;
+        Ok(x)
+    }
+}

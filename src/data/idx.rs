@@ -1,0 +1,329 @@
+//! IDX files in the MNIST layout (MNIST, Fashion-MNIST, KMNIST, ...), raw or gzip-compressed.
+//!
+//! A dataset directory holds `train-images-idx3-ubyte`, `t10k-images-idx3-ubyte` and, optionally,
+//! `train-labels-idx1-ubyte` and `t10k-labels-idx1-ubyte`, each either as is or with a `.gz` suffix.
+//! Headers are validated against the actual file contents before anything is sized from them, so a
+//! damaged or hostile file gives an [`Error::Data`] naming the file, never a panic or a huge allocation.
+
+use std::fs::File;
+use std::io::{BufReader, ErrorKind, Read};
+use std::path::{Path, PathBuf};
+
+use flate2::read::MultiGzDecoder;
+
+use super::{Images, Split};
+use crate::error::{Error, Result};
+
+/// Magic number of an IDX file of unsigned bytes with three dimensions (images).
+pub const IMAGES_MAGIC: u32 = 0x0000_0803;
+/// Magic number of an IDX file of unsigned bytes with one dimension (labels).
+pub const LABELS_MAGIC: u32 = 0x0000_0801;
+
+/// Base names of the four files of an MNIST-layout directory, without the optional `.gz`.
+pub const TRAIN_IMAGES: &str = "train-images-idx3-ubyte";
+/// Training labels (optional).
+pub const TRAIN_LABELS: &str = "train-labels-idx1-ubyte";
+/// Test images.
+pub const TEST_IMAGES: &str = "t10k-images-idx3-ubyte";
+/// Test labels (optional).
+pub const TEST_LABELS: &str = "t10k-labels-idx1-ubyte";
+
+const FASHION_HINT: &str = "Fashion-MNIST is packaged in Debian/Ubuntu as `dataset-fashion-mnist` \
+     (`apt-get install dataset-fashion-mnist`), which installs it in /usr/share/datasets/fashion-mnist/";
+
+/// Reserve at most this much up front; larger payloads grow as the data actually arrives.
+const MAX_RESERVE: usize = 64 << 20;
+
+fn data_err(path: &Path, detail: impl Into<String>) -> Error {
+    Error::Data { path: path.to_path_buf(), detail: detail.into() }
+}
+
+fn is_gz(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gz"))
+}
+
+/// An opened IDX file: a byte stream (decompressed if gzipped) plus what is known of its size.
+struct Source<'a> {
+    path: &'a Path,
+    reader: Box<dyn Read + 'a>,
+    gz: bool,
+    /// On-disk length of a raw file (exact size of the stream).
+    raw_len: Option<u64>,
+}
+
+impl<'a> Source<'a> {
+    fn open(path: &'a Path) -> Result<Self> {
+        let file = File::open(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        let gz = is_gz(path);
+        let (reader, raw_len): (Box<dyn Read + 'a>, Option<u64>) = if gz {
+            (Box::new(MultiGzDecoder::new(BufReader::new(file))), None)
+        } else {
+            let len = file.metadata().map_err(|source| Error::Io { path: path.to_path_buf(), source })?.len();
+            (Box::new(BufReader::new(file)), Some(len))
+        };
+        Ok(Source { path, reader, gz, raw_len })
+    }
+
+    fn stream_err(&self, e: std::io::Error) -> Error {
+        if self.gz {
+            data_err(
+                self.path,
+                format!("corrupt or truncated gzip data ({e}); re-download the file, or check it with `gzip -t`"),
+            )
+        } else {
+            Error::Io { path: self.path.to_path_buf(), source: e }
+        }
+    }
+
+    /// Reads until `buf` is full or the stream ends; returns the number of bytes read.
+    fn read_full(&mut self, buf: &mut [u8]) -> Result<usize> {
+        let mut got = 0;
+        while got < buf.len() {
+            match self.reader.read(&mut buf[got..]) {
+                Ok(0) => break,
+                Ok(k) => got += k,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.stream_err(e)),
+            }
+        }
+        Ok(got)
+    }
+
+    /// Reads the fixed-size header; a short stream is reported as too short for `what`.
+    fn header<const N: usize>(&mut self, what: &str) -> Result<[u8; N]> {
+        let mut h = [0u8; N];
+        let got = self.read_full(&mut h)?;
+        if got < N {
+            let kind = if self.gz { "decompresses to" } else { "is" };
+            return Err(data_err(
+                self.path,
+                format!(
+                    "file {kind} only {got} bytes, too short for the {N}-byte header of an IDX {what} file; \
+                     the file is truncated or not an IDX file, re-download it"
+                ),
+            ));
+        }
+        Ok(h)
+    }
+
+    /// Reads exactly `len` payload bytes after the header and checks that nothing follows them.
+    /// `describe` says what the header announced (for the error message).
+    fn payload(&mut self, header_len: u64, len: u64, describe: &str) -> Result<Vec<u8>> {
+        let kind = if self.gz { "decompressed data has" } else { "file has" };
+        if let Some(file_len) = self.raw_len {
+            let body = file_len.saturating_sub(header_len);
+            if body < len {
+                return Err(data_err(
+                    self.path,
+                    format!(
+                        "header says {describe} = {len} bytes, but the {kind} only {body} bytes after the \
+                         {header_len}-byte header; the file is truncated, re-download it"
+                    ),
+                ));
+            }
+            if body > len {
+                return Err(data_err(
+                    self.path,
+                    format!(
+                        "header says {describe} = {len} bytes, but the {kind} {body} bytes after the \
+                         {header_len}-byte header ({} bytes of trailing garbage); the file is corrupt or \
+                         not in the layout its header claims, re-download it",
+                        body - len
+                    ),
+                ));
+            }
+        }
+        let len_usize = usize::try_from(len).map_err(|_| {
+            data_err(self.path, format!("header says {describe} = {len} bytes, more than this machine can address"))
+        })?;
+        let mut data = Vec::with_capacity(len_usize.min(MAX_RESERVE));
+        // Read at most one byte more than announced: enough to detect trailing data without
+        // letting a lying header (or a gzip bomb) make us read or allocate more.
+        let cap = len.saturating_add(1);
+        let res = self.reader.by_ref().take(cap).read_to_end(&mut data);
+        if let Err(e) = res {
+            return Err(self.stream_err(e));
+        }
+        let body = data.len() as u64;
+        if body < len {
+            return Err(data_err(
+                self.path,
+                format!(
+                    "header says {describe} = {len} bytes, but the {kind} only {body} bytes after the \
+                     {header_len}-byte header; the file is truncated, re-download it"
+                ),
+            ));
+        }
+        if body > len {
+            return Err(data_err(
+                self.path,
+                format!(
+                    "header says {describe} = {len} bytes, but more data follows them (trailing garbage); \
+                     the file is corrupt or not in the layout its header claims, re-download it"
+                ),
+            ));
+        }
+        Ok(data)
+    }
+}
+
+fn be32(b: &[u8]) -> u32 {
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
+
+fn check_magic(path: &Path, found: u32, expected: u32, what: &str) -> Result<()> {
+    if found == expected {
+        return Ok(());
+    }
+    let mut detail =
+        format!("not an IDX {what} file: expected magic number 0x{expected:08X} (unsigned bytes, {} dimension{}), found 0x{found:08X}",
+            expected & 0xFF, if expected & 0xFF == 1 { "" } else { "s" });
+    if (found >> 16) == 0x1F8B && !is_gz(path) {
+        detail.push_str("; the file looks gzip-compressed: give it a `.gz` suffix or decompress it with `gunzip`");
+    } else if found == IMAGES_MAGIC {
+        detail.push_str("; this is an IDX image file, check the file name");
+    } else if found == LABELS_MAGIC {
+        detail.push_str("; this is an IDX label file, check the file name");
+    } else if found >> 16 == 0 && (found >> 8) & 0xFF != 0x08 {
+        detail.push_str(&format!(
+            "; element type 0x{:02X} is not supported, only unsigned bytes (0x08)",
+            (found >> 8) & 0xFF
+        ));
+    }
+    Err(data_err(path, detail))
+}
+
+/// Reads an IDX image file (magic `0x00000803`, raw or `.gz`): returns `(n, rows, cols, pixels)` with
+/// `n * rows * cols` row-major 8-bit pixels.
+///
+/// Errors ([`Error::Data`] naming the file) on a wrong magic number, zero images or zero-size images,
+/// a file shorter or longer than its header announces, or corrupt gzip data; [`Error::Io`] if the
+/// file cannot be opened or read.
+pub fn read_images(path: &Path) -> Result<(usize, usize, usize, Vec<u8>)> {
+    let mut src = Source::open(path)?;
+    let h = src.header::<16>("image")?;
+    check_magic(path, be32(&h[0..4]), IMAGES_MAGIC, "image")?;
+    let (n, rows, cols) = (be32(&h[4..8]), be32(&h[8..12]), be32(&h[12..16]));
+    if n == 0 {
+        return Err(data_err(path, "header says the file holds 0 images; an image file needs at least one image"));
+    }
+    if rows == 0 || cols == 0 {
+        return Err(data_err(
+            path,
+            format!("header says the images are {rows}x{cols} pixels; images need at least one row and column"),
+        ));
+    }
+    // Three u32 factors: the product fits u128, and u64 unless absurdly large.
+    let len = u128::from(n) * u128::from(rows) * u128::from(cols);
+    let describe = format!("{n} images of {rows}x{cols}");
+    let len = u64::try_from(len)
+        .map_err(|_| data_err(path, format!("header says {describe} = {len} bytes, which cannot be a real file")))?;
+    let pixels = src.payload(16, len, &describe)?;
+    Ok((n as usize, rows as usize, cols as usize, pixels))
+}
+
+/// Reads an IDX label file (magic `0x00000801`, raw or `.gz`): one byte per label.
+///
+/// Errors ([`Error::Data`] naming the file) on a wrong magic number, a file shorter or longer than
+/// its header announces, or corrupt gzip data; [`Error::Io`] if the file cannot be opened or read.
+pub fn read_labels(path: &Path) -> Result<Vec<u8>> {
+    let mut src = Source::open(path)?;
+    let h = src.header::<8>("label")?;
+    check_magic(path, be32(&h[0..4]), LABELS_MAGIC, "label")?;
+    let n = be32(&h[4..8]);
+    src.payload(8, u64::from(n), &format!("{n} labels of 1 byte"))
+}
+
+/// The file `base` or `base.gz` in `dir`, preferring the uncompressed one when both exist.
+fn find(dir: &Path, base: &str) -> Option<PathBuf> {
+    let raw = dir.join(base);
+    if raw.is_file() {
+        return Some(raw);
+    }
+    let gz = dir.join(format!("{base}.gz"));
+    gz.is_file().then_some(gz)
+}
+
+fn required(dir: &Path, base: &str) -> Result<PathBuf> {
+    find(dir, base).ok_or_else(|| {
+        data_err(
+            &dir.join(base),
+            format!(
+                "missing image file: looked for `{base}` and `{base}.gz` in {}. An MNIST-layout directory \
+                 needs {TRAIN_IMAGES}[.gz] and {TEST_IMAGES}[.gz] (labels {TRAIN_LABELS}[.gz] and \
+                 {TEST_LABELS}[.gz] are optional). {FASHION_HINT}",
+                dir.display()
+            ),
+        )
+    })
+}
+
+/// Images of one split plus, when the label file exists, its labels (checked to match in count).
+fn load_split(dir: &Path, images: &str, labels: &str) -> Result<(PathBuf, Images)> {
+    let img_path = required(dir, images)?;
+    let (n, rows, cols, pixels) = read_images(&img_path)?;
+    let labels = match find(dir, labels) {
+        None => None,
+        Some(lab_path) => {
+            let l = read_labels(&lab_path)?;
+            if l.len() != n {
+                return Err(data_err(
+                    &lab_path,
+                    format!(
+                        "has {} labels but the image file {} has {n} images; the two files must come from the \
+                         same dataset and split, replace the mismatched one",
+                        l.len(),
+                        img_path.display()
+                    ),
+                ));
+            }
+            Some(l)
+        }
+    };
+    let num_classes = labels.as_ref().map_or(0, |l| l.iter().copied().max().map_or(0, |m| m as usize + 1));
+    let imgs = Images { n, rows, cols, pixels, labels, num_classes, factors: None, factor_names: Vec::new() };
+    Ok((img_path, imgs))
+}
+
+/// Loads an MNIST-layout directory (see the [module docs](self)): the `train-*` files become
+/// [`Split::train`], the `t10k-*` files [`Split::test`], and [`Split::name`] is the directory path.
+///
+/// Label files are optional: without one a split has `labels: None` and `num_classes: 0`; with
+/// labels, `num_classes` is the largest label + 1 (the same for both splits when both have labels).
+/// Errors with [`Error::Data`] if the directory or an image file is missing, if any file is invalid
+/// (see [`read_images`], [`read_labels`]), if a label file's count differs from its image file's, or
+/// if training and test images differ in size.
+pub fn load_dir(dir: &Path) -> Result<Split> {
+    if !dir.is_dir() {
+        return Err(data_err(
+            dir,
+            format!(
+                "dataset directory not found (or not a directory). Expected a directory holding \
+                 {TRAIN_IMAGES}[.gz] and {TEST_IMAGES}[.gz], optionally {TRAIN_LABELS}[.gz] and \
+                 {TEST_LABELS}[.gz]. {FASHION_HINT}"
+            ),
+        ));
+    }
+    let (train_path, mut train) = load_split(dir, TRAIN_IMAGES, TRAIN_LABELS)?;
+    let (test_path, mut test) = load_split(dir, TEST_IMAGES, TEST_LABELS)?;
+    if (train.rows, train.cols) != (test.rows, test.cols) {
+        return Err(data_err(
+            &test_path,
+            format!(
+                "test images are {}x{} pixels but the training images in {} are {}x{}; both splits must \
+                 have the same image size",
+                test.rows,
+                test.cols,
+                train_path.display(),
+                train.rows,
+                train.cols
+            ),
+        ));
+    }
+    if train.labels.is_some() && test.labels.is_some() {
+        let k = train.num_classes.max(test.num_classes);
+        train.num_classes = k;
+        test.num_classes = k;
+    }
+    Ok(Split { name: dir.display().to_string(), train, test })
+}

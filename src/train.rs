@@ -1,0 +1,350 @@
+//! The training loop: epochs of shuffled batches gathered on the GPU, one submission per step
+//! (forward, backward, Adam), losses accumulated on the GPU and read back once per log interval,
+//! per-epoch evaluation on the test split, and the run directory: `metrics.jsonl`,
+//! `checkpoint.safetensors`, `samples.png`, `reconstructions.png`.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::checkpoint::{self, Checkpoint};
+use crate::data::gpu::GpuImages;
+use crate::data::Split;
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::image::save_grid;
+use crate::nn::Adam;
+use crate::ops::elementwise::axpy_inplace;
+use crate::ops::vae::Noise;
+use crate::tape::Tape;
+use crate::tensor::Tensor;
+use crate::vae::{Vae, VaeConfig, STREAM_EPS};
+
+/// Noise stream of dynamic binarization.
+const STREAM_BINARIZE: u32 = 1;
+/// Seed offset of the evaluation noise (fixed per run, so test losses are comparable).
+const EVAL_SEED: u64 = 0xE7A1_5EED;
+
+/// Optimisation settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainOptions {
+    /// Examples per step (the last batch of an epoch may be smaller, as in PyTorch's loader).
+    pub batch: usize,
+    /// Adam learning rate.
+    pub lr: f32,
+    /// Seed of initialisation, shuffling and every random draw.
+    pub seed: u64,
+    /// KL weight (1 = the true ELBO).
+    pub beta: f32,
+    /// Draw binary pixels x ~ Bernoulli(pixel) anew every step.
+    pub binarize: bool,
+    /// Steps between progress read-backs.
+    pub log_every: usize,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        TrainOptions { batch: 128, lr: 1e-3, seed: 1, beta: 1.0, binarize: false, log_every: 20 }
+    }
+}
+
+impl TrainOptions {
+    /// Refuses nonsensical values, naming the flag.
+    pub fn validate(&self) -> Result<()> {
+        if self.batch == 0 {
+            return Err(Error::arg("--batch", "must be at least 1"));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(Error::arg("--lr", format!("{} is not a positive learning rate", self.lr)));
+        }
+        if !(self.beta.is_finite() && self.beta >= 0.0) {
+            return Err(Error::arg("--beta", format!("{} is not a non-negative KL weight", self.beta)));
+        }
+        if self.log_every == 0 {
+            return Err(Error::arg("log_every", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// Losses of an evaluation, in nats per example (negative-ELBO convention: lower is better).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EvalLoss {
+    /// recon + β·kl.
+    pub loss: f64,
+    /// −log p(x|z), one sample of z per example.
+    pub recon: f64,
+    /// KL(q(z|x) || N(0, I)).
+    pub kl: f64,
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EpochMetrics {
+    /// 1-based epoch.
+    pub epoch: u64,
+    /// Optimizer steps taken so far.
+    pub step: u64,
+    /// Mean training loss over the epoch's batches (per example).
+    pub train_loss: f64,
+    /// Training reconstruction term (per example).
+    pub train_recon: f64,
+    /// Training KL term (per example).
+    pub train_kl: f64,
+    /// Test loss (per example).
+    pub test_loss: f64,
+    /// Test reconstruction term.
+    pub recon: f64,
+    /// Test KL term.
+    pub kl: f64,
+    /// Wall time of the epoch's training steps.
+    pub epoch_seconds: f64,
+    /// Training examples per second.
+    pub examples_per_second: f64,
+}
+
+impl EpochMetrics {
+    /// The JSON line (timings last; everything else is deterministic for a seed).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "epoch": self.epoch, "step": self.step,
+            "train_loss": self.train_loss, "train_recon": self.train_recon, "train_kl": self.train_kl,
+            "test_loss": self.test_loss, "recon": self.recon, "kl": self.kl,
+            "epoch_seconds": self.epoch_seconds, "examples_per_second": self.examples_per_second,
+        })
+    }
+}
+
+/// What the loop reports while it runs.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    /// 1-based epoch.
+    pub epoch: u64,
+    /// Batches done in this epoch.
+    pub batch: usize,
+    /// Batches in the epoch.
+    pub batches: usize,
+    /// Mean loss per example over the epoch so far (read back every `log_every` steps).
+    pub running_loss: f64,
+    /// Training throughput so far this epoch.
+    pub examples_per_second: f64,
+}
+
+/// A model, its optimizer and the data on the GPU.
+pub struct Trainer {
+    /// The device.
+    pub gpu: Gpu,
+    /// The model being trained.
+    pub vae: Vae,
+    /// Its optimizer.
+    pub opt: Adam,
+    /// Options.
+    pub opts: TrainOptions,
+    /// Training images on the GPU.
+    pub train: GpuImages,
+    /// Test images on the GPU.
+    pub test: GpuImages,
+    /// Steps taken.
+    pub step: u64,
+    /// Epochs completed.
+    pub epoch: u64,
+}
+
+impl Trainer {
+    /// A fresh model for `split`.
+    pub fn new(gpu: &Gpu, config: VaeConfig, opts: TrainOptions, split: &Split) -> Result<Self> {
+        opts.validate()?;
+        check_split(&config, split)?;
+        let vae = Vae::new(gpu, config, opts.seed)?;
+        let opt = Adam::new(opts.lr)?;
+        Self::with_model(gpu, vae, opt, opts, split, 0, 0)
+    }
+
+    /// Continues from a checkpoint: weights, Adam moments, step, epoch and seed.
+    pub fn resume(gpu: &Gpu, ck: &Checkpoint, mut opts: TrainOptions, split: &Split) -> Result<Self> {
+        opts.validate()?;
+        check_split(&ck.config, split)?;
+        if let Some(seed) = ck.meta_u64("seed") {
+            opts.seed = seed;
+        }
+        let vae = ck.vae(gpu)?;
+        let mut opt = Adam::new(opts.lr)?;
+        ck.restore_adam(gpu, &vae, &mut opt)?;
+        let step = ck.meta_u64("step").unwrap_or(0);
+        let epoch = ck.meta_u64("epoch").unwrap_or(0);
+        Self::with_model(gpu, vae, opt, opts, split, step, epoch)
+    }
+
+    fn with_model(
+        gpu: &Gpu,
+        vae: Vae,
+        opt: Adam,
+        opts: TrainOptions,
+        split: &Split,
+        step: u64,
+        epoch: u64,
+    ) -> Result<Self> {
+        Ok(Trainer {
+            gpu: gpu.clone(),
+            train: GpuImages::upload(gpu, &split.train)?,
+            test: GpuImages::upload(gpu, &split.test)?,
+            vae,
+            opt,
+            opts,
+            step,
+            epoch,
+        })
+    }
+
+    /// One epoch over the training split. Returns (loss, recon, kl) per example and the seconds.
+    pub fn train_epoch(&mut self, on_progress: &mut dyn FnMut(&Progress)) -> Result<(EvalLoss, f64)> {
+        let gpu = self.gpu.clone();
+        let epoch = self.epoch + 1;
+        let (_, order) = self.train.order(&gpu, self.opts.seed, epoch, true)?;
+        let n = self.train.n;
+        let b = self.opts.batch.min(n);
+        let batches = n.div_ceil(b);
+        // Σ recon and Σ kl over the epoch, accumulated on the GPU.
+        let acc_recon = Tensor::zeros(&gpu, 1, 1)?;
+        let acc_kl = Tensor::zeros(&gpu, 1, 1)?;
+        let start = Instant::now();
+        for i in 0..batches {
+            let off = i * b;
+            let bs = b.min(n - off);
+            let mut tape = Tape::new(&gpu);
+            let noise = |stream| Noise { seed: self.opts.seed, step: self.step as u32, stream };
+            let bin = self.opts.binarize.then(|| noise(STREAM_BINARIZE));
+            let x = self.train.batch(&mut tape, &order, off, bs, bin)?;
+            let xv = tape.input(x.clone());
+            let out = self.vae.forward(&mut tape, xv, noise(STREAM_EPS))?;
+            let loss = self.vae.loss(&mut tape, &out, &x, self.opts.beta)?;
+            tape.backward(loss.total)?;
+            self.opt.step(&mut tape, &self.vae.params())?;
+            let (r, k) = (tape.value(loss.recon).clone(), tape.value(loss.kl).clone());
+            axpy_inplace(&mut tape, 1.0, &r, &acc_recon)?;
+            axpy_inplace(&mut tape, 1.0, &k, &acc_kl)?;
+            let report = (i + 1) % self.opts.log_every == 0 && i + 1 < batches;
+            let reads = if report { Some((tape.read(&acc_recon)?, tape.read(&acc_kl)?)) } else { None };
+            tape.submit()?;
+            self.step += 1;
+            if let Some((rr, rk)) = reads {
+                let seen = (off + bs) as f64;
+                let loss = (rr.get()?[0] as f64 + self.opts.beta as f64 * rk.get()?[0] as f64) / seen;
+                let eps = seen / start.elapsed().as_secs_f64().max(1e-9);
+                on_progress(&Progress { epoch, batch: i + 1, batches, running_loss: loss, examples_per_second: eps });
+            }
+        }
+        let recon = acc_recon.to_vec(&gpu)?[0] as f64 / n as f64;
+        let kl = acc_kl.to_vec(&gpu)?[0] as f64 / n as f64;
+        let secs = start.elapsed().as_secs_f64();
+        let loss = recon + self.opts.beta as f64 * kl;
+        if !loss.is_finite() {
+            return Err(Error::Gpu(format!(
+                "the training loss became {loss} in epoch {epoch}: lower --lr or check the data (pixels must be in [0, 1])"
+            )));
+        }
+        on_progress(&Progress {
+            epoch,
+            batch: batches,
+            batches,
+            running_loss: loss,
+            examples_per_second: n as f64 / secs,
+        });
+        self.epoch = epoch;
+        Ok((EvalLoss { loss, recon, kl }, secs))
+    }
+
+    /// The negative ELBO on `images` (one z sample per example from a fixed evaluation seed).
+    pub fn evaluate(&self, images: &GpuImages) -> Result<EvalLoss> {
+        evaluate(&self.gpu, &self.vae, images, self.opts.batch.max(256), self.opts.beta, self.opts.seed)
+    }
+
+    /// Writes a checkpoint of the current state (atomic).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        self.save_with(path, &HashMap::new())
+    }
+
+    /// Like [`Trainer::save`] with extra metadata (e.g. `data`: where the data came from).
+    pub fn save_with(&self, path: &Path, extra: &HashMap<String, String>) -> Result<()> {
+        let mut meta = extra.clone();
+        meta.insert("step".to_string(), self.step.to_string());
+        meta.insert("epoch".to_string(), self.epoch.to_string());
+        meta.insert("seed".to_string(), self.opts.seed.to_string());
+        meta.insert("lr".to_string(), self.opts.lr.to_string());
+        meta.insert("batch".to_string(), self.opts.batch.to_string());
+        meta.insert("beta".to_string(), self.opts.beta.to_string());
+        checkpoint::save(path, &self.gpu, &self.vae, Some(&self.opt), &meta)
+    }
+}
+
+fn check_split(config: &VaeConfig, split: &Split) -> Result<()> {
+    for imgs in [&split.train, &split.test] {
+        if imgs.dim() != config.input_dim {
+            return Err(Error::arg(
+                "data",
+                format!(
+                    "{} has {}x{} images but the model takes {} inputs",
+                    split.name, imgs.rows, imgs.cols, config.input_dim
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The negative ELBO of `vae` on `images` in batches of `batch`, per example.
+pub fn evaluate(gpu: &Gpu, vae: &Vae, images: &GpuImages, batch: usize, beta: f32, seed: u64) -> Result<EvalLoss> {
+    let (_, order) = images.order(gpu, seed, 0, false)?;
+    let n = images.n;
+    let b = batch.clamp(1, n);
+    let acc_recon = Tensor::zeros(gpu, 1, 1)?;
+    let acc_kl = Tensor::zeros(gpu, 1, 1)?;
+    for (i, off) in (0..n).step_by(b).enumerate() {
+        let bs = b.min(n - off);
+        let mut tape = Tape::no_grad(gpu);
+        let x = images.batch(&mut tape, &order, off, bs, None)?;
+        let xv = tape.input(x.clone());
+        let out = vae.forward(&mut tape, xv, Noise { seed: seed ^ EVAL_SEED, step: i as u32, stream: STREAM_EPS })?;
+        let loss = vae.loss(&mut tape, &out, &x, beta)?;
+        let (r, k) = (tape.value(loss.recon).clone(), tape.value(loss.kl).clone());
+        axpy_inplace(&mut tape, 1.0, &r, &acc_recon)?;
+        axpy_inplace(&mut tape, 1.0, &k, &acc_kl)?;
+        tape.submit()?;
+    }
+    let recon = acc_recon.to_vec(gpu)?[0] as f64 / n as f64;
+    let kl = acc_kl.to_vec(gpu)?[0] as f64 / n as f64;
+    Ok(EvalLoss { loss: recon + beta as f64 * kl, recon, kl })
+}
+
+/// Appends one JSON line to `path` (creating it).
+pub fn append_jsonl(path: &Path, v: &serde_json::Value) -> Result<()> {
+    let io = |source| Error::Io { path: path.to_path_buf(), source };
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(io)?;
+    writeln!(f, "{v}").map_err(io)?;
+    f.sync_data().map_err(io)
+}
+
+/// Writes `samples.png` (8x8 prior samples) and `reconstructions.png` (8 test inputs above their
+/// reconstructions) into `dir`.
+pub fn write_pictures(
+    dir: &Path,
+    gpu: &Gpu,
+    vae: &Vae,
+    test: &crate::data::Images,
+    seed: u64,
+) -> Result<(PathBuf, PathBuf)> {
+    let (h, w) = (test.rows, test.cols);
+    let samples = vae.sample(gpu, 64, seed)?.to_vec(gpu)?;
+    let sp = dir.join("samples.png");
+    save_grid(&sp, &samples, 64, h, w, 8)?;
+    let k = test.n.min(8);
+    let inputs: Vec<f32> = test.pixels[..k * h * w].iter().map(|&p| p as f32 / 255.0).collect();
+    let x = Tensor::from_slice(gpu, k, h * w, &inputs)?;
+    let rec = vae.reconstruct(gpu, &x)?.to_vec(gpu)?;
+    let mut both = inputs;
+    both.extend(rec);
+    let rp = dir.join("reconstructions.png");
+    save_grid(&rp, &both, 2 * k, h, w, k)?;
+    Ok((sp, rp))
+}

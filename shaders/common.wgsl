@@ -90,9 +90,10 @@ fn philox(counter: vec4<u32>, key: vec2<u32>) -> vec4<u32> {
     return c;
 }
 
-// A 32-bit word to a float in (0, 1): the top 24 bits, centred in their interval (exact in f32).
+// A 32-bit word to a float in (0, 1): the top 23 bits, centred in their interval. Exact in f32
+// (with 24 bits the largest value would round up to 1.0).
 fn u01(x: u32) -> f32 {
-    return (f32(x >> 8u) + 0.5) * (1.0 / 16777216.0);
+    return (f32(x >> 9u) + 0.5) * (1.0 / 8388608.0);
 }
 
 // Two independent N(0,1) values from two words (Box-Muller).

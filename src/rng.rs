@@ -15,7 +15,7 @@ pub fn philox(counter: [u32; 4], key: [u32; 2]) -> [u32; 4] {
 
 /// A word to a float in (0, 1), exactly as the shader does.
 pub fn u01(x: u32) -> f32 {
-    ((x >> 8) as f32 + 0.5) * (1.0 / 16_777_216.0)
+    ((x >> 9) as f32 + 0.5) * (1.0 / 8_388_608.0)
 }
 
 /// Splits a 64-bit seed into the kernel's two key words.
@@ -40,4 +40,25 @@ pub fn normals(n: usize, seed: u64, step: u32, stream: u32) -> Vec<f64> {
 /// The `n` uniforms `random.wgsl:uniform` writes for (seed, step, stream).
 pub fn uniforms(n: usize, seed: u64, step: u32, stream: u32) -> Vec<f32> {
     (0..n).map(|i| u01(philox([i as u32, step, stream, 0], key(seed))[0])).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn philox_known_answers() {
+        // Random123's published test vectors for philox4x32-10.
+        assert_eq!(philox([0, 0, 0, 0], [0, 0]), [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]);
+        assert_eq!(philox([!0, !0, !0, !0], [!0, !0]), [0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd]);
+        assert_eq!(
+            philox([0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344], [0xa4093822, 0x299f31d0]),
+            [0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1]
+        );
+    }
+
+    #[test]
+    fn u01_is_strictly_inside_the_unit_interval() {
+        assert!(u01(0) > 0.0 && u01(!0) < 1.0);
+    }
 }

@@ -1,0 +1,213 @@
+//! The VAE kernels against the f64 CPU reference: random numbers (bit-exact uniforms, normals,
+//! statistics), reparameterization, KL, Bernoulli and Gaussian terms (forward, and backward rules
+//! checked by finite differences first), fused Adam/AdamW, and the GPU batch gather.
+
+mod common;
+use common::*;
+use wgvae::data::gpu::GpuImages;
+use wgvae::data::Images;
+use wgvae::nn::{Adam, Param};
+use wgvae::ops::vae::{self as vops, Noise};
+use wgvae::ops::{self};
+use wgvae::{rng, Tape, Var};
+
+fn noise(step: u32, stream: u32) -> Noise {
+    Noise { seed: 0xDEADBEEF12345, step, stream }
+}
+
+#[test]
+fn uniforms_match_the_cpu_mirror_bit_for_bit() {
+    let mut tape = Tape::no_grad(gpu());
+    let u = vops::uniform(&mut tape, 37, 29, noise(3, 1)).unwrap();
+    tape.submit().unwrap();
+    let got = u.to_vec(gpu()).unwrap();
+    let want = rng::uniforms(37 * 29, 0xDEADBEEF12345, 3, 1);
+    assert_eq!(got, want);
+}
+
+#[test]
+fn normals_match_the_cpu_mirror_and_have_the_right_statistics() {
+    let (r, c) = (401, 251); // odd count: the last Box-Muller pair is half used
+    let mut tape = Tape::no_grad(gpu());
+    let a = vops::normal(&mut tape, r, c, noise(0, 0)).unwrap();
+    let b = vops::normal(&mut tape, r, c, noise(1, 0)).unwrap();
+    tape.submit().unwrap();
+    let (ga, gb) = (download(&a), download(&b));
+    let want = Mat::new(r, c, rng::normals(r * c, 0xDEADBEEF12345, 0, 0));
+    assert_close(&ga, &want, 2e-5, 2e-5, "normals vs CPU mirror");
+    let n = (r * c) as f64;
+    let mean = ga.sum() / n;
+    let var = ga.d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
+    let lag1 = ga.d.windows(2).map(|w| w[0] * w[1]).sum::<f64>() / n;
+    let cross = ga.dot(&gb) / n;
+    let kurt = ga.d.iter().map(|x| x.powi(4)).sum::<f64>() / n;
+    assert!(mean.abs() < 0.01, "mean {mean}");
+    assert!((var - 1.0).abs() < 0.015, "variance {var}");
+    assert!(lag1.abs() < 0.01, "neighbours correlate: {lag1}");
+    assert!(cross.abs() < 0.01, "steps 0 and 1 correlate: {cross}");
+    assert!((kurt - 3.0).abs() < 0.1, "fourth moment {kurt} (normal: 3)");
+}
+
+/// GPU gradients of Σ upstream ⊙ build(leaves) (leaves all require grad).
+fn gpu_grads(inputs: &[&Mat], upstream: &Mat, build: impl FnOnce(&mut Tape, &[Var]) -> wgvae::Result<Var>) -> (Mat, Vec<Mat>) {
+    let mut tape = Tape::new(gpu());
+    let vars: Vec<Var> = inputs.iter().map(|m| tape.leaf(m.upload(), true)).collect();
+    let y = build(&mut tape, &vars).unwrap();
+    let yv = tape.value(y).clone();
+    let w = tape.input(upstream.upload());
+    let yw = ops::mul(&mut tape, y, w).unwrap();
+    let l = ops::sum(&mut tape, yw).unwrap();
+    tape.backward(l).unwrap();
+    tape.submit().unwrap();
+    (download(&yv), vars.iter().map(|v| download(tape.grad(*v).unwrap())).collect())
+}
+
+fn check_rule(name: &str, inputs: &[&Mat], up: &Mat, f: impl Fn(&[Mat]) -> Mat, reference: &[Mat], got: &[Mat], tol: f64) {
+    for (i, x) in inputs.iter().enumerate() {
+        let fd = fd_grad(x, 1e-6, |xi| {
+            let mut all: Vec<Mat> = inputs.iter().map(|m| (*m).clone()).collect();
+            all[i] = xi.clone();
+            f(&all).dot(up)
+        });
+        assert_close(&reference[i], &fd, 1e-6, 1e-6, &format!("{name}: reference rule vs finite differences ({i})"));
+        assert_close(&got[i], &reference[i], tol, tol, &format!("{name}: GPU backward vs reference ({i})"));
+    }
+}
+
+fn kl_ref(mu: &Mat, lv: &Mat) -> Mat {
+    let e = mu.zip(lv, |m, l| 0.5 * (m * m + l.exp() - 1.0 - l));
+    row_sum(&e)
+}
+
+#[test]
+fn kl_forward_and_backward() {
+    let (b, z) = (7, 13);
+    let mu = Mat::rand(b, z, -2.0, 2.0, 1);
+    let lv = Mat::rand(b, z, -3.0, 2.0, 2);
+    let up = Mat::rand(b, 1, -1.0, 1.0, 3);
+    let (val, got) = gpu_grads(&[&mu, &lv], &up, |t, v| vops::kl_normal(t, v[0], v[1]));
+    assert_close(&val, &kl_ref(&mu, &lv), 1e-5, 1e-5, "KL forward");
+    let g = |r: usize| up.d[r];
+    let dmu = Mat::new(b, z, (0..b * z).map(|i| g(i / z) * mu.d[i]).collect());
+    let dlv = Mat::new(b, z, (0..b * z).map(|i| g(i / z) * 0.5 * (lv.d[i].exp() - 1.0)).collect());
+    check_rule("KL", &[&mu, &lv], &up, |v| kl_ref(&v[0], &v[1]), &[dmu, dlv], &got, 1e-5);
+}
+
+fn bce_ref(x: &Mat, t: &Mat) -> Mat {
+    row_sum(&x.zip(t, |x, t| x.max(0.0) - x * t + (-x.abs()).exp().ln_1p()))
+}
+
+#[test]
+fn bce_with_logits_forward_backward_and_stability() {
+    let (b, d) = (5, 785);
+    let mut x = Mat::rand(b, d, -8.0, 8.0, 4);
+    x.d[0] = 100.0; // naive log(sigmoid) overflows here
+    x.d[1] = -100.0;
+    let t = Mat::rand(b, d, 0.0, 1.0, 5);
+    let up = Mat::rand(b, 1, -1.0, 1.0, 6);
+    let (val, got) = gpu_grads(&[&x], &up, |tp, v| vops::bce_with_logits(tp, v[0], &t.upload()));
+    assert_close(&val, &bce_ref(&x, &t), 2e-3, 1e-5, "BCE forward");
+    let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
+    let dx = Mat::new(b, d, (0..b * d).map(|i| up.d[i / d] * (sig(x.d[i]) - t.d[i])).collect());
+    check_rule("BCE", &[&x], &up, |v| bce_ref(&v[0], &t), &[dx], &got, 1e-5);
+}
+
+#[test]
+fn gaussian_nll_forward_and_backward() {
+    let (b, d) = (6, 33);
+    let x = Mat::rand(b, d, -1.0, 2.0, 7);
+    let t = Mat::rand(b, d, 0.0, 1.0, 8);
+    let up = Mat::rand(b, 1, -1.0, 1.0, 9);
+    let var = 0.3;
+    let f = |x: &Mat| row_sum(&x.zip(&t, |x, t| 0.5 * (x - t).powi(2) / var + 0.5 * (std::f64::consts::TAU * var).ln()));
+    let (val, got) = gpu_grads(&[&x], &up, |tp, v| vops::gaussian_nll(tp, v[0], &t.upload(), var as f32));
+    assert_close(&val, &f(&x), 1e-4, 1e-5, "Gaussian forward");
+    let dx = Mat::new(b, d, (0..b * d).map(|i| up.d[i / d] * (x.d[i] - t.d[i]) / var).collect());
+    check_rule("Gaussian", &[&x], &up, |v| f(&v[0]), &[dx], &got, 1e-5);
+}
+
+#[test]
+fn reparameterize_forward_and_backward() {
+    let (b, z) = (9, 7);
+    let mu = Mat::rand(b, z, -1.0, 1.0, 10);
+    let lv = Mat::rand(b, z, -2.0, 1.0, 11);
+    let eps = Mat::new(b, z, rng::normals(b * z, 5, 2, 0).into_iter().map(|e| e as f32 as f64).collect());
+    let up = Mat::rand(b, z, -1.0, 1.0, 12);
+    let f = |v: &[Mat]| v[0].zip(&v[1].zip(&eps, |l, e| (0.5 * l).exp() * e), |m, s| m + s);
+    let (val, got) = gpu_grads(&[&mu, &lv], &up, |t, v| vops::reparameterize(t, v[0], v[1], &eps.upload()));
+    assert_close(&val, &f(&[mu.clone(), lv.clone()]), 1e-6, 1e-5, "reparameterization forward");
+    let dlv = Mat::new(b, z, (0..b * z).map(|i| up.d[i] * 0.5 * (0.5 * lv.d[i]).exp() * eps.d[i]).collect());
+    check_rule("reparameterization", &[&mu, &lv], &up, f, &[up.clone(), dlv], &got, 1e-6);
+}
+
+#[test]
+fn adam_and_adamw_match_reference() {
+    for decoupled in [false, true] {
+        let (r, c) = (13, 27);
+        let p0 = Mat::rand(r, c, -1.0, 1.0, 20);
+        let param = Param::new("w", p0.upload());
+        let mut opt = if decoupled { Adam::adamw(0.01, 0.1).unwrap() } else { Adam::new(0.01).unwrap() };
+        if !decoupled {
+            opt.weight_decay = 0.05;
+        }
+        let (b1, b2, eps, lr, wd) = (0.9f64, 0.999f64, 1e-8f64, 0.01f64, opt.weight_decay as f64);
+        let (mut p, mut m, mut v) = (p0.clone(), Mat::zeros(r, c), Mat::zeros(r, c));
+        for step in 1..=4 {
+            let g = Mat::rand(r, c, -1.0, 1.0, 100 + step);
+            // GPU: gradient of Σ g ⊙ w is g.
+            let mut tape = Tape::new(gpu());
+            let w = tape.param(&param);
+            let gv = tape.input(g.upload());
+            let y = ops::mul(&mut tape, w, gv).unwrap();
+            let l = ops::sum(&mut tape, y).unwrap();
+            tape.backward(l).unwrap();
+            opt.step(&mut tape, &[&param]).unwrap();
+            tape.submit().unwrap();
+            // f64 reference.
+            let (bc1, bc2) = (1.0 - b1.powi(step as i32), 1.0 - b2.powi(step as i32));
+            for i in 0..r * c {
+                let mut gi = g.d[i];
+                if decoupled {
+                    p.d[i] -= lr * wd * p.d[i];
+                } else {
+                    gi += wd * p.d[i];
+                }
+                m.d[i] = b1 * m.d[i] + (1.0 - b1) * gi;
+                v.d[i] = b2 * v.d[i] + (1.0 - b2) * gi * gi;
+                p.d[i] -= lr * (m.d[i] / bc1) / ((v.d[i] / bc2).sqrt() + eps);
+            }
+            assert_close(&download(param.value()), &p, 1e-5, 1e-4, &format!("Adam (decoupled={decoupled}) step {step}"));
+        }
+    }
+}
+
+#[test]
+fn gather_builds_batches_from_packed_bytes_with_optional_binarization() {
+    let (n, h, w) = (11, 5, 7); // 35 bytes per image: words straddle images
+    let pixels: Vec<u8> = (0..n * h * w).map(|i| ((i * 37 + 11) % 256) as u8).collect();
+    let imgs = Images { n, rows: h, cols: w, pixels: pixels.clone(), labels: None, num_classes: 0, factors: None, factor_names: vec![] };
+    let g = GpuImages::upload(gpu(), &imgs).unwrap();
+    let (order, order_t) = g.order(gpu(), 9, 2, true).unwrap();
+    let mut sorted = order.clone();
+    sorted.sort();
+    assert_eq!(sorted, (0..n as u32).collect::<Vec<_>>(), "the order is a permutation");
+    let (off, b) = (3, 6);
+    let nz = Noise { seed: 77, step: 4, stream: 1 };
+    let mut tape = Tape::no_grad(gpu());
+    let x = g.batch(&mut tape, &order_t, off, b, None).unwrap();
+    let xb = g.batch(&mut tape, &order_t, off, b, Some(nz)).unwrap();
+    tape.submit().unwrap();
+    let (x, xb) = (x.to_vec(gpu()).unwrap(), xb.to_vec(gpu()).unwrap());
+    let u = rng::uniforms(b * h * w, 77, 4, 1);
+    for r in 0..b {
+        let img = order[off + r] as usize;
+        for d in 0..h * w {
+            let v = pixels[img * h * w + d] as f32 / 255.0;
+            assert_eq!(x[r * h * w + d], v, "row {r} pixel {d}");
+            let want = if u[r * h * w + d] < v { 1.0 } else { 0.0 };
+            assert_eq!(xb[r * h * w + d], want, "binarized row {r} pixel {d}");
+        }
+    }
+    let mut tape = Tape::no_grad(gpu());
+    assert!(g.batch(&mut tape, &order_t, 8, 6, None).is_err(), "a batch past the end is an error");
+}

@@ -1,0 +1,151 @@
+//! The `wgvae` binary as a user runs it: a short train, eval, sample, reconstruct, resume; same
+//! seed, same metrics; and bad input refused with a message naming the flag or file, a non-zero
+//! exit, no panic, and nothing written before lost.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn wgvae(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wgvae")).args(args).output().expect("run wgvae")
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("wgvae-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn ok(o: &Output) -> String {
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "wgvae failed\nstdout:\n{out}\nstderr:\n{err}");
+    out.into_owned()
+}
+
+/// Asserts failure with a message containing every `needle`, and no panic.
+fn fails(o: &Output, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "expected failure, got success; stderr: {err}");
+    assert!(!err.contains("panicked"), "panic instead of an error: {err}");
+    for n in needles {
+        assert!(err.contains(n), "stderr should mention `{n}`: {err}");
+    }
+}
+
+fn metrics(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let o = v.as_object_mut().unwrap();
+            for k in ["epoch", "train_loss", "test_loss", "recon", "kl", "epoch_seconds", "examples_per_second"] {
+                assert!(o.contains_key(k), "metrics line lacks `{k}`: {l}");
+            }
+            o.remove("epoch_seconds");
+            o.remove("examples_per_second");
+            v
+        })
+        .collect()
+}
+
+const SMALL: [&str; 6] = ["--hidden", "64", "--latent", "4", "--batch", "256"];
+
+fn train(dir: &Path, extra: &[&str]) -> String {
+    let mut args = vec!["train", "--out", dir.to_str().unwrap()];
+    args.extend(SMALL);
+    args.extend(extra);
+    ok(&wgvae(&args))
+}
+
+#[test]
+fn train_eval_sample_reconstruct() {
+    let d = tmp("main");
+    let out = train(&d, &["--epochs", "2"]);
+    assert!(out.contains(d.to_str().unwrap()), "the run directory is printed: {out}");
+    for f in ["metrics.jsonl", "checkpoint.safetensors", "samples.png", "reconstructions.png"] {
+        assert!(d.join(f).exists(), "{f} was written");
+    }
+    let m = metrics(&d);
+    assert_eq!(m.len(), 2);
+    assert!(m[1]["test_loss"].as_f64().unwrap() < m[0]["test_loss"].as_f64().unwrap());
+
+    let ck = d.join("checkpoint.safetensors");
+    let e: serde_json::Value = serde_json::from_str(&ok(&wgvae(&["eval", "--checkpoint", ck.to_str().unwrap()]))).unwrap();
+    let tl = e["test_loss"].as_f64().unwrap();
+    assert!((tl - m[1]["test_loss"].as_f64().unwrap()).abs() < 1e-3 * tl, "eval reproduces the last test loss: {e}");
+    assert!((e["recon"].as_f64().unwrap() + e["kl"].as_f64().unwrap() - tl).abs() < 1e-6 * tl);
+
+    let s = d.join("s.png");
+    ok(&wgvae(&["sample", "--checkpoint", ck.to_str().unwrap(), "--n", "16", "--out", s.to_str().unwrap()]));
+    let r = d.join("r.png");
+    ok(&wgvae(&["reconstruct", "--checkpoint", ck.to_str().unwrap(), "--out", r.to_str().unwrap()]));
+    for f in [&s, &r] {
+        assert_eq!(&std::fs::read(f).unwrap()[..8], b"\x89PNG\r\n\x1a\n", "{} is a PNG", f.display());
+    }
+
+    // The checkpoint is a PyTorch-style state dict.
+    let bytes = std::fs::read(&ck).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.tensor("encoder.0.weight").unwrap().shape(), &[64, 784]);
+    assert_eq!(st.tensor("encoder.0.bias").unwrap().shape(), &[64]);
+    assert_eq!(st.tensor("fc_mu.weight").unwrap().shape(), &[4, 64]);
+    assert_eq!(st.tensor("decoder.1.weight").unwrap().shape(), &[784, 64]);
+    assert!(st.tensor("optimizer.exp_avg.decoder.1.bias").is_ok());
+
+    // Resume to epoch 3 in place, and a bad resume leaves the checkpoint untouched.
+    let before = std::fs::read(&ck).unwrap();
+    fails(&wgvae(&["train", "--resume", ck.to_str().unwrap(), "--latent", "7", "--epochs", "3"]), &["--latent", "checkpoint"]);
+    assert_eq!(std::fs::read(&ck).unwrap(), before, "a refused resume does not touch the checkpoint");
+    ok(&wgvae(&["train", "--resume", ck.to_str().unwrap(), "--epochs", "3"]));
+    assert_eq!(metrics(&d).len(), 3);
+    std::fs::remove_dir_all(&d).ok();
+}
+
+#[test]
+fn same_seed_same_metrics() {
+    let (a, b) = (tmp("seed-a"), tmp("seed-b"));
+    train(&a, &["--epochs", "1", "--seed", "7"]);
+    train(&b, &["--epochs", "1", "--seed", "7"]);
+    assert_eq!(metrics(&a), metrics(&b));
+    std::fs::remove_dir_all(&a).ok();
+    std::fs::remove_dir_all(&b).ok();
+}
+
+#[test]
+fn nonsensical_flags_are_refused() {
+    fails(&wgvae(&["train", "--batch", "0"]), &["--batch"]);
+    fails(&wgvae(&["train", "--latent", "0"]), &["--latent"]);
+    fails(&wgvae(&["train", "--hidden", "400,0"]), &["--hidden"]);
+    fails(&wgvae(&["train", "--lr", "-1"]), &["--lr"]);
+    fails(&wgvae(&["train", "--epochs", "0"]), &["--epochs"]);
+    fails(&wgvae(&["train", "--preset", "huge"]), &["--preset"]);
+    fails(&wgvae(&["train", "--activation", "swish"]), &["swish"]);
+    fails(&wgvae(&["sample", "--checkpoint", "/nonexistent/ck.safetensors"]), &["/nonexistent/ck.safetensors"]);
+}
+
+#[test]
+fn bad_files_are_named() {
+    let d = tmp("bad");
+    std::fs::create_dir_all(&d).unwrap();
+    // Missing data directory.
+    fails(&wgvae(&["train", "--data", "/nonexistent-data-dir"]), &["/nonexistent-data-dir"]);
+    // Truncated IDX file.
+    let data = d.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut hdr = vec![0, 0, 8, 3, 0, 0, 0, 10, 0, 0, 0, 28, 0, 0, 0, 28];
+    hdr.extend(vec![0u8; 100]);
+    std::fs::write(data.join("train-images-idx3-ubyte"), &hdr).unwrap();
+    std::fs::write(data.join("t10k-images-idx3-ubyte"), &hdr).unwrap();
+    fails(&wgvae(&["train", "--data", data.to_str().unwrap()]), &["train-images-idx3-ubyte"]);
+    // Corrupt checkpoint.
+    let ck = d.join("ck.safetensors");
+    std::fs::write(&ck, b"definitely not a safetensors file").unwrap();
+    fails(&wgvae(&["eval", "--checkpoint", ck.to_str().unwrap()]), &["ck.safetensors"]);
+    fails(&wgvae(&["train", "--resume", ck.to_str().unwrap()]), &["ck.safetensors"]);
+    // Unwritable output: a directory below a regular file.
+    let blocker = d.join("file");
+    std::fs::write(&blocker, b"x").unwrap();
+    let out = blocker.join("run");
+    fails(&wgvae(&["train", "--out", out.to_str().unwrap()]), &[out.to_str().unwrap()]);
+    std::fs::remove_dir_all(&d).ok();
+}

@@ -121,3 +121,51 @@ pub fn time_matmul(gpu: &Gpu, shape: &MatmulShape, variant: MatmulVariant, budge
     let seconds = times[times.len() / 2];
     Ok(MatmulResult { seconds, gflops: shape.flops() / seconds / 1e9 })
 }
+
+/// Parts of a training step, for [`time_train_step`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepPart {
+    /// Forward pass and loss only (no-grad tape).
+    Forward,
+    /// Forward, loss and backward.
+    ForwardBackward,
+    /// The whole step: forward, backward and Adam.
+    Full,
+}
+
+/// Median seconds of `steps` training steps of `config` at batch `b` on random pixels, each step
+/// one submission; the pipelines are compiled by a warm-up step first.
+pub fn time_train_step(
+    gpu: &Gpu,
+    config: &crate::vae::VaeConfig,
+    b: usize,
+    part: StepPart,
+    steps: usize,
+) -> Result<f64> {
+    use crate::ops::vae::Noise;
+    let vae = crate::vae::Vae::new(gpu, config.clone(), 0)?;
+    let mut opt = crate::nn::Adam::new(1e-3)?;
+    let px: Vec<f32> = (0..b * config.input_dim).map(|i| ((i * 7919) % 256) as f32 / 255.0).collect();
+    let x = Tensor::from_slice(gpu, b, config.input_dim, &px)?;
+    let mut times = Vec::new();
+    for step in 0..=steps.max(1) {
+        let t = Instant::now();
+        let mut tape = if part == StepPart::Forward { Tape::no_grad(gpu) } else { Tape::new(gpu) };
+        let xv = tape.input(x.clone());
+        let out = vae.forward(&mut tape, xv, Noise { seed: 1, step: step as u32, stream: 0 })?;
+        let loss = vae.loss(&mut tape, &out, &x, 1.0)?;
+        if part != StepPart::Forward {
+            tape.backward(loss.total)?;
+        }
+        if part == StepPart::Full {
+            opt.step(&mut tape, &vae.params())?;
+        }
+        tape.submit()?;
+        gpu.wait()?;
+        if step > 0 {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}

@@ -70,7 +70,8 @@ fn train_eval_sample_reconstruct() {
     assert!(m[1]["test_loss"].as_f64().unwrap() < m[0]["test_loss"].as_f64().unwrap());
 
     let ck = d.join("checkpoint.safetensors");
-    let e: serde_json::Value = serde_json::from_str(&ok(&wgvae(&["eval", "--checkpoint", ck.to_str().unwrap()]))).unwrap();
+    let e: serde_json::Value =
+        serde_json::from_str(&ok(&wgvae(&["eval", "--checkpoint", ck.to_str().unwrap()]))).unwrap();
     let tl = e["test_loss"].as_f64().unwrap();
     assert!((tl - m[1]["test_loss"].as_f64().unwrap()).abs() < 1e-3 * tl, "eval reproduces the last test loss: {e}");
     assert!((e["recon"].as_f64().unwrap() + e["kl"].as_f64().unwrap() - tl).abs() < 1e-6 * tl);
@@ -94,7 +95,10 @@ fn train_eval_sample_reconstruct() {
 
     // Resume to epoch 3 in place, and a bad resume leaves the checkpoint untouched.
     let before = std::fs::read(&ck).unwrap();
-    fails(&wgvae(&["train", "--resume", ck.to_str().unwrap(), "--latent", "7", "--epochs", "3"]), &["--latent", "checkpoint"]);
+    fails(
+        &wgvae(&["train", "--resume", ck.to_str().unwrap(), "--latent", "7", "--epochs", "3"]),
+        &["--latent", "checkpoint"],
+    );
     assert_eq!(std::fs::read(&ck).unwrap(), before, "a refused resume does not touch the checkpoint");
     ok(&wgvae(&["train", "--resume", ck.to_str().unwrap(), "--epochs", "3"]));
     assert_eq!(metrics(&d).len(), 3);

@@ -36,7 +36,13 @@ fn ref_loss(p: &[Mat], x: &Mat, eps: &Mat) -> (f64, f64) {
 #[test]
 fn vae_steps_match_f64_reference_trainer() {
     let g = gpu();
-    let cfg = VaeConfig { input_dim: 11, hidden: vec![6], latent: 3, activation: Act::Relu, likelihood: Likelihood::Bernoulli };
+    let cfg = VaeConfig {
+        input_dim: 11,
+        hidden: vec![6],
+        latent: 3,
+        activation: Act::Relu,
+        likelihood: Likelihood::Bernoulli,
+    };
     let vae = Vae::new(g, cfg, 3).unwrap();
     let mut p: Vec<Mat> = vae.params().iter().map(|q| download(q.value())).collect();
     let (b, seed) = (5, 42u64);
@@ -59,7 +65,10 @@ fn vae_steps_match_f64_reference_trainer() {
         // Reference step: same eps, gradients by central differences of the f64 loss, Adam in f64.
         let eps = Mat::new(b, 3, rng::normals(b * 3, seed, step, STREAM_EPS));
         let (ref_l, _) = ref_loss(&p, &x, &eps);
-        assert!((gpu_loss - ref_l).abs() <= 1e-4 * ref_l.abs(), "step {step}: GPU loss {gpu_loss}, f64 reference {ref_l}");
+        assert!(
+            (gpu_loss - ref_l).abs() <= 1e-4 * ref_l.abs(),
+            "step {step}: GPU loss {gpu_loss}, f64 reference {ref_l}"
+        );
         let grads: Vec<Mat> = (0..p.len())
             .map(|i| {
                 fd_grad(&p[i], 1e-6, |pi| {
@@ -136,7 +145,11 @@ fn same_seed_same_losses_and_resume_equals_uninterrupted() {
     let ck = Checkpoint::load(&path).unwrap();
     assert_eq!(ck.config, small());
     let mut c = Trainer::resume(gpu(), &ck, opts(999), &split).unwrap();
-    assert_eq!((c.epoch, c.step, c.opts.seed), (1, b_trainer.step, 11), "epoch, step and seed come from the checkpoint");
+    assert_eq!(
+        (c.epoch, c.step, c.opts.seed),
+        (1, b_trainer.step, 11),
+        "epoch, step and seed come from the checkpoint"
+    );
     let (tr, _) = c.train_epoch(&mut |_| {}).unwrap();
     let te = c.evaluate(&c.test).unwrap();
     assert_eq!((tr, te), a[1], "resumed epoch 2 equals the uninterrupted epoch 2");

@@ -190,7 +190,12 @@ fn timestamp() -> String {
 fn model_config(a: &TrainArgs, input_dim: usize) -> Result<VaeConfig> {
     let mut c = match a.preset.as_deref() {
         None | Some("classic") => VaeConfig::classic(),
-        Some(p) => return Err(Error::InvalidArgument { name: "--preset".into(), detail: format!("`{p}` is not one of: classic") }),
+        Some(p) => {
+            return Err(Error::InvalidArgument {
+                name: "--preset".into(),
+                detail: format!("`{p}` is not one of: classic"),
+            })
+        }
     };
     c.input_dim = input_dim;
     if let Some(l) = a.latent {
@@ -214,7 +219,9 @@ fn check_resume_flags(a: &TrainArgs, ck: &Checkpoint) -> Result<()> {
     let c = &ck.config;
     let clash = |flag: &str, given: String, saved: String| Error::Checkpoint {
         path: ck.path.clone(),
-        detail: format!("it was trained with {flag} {saved} but {flag} {given} was given; drop the flag or start a new run"),
+        detail: format!(
+            "it was trained with {flag} {saved} but {flag} {given} was given; drop the flag or start a new run"
+        ),
     };
     if let Some(l) = a.latent.filter(|l| *l != c.latent) {
         return Err(clash("--latent", l.to_string(), c.latent.to_string()));
@@ -236,7 +243,14 @@ fn check_resume_flags(a: &TrainArgs, ck: &Checkpoint) -> Result<()> {
 }
 
 fn train(a: TrainArgs) -> Result<()> {
-    let opts = TrainOptions { batch: a.batch, lr: a.lr, seed: a.seed, beta: a.beta, binarize: a.binarize, log_every: a.log_every };
+    let opts = TrainOptions {
+        batch: a.batch,
+        lr: a.lr,
+        seed: a.seed,
+        beta: a.beta,
+        binarize: a.binarize,
+        log_every: a.log_every,
+    };
     opts.validate()?;
     if a.epochs == 0 {
         return Err(Error::InvalidArgument { name: "--epochs".into(), detail: "must be at least 1".into() });
@@ -275,7 +289,13 @@ fn train(a: TrainArgs) -> Result<()> {
     let hidden: Vec<String> = config.hidden.iter().map(|h| h.to_string()).collect();
     println!(
         "wgvae: {} ({} train / {} test images of {}x{}) on {} ({:?})",
-        split.name, split.train.n, split.test.n, split.train.rows, split.train.cols, gpu.adapter().name, gpu.adapter().backend
+        split.name,
+        split.train.n,
+        split.test.n,
+        split.train.rows,
+        split.train.cols,
+        gpu.adapter().name,
+        gpu.adapter().backend
     );
     println!(
         "model: {}-{}-{} {} {}, batch {}, lr {}, beta {}, seed {}",
@@ -356,7 +376,12 @@ fn eval(checkpoint: &Path, data: Option<&Path>, batch: usize) -> Result<()> {
     if split.test.dim() != vae.config.input_dim {
         return Err(Error::InvalidArgument {
             name: "--data".into(),
-            detail: format!("{} has {} pixels per image, the checkpoint's model takes {}", split.name, split.test.dim(), vae.config.input_dim),
+            detail: format!(
+                "{} has {} pixels per image, the checkpoint's model takes {}",
+                split.name,
+                split.test.dim(),
+                vae.config.input_dim
+            ),
         });
     }
     let test = wgvae::data::gpu::GpuImages::upload(&gpu, &split.test)?;
@@ -378,7 +403,10 @@ fn sample(checkpoint: &Path, n: usize, out: &Path, seed: u64) -> Result<()> {
     let vae = ck.vae(&gpu)?;
     let side = (vae.config.input_dim as f64).sqrt() as usize;
     if side * side != vae.config.input_dim {
-        return Err(Error::InvalidArgument { name: "--checkpoint".into(), detail: "the model's inputs are not square images".into() });
+        return Err(Error::InvalidArgument {
+            name: "--checkpoint".into(),
+            detail: "the model's inputs are not square images".into(),
+        });
     }
     let px = vae.sample(&gpu, n, seed)?.to_vec(&gpu)?;
     wgvae::image::save_grid(out, &px, n, side, side, (n as f64).sqrt().ceil() as usize)?;
@@ -398,7 +426,12 @@ fn reconstruct(checkpoint: &Path, data: Option<&Path>, n: usize, out: &Path) -> 
     if t.dim() != vae.config.input_dim {
         return Err(Error::InvalidArgument {
             name: "--data".into(),
-            detail: format!("{} has {} pixels per image, the model takes {}", split.name, t.dim(), vae.config.input_dim),
+            detail: format!(
+                "{} has {} pixels per image, the model takes {}",
+                split.name,
+                t.dim(),
+                vae.config.input_dim
+            ),
         });
     }
     let k = n.min(t.n);

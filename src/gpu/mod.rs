@@ -51,7 +51,8 @@ impl MatmulVariant {
         match s.to_ascii_lowercase().as_str() {
             "tiled" => Ok(MatmulVariant::Tiled),
             "register" | "vec4" => Ok(MatmulVariant::Register),
-            other => Err(Error::arg("matmul variant", format!("`{other}` is not one of: tiled, register"))),
+            "subgroup" => Ok(MatmulVariant::Subgroup),
+            other => Err(Error::arg("matmul variant", format!("`{other}` is not one of: tiled, register, subgroup"))),
         }
     }
 

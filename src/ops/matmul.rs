@@ -115,7 +115,7 @@ fn launch(
     let (entry, module, rows, cols) = match variant {
         MatmulVariant::Tiled => ("matmul_tiled", Module::Matmul, 64, 64),
         MatmulVariant::Subgroup if aligned && tape.gpu().has_subgroups_of_8() => {
-            ("matmul_subgroup", Module::MatmulSubgroup, 8, 4 * REG_WG)
+            ("matmul_subgroup", Module::MatmulSubgroup, 16, 4 * REG_WG)
         }
         MatmulVariant::Register | MatmulVariant::Subgroup if aligned => {
             ("matmul_register4", Module::Matmul, REG_RM, REG4_CN * REG_WG)

@@ -133,8 +133,45 @@ pub enum StepPart {
     Full,
 }
 
-/// Median seconds of `steps` training steps of `config` at batch `b` on random pixels, each step
-/// one submission; the pipelines are compiled by a warm-up step first.
+/// A classic-VAE training step on fixed random pixels, ready to be timed.
+pub struct StepBench {
+    gpu: Gpu,
+    vae: crate::vae::Vae,
+    opt: crate::nn::Adam,
+    x: Tensor,
+    step: u32,
+}
+
+impl StepBench {
+    /// A model of `config` and a batch of `b` examples.
+    pub fn new(gpu: &Gpu, config: &crate::vae::VaeConfig, b: usize) -> Result<Self> {
+        let vae = crate::vae::Vae::new(gpu, config.clone(), 0)?;
+        let px: Vec<f32> = (0..b * config.input_dim).map(|i| ((i * 7919) % 256) as f32 / 255.0).collect();
+        let x = Tensor::from_slice(gpu, b, config.input_dim, &px)?;
+        Ok(StepBench { gpu: gpu.clone(), vae, opt: crate::nn::Adam::new(1e-3)?, x, step: 0 })
+    }
+
+    /// Records `part` of one step on one tape, submits it and waits for the GPU.
+    pub fn run(&mut self, part: StepPart) -> Result<()> {
+        use crate::ops::vae::Noise;
+        let mut tape = if part == StepPart::Forward { Tape::no_grad(&self.gpu) } else { Tape::new(&self.gpu) };
+        let xv = tape.input(self.x.clone());
+        let out = self.vae.forward(&mut tape, xv, Noise { seed: 1, step: self.step, stream: 0 })?;
+        let loss = self.vae.loss(&mut tape, &out, &self.x, 1.0)?;
+        if part != StepPart::Forward {
+            tape.backward(loss.total)?;
+        }
+        if part == StepPart::Full {
+            self.opt.step(&mut tape, &self.vae.params())?;
+        }
+        tape.submit()?;
+        self.step += 1;
+        self.gpu.wait()
+    }
+}
+
+/// Median seconds of `steps` runs of [`StepBench::run`] after one warm-up step (which compiles
+/// the pipelines and fills the pool).
 pub fn time_train_step(
     gpu: &Gpu,
     config: &crate::vae::VaeConfig,
@@ -142,29 +179,13 @@ pub fn time_train_step(
     part: StepPart,
     steps: usize,
 ) -> Result<f64> {
-    use crate::ops::vae::Noise;
-    let vae = crate::vae::Vae::new(gpu, config.clone(), 0)?;
-    let mut opt = crate::nn::Adam::new(1e-3)?;
-    let px: Vec<f32> = (0..b * config.input_dim).map(|i| ((i * 7919) % 256) as f32 / 255.0).collect();
-    let x = Tensor::from_slice(gpu, b, config.input_dim, &px)?;
+    let mut sb = StepBench::new(gpu, config, b)?;
+    sb.run(part)?;
     let mut times = Vec::new();
-    for step in 0..=steps.max(1) {
+    for _ in 0..steps.max(1) {
         let t = Instant::now();
-        let mut tape = if part == StepPart::Forward { Tape::no_grad(gpu) } else { Tape::new(gpu) };
-        let xv = tape.input(x.clone());
-        let out = vae.forward(&mut tape, xv, Noise { seed: 1, step: step as u32, stream: 0 })?;
-        let loss = vae.loss(&mut tape, &out, &x, 1.0)?;
-        if part != StepPart::Forward {
-            tape.backward(loss.total)?;
-        }
-        if part == StepPart::Full {
-            opt.step(&mut tape, &vae.params())?;
-        }
-        tape.submit()?;
-        gpu.wait()?;
-        if step > 0 {
-            times.push(t.elapsed().as_secs_f64());
-        }
+        sb.run(part)?;
+        times.push(t.elapsed().as_secs_f64());
     }
     times.sort_by(f64::total_cmp);
     Ok(times[times.len() / 2])

@@ -92,9 +92,9 @@ struct TrainArgs {
     /// MNIST-layout directory with train-/t10k- IDX files, raw or .gz (default: built-in sprites).
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Total epochs (with --resume: train until this many are done).
-    #[arg(long, default_value_t = 10)]
-    epochs: u64,
+    /// Total epochs, with --resume until this many are done [default: 50 on sprites, 10 on --data].
+    #[arg(long)]
+    epochs: Option<u64>,
     /// Examples per step.
     #[arg(long, default_value_t = 128)]
     batch: usize,
@@ -252,7 +252,7 @@ fn train(a: TrainArgs) -> Result<()> {
         log_every: a.log_every,
     };
     opts.validate()?;
-    if a.epochs == 0 {
+    if a.epochs == Some(0) {
         return Err(Error::InvalidArgument { name: "--epochs".into(), detail: "must be at least 1".into() });
     }
     let ck = match &a.resume {
@@ -271,6 +271,7 @@ fn train(a: TrainArgs) -> Result<()> {
         Some(ck) => ck.config.clone(),
         None => model_config(&a, split.train.dim())?,
     };
+    let epochs = a.epochs.unwrap_or(if split.name == "sprites" { 50 } else { 10 });
     let out = match (&a.out, &a.resume) {
         (Some(o), _) => o.clone(),
         (None, Some(r)) => r.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf(),
@@ -310,8 +311,8 @@ fn train(a: TrainArgs) -> Result<()> {
         trainer.opts.seed
     );
     println!("writing to {}", out.display());
-    if trainer.epoch >= a.epochs {
-        println!("the checkpoint has already trained {} epochs (--epochs {}): nothing to do", trainer.epoch, a.epochs);
+    if trainer.epoch >= epochs {
+        println!("the checkpoint has already trained {} epochs (--epochs {epochs}): nothing to do", trainer.epoch);
         return Ok(());
     }
     let data_name = match &a.data {
@@ -320,14 +321,14 @@ fn train(a: TrainArgs) -> Result<()> {
     };
     let ck_path = out.join("checkpoint.safetensors");
     let metrics_path = out.join("metrics.jsonl");
-    while trainer.epoch < a.epochs {
+    while trainer.epoch < epochs {
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
             indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg}")
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
                 .progress_chars("=> "),
         );
-        bar.set_prefix(format!("{}/{}", trainer.epoch + 1, a.epochs));
+        bar.set_prefix(format!("{}/{epochs}", trainer.epoch + 1));
         let (tr, secs) = trainer.train_epoch(&mut |p| {
             bar.set_length(p.batches as u64);
             bar.set_position(p.batch as u64);
@@ -353,7 +354,7 @@ fn train(a: TrainArgs) -> Result<()> {
         trainer.save_with(&ck_path, &extra)?;
         println!(
             "epoch {:>3}/{}  train {:8.2}  test {:8.2} (recon {:8.2}, kl {:6.2})  {:6.1} s  {:6.0} ex/s",
-            m.epoch, a.epochs, m.train_loss, m.test_loss, m.recon, m.kl, secs, m.examples_per_second
+            m.epoch, epochs, m.train_loss, m.test_loss, m.recon, m.kl, secs, m.examples_per_second
         );
     }
     let (sp, rp) = write_pictures(&out, &gpu, &trainer.vae, &split.test, trainer.opts.seed)?;

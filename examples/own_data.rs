@@ -2,7 +2,7 @@
 //! `Vec<f32>` of values in [0, 1] works the same. Run: `cargo run --release --example own_data`.
 use wgvae::nn::Adam;
 use wgvae::ops::{vae::Noise, Act};
-use wgvae::vae::{Likelihood, Vae, VaeConfig};
+use wgvae::vae::{Likelihood, ModelKind, Vae, VaeConfig};
 use wgvae::{checkpoint, Gpu, Tape, Tensor};
 
 fn main() -> wgvae::Result<()> {
@@ -13,6 +13,7 @@ fn main() -> wgvae::Result<()> {
 
     let gpu = Gpu::new()?; // any adapter: Vulkan, Metal, DX12, GL, or a CPU one
     let config = VaeConfig {
+        model: ModelKind::Vae,
         input_dim: d,
         hidden: vec![128],
         latent: 4,

@@ -99,3 +99,33 @@ fn gauss_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     if (i >= p.n) { return; }
     out_after_3[i] = in0[i / p.cols] * (in1[i] - in2[i]) / p.s0;
 }
+
+// ---- Free bits (Kingma et al. 2016): per latent dimension, the batch's KL counts at least
+// lambda*B nats, and dimensions under that floor get no KL gradient.
+
+@group(0) @binding(2) var<storage, read_write> out_after_1: array<f32>;
+@group(0) @binding(4) var<storage, read> in3: array<f32>;
+@group(0) @binding(5) var<storage, read_write> out_after_4: array<f32>;
+@group(0) @binding(6) var<storage, read_write> out2_after_4: array<f32>;
+
+// floored[Z] = max(s, s0) with s[Z] = sum over the batch of the KL elements, s0 = lambda*B.
+// Bindings: 1 s | 2 floored
+@compute @workgroup_size(256)
+fn free_bits_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = gid(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    out_after_1[i] = max(in0[i], p.s0);
+}
+
+// Gradient of g * sum_z max(lambda*B, s_z): for dimensions at or above the floor, the KL gradient
+// g*mu and g*(exp(logvar)-1)/2; zero under it. n = B*Z, cols = Z.
+// Bindings: 1 g[1,1] | 2 s[Z] | 3 mu[B,Z] | 4 logvar[B,Z] | 5 dmu | 6 dlogvar
+@compute @workgroup_size(256)
+fn kl_backward_free_bits(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = gid(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    let on = in1[i % p.cols] >= p.s0;
+    let g = select(0.0, in0[0], on);
+    out_after_4[i] = g * in2[i];
+    out2_after_4[i] = g * 0.5 * (exp(in3[i]) - 1.0);
+}

@@ -19,6 +19,8 @@ use crate::ops::elementwise::axpy_inplace;
 use crate::ops::vae::Noise;
 use crate::tape::Tape;
 use crate::tensor::Tensor;
+use crate::vae::metrics::{active_units, kl_per_dim};
+use crate::vae::objective::Objective;
 use crate::vae::{Vae, VaeConfig, STREAM_EPS};
 
 /// Noise stream of dynamic binarization.
@@ -35,8 +37,8 @@ pub struct TrainOptions {
     pub lr: f32,
     /// Seed of initialisation, shuffling and every random draw.
     pub seed: u64,
-    /// KL weight (1 = the true ELBO).
-    pub beta: f32,
+    /// β, reduction, KL schedule and free bits (default: the plain ELBO).
+    pub objective: Objective,
     /// Draw binary pixels x ~ Bernoulli(pixel) anew every step.
     pub binarize: bool,
     /// Steps between progress read-backs.
@@ -45,7 +47,7 @@ pub struct TrainOptions {
 
 impl Default for TrainOptions {
     fn default() -> Self {
-        TrainOptions { batch: 128, lr: 1e-3, seed: 1, beta: 1.0, binarize: false, log_every: 20 }
+        TrainOptions { batch: 128, lr: 1e-3, seed: 1, objective: Objective::default(), binarize: false, log_every: 20 }
     }
 }
 
@@ -58,9 +60,7 @@ impl TrainOptions {
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return Err(Error::arg("--lr", format!("{} is not a positive learning rate", self.lr)));
         }
-        if !(self.beta.is_finite() && self.beta >= 0.0) {
-            return Err(Error::arg("--beta", format!("{} is not a non-negative KL weight", self.beta)));
-        }
+        self.objective.validate()?;
         if self.log_every == 0 {
             return Err(Error::arg("log_every", "must be at least 1"));
         }
@@ -71,7 +71,7 @@ impl TrainOptions {
 /// Losses of an evaluation, in nats per example (negative-ELBO convention: lower is better).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct EvalLoss {
-    /// recon + β·kl.
+    /// recon + kl: the negative ELBO, whatever β or schedule the objective used.
     pub loss: f64,
     /// −log p(x|z), one sample of z per example.
     pub recon: f64,
@@ -102,6 +102,12 @@ pub struct EpochMetrics {
     pub epoch_seconds: f64,
     /// Training examples per second.
     pub examples_per_second: f64,
+    /// β·w(step): the KL multiplier at the end of the epoch.
+    pub kl_weight: f64,
+    /// Test KL per latent dimension (nats per example).
+    pub kl_per_dim: Vec<f64>,
+    /// Active units on the test split (Cov_x(E_q[z]) > 0.01, Burda et al.).
+    pub active_units: usize,
 }
 
 impl EpochMetrics {
@@ -111,6 +117,7 @@ impl EpochMetrics {
             "epoch": self.epoch, "step": self.step,
             "train_loss": self.train_loss, "train_recon": self.train_recon, "train_kl": self.train_kl,
             "test_loss": self.test_loss, "recon": self.recon, "kl": self.kl,
+            "kl_weight": self.kl_weight, "active_units": self.active_units, "kl_per_dim": self.kl_per_dim,
             "epoch_seconds": self.epoch_seconds, "examples_per_second": self.examples_per_second,
         })
     }
@@ -218,7 +225,9 @@ impl Trainer {
             let x = self.train.batch(&mut tape, &order, off, bs, bin)?;
             let xv = tape.input(x.clone());
             let out = self.vae.forward(&mut tape, xv, noise(STREAM_EPS))?;
-            let loss = self.vae.loss(&mut tape, &out, &x, self.opts.beta)?;
+            let cfg = &self.vae.config;
+            let (rs, ks) = self.opts.objective.scales(self.step, bs, cfg.input_dim, cfg.latent);
+            let loss = self.vae.objective_loss(&mut tape, &out, &x, rs, ks, self.opts.objective.free_bits)?;
             tape.backward(loss.total)?;
             self.opt.step(&mut tape, &self.vae.params())?;
             let (r, k) = (tape.value(loss.recon).clone(), tape.value(loss.kl).clone());
@@ -230,7 +239,7 @@ impl Trainer {
             self.step += 1;
             if let Some((rr, rk)) = reads {
                 let seen = (off + bs) as f64;
-                let loss = (rr.get()?[0] as f64 + self.opts.beta as f64 * rk.get()?[0] as f64) / seen;
+                let loss = (rr.get()?[0] as f64 + rk.get()?[0] as f64) / seen;
                 let eps = seen / start.elapsed().as_secs_f64().max(1e-9);
                 on_progress(&Progress { epoch, batch: i + 1, batches, running_loss: loss, examples_per_second: eps });
             }
@@ -238,7 +247,7 @@ impl Trainer {
         let recon = acc_recon.to_vec(&gpu)?[0] as f64 / n as f64;
         let kl = acc_kl.to_vec(&gpu)?[0] as f64 / n as f64;
         let secs = start.elapsed().as_secs_f64();
-        let loss = recon + self.opts.beta as f64 * kl;
+        let loss = recon + kl;
         if !loss.is_finite() {
             return Err(Error::Gpu(format!(
                 "the training loss became {loss} in epoch {epoch}: lower --lr or check the data (pixels must be in [0, 1])"
@@ -257,7 +266,12 @@ impl Trainer {
 
     /// The negative ELBO on `images` (one z sample per example from a fixed evaluation seed).
     pub fn evaluate(&self, images: &GpuImages) -> Result<EvalLoss> {
-        evaluate(&self.gpu, &self.vae, images, self.opts.batch.max(256), self.opts.beta, self.opts.seed)
+        Ok(self.evaluate_full(images)?.loss)
+    }
+
+    /// [`Trainer::evaluate`] plus the latent statistics.
+    pub fn evaluate_full(&self, images: &GpuImages) -> Result<EvalReport> {
+        evaluate_full(&self.gpu, &self.vae, images, self.opts.batch.max(256), self.opts.seed)
     }
 
     /// Writes a checkpoint of the current state (atomic).
@@ -273,7 +287,11 @@ impl Trainer {
         meta.insert("seed".to_string(), self.opts.seed.to_string());
         meta.insert("lr".to_string(), self.opts.lr.to_string());
         meta.insert("batch".to_string(), self.opts.batch.to_string());
-        meta.insert("beta".to_string(), self.opts.beta.to_string());
+        let o = &self.opts.objective;
+        meta.insert("beta".to_string(), o.beta.to_string());
+        meta.insert("reduction".to_string(), o.reduction.name().to_string());
+        meta.insert("kl_schedule".to_string(), o.schedule.describe());
+        meta.insert("free_bits".to_string(), o.free_bits.to_string());
         checkpoint::save(path, &self.gpu, &self.vae, Some(&self.opt), &meta)
     }
 }
@@ -293,28 +311,65 @@ fn check_split(config: &VaeConfig, split: &Split) -> Result<()> {
     Ok(())
 }
 
+/// An evaluation: the losses and what the encoder does with the latent space.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EvalReport {
+    /// Negative ELBO, reconstruction and KL, nats per example.
+    pub loss: EvalLoss,
+    /// KL per latent dimension, nats per example (zeros for the autoencoder).
+    pub kl_per_dim: Vec<f64>,
+    /// Active units: dimensions whose posterior mean varies over the data (variance > 0.01).
+    pub active_units: usize,
+    /// Posterior means of every example, [n, Z] row-major (for plots and disentanglement).
+    pub mu: Vec<f32>,
+}
+
 /// The negative ELBO of `vae` on `images` in batches of `batch`, per example.
-pub fn evaluate(gpu: &Gpu, vae: &Vae, images: &GpuImages, batch: usize, beta: f32, seed: u64) -> Result<EvalLoss> {
+pub fn evaluate(gpu: &Gpu, vae: &Vae, images: &GpuImages, batch: usize, seed: u64) -> Result<EvalLoss> {
+    Ok(evaluate_full(gpu, vae, images, batch, seed)?.loss)
+}
+
+/// [`evaluate`] plus KL per dimension, active units and the posterior means.
+pub fn evaluate_full(gpu: &Gpu, vae: &Vae, images: &GpuImages, batch: usize, seed: u64) -> Result<EvalReport> {
     let (_, order) = images.order(gpu, seed, 0, false)?;
     let n = images.n;
+    let z = vae.config.latent;
     let b = batch.clamp(1, n);
     let acc_recon = Tensor::zeros(gpu, 1, 1)?;
     let acc_kl = Tensor::zeros(gpu, 1, 1)?;
+    let (mut mus, mut lvs) = (Vec::with_capacity(n * z), Vec::with_capacity(n * z));
     for (i, off) in (0..n).step_by(b).enumerate() {
         let bs = b.min(n - off);
         let mut tape = Tape::no_grad(gpu);
         let x = images.batch(&mut tape, &order, off, bs, None)?;
         let xv = tape.input(x.clone());
         let out = vae.forward(&mut tape, xv, Noise { seed: seed ^ EVAL_SEED, step: i as u32, stream: STREAM_EPS })?;
-        let loss = vae.loss(&mut tape, &out, &x, beta)?;
+        let loss = vae.loss(&mut tape, &out, &x, 1.0)?;
         let (r, k) = (tape.value(loss.recon).clone(), tape.value(loss.kl).clone());
         axpy_inplace(&mut tape, 1.0, &r, &acc_recon)?;
         axpy_inplace(&mut tape, 1.0, &k, &acc_kl)?;
+        let mu_read = tape.read(&tape.value(out.mu).clone())?;
+        let lv_read = match out.logvar {
+            Some(lv) => Some(tape.read(&tape.value(lv).clone())?),
+            None => None,
+        };
         tape.submit()?;
+        mus.extend(mu_read.get()?);
+        match lv_read {
+            Some(r) => lvs.extend(r.get()?),
+            None => lvs.extend(std::iter::repeat_n(0.0, bs * z)),
+        }
     }
     let recon = acc_recon.to_vec(gpu)?[0] as f64 / n as f64;
     let kl = acc_kl.to_vec(gpu)?[0] as f64 / n as f64;
-    Ok(EvalLoss { loss: recon + beta as f64 * kl, recon, kl })
+    let kl_dims = if vae.fc_logvar.is_some() { kl_per_dim(&mus, &lvs, n, z)? } else { vec![0.0; z] };
+    let au = active_units(&mus, n, z, 0.01)?;
+    Ok(EvalReport {
+        loss: EvalLoss { loss: recon + kl, recon, kl },
+        kl_per_dim: kl_dims,
+        active_units: au.count,
+        mu: mus,
+    })
 }
 
 /// Appends one JSON line to `path` (creating it).

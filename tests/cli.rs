@@ -38,7 +38,17 @@ fn metrics(dir: &Path) -> Vec<serde_json::Value> {
         .map(|l| {
             let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
             let o = v.as_object_mut().unwrap();
-            for k in ["epoch", "train_loss", "test_loss", "recon", "kl", "epoch_seconds", "examples_per_second"] {
+            for k in [
+                "epoch",
+                "train_loss",
+                "test_loss",
+                "recon",
+                "kl",
+                "kl_weight",
+                "active_units",
+                "epoch_seconds",
+                "examples_per_second",
+            ] {
                 assert!(o.contains_key(k), "metrics line lacks `{k}`: {l}");
             }
             o.remove("epoch_seconds");
@@ -152,4 +162,39 @@ fn bad_files_are_named() {
     let out = blocker.join("run");
     fails(&wgvae(&["train", "--out", out.to_str().unwrap()]), &[out.to_str().unwrap()]);
     std::fs::remove_dir_all(&d).ok();
+}
+
+#[test]
+fn loss_balance_options() {
+    // Contradictions and bad values are refused before anything runs.
+    fails(&wgvae(&["train", "--model", "ae", "--beta", "2"]), &["--beta", "autoencoder"]);
+    fails(&wgvae(&["train", "--model", "ae", "--free-bits", "0.5"]), &["--free-bits"]);
+    fails(&wgvae(&["train", "--model", "ae", "--kl-schedule", "linear", "--kl-warmup", "10"]), &["--kl-schedule"]);
+    fails(&wgvae(&["train", "--free-bits", "-1"]), &["--free-bits"]);
+    fails(&wgvae(&["train", "--kl-schedule", "linear"]), &["--kl-warmup"]);
+    fails(&wgvae(&["train", "--kl-schedule", "cyclical"]), &["--kl-cycles"]);
+    fails(&wgvae(&["train", "--kl-schedule", "cosine", "--kl-warmup", "5"]), &["--kl-schedule"]);
+    fails(&wgvae(&["train", "--reduction", "avg"]), &["--reduction"]);
+    fails(&wgvae(&["train", "--model", "gan"]), &["--model"]);
+
+    // The effective KL weight is printed; the schedule's weight is logged per epoch.
+    let d = tmp("balance");
+    let out = train(&d, &["--epochs", "1", "--reduction", "mean", "--kl-schedule", "linear", "--kl-warmup", "1000"]);
+    assert!(out.contains("784 x its weight in the ELBO"), "{out}");
+    let m = metrics(&d);
+    let w = m[0]["kl_weight"].as_f64().unwrap();
+    assert!(w > 0.0 && w < 0.1, "22 steps into a 1000-step warm-up: {w}");
+    assert_eq!(m[0]["kl_per_dim"].as_array().unwrap().len(), 4);
+
+    // The plain autoencoder trains, reports zero KL, and eval agrees.
+    let ae = tmp("ae");
+    let out = train(&ae, &["--epochs", "1", "--model", "ae"]);
+    assert!(!out.contains("objective:"), "no KL objective line for the autoencoder: {out}");
+    assert_eq!(metrics(&ae)[0]["kl"].as_f64().unwrap(), 0.0);
+    let ck = ae.join("checkpoint.safetensors");
+    let e: serde_json::Value =
+        serde_json::from_str(&ok(&wgvae(&["eval", "--checkpoint", ck.to_str().unwrap()]))).unwrap();
+    assert_eq!((e["model"].as_str().unwrap(), e["kl"].as_f64().unwrap()), ("ae", 0.0));
+    std::fs::remove_dir_all(&d).ok();
+    std::fs::remove_dir_all(&ae).ok();
 }

@@ -9,7 +9,7 @@ use wgvae::nn::Adam;
 use wgvae::ops::vae::Noise;
 use wgvae::ops::Act;
 use wgvae::train::{TrainOptions, Trainer};
-use wgvae::vae::{Likelihood, Vae, VaeConfig, STREAM_EPS};
+use wgvae::vae::{Likelihood, ModelKind, Vae, VaeConfig, STREAM_EPS};
 use wgvae::{rng, Tape};
 
 fn relu(m: &Mat) -> Mat {
@@ -37,6 +37,7 @@ fn ref_loss(p: &[Mat], x: &Mat, eps: &Mat) -> (f64, f64) {
 fn vae_steps_match_f64_reference_trainer() {
     let g = gpu();
     let cfg = VaeConfig {
+        model: ModelKind::Vae,
         input_dim: 11,
         hidden: vec![6],
         latent: 3,
@@ -95,11 +96,18 @@ fn vae_steps_match_f64_reference_trainer() {
 }
 
 fn small() -> VaeConfig {
-    VaeConfig { input_dim: 784, hidden: vec![64], latent: 6, activation: Act::Relu, likelihood: Likelihood::Bernoulli }
+    VaeConfig {
+        model: ModelKind::Vae,
+        input_dim: 784,
+        hidden: vec![64],
+        latent: 6,
+        activation: Act::Relu,
+        likelihood: Likelihood::Bernoulli,
+    }
 }
 
 fn opts(seed: u64) -> TrainOptions {
-    TrainOptions { batch: 128, lr: 2e-3, seed, beta: 1.0, binarize: false, log_every: 10 }
+    TrainOptions { batch: 128, lr: 2e-3, seed, objective: Default::default(), binarize: false, log_every: 10 }
 }
 
 #[test]

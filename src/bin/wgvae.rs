@@ -8,7 +8,8 @@ use wgvae::checkpoint::Checkpoint;
 use wgvae::data::{idx, sprites, Split};
 use wgvae::ops::Act;
 use wgvae::train::{append_jsonl, write_pictures, EpochMetrics, TrainOptions, Trainer};
-use wgvae::vae::{Likelihood, VaeConfig};
+use wgvae::vae::objective::{KlSchedule, Objective, Reduction};
+use wgvae::vae::{Likelihood, ModelKind, VaeConfig};
 use wgvae::{Error, Gpu, Result};
 
 #[derive(Parser)]
@@ -21,7 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Train a VAE (default: the classic 784-400-20 model on the built-in sprites).
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Print the test negative ELBO, reconstruction and KL of a checkpoint as JSON.
     Eval {
         /// Checkpoint to evaluate.
@@ -116,9 +117,29 @@ struct TrainArgs {
     /// A named architecture: `classic` (784-400-20-400-784, ReLU, Bernoulli, as PyTorch's example).
     #[arg(long)]
     preset: Option<String>,
-    /// KL weight (1 = the ELBO).
-    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
-    beta: f32,
+    /// KL weight β (1 = the ELBO) [default: 1].
+    #[arg(long, allow_negative_numbers = true)]
+    beta: Option<f32>,
+    /// How recon and KL are reduced: sum (the ELBO), mean (recon averaged over pixels too: KL
+    /// weighs D times more), normalized (recon / D, KL / Z).
+    #[arg(long, default_value = "sum")]
+    reduction: String,
+    /// KL annealing: constant, linear, sigmoid (Bowman et al. 2015), cyclical (Fu et al. 2019).
+    #[arg(long)]
+    kl_schedule: Option<String>,
+    /// Steps over which linear/sigmoid annealing reaches the full KL weight.
+    #[arg(long, default_value_t = 0)]
+    kl_warmup: u64,
+    /// Number of cycles of the cyclical schedule over the run.
+    #[arg(long, default_value_t = 0)]
+    kl_cycles: u64,
+    /// Free bits: each latent dimension's KL counts at least this many nats (batch average), and
+    /// dimensions under it get no KL gradient.
+    #[arg(long, allow_negative_numbers = true)]
+    free_bits: Option<f32>,
+    /// Model: vae, or ae (deterministic autoencoder: no sampling, no KL) for comparison.
+    #[arg(long, default_value = "vae")]
+    model: String,
     /// Resample binary pixels x ~ Bernoulli(pixel) every step.
     #[arg(long)]
     binarize: bool,
@@ -139,7 +160,7 @@ struct TrainArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Train(a) => train(a),
+        Cmd::Train(a) => train(*a),
         Cmd::Eval { checkpoint, data, batch } => eval(&checkpoint, data.as_deref(), batch),
         Cmd::Sample { checkpoint, n, out, seed } => sample(&checkpoint, n, &out, seed),
         Cmd::Reconstruct { checkpoint, data, n, out } => reconstruct(&checkpoint, data.as_deref(), n, &out),
@@ -187,6 +208,38 @@ fn timestamp() -> String {
     format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem / 60 % 60, rem % 60)
 }
 
+/// The objective from the flags, refusing contradictions (e.g. KL options on a plain autoencoder).
+fn objective(a: &TrainArgs, model: ModelKind, total_steps: u64) -> Result<Objective> {
+    if model == ModelKind::Ae {
+        let kl_flags = [
+            ("--beta", a.beta.is_some()),
+            ("--kl-schedule", a.kl_schedule.is_some()),
+            ("--free-bits", a.free_bits.is_some()),
+            ("--kl-warmup", a.kl_warmup > 0),
+            ("--kl-cycles", a.kl_cycles > 0),
+        ];
+        if let Some((flag, _)) = kl_flags.iter().find(|(_, given)| *given) {
+            return Err(Error::InvalidArgument {
+                name: flag.to_string(),
+                detail: "the plain autoencoder (--model ae) has no KL term to weigh or schedule".into(),
+            });
+        }
+    }
+    let o = Objective {
+        beta: a.beta.unwrap_or(1.0),
+        reduction: Reduction::parse(&a.reduction)?,
+        schedule: KlSchedule::from_name(
+            a.kl_schedule.as_deref().unwrap_or("constant"),
+            a.kl_warmup,
+            a.kl_cycles,
+            total_steps,
+        )?,
+        free_bits: a.free_bits.unwrap_or(0.0),
+    };
+    o.validate()?;
+    Ok(o)
+}
+
 fn model_config(a: &TrainArgs, input_dim: usize) -> Result<VaeConfig> {
     let mut c = match a.preset.as_deref() {
         None | Some("classic") => VaeConfig::classic(),
@@ -198,6 +251,7 @@ fn model_config(a: &TrainArgs, input_dim: usize) -> Result<VaeConfig> {
         }
     };
     c.input_dim = input_dim;
+    c.model = ModelKind::parse(&a.model)?;
     if let Some(l) = a.latent {
         c.latent = l;
     }
@@ -243,11 +297,13 @@ fn check_resume_flags(a: &TrainArgs, ck: &Checkpoint) -> Result<()> {
 }
 
 fn train(a: TrainArgs) -> Result<()> {
-    let opts = TrainOptions {
+    // Flags that need no data are checked before anything is loaded or written.
+    objective(&a, ModelKind::parse(&a.model)?, 1)?;
+    let mut opts = TrainOptions {
         batch: a.batch,
         lr: a.lr,
         seed: a.seed,
-        beta: a.beta,
+        objective: Objective::default(),
         binarize: a.binarize,
         log_every: a.log_every,
     };
@@ -272,6 +328,8 @@ fn train(a: TrainArgs) -> Result<()> {
         None => model_config(&a, split.train.dim())?,
     };
     let epochs = a.epochs.unwrap_or(if split.name == "sprites" { 50 } else { 10 });
+    let total_steps = epochs * split.train.n.div_ceil(a.batch.min(split.train.n)) as u64;
+    opts.objective = objective(&a, config.model, total_steps)?;
     let out = match (&a.out, &a.resume) {
         (Some(o), _) => o.clone(),
         (None, Some(r)) => r.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf(),
@@ -299,7 +357,8 @@ fn train(a: TrainArgs) -> Result<()> {
         gpu.adapter().backend
     );
     println!(
-        "model: {}-{}-{} {} {}, batch {}, lr {}, beta {}, seed {}",
+        "model: {} {}-{}-{} {} {}, batch {}, lr {}, seed {}",
+        config.model.name(),
         config.input_dim,
         hidden.join("-"),
         config.latent,
@@ -307,9 +366,20 @@ fn train(a: TrainArgs) -> Result<()> {
         config.likelihood.name(),
         trainer.opts.batch,
         trainer.opts.lr,
-        trainer.opts.beta,
         trainer.opts.seed
     );
+    if config.model == ModelKind::Vae {
+        let o = &trainer.opts.objective;
+        println!(
+            "objective: recon + {} x KL, reduction {}, schedule {}{}: the KL term weighs {} x its weight in the ELBO{}",
+            o.beta,
+            o.reduction.name(),
+            o.schedule.describe(),
+            if o.free_bits > 0.0 { format!(", free bits {} nats/dim", o.free_bits) } else { String::new() },
+            o.effective_kl_weight(config.input_dim, config.latent),
+            if o.effective_kl_weight(config.input_dim, config.latent) == 1.0 { " (the true ELBO)" } else { "" }
+        );
+    }
     println!("writing to {}", out.display());
     if trainer.epoch >= epochs {
         println!("the checkpoint has already trained {} epochs (--epochs {epochs}): nothing to do", trainer.epoch);
@@ -335,7 +405,8 @@ fn train(a: TrainArgs) -> Result<()> {
             bar.set_message(format!("loss {:.2}  {:.0} ex/s", p.running_loss, p.examples_per_second));
         })?;
         bar.finish_and_clear();
-        let te = trainer.evaluate(&trainer.test)?;
+        let report = trainer.evaluate_full(&trainer.test)?;
+        let te = report.loss;
         let m = EpochMetrics {
             epoch: trainer.epoch,
             step: trainer.step,
@@ -347,14 +418,27 @@ fn train(a: TrainArgs) -> Result<()> {
             kl: te.kl,
             epoch_seconds: secs,
             examples_per_second: split.train.n as f64 / secs,
+            kl_weight: trainer.opts.objective.kl_weight(trainer.step.saturating_sub(1)),
+            kl_per_dim: report.kl_per_dim.clone(),
+            active_units: report.active_units,
         };
         append_jsonl(&metrics_path, &m.to_json())?;
         let mut extra = std::collections::HashMap::new();
         extra.insert("data".to_string(), data_name.clone());
         trainer.save_with(&ck_path, &extra)?;
         println!(
-            "epoch {:>3}/{}  train {:8.2}  test {:8.2} (recon {:8.2}, kl {:6.2})  {:6.1} s  {:6.0} ex/s",
-            m.epoch, epochs, m.train_loss, m.test_loss, m.recon, m.kl, secs, m.examples_per_second
+            "epoch {:>3}/{}  train {:8.2}  test {:8.2} (recon {:8.2}, kl {:6.2})  kl weight {:.3}  AU {:>2}/{}  {:5.1} s  {:6.0} ex/s",
+            m.epoch,
+            epochs,
+            m.train_loss,
+            m.test_loss,
+            m.recon,
+            m.kl,
+            m.kl_weight,
+            m.active_units,
+            config.latent,
+            secs,
+            m.examples_per_second
         );
     }
     let (sp, rp) = write_pictures(&out, &gpu, &trainer.vae, &split.test, trainer.opts.seed)?;
@@ -387,11 +471,13 @@ fn eval(checkpoint: &Path, data: Option<&Path>, batch: usize) -> Result<()> {
     }
     let test = wgvae::data::gpu::GpuImages::upload(&gpu, &split.test)?;
     let seed = ck.meta_u64("seed").unwrap_or(0);
-    let beta = ck.meta.get("beta").and_then(|b| b.parse().ok()).unwrap_or(1.0);
-    let e = wgvae::train::evaluate(&gpu, &vae, &test, batch, beta, seed)?;
+    let r = wgvae::train::evaluate_full(&gpu, &vae, &test, batch, seed)?;
+    let e = r.loss;
     let v = serde_json::json!({
         "checkpoint": checkpoint.display().to_string(), "data": split.name, "examples": split.test.n,
-        "epoch": ck.meta_u64("epoch"), "test_loss": e.loss, "recon": e.recon, "kl": e.kl, "beta": beta,
+        "epoch": ck.meta_u64("epoch"), "model": vae.config.model.name(),
+        "test_loss": e.loss, "recon": e.recon, "kl": e.kl,
+        "active_units": r.active_units, "kl_per_dim": r.kl_per_dim,
         "unit": "nats per example (negative ELBO, lower is better)",
     });
     println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());

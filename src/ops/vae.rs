@@ -2,7 +2,11 @@
 //! reparameterization z = mu + exp(logvar/2)·eps, the analytic KL(q(z|x) || N(0, I)) and the
 //! Bernoulli / Gaussian reconstruction terms, each per example ([B,1], nats).
 
-use super::{grid_1d, reduce::row_sum, same_shape, val};
+use super::{
+    grid_1d,
+    reduce::{col_sum, row_sum, sum_all},
+    same_shape, val,
+};
 use crate::error::{Error, Result};
 use crate::gpu::pipeline::{KernelKey, Module};
 use crate::tape::{Params, Tape, Var};
@@ -84,6 +88,48 @@ pub fn kl_normal(tape: &mut Tape, mu: Var, logvar: Var) -> Result<Var> {
         let dmu = Tensor::empty(t.gpu(), m.rows(), m.cols())?;
         let dlv = Tensor::empty(t.gpu(), m.rows(), m.cols())?;
         t.dispatch(&key(Module::Vae, "kl_backward", 3, 2), p, &[g, &m, &lv, &dmu, &dlv], grid_1d(n, 256))?;
+        Ok(vec![Some(dmu), Some(dlv)])
+    }))
+}
+
+/// The free-bits KL of a batch (Kingma et al. 2016), [1,1]: Σ_z max(λ·B, Σ_b KL[b,z]) — each
+/// latent dimension's batch KL counts at least λ nats per example, and a dimension under the
+/// floor gets no gradient from it (the masking happens in the backward kernel).
+pub fn kl_free_bits(tape: &mut Tape, mu: Var, logvar: Var, lambda: f32) -> Result<Var> {
+    if !(lambda.is_finite() && lambda >= 0.0) {
+        return Err(Error::arg("--free-bits", format!("{lambda} nats: the floor must be zero or positive")));
+    }
+    let (m, lv) = (val(tape, mu), val(tape, logvar));
+    same_shape("kl_free_bits", &m, &lv)?;
+    let elem = Tensor::empty(tape.gpu(), m.rows(), m.cols())?;
+    let n = elem.len();
+    tape.dispatch(
+        &key(Module::Vae, "kl_forward", 2, 1),
+        ew_params(n, m.cols(), 0.0),
+        &[&m, &lv, &elem],
+        grid_1d(n, 256),
+    )?;
+    let s = col_sum(tape, &elem, 1.0)?;
+    let floor = lambda * m.rows() as f32;
+    let floored = Tensor::empty(tape.gpu(), 1, m.cols())?;
+    let z = m.cols();
+    tape.dispatch(
+        &key(Module::Vae, "free_bits_forward", 1, 1),
+        ew_params(z, z, floor),
+        &[&s, &floored],
+        grid_1d(z, 256),
+    )?;
+    let total = sum_all(tape, &floored, 1.0)?;
+    Ok(tape.record(&[mu, logvar], total, move |t, g, _| {
+        let dmu = Tensor::empty(t.gpu(), m.rows(), m.cols())?;
+        let dlv = Tensor::empty(t.gpu(), m.rows(), m.cols())?;
+        let p = ew_params(n, z, floor);
+        t.dispatch(
+            &key(Module::Vae, "kl_backward_free_bits", 4, 2),
+            p,
+            &[g, &s, &m, &lv, &dmu, &dlv],
+            grid_1d(n, 256),
+        )?;
         Ok(vec![Some(dmu), Some(dlv)])
     }))
 }

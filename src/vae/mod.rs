@@ -6,10 +6,13 @@
 //! [out, in], `bias` [out]): `encoder.{i}` for the hidden layers, `fc_mu`, `fc_logvar`, then
 //! `decoder.{i}` from the latent up to the output layer.
 
+pub mod metrics;
+pub mod objective;
+
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::nn::{Linear, Mlp, Param};
-use crate::ops::vae::{bce_with_logits, gaussian_nll, kl_normal, normal, reparameterize, Noise};
+use crate::ops::vae::{bce_with_logits, gaussian_nll, kl_free_bits, kl_normal, normal, reparameterize, Noise};
 use crate::ops::{self, elementwise::act_forward, Act};
 use crate::tape::{Tape, Var};
 use crate::tensor::Tensor;
@@ -48,9 +51,38 @@ impl Likelihood {
     }
 }
 
+/// Which model: the VAE, or the plain deterministic autoencoder for comparison.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelKind {
+    /// Variational autoencoder: q(z|x) = N(mu, diag(exp(logvar))), z sampled, KL to N(0, I).
+    Vae,
+    /// Deterministic autoencoder: z = mu, no sampling, no KL (no `fc_logvar` layer).
+    Ae,
+}
+
+impl ModelKind {
+    /// `vae` or `ae`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelKind::Vae => "vae",
+            ModelKind::Ae => "ae",
+        }
+    }
+    /// Parses [`ModelKind::name`].
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "vae" => Ok(ModelKind::Vae),
+            "ae" => Ok(ModelKind::Ae),
+            _ => Err(Error::arg("--model", format!("`{s}` is not one of: vae, ae"))),
+        }
+    }
+}
+
 /// Architecture of a [`Vae`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct VaeConfig {
+    /// VAE or plain autoencoder.
+    pub model: ModelKind,
     /// Pixels per input (784 for 28x28).
     pub input_dim: usize,
     /// Hidden layer widths of the encoder; the decoder mirrors them.
@@ -68,6 +100,7 @@ impl VaeConfig {
     /// Bernoulli likelihood.
     pub fn classic() -> Self {
         VaeConfig {
+            model: ModelKind::Vae,
             input_dim: 784,
             hidden: vec![400],
             latent: 20,
@@ -93,6 +126,7 @@ impl VaeConfig {
     /// The config as a JSON object (checkpoint metadata).
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
+            "model": self.model.name(),
             "input_dim": self.input_dim,
             "hidden": self.hidden,
             "latent": self.latent,
@@ -113,6 +147,8 @@ impl VaeConfig {
             .map(|x| x.as_u64().map(|x| x as usize).ok_or_else(|| bad("hidden")))
             .collect::<Result<Vec<_>>>()?;
         let c = VaeConfig {
+            // Checkpoints from before the `model` key were all VAEs.
+            model: ModelKind::parse(v.get("model").and_then(|m| m.as_str()).unwrap_or("vae"))?,
             input_dim: num("input_dim")?,
             hidden,
             latent: num("latent")?,
@@ -146,8 +182,8 @@ pub const STREAM_EPS: u32 = 0;
 pub struct VaeOutput {
     /// Posterior means [B, Z].
     pub mu: Var,
-    /// Posterior log-variances [B, Z].
-    pub logvar: Var,
+    /// Posterior log-variances [B, Z] (none for the plain autoencoder).
+    pub logvar: Option<Var>,
     /// Sampled latents [B, Z].
     pub z: Var,
     /// Decoder outputs [B, D]: logits (Bernoulli) or means (Gaussian).
@@ -175,8 +211,8 @@ pub struct Vae {
     pub encoder: Mlp,
     /// Last hidden -> mu.
     pub fc_mu: Linear,
-    /// Last hidden -> logvar.
-    pub fc_logvar: Linear,
+    /// Last hidden -> logvar (none for the plain autoencoder).
+    pub fc_logvar: Option<Linear>,
     /// Latent -> hidden layers -> output (identity on the output).
     pub decoder: Mlp,
 }
@@ -200,7 +236,10 @@ impl Vae {
             Mlp { layers: vec![] }
         };
         let fc_mu = Linear::new(gpu, "fc_mu", last, config.latent, Act::Identity, &mut rng)?;
-        let fc_logvar = Linear::new(gpu, "fc_logvar", last, config.latent, Act::Identity, &mut rng)?;
+        let fc_logvar = match config.model {
+            ModelKind::Vae => Some(Linear::new(gpu, "fc_logvar", last, config.latent, Act::Identity, &mut rng)?),
+            ModelKind::Ae => None,
+        };
         let decoder = Mlp::new(gpu, "decoder", &dec_sizes, act, Act::Identity, seed.wrapping_add(1))?;
         Ok(Vae { config, encoder, fc_mu, fc_logvar, decoder })
     }
@@ -209,7 +248,9 @@ impl Vae {
     pub fn params(&self) -> Vec<&Param> {
         let mut p = self.encoder.params();
         p.extend(self.fc_mu.params());
-        p.extend(self.fc_logvar.params());
+        if let Some(l) = &self.fc_logvar {
+            p.extend(l.params());
+        }
         p.extend(self.decoder.params());
         p
     }
@@ -224,38 +265,66 @@ impl Vae {
         Ok(())
     }
 
-    /// Records q(z|x): (mu, logvar).
-    pub fn encode_vars(&self, tape: &mut Tape, x: Var) -> Result<(Var, Var)> {
+    /// Records q(z|x): (mu, logvar); no logvar for the plain autoencoder.
+    pub fn encode_vars(&self, tape: &mut Tape, x: Var) -> Result<(Var, Option<Var>)> {
         self.check_input(tape.value(x))?;
         let h = self.encoder.forward(tape, x)?;
-        Ok((self.fc_mu.forward(tape, h)?, self.fc_logvar.forward(tape, h)?))
+        let mu = self.fc_mu.forward(tape, h)?;
+        let logvar = match &self.fc_logvar {
+            Some(l) => Some(l.forward(tape, h)?),
+            None => None,
+        };
+        Ok((mu, logvar))
     }
 
-    /// Records the full forward pass with eps drawn from `noise`.
+    /// Records the full forward pass with eps drawn from `noise` (the autoencoder uses z = mu).
     pub fn forward(&self, tape: &mut Tape, x: Var, noise: Noise) -> Result<VaeOutput> {
         let (mu, logvar) = self.encode_vars(tape, x)?;
-        let (b, z) = (tape.value(mu).rows(), self.config.latent);
-        let eps = normal(tape, b, z, noise)?;
-        let zv = reparameterize(tape, mu, logvar, &eps)?;
+        let zv = match logvar {
+            Some(lv) => {
+                let (b, z) = (tape.value(mu).rows(), self.config.latent);
+                let eps = normal(tape, b, z, noise)?;
+                reparameterize(tape, mu, lv, &eps)?
+            }
+            None => mu,
+        };
         let out = self.decoder.forward(tape, zv)?;
         Ok(VaeOutput { mu, logvar, z: zv, out })
     }
 
-    /// Records the negative ELBO of `target` (the batch) with KL weight `beta`.
+    /// Records the negative ELBO of `target` (the batch) with KL weight `beta`, sums reduced.
     pub fn loss(&self, tape: &mut Tape, out: &VaeOutput, target: &Tensor, beta: f32) -> Result<Loss> {
+        self.objective_loss(tape, out, target, 1.0, beta, 0.0)
+    }
+
+    /// Records recon_scale·Σ recon + kl_scale·KL, where KL is the batch's summed KL or, with
+    /// `free_bits` > 0, its free-bits form ([`crate::ops::vae::kl_free_bits`]). The reported
+    /// `recon` and `kl` are always the plain sums (the autoencoder reports KL 0).
+    pub fn objective_loss(
+        &self,
+        tape: &mut Tape,
+        out: &VaeOutput,
+        target: &Tensor,
+        recon_scale: f32,
+        kl_scale: f32,
+        free_bits: f32,
+    ) -> Result<Loss> {
         let rec = match self.config.likelihood {
             Likelihood::Bernoulli => bce_with_logits(tape, out.out, target)?,
             Likelihood::Gaussian { variance } => gaussian_nll(tape, out.out, target, variance)?,
         };
-        let kl = kl_normal(tape, out.mu, out.logvar)?;
         let recon = ops::sum(tape, rec)?;
-        let kl = ops::sum(tape, kl)?;
-        let total = if beta == 1.0 {
-            ops::add(tape, recon, kl)?
-        } else {
-            let bk = ops::scale(tape, kl, beta)?;
-            ops::add(tape, recon, bk)?
+        let rterm = if recon_scale == 1.0 { recon } else { ops::scale(tape, recon, recon_scale)? };
+        let Some(logvar) = out.logvar else {
+            let zero = ops::elementwise::fill(tape, 1, 1, 0.0)?;
+            let kl = tape.input(zero);
+            return Ok(Loss { total: rterm, recon, kl });
         };
+        let kl_rows = kl_normal(tape, out.mu, logvar)?;
+        let kl = ops::sum(tape, kl_rows)?;
+        let kterm = if free_bits > 0.0 { kl_free_bits(tape, out.mu, logvar, free_bits)? } else { kl };
+        let kterm = if kl_scale == 1.0 { kterm } else { ops::scale(tape, kterm, kl_scale)? };
+        let total = ops::add(tape, rterm, kterm)?;
         Ok(Loss { total, recon, kl })
     }
 
@@ -279,12 +348,12 @@ impl Vae {
         Ok(px)
     }
 
-    /// Posterior means and log-variances of a batch.
-    pub fn encode(&self, gpu: &Gpu, x: &Tensor) -> Result<(Tensor, Tensor)> {
+    /// Posterior means and log-variances of a batch (no log-variances for the autoencoder).
+    pub fn encode(&self, gpu: &Gpu, x: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
         let mut tape = Tape::no_grad(gpu);
         let xv = tape.input(x.clone());
         let (mu, lv) = self.encode_vars(&mut tape, xv)?;
-        let r = (tape.value(mu).clone(), tape.value(lv).clone());
+        let r = (tape.value(mu).clone(), lv.map(|lv| tape.value(lv).clone()));
         tape.submit()?;
         Ok(r)
     }

@@ -42,6 +42,7 @@ pub mod gpu;
 pub mod image;
 pub mod nn;
 pub mod ops;
+pub mod pictures;
 pub mod plot;
 pub mod rng;
 pub mod tape;

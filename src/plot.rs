@@ -478,12 +478,18 @@ struct Frame {
 impl Frame {
     fn px(&self, x: f64) -> i64 {
         let t = (x - self.x.0) / (self.x.1 - self.x.0);
-        (self.left as f64 + t * (self.right - self.left) as f64).round() as i64
+        clamp_px(self.left as f64 + t * (self.right - self.left) as f64)
     }
     fn py(&self, y: f64) -> i64 {
         let t = (y - self.y.0) / (self.y.1 - self.y.0);
-        (self.bottom as f64 - t * (self.bottom - self.top) as f64).round() as i64
+        clamp_px(self.bottom as f64 - t * (self.bottom - self.top) as f64)
     }
+}
+
+/// A pixel coordinate, kept within a few canvases of the image (NaN gives 0) so that lines stay
+/// short and coordinate arithmetic cannot overflow.
+fn clamp_px(v: f64) -> i64 {
+    v.round().clamp(-65536.0, 65536.0) as i64
 }
 
 /// Draws the grid, the axes, the tick marks and the tick labels of `f`.

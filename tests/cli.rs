@@ -198,3 +198,61 @@ fn loss_balance_options() {
     std::fs::remove_dir_all(&d).ok();
     std::fs::remove_dir_all(&ae).ok();
 }
+
+fn png_size(p: &Path) -> (u32, u32) {
+    let d = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(p).unwrap()));
+    let r = d.read_info().unwrap();
+    (r.info().width, r.info().height)
+}
+
+#[test]
+fn pictures_and_disentanglement() {
+    let d = tmp("pictures");
+    ok(&wgvae(&[
+        "train",
+        "--out",
+        d.to_str().unwrap(),
+        "--epochs",
+        "2",
+        "--latent",
+        "2",
+        "--hidden",
+        "64",
+        "--batch",
+        "256",
+    ]));
+    for f in ["manifold.png", "scatter.png", "metrics.png"] {
+        assert!(d.join(f).exists(), "a 2-D latent run writes {f}");
+    }
+    assert_eq!(png_size(&d.join("manifold.png")), (15 * 30 + 2, 15 * 30 + 2));
+    let ck = d.join("checkpoint.safetensors");
+    let c = ck.to_str().unwrap();
+    let (ip, tp) = (d.join("i.png"), d.join("t.png"));
+    ok(&wgvae(&[
+        "interpolate",
+        "--checkpoint",
+        c,
+        "--from",
+        "3",
+        "--to",
+        "4",
+        "--steps",
+        "6",
+        "--out",
+        ip.to_str().unwrap(),
+    ]));
+    assert_eq!(png_size(&ip), (8 * 30 + 2, 32), "two inputs framing six decoded steps");
+    let out = ok(&wgvae(&["traverse", "--checkpoint", c, "--steps", "7", "--out", tp.to_str().unwrap()]));
+    assert!(out.contains("z0") && out.contains("z1"), "{out}");
+    assert_eq!(png_size(&tp), (7 * 30 + 2, 2 * 30 + 2), "one row per latent dimension");
+    fails(&wgvae(&["interpolate", "--checkpoint", c, "--from", "100000"]), &["--from"]);
+    let pp = d.join("p.png");
+    ok(&wgvae(&["plot", "--metrics", d.join("metrics.jsonl").to_str().unwrap(), "--out", pp.to_str().unwrap()]));
+    assert!(pp.exists());
+    let e: serde_json::Value =
+        serde_json::from_str(&ok(&wgvae(&["eval", "--checkpoint", c, "--disentanglement"]))).unwrap();
+    let mig = e["mig"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&mig), "{e}");
+    assert_eq!(e["mig_per_factor"].as_object().unwrap().len(), 5);
+    std::fs::remove_dir_all(&d).ok();
+}

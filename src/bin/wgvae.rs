@@ -23,7 +23,7 @@ struct Cli {
 enum Cmd {
     /// Train a VAE (default: the classic 784-400-20 model on the built-in sprites).
     Train(Box<TrainArgs>),
-    /// Print the test negative ELBO, reconstruction and KL of a checkpoint as JSON.
+    /// Print the test negative ELBO, reconstruction, KL (per dimension) and active units as JSON.
     Eval {
         /// Checkpoint to evaluate.
         #[arg(long)]
@@ -34,6 +34,80 @@ enum Cmd {
         /// Examples per evaluation batch.
         #[arg(long, default_value_t = 500)]
         batch: usize,
+        /// Also report the Mutual Information Gap (Chen et al. 2018) of the posterior means against
+        /// the sprites' known generating factors (built-in sprites only).
+        #[arg(long)]
+        disentanglement: bool,
+    },
+    /// Decode the straight line between the latent codes of two test images.
+    Interpolate {
+        /// Checkpoint to use.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// MNIST-layout directory (default: the data the checkpoint was trained on).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Index of the first test image.
+        #[arg(long, default_value_t = 0)]
+        from: usize,
+        /// Index of the second test image.
+        #[arg(long, default_value_t = 1)]
+        to: usize,
+        /// Images in the row, ends included.
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        /// Output PNG.
+        #[arg(long, default_value = "interpolation.png")]
+        out: PathBuf,
+    },
+    /// Sweep each latent dimension from -range to +range around a test image's code, one row per
+    /// dimension, most active (highest KL) first.
+    Traverse {
+        /// Checkpoint to use.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// MNIST-layout directory (default: the data the checkpoint was trained on).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Test image whose code is the centre of the sweep.
+        #[arg(long, default_value_t = 0)]
+        index: usize,
+        /// Half-width of the sweep.
+        #[arg(long, default_value_t = 3.0)]
+        range: f32,
+        /// Images per row.
+        #[arg(long, default_value_t = 11)]
+        steps: usize,
+        /// Output PNG.
+        #[arg(long, default_value = "traversal.png")]
+        out: PathBuf,
+    },
+    /// For a 2-D latent space: the decoded manifold grid and a scatter of the test codes by label.
+    Manifold {
+        /// Checkpoint to use (latent dimension 2).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// MNIST-layout directory (default: the data the checkpoint was trained on).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Grid side.
+        #[arg(long, default_value_t = 15)]
+        n: usize,
+        /// Half-width of the grid in latent units.
+        #[arg(long, default_value_t = 3.0)]
+        range: f32,
+        /// Directory for manifold.png and scatter.png.
+        #[arg(long, default_value = ".")]
+        out_dir: PathBuf,
+    },
+    /// Plot a run's metrics.jsonl (loss, recon, KL, KL weight, active units per epoch) as a PNG.
+    Plot {
+        /// The metrics.jsonl file.
+        #[arg(long)]
+        metrics: PathBuf,
+        /// Output PNG (default: metrics.png beside the metrics file).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Decode draws from the prior into a PNG grid.
     Sample {
@@ -161,7 +235,19 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Train(a) => train(*a),
-        Cmd::Eval { checkpoint, data, batch } => eval(&checkpoint, data.as_deref(), batch),
+        Cmd::Eval { checkpoint, data, batch, disentanglement } => {
+            eval(&checkpoint, data.as_deref(), batch, disentanglement)
+        }
+        Cmd::Interpolate { checkpoint, data, from, to, steps, out } => {
+            interpolate(&checkpoint, data.as_deref(), from, to, steps, &out)
+        }
+        Cmd::Traverse { checkpoint, data, index, range, steps, out } => {
+            traverse(&checkpoint, data.as_deref(), index, range, steps, &out)
+        }
+        Cmd::Manifold { checkpoint, data, n, range, out_dir } => {
+            manifold(&checkpoint, data.as_deref(), n, range, &out_dir)
+        }
+        Cmd::Plot { metrics, out } => plot(&metrics, out.as_deref()),
         Cmd::Sample { checkpoint, n, out, seed } => sample(&checkpoint, n, &out, seed),
         Cmd::Reconstruct { checkpoint, data, n, out } => reconstruct(&checkpoint, data.as_deref(), n, &out),
         Cmd::Info { json } => info(json),
@@ -442,6 +528,10 @@ fn train(a: TrainArgs) -> Result<()> {
         );
     }
     let (sp, rp) = write_pictures(&out, &gpu, &trainer.vae, &split.test, trainer.opts.seed)?;
+    plot(&metrics_path, None)?;
+    if config.latent == 2 {
+        manifold(&ck_path, a.data.as_deref().or(None), 15, 3.0, &out)?;
+    }
     println!("done: {} epochs, {} steps", trainer.epoch, trainer.step);
     println!("  metrics          {}", metrics_path.display());
     println!("  checkpoint       {}", ck_path.display());
@@ -450,7 +540,115 @@ fn train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-fn eval(checkpoint: &Path, data: Option<&Path>, batch: usize) -> Result<()> {
+/// A checkpoint's model with its data, checked to fit together.
+struct Loaded {
+    gpu: Gpu,
+    vae: wgvae::vae::Vae,
+    split: Split,
+    ck: Checkpoint,
+}
+
+fn load(checkpoint: &Path, data: Option<&Path>) -> Result<Loaded> {
+    let ck = Checkpoint::load(checkpoint)?;
+    let split = checkpoint_data(&ck, data)?;
+    let gpu = Gpu::new()?;
+    let vae = ck.vae(&gpu)?;
+    if split.test.dim() != vae.config.input_dim {
+        return Err(Error::InvalidArgument {
+            name: "--data".into(),
+            detail: format!(
+                "{} has {} pixels per image, the model takes {}",
+                split.name,
+                split.test.dim(),
+                vae.config.input_dim
+            ),
+        });
+    }
+    Ok(Loaded { gpu, vae, split, ck })
+}
+
+fn test_image(split: &Split, i: usize, flag: &str) -> Result<Vec<f32>> {
+    if i >= split.test.n {
+        return Err(Error::InvalidArgument {
+            name: flag.into(),
+            detail: format!("{i} is past the {} test images", split.test.n),
+        });
+    }
+    Ok(split.test.image(i).iter().map(|&p| p as f32 / 255.0).collect())
+}
+
+fn interpolate(checkpoint: &Path, data: Option<&Path>, from: usize, to: usize, steps: usize, out: &Path) -> Result<()> {
+    let l = load(checkpoint, data)?;
+    let mut x = test_image(&l.split, from, "--from")?;
+    x.extend(test_image(&l.split, to, "--to")?);
+    let z = wgvae::pictures::encode_means(&l.gpu, &l.vae, &x, 2)?;
+    let zl = l.vae.config.latent;
+    let px = wgvae::pictures::interpolation(&l.gpu, &l.vae, &z[..zl], &z[zl..], steps)?;
+    let (h, w) = (l.split.test.rows, l.split.test.cols);
+    // The two inputs framing the decoded row.
+    let mut row = x[..h * w].to_vec();
+    row.extend(px);
+    row.extend(&x[h * w..]);
+    wgvae::image::save_grid(out, &row, steps + 2, h, w, steps + 2)?;
+    println!("wrote input {from}, {steps} decoded steps and input {to} to {}", out.display());
+    Ok(())
+}
+
+fn traverse(checkpoint: &Path, data: Option<&Path>, index: usize, range: f32, steps: usize, out: &Path) -> Result<()> {
+    let l = load(checkpoint, data)?;
+    let x = test_image(&l.split, index, "--index")?;
+    let base = wgvae::pictures::encode_means(&l.gpu, &l.vae, &x, 1)?;
+    let test = wgvae::data::gpu::GpuImages::upload(&l.gpu, &l.split.test)?;
+    let r = wgvae::train::evaluate_full(&l.gpu, &l.vae, &test, 500, l.ck.meta_u64("seed").unwrap_or(0))?;
+    // Most active first: KL per dimension for a VAE, the variance of the code for an autoencoder.
+    let activity = if r.loss.kl > 0.0 {
+        r.kl_per_dim.clone()
+    } else {
+        wgvae::vae::metrics::active_units(&r.mu, l.split.test.n, l.vae.config.latent, 0.01)?.variances
+    };
+    let dims = wgvae::pictures::by_activity(&activity);
+    let px = wgvae::pictures::traversal(&l.gpu, &l.vae, &base, &dims, range, steps)?;
+    wgvae::image::save_grid(out, &px, dims.len() * steps, l.split.test.rows, l.split.test.cols, steps)?;
+    let order: Vec<String> = dims.iter().map(|&d| format!("z{d} ({:.2})", activity[d])).collect();
+    println!("wrote {} rows (dimension order, activity: {}) to {}", dims.len(), order.join(", "), out.display());
+    Ok(())
+}
+
+fn manifold(checkpoint: &Path, data: Option<&Path>, n: usize, range: f32, out_dir: &Path) -> Result<()> {
+    let l = load(checkpoint, data)?;
+    let px = wgvae::pictures::manifold(&l.gpu, &l.vae, n, range)?;
+    std::fs::create_dir_all(out_dir).map_err(|source| Error::Io { path: out_dir.to_path_buf(), source })?;
+    let mp = out_dir.join("manifold.png");
+    wgvae::image::save_grid(&mp, &px, n * n, l.split.test.rows, l.split.test.cols, n)?;
+    let test = wgvae::data::gpu::GpuImages::upload(&l.gpu, &l.split.test)?;
+    let r = wgvae::train::evaluate_full(&l.gpu, &l.vae, &test, 500, l.ck.meta_u64("seed").unwrap_or(0))?;
+    let pts: Vec<(f32, f32)> = r.mu.chunks_exact(2).map(|c| (c[0], c[1])).collect();
+    let png = wgvae::plot::scatter_png(&pts, l.split.test.labels.as_deref(), "test codes (posterior means)")?;
+    let sp = out_dir.join("scatter.png");
+    wgvae::checkpoint::write_atomic(&sp, &png)?;
+    println!("wrote {} and {}", mp.display(), sp.display());
+    Ok(())
+}
+
+fn plot(metrics: &Path, out: Option<&Path>) -> Result<()> {
+    let text = std::fs::read_to_string(metrics).map_err(|source| Error::Io { path: metrics.to_path_buf(), source })?;
+    let lines = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .map_err(|e| Error::Data { path: metrics.to_path_buf(), detail: format!("line {}: {e}", i + 1) })
+        })
+        .collect::<Result<Vec<serde_json::Value>>>()?;
+    let png = wgvae::plot::metrics_png(&lines)?;
+    let out = out.map(Path::to_path_buf).unwrap_or_else(|| metrics.with_file_name("metrics.png"));
+    wgvae::checkpoint::write_atomic(&out, &png)?;
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
+fn eval(checkpoint: &Path, data: Option<&Path>, batch: usize, disentanglement: bool) -> Result<()> {
     if batch == 0 {
         return Err(Error::InvalidArgument { name: "--batch".into(), detail: "must be at least 1".into() });
     }
@@ -480,6 +678,38 @@ fn eval(checkpoint: &Path, data: Option<&Path>, batch: usize) -> Result<()> {
         "active_units": r.active_units, "kl_per_dim": r.kl_per_dim,
         "unit": "nats per example (negative ELBO, lower is better)",
     });
+    let mut v = v;
+    if disentanglement {
+        let (Some(tf), Some(trf)) = (&split.test.factors, &split.train.factors) else {
+            return Err(Error::InvalidArgument {
+                name: "--disentanglement".into(),
+                detail: format!("{} has no known generating factors; the built-in sprites do", split.name),
+            });
+        };
+        // Codes of every image (train and test): MIG's histograms need thousands of samples.
+        let train = wgvae::data::gpu::GpuImages::upload(&gpu, &split.train)?;
+        let rt = wgvae::train::evaluate_full(&gpu, &vae, &train, batch, seed)?;
+        let mut codes = rt.mu;
+        codes.extend(&r.mu);
+        let mut factors = trf.clone();
+        factors.extend(tf.iter().cloned());
+        let m = wgvae::vae::metrics::mutual_information_gap(
+            &codes,
+            factors.len(),
+            vae.config.latent,
+            &factors,
+            &wgvae::data::sprites::FACTOR_SIZES,
+            20,
+        )?;
+        v["mig"] = serde_json::json!(m.mig);
+        v["mig_per_factor"] = serde_json::json!(split
+            .train
+            .factor_names
+            .iter()
+            .zip(&m.per_factor)
+            .map(|(n, g)| (n.clone(), serde_json::json!(g)))
+            .collect::<serde_json::Map<_, _>>());
+    }
     println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     Ok(())
 }

@@ -19,6 +19,7 @@ fn main() -> wgvae::Result<()> {
         latent: 4,
         activation: Act::Relu,
         likelihood: Likelihood::Bernoulli,
+        bn_tau: None,
     };
     let vae = Vae::new(&gpu, config, 0)?;
     let mut opt = Adam::new(1e-3)?;

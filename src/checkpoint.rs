@@ -53,6 +53,9 @@ pub fn save(path: &Path, gpu: &Gpu, vae: &Vae, opt: Option<&Adam>, meta: &HashMa
         tensors.push((name, shape, bytemuck::cast_slice(&v).to_vec()));
         Ok(())
     };
+    for (name, t) in vae.buffers() {
+        push(name.to_string(), vec![t.len()], t)?;
+    }
     for p in vae.params() {
         push(p.name().to_string(), file_shape(p), p.value())?;
         if let Some((m, v)) = opt.and_then(|o| o.moments(p)) {
@@ -145,6 +148,14 @@ impl Checkpoint {
         let vae = Vae::new(gpu, self.config.clone(), 0)?;
         for p in vae.params() {
             p.value().write(gpu, self.tensor_for(p.name(), p)?)?;
+        }
+        for (name, t) in vae.buffers() {
+            let (shape, data) =
+                self.tensors.get(name).ok_or_else(|| ck_err(&self.path, format!("tensor `{name}` is missing")))?;
+            if *shape != [t.len()] {
+                return Err(ck_err(&self.path, format!("tensor `{name}` is {shape:?}, the model needs [{}]", t.len())));
+            }
+            t.write(gpu, data)?;
         }
         Ok(vae)
     }

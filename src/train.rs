@@ -211,7 +211,9 @@ impl Trainer {
         let (_, order) = self.train.order(&gpu, self.opts.seed, epoch, true)?;
         let n = self.train.n;
         let b = self.opts.batch.min(n);
-        let batches = n.div_ceil(b);
+        // Batch normalization (BN-VAE) has no statistics for a lone example: drop such a tail.
+        let batches = if self.vae.bn.is_some() && n % b == 1 && n > 1 { n / b } else { n.div_ceil(b) };
+        let n = if batches * b < n { batches * b } else { n };
         // Σ recon and Σ kl over the epoch, accumulated on the GPU.
         let acc_recon = Tensor::zeros(&gpu, 1, 1)?;
         let acc_kl = Tensor::zeros(&gpu, 1, 1)?;
@@ -271,7 +273,7 @@ impl Trainer {
 
     /// [`Trainer::evaluate`] plus the latent statistics.
     pub fn evaluate_full(&self, images: &GpuImages) -> Result<EvalReport> {
-        evaluate_full(&self.gpu, &self.vae, images, self.opts.batch.max(256), self.opts.seed)
+        evaluate_full(&self.gpu, &self.vae, images, eval_batch(self.opts.batch), self.opts.seed)
     }
 
     /// Writes a checkpoint of the current state (atomic).
@@ -309,6 +311,12 @@ fn check_split(config: &VaeConfig, split: &Split) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The evaluation batch used with training batch `b` (evaluation draws z per batch, so the same
+/// batching gives the same figures).
+pub fn eval_batch(b: usize) -> usize {
+    b.max(256)
 }
 
 /// An evaluation: the losses and what the encoder does with the latent space.

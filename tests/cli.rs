@@ -176,6 +176,19 @@ fn loss_balance_options() {
     fails(&wgvae(&["train", "--kl-schedule", "cosine", "--kl-warmup", "5"]), &["--kl-schedule"]);
     fails(&wgvae(&["train", "--reduction", "avg"]), &["--reduction"]);
     fails(&wgvae(&["train", "--model", "gan"]), &["--model"]);
+    fails(&wgvae(&["train", "--bn-vae", "1.5"]), &["--bn-vae", "[0, 1]"]);
+    fails(&wgvae(&["train", "--model", "ae", "--bn-vae", "0.5"]), &["--bn-vae"]);
+
+    // BN-VAE: the running statistics travel with the checkpoint, so eval reproduces the run.
+    let bn = tmp("bnvae");
+    let out = train(&bn, &["--epochs", "1", "--bn-vae", "0.6"]);
+    assert!(out.contains("BN-VAE tau 0.6"), "{out}");
+    let ck = bn.join("checkpoint.safetensors");
+    let e: serde_json::Value =
+        serde_json::from_str(&ok(&wgvae(&["eval", "--checkpoint", ck.to_str().unwrap()]))).unwrap();
+    let m = metrics(&bn);
+    assert_eq!(e["test_loss"].as_f64().unwrap(), m[0]["test_loss"].as_f64().unwrap(), "{e}");
+    std::fs::remove_dir_all(&bn).ok();
 
     // The effective KL weight is printed; the schedule's weight is logged per epoch.
     let d = tmp("balance");

@@ -61,6 +61,7 @@ fn cfg(model: ModelKind, latent: usize) -> VaeConfig {
         latent,
         activation: Act::Relu,
         likelihood: Likelihood::Bernoulli,
+        bn_tau: None,
     }
 }
 
@@ -146,4 +147,26 @@ fn mig_of_a_trained_model_exceeds_that_of_an_untrained_one() {
     }
     let after = mig(&t);
     assert!(after > before + 0.02, "MIG {before} untrained -> {after} trained");
+}
+
+#[test]
+fn bn_vae_kl_never_falls_under_its_bound_where_the_plain_objective_collapses() {
+    let (z, tau) = (5, 0.5f32);
+    let bound = 0.5 * tau as f64 * z as f64;
+    let split = sprites::sprites(0);
+    let collapsing = Objective { beta: 30.0, ..Default::default() };
+    let opts = TrainOptions { batch: 128, lr: 2e-3, seed: 3, objective: collapsing, binarize: false, log_every: 100 };
+    let config = VaeConfig { bn_tau: Some(tau), ..cfg(ModelKind::Vae, z) };
+    let mut t = Trainer::new(gpu(), config, opts, &split).unwrap();
+    for epoch in 0..2 {
+        let (train, _) = t.train_epoch(&mut |_| {}).unwrap();
+        // With batch statistics, each dimension's batch mean of mu^2 is gamma^2 >= tau exactly.
+        assert!(train.kl >= bound * (1.0 - 1e-3), "epoch {epoch}: training KL {} under the bound {bound}", train.kl);
+        let test = t.evaluate_full(&t.test).unwrap();
+        assert!(test.loss.kl >= 0.9 * bound, "epoch {epoch}: test KL {} under 0.9 x {bound}", test.loss.kl);
+        assert_eq!(test.active_units, z);
+    }
+    // The same run without BN collapses (see the free-bits test): KL per example far under the bound.
+    let (_, plain) = train(cfg(ModelKind::Vae, z), collapsing, 2);
+    assert!(plain.loss.kl < 0.2 * bound, "plain KL {}", plain.loss.kl);
 }

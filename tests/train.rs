@@ -43,6 +43,7 @@ fn vae_steps_match_f64_reference_trainer() {
         latent: 3,
         activation: Act::Relu,
         likelihood: Likelihood::Bernoulli,
+        bn_tau: None,
     };
     let vae = Vae::new(g, cfg, 3).unwrap();
     let mut p: Vec<Mat> = vae.params().iter().map(|q| download(q.value())).collect();
@@ -103,6 +104,7 @@ fn small() -> VaeConfig {
         latent: 6,
         activation: Act::Relu,
         likelihood: Likelihood::Bernoulli,
+        bn_tau: None,
     }
 }
 

@@ -31,9 +31,10 @@ enum Cmd {
         /// MNIST-layout directory (default: the data the checkpoint was trained on).
         #[arg(long)]
         data: Option<PathBuf>,
-        /// Examples per evaluation batch.
-        #[arg(long, default_value_t = 500)]
-        batch: usize,
+        /// Examples per evaluation batch [default: the one training evaluated with, so the figures
+        /// match metrics.jsonl exactly; each batch draws its own z samples].
+        #[arg(long)]
+        batch: Option<usize>,
         /// Also report the Mutual Information Gap (Chen et al. 2018) of the posterior means against
         /// the sprites' known generating factors (built-in sprites only).
         #[arg(long)]
@@ -211,6 +212,10 @@ struct TrainArgs {
     /// dimensions under it get no KL gradient.
     #[arg(long, allow_negative_numbers = true)]
     free_bits: Option<f32>,
+    /// BN-VAE (Zhu et al. 2020): batch-normalize the posterior mean, scaled so each dimension's
+    /// expected KL stays above tau/2 (tau in [0, 1]).
+    #[arg(long, allow_negative_numbers = true)]
+    bn_vae: Option<f32>,
     /// Model: vae, or ae (deterministic autoencoder: no sampling, no KL) for comparison.
     #[arg(long, default_value = "vae")]
     model: String,
@@ -338,6 +343,7 @@ fn model_config(a: &TrainArgs, input_dim: usize) -> Result<VaeConfig> {
     };
     c.input_dim = input_dim;
     c.model = ModelKind::parse(&a.model)?;
+    c.bn_tau = a.bn_vae;
     if let Some(l) = a.latent {
         c.latent = l;
     }
@@ -379,12 +385,16 @@ fn check_resume_flags(a: &TrainArgs, ck: &Checkpoint) -> Result<()> {
             return Err(clash("--likelihood", s.clone(), c.likelihood.name()));
         }
     }
+    if a.bn_vae.is_some() && a.bn_vae != c.bn_tau {
+        return Err(clash("--bn-vae", format!("{:?}", a.bn_vae), format!("{:?}", c.bn_tau)));
+    }
     Ok(())
 }
 
 fn train(a: TrainArgs) -> Result<()> {
     // Flags that need no data are checked before anything is loaded or written.
     objective(&a, ModelKind::parse(&a.model)?, 1)?;
+    model_config(&a, 1)?;
     let mut opts = TrainOptions {
         batch: a.batch,
         lr: a.lr,
@@ -461,7 +471,11 @@ fn train(a: TrainArgs) -> Result<()> {
             o.beta,
             o.reduction.name(),
             o.schedule.describe(),
-            if o.free_bits > 0.0 { format!(", free bits {} nats/dim", o.free_bits) } else { String::new() },
+            if o.free_bits > 0.0 { format!(", free bits {} nats/dim", o.free_bits) } else { String::new() }
+                + &config
+                    .bn_tau
+                    .map(|t| format!(", BN-VAE tau {t} (KL >= {:.2})", 0.5 * t * config.latent as f32))
+                    .unwrap_or_default(),
             o.effective_kl_weight(config.input_dim, config.latent),
             if o.effective_kl_weight(config.input_dim, config.latent) == 1.0 { " (the true ELBO)" } else { "" }
         );
@@ -648,11 +662,12 @@ fn plot(metrics: &Path, out: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-fn eval(checkpoint: &Path, data: Option<&Path>, batch: usize, disentanglement: bool) -> Result<()> {
-    if batch == 0 {
+fn eval(checkpoint: &Path, data: Option<&Path>, batch: Option<usize>, disentanglement: bool) -> Result<()> {
+    if batch == Some(0) {
         return Err(Error::InvalidArgument { name: "--batch".into(), detail: "must be at least 1".into() });
     }
     let ck = Checkpoint::load(checkpoint)?;
+    let batch = batch.unwrap_or_else(|| wgvae::train::eval_batch(ck.meta_u64("batch").unwrap_or(128) as usize));
     let split = checkpoint_data(&ck, data)?;
     let gpu = Gpu::new()?;
     let vae = ck.vae(&gpu)?;

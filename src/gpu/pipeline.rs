@@ -37,6 +37,10 @@ pub enum Module {
     Optim,
     /// `data.wgsl`: batch gathering from the packed u8 dataset.
     Data,
+    /// `batchnorm.wgsl`: scaled batch normalization (BN-VAE).
+    BatchNorm,
+    /// `iwae.wgsl`: importance-weighted log-likelihood (sampling, streaming logsumexp).
+    Iwae,
 }
 
 impl Module {
@@ -50,6 +54,8 @@ impl Module {
             Module::Vae => "vae.wgsl",
             Module::Optim => "optim.wgsl",
             Module::Data => "data.wgsl",
+            Module::BatchNorm => "batchnorm.wgsl",
+            Module::Iwae => "iwae.wgsl",
         }
     }
     fn source(self) -> &'static str {
@@ -62,6 +68,8 @@ impl Module {
             Module::Vae => include_str!("../../shaders/vae.wgsl"),
             Module::Optim => include_str!("../../shaders/optim.wgsl"),
             Module::Data => include_str!("../../shaders/data.wgsl"),
+            Module::BatchNorm => include_str!("../../shaders/batchnorm.wgsl"),
+            Module::Iwae => include_str!("../../shaders/iwae.wgsl"),
         }
     }
 }

@@ -6,12 +6,14 @@
 //! [out, in], `bias` [out]): `encoder.{i}` for the hidden layers, `fc_mu`, `fc_logvar`, then
 //! `decoder.{i}` from the latent up to the output layer.
 
+pub mod iwae;
 pub mod metrics;
 pub mod objective;
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::nn::{Linear, Mlp, Param};
+use crate::ops::batchnorm::{scaled_batch_norm, BnRunning};
 use crate::ops::vae::{bce_with_logits, gaussian_nll, kl_free_bits, kl_normal, normal, reparameterize, Noise};
 use crate::ops::{self, elementwise::act_forward, Act};
 use crate::tape::{Tape, Var};
@@ -93,6 +95,8 @@ pub struct VaeConfig {
     pub activation: Act,
     /// Decoder likelihood.
     pub likelihood: Likelihood,
+    /// BN-VAE (Zhu et al. 2020): batch-normalize the posterior mean with scale floor τ ∈ [0, 1].
+    pub bn_tau: Option<f32>,
 }
 
 impl VaeConfig {
@@ -106,6 +110,7 @@ impl VaeConfig {
             latent: 20,
             activation: Act::Relu,
             likelihood: Likelihood::Bernoulli,
+            bn_tau: None,
         }
     }
 
@@ -120,6 +125,14 @@ impl VaeConfig {
         if let Some(h) = self.hidden.iter().find(|&&h| h == 0) {
             return Err(Error::arg("--hidden", format!("hidden sizes must be at least 1, got {h}")));
         }
+        if let Some(t) = self.bn_tau {
+            if !(0.0..=1.0).contains(&t) {
+                return Err(Error::arg("--bn-vae", format!("tau = {t} is outside [0, 1]")));
+            }
+            if self.model == ModelKind::Ae {
+                return Err(Error::arg("--bn-vae", "the plain autoencoder has no posterior to keep from collapsing"));
+            }
+        }
         Ok(())
     }
 
@@ -132,6 +145,7 @@ impl VaeConfig {
             "latent": self.latent,
             "activation": act_name(self.activation),
             "likelihood": self.likelihood.name(),
+            "bn_vae_tau": self.bn_tau,
         })
     }
 
@@ -156,6 +170,7 @@ impl VaeConfig {
             likelihood: Likelihood::parse(
                 v.get("likelihood").and_then(|a| a.as_str()).ok_or_else(|| bad("likelihood"))?,
             )?,
+            bn_tau: v.get("bn_vae_tau").and_then(|t| t.as_f64()).map(|t| t as f32),
         };
         c.validate()?;
         Ok(c)
@@ -215,6 +230,19 @@ pub struct Vae {
     pub fc_logvar: Option<Linear>,
     /// Latent -> hidden layers -> output (identity on the output).
     pub decoder: Mlp,
+    /// BN-VAE layer on the posterior mean, if configured.
+    pub bn: Option<BnLayer>,
+}
+
+/// The BN-VAE layer: scaled batch normalization of the posterior mean.
+#[derive(Clone, Debug)]
+pub struct BnLayer {
+    /// Learned scale parameters θ [1, Z] (`bn_mu.theta`), γ = √(τ + (1 − τ)·sigmoid(θ)).
+    pub theta: Param,
+    /// Running statistics for evaluation (`bn_mu.running_mean`, `bn_mu.running_var`).
+    pub running: BnRunning,
+    /// The floor τ.
+    pub tau: f32,
 }
 
 impl Vae {
@@ -241,7 +269,15 @@ impl Vae {
             ModelKind::Ae => None,
         };
         let decoder = Mlp::new(gpu, "decoder", &dec_sizes, act, Act::Identity, seed.wrapping_add(1))?;
-        Ok(Vae { config, encoder, fc_mu, fc_logvar, decoder })
+        let bn = match config.bn_tau {
+            Some(tau) => Some(BnLayer {
+                theta: Param::new("bn_mu.theta", Tensor::zeros(gpu, 1, config.latent)?),
+                running: BnRunning::new(gpu, config.latent)?,
+                tau,
+            }),
+            None => None,
+        };
+        Ok(Vae { config, encoder, fc_mu, fc_logvar, decoder, bn })
     }
 
     /// Every parameter, in the order of the names in the module docs.
@@ -251,8 +287,19 @@ impl Vae {
         if let Some(l) = &self.fc_logvar {
             p.extend(l.params());
         }
+        if let Some(bn) = &self.bn {
+            p.push(&bn.theta);
+        }
         p.extend(self.decoder.params());
         p
+    }
+
+    /// Non-trainable state saved with the weights (BN-VAE running statistics).
+    pub fn buffers(&self) -> Vec<(&'static str, &Tensor)> {
+        match &self.bn {
+            Some(bn) => vec![("bn_mu.running_mean", &bn.running.mean), ("bn_mu.running_var", &bn.running.var)],
+            None => vec![],
+        }
     }
 
     fn check_input(&self, x: &Tensor) -> Result<()> {
@@ -269,7 +316,13 @@ impl Vae {
     pub fn encode_vars(&self, tape: &mut Tape, x: Var) -> Result<(Var, Option<Var>)> {
         self.check_input(tape.value(x))?;
         let h = self.encoder.forward(tape, x)?;
-        let mu = self.fc_mu.forward(tape, h)?;
+        let mut mu = self.fc_mu.forward(tape, h)?;
+        if let Some(bn) = &self.bn {
+            // Batch statistics while training (a tape that records gradients), running ones otherwise.
+            let theta = tape.param(&bn.theta);
+            let training = tape.grad_enabled();
+            mu = scaled_batch_norm(tape, mu, theta, bn.tau, &bn.running, training)?;
+        }
         let logvar = match &self.fc_logvar {
             Some(l) => Some(l.forward(tape, h)?),
             None => None,

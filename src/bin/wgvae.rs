@@ -39,6 +39,13 @@ enum Cmd {
         /// the sprites' known generating factors (built-in sprites only).
         #[arg(long)]
         disentanglement: bool,
+        /// Also estimate log p(x) with K importance samples per example (Burda et al. 2016, K up to
+        /// 5000), on the GPU; comparable with published tables.
+        #[arg(long)]
+        iwae: Option<usize>,
+        /// Use only the first N test images for --iwae (it costs K decoder passes per image).
+        #[arg(long)]
+        iwae_examples: Option<usize>,
     },
     /// Decode the straight line between the latent codes of two test images.
     Interpolate {
@@ -240,8 +247,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Train(a) => train(*a),
-        Cmd::Eval { checkpoint, data, batch, disentanglement } => {
-            eval(&checkpoint, data.as_deref(), batch, disentanglement)
+        Cmd::Eval { checkpoint, data, batch, disentanglement, iwae, iwae_examples } => {
+            eval(&checkpoint, data.as_deref(), batch, disentanglement, iwae, iwae_examples)
         }
         Cmd::Interpolate { checkpoint, data, from, to, steps, out } => {
             interpolate(&checkpoint, data.as_deref(), from, to, steps, &out)
@@ -662,7 +669,14 @@ fn plot(metrics: &Path, out: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-fn eval(checkpoint: &Path, data: Option<&Path>, batch: Option<usize>, disentanglement: bool) -> Result<()> {
+fn eval(
+    checkpoint: &Path,
+    data: Option<&Path>,
+    batch: Option<usize>,
+    disentanglement: bool,
+    iwae: Option<usize>,
+    iwae_examples: Option<usize>,
+) -> Result<()> {
     if batch == Some(0) {
         return Err(Error::InvalidArgument { name: "--batch".into(), detail: "must be at least 1".into() });
     }
@@ -694,6 +708,24 @@ fn eval(checkpoint: &Path, data: Option<&Path>, batch: Option<usize>, disentangl
         "unit": "nats per example (negative ELBO, lower is better)",
     });
     let mut v = v;
+    if let Some(k) = iwae {
+        let mut imgs = split.test.clone();
+        if let Some(m) = iwae_examples {
+            if m == 0 {
+                return Err(Error::InvalidArgument {
+                    name: "--iwae-examples".into(),
+                    detail: "must be at least 1".into(),
+                });
+            }
+            imgs.n = imgs.n.min(m);
+            imgs.pixels.truncate(imgs.n * imgs.dim());
+        }
+        let gi = wgvae::data::gpu::GpuImages::upload(&gpu, &imgs)?;
+        let r = wgvae::vae::iwae::iwae_log_likelihood(&gpu, &vae, &gi, k, seed)?;
+        v["iwae_log_likelihood"] = serde_json::json!(r.log_likelihood);
+        v["iwae_k"] = serde_json::json!(r.k);
+        v["iwae_examples"] = serde_json::json!(r.examples);
+    }
     if disentanglement {
         let (Some(tf), Some(trf)) = (&split.test.factors, &split.train.factors) else {
             return Err(Error::InvalidArgument {

@@ -20,6 +20,7 @@ fn main() -> wgvae::Result<()> {
         activation: Act::Relu,
         likelihood: Likelihood::Bernoulli,
         bn_tau: None,
+        classes: 0,
     };
     let vae = Vae::new(&gpu, config, 0)?;
     let mut opt = Adam::new(1e-3)?;

@@ -40,3 +40,43 @@ fn gather(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         x[i] = v;
     }
 }
+
+// ---- Conditioning (CVAE): one-hot labels gathered like the images, and column concatenation.
+
+@group(0) @binding(1) var<storage, read> fa: array<f32>;
+@group(0) @binding(2) var<storage, read> fb: array<f32>;
+@group(0) @binding(2) var<storage, read_write> sa: array<f32>;
+
+// y[B,C] = one_hot(labels[order[offset + b]], C).  n = B*C, d = C.
+// Bindings: 1 labels (u32, one per image) | 2 order (u32) | 3 y
+@compute @workgroup_size(256)
+fn onehot(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = flat_index(wid, lid.x, nwg.x, 256u);
+    if (i >= p.n) { return; }
+    let label = data[order[p.offset + i / p.d]];
+    x[i] = select(0.0, 1.0, label == i % p.d);
+}
+
+// out[B, Na+Nb] = [a[B,Na] | b[B,Nb]].  n = B*(Na+Nb), d = Na+Nb, offset = Na.
+// Bindings: 1 a | 2 b | 3 out
+@compute @workgroup_size(256)
+fn concat_cols(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = flat_index(wid, lid.x, nwg.x, 256u);
+    if (i >= p.n) { return; }
+    let r = i / p.d;
+    let c = i % p.d;
+    let nb = p.d - p.offset;
+    if (c < p.offset) { x[i] = fa[r * p.offset + c]; } else { x[i] = fb[r * nb + c - p.offset]; }
+}
+
+// The gradient of concat_cols: g[B, Na+Nb] -> ga[B,Na], gb[B,Nb].  n = B*(Na+Nb), d, offset as above.
+// Bindings: 1 g | 2 ga | 3 gb
+@compute @workgroup_size(256)
+fn split_cols(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = flat_index(wid, lid.x, nwg.x, 256u);
+    if (i >= p.n) { return; }
+    let r = i / p.d;
+    let c = i % p.d;
+    let nb = p.d - p.offset;
+    if (c < p.offset) { sa[r * p.offset + c] = fa[i]; } else { x[r * nb + c - p.offset] = fa[i]; }
+}

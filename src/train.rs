@@ -226,7 +226,8 @@ impl Trainer {
             let bin = self.opts.binarize.then(|| noise(STREAM_BINARIZE));
             let x = self.train.batch(&mut tape, &order, off, bs, bin)?;
             let xv = tape.input(x.clone());
-            let out = self.vae.forward(&mut tape, xv, noise(STREAM_EPS))?;
+            let y = self.train.condition(&mut tape, &order, off, bs, &self.vae.config)?;
+            let out = self.vae.forward_cond(&mut tape, xv, y, noise(STREAM_EPS))?;
             let cfg = &self.vae.config;
             let (rs, ks) = self.opts.objective.scales(self.step, bs, cfg.input_dim, cfg.latent);
             let loss = self.vae.objective_loss(&mut tape, &out, &x, rs, ks, self.opts.objective.free_bits)?;
@@ -300,6 +301,16 @@ impl Trainer {
 
 fn check_split(config: &VaeConfig, split: &Split) -> Result<()> {
     for imgs in [&split.train, &split.test] {
+        if config.model == crate::vae::ModelKind::Cvae && (imgs.labels.is_none() || imgs.num_classes != config.classes)
+        {
+            return Err(Error::arg(
+                "--model cvae",
+                format!(
+                    "{} has {} label classes but the conditional VAE needs labels of {} classes",
+                    split.name, imgs.num_classes, config.classes
+                ),
+            ));
+        }
         if imgs.dim() != config.input_dim {
             return Err(Error::arg(
                 "data",
@@ -351,7 +362,9 @@ pub fn evaluate_full(gpu: &Gpu, vae: &Vae, images: &GpuImages, batch: usize, see
         let mut tape = Tape::no_grad(gpu);
         let x = images.batch(&mut tape, &order, off, bs, None)?;
         let xv = tape.input(x.clone());
-        let out = vae.forward(&mut tape, xv, Noise { seed: seed ^ EVAL_SEED, step: i as u32, stream: STREAM_EPS })?;
+        let y = images.condition(&mut tape, &order, off, bs, &vae.config)?;
+        let out =
+            vae.forward_cond(&mut tape, xv, y, Noise { seed: seed ^ EVAL_SEED, step: i as u32, stream: STREAM_EPS })?;
         let loss = vae.loss(&mut tape, &out, &x, 1.0)?;
         let (r, k) = (tape.value(loss.recon).clone(), tape.value(loss.kl).clone());
         axpy_inplace(&mut tape, 1.0, &r, &acc_recon)?;
@@ -398,13 +411,28 @@ pub fn write_pictures(
     seed: u64,
 ) -> Result<(PathBuf, PathBuf)> {
     let (h, w) = (test.rows, test.cols);
-    let samples = vae.sample(gpu, 64, seed)?.to_vec(gpu)?;
+    // The CVAE's samples: row r of the 8x8 grid is class r (mod the number of classes).
+    let y = match vae.config.model {
+        crate::vae::ModelKind::Cvae => {
+            let labels: Vec<usize> = (0..64).map(|i| (i / 8) % vae.config.classes).collect();
+            Some(crate::data::gpu::onehot_rows(gpu, &labels, vae.config.classes)?)
+        }
+        _ => None,
+    };
+    let samples = vae.sample_cond(gpu, 64, seed, y.as_ref())?.to_vec(gpu)?;
     let sp = dir.join("samples.png");
     save_grid(&sp, &samples, 64, h, w, 8)?;
     let k = test.n.min(8);
     let inputs: Vec<f32> = test.pixels[..k * h * w].iter().map(|&p| p as f32 / 255.0).collect();
     let x = Tensor::from_slice(gpu, k, h * w, &inputs)?;
-    let rec = vae.reconstruct(gpu, &x)?.to_vec(gpu)?;
+    let y = match (&test.labels, vae.config.model) {
+        (Some(l), crate::vae::ModelKind::Cvae) => {
+            let labels: Vec<usize> = l[..k].iter().map(|&v| v as usize).collect();
+            Some(crate::data::gpu::onehot_rows(gpu, &labels, vae.config.classes)?)
+        }
+        _ => None,
+    };
+    let rec = vae.reconstruct_cond(gpu, &x, y.as_ref())?.to_vec(gpu)?;
     let mut both = inputs;
     both.extend(rec);
     let rp = dir.join("reconstructions.png");

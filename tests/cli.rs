@@ -269,3 +269,50 @@ fn pictures_and_disentanglement() {
     assert_eq!(e["mig_per_factor"].as_object().unwrap().len(), 5);
     std::fs::remove_dir_all(&d).ok();
 }
+
+#[test]
+fn conditional_vae_cli() {
+    let d = tmp("cvae");
+    ok(&wgvae(&[
+        "train",
+        "--out",
+        d.to_str().unwrap(),
+        "--model",
+        "cvae",
+        "--epochs",
+        "1",
+        "--hidden",
+        "64",
+        "--latent",
+        "4",
+    ]));
+    let ck = d.join("checkpoint.safetensors");
+    let s = d.join("s.png");
+    ok(&wgvae(&[
+        "sample",
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        "--label",
+        "2",
+        "--n",
+        "4",
+        "--out",
+        s.to_str().unwrap(),
+    ]));
+    fails(&wgvae(&["sample", "--checkpoint", ck.to_str().unwrap(), "--label", "9"]), &["--label", "9"]);
+    ok(&wgvae(&["reconstruct", "--checkpoint", ck.to_str().unwrap(), "--out", d.join("r.png").to_str().unwrap()]));
+    // Unlabeled data cannot condition a CVAE; a plain VAE cannot draw a chosen class.
+    let data = d.join("unlabeled");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut idx = vec![0u8, 0, 8, 3, 0, 0, 0, 3, 0, 0, 0, 2, 0, 0, 0, 2];
+    idx.extend([0u8, 255, 7, 9, 1, 2, 3, 4, 5, 6, 7, 8]);
+    std::fs::write(data.join("train-images-idx3-ubyte"), &idx).unwrap();
+    std::fs::write(data.join("t10k-images-idx3-ubyte"), &idx).unwrap();
+    fails(&wgvae(&["train", "--model", "cvae", "--data", data.to_str().unwrap()]), &["--model cvae", "label"]);
+    let v = tmp("plainvae");
+    train(&v, &["--epochs", "1"]);
+    let vck = v.join("checkpoint.safetensors");
+    fails(&wgvae(&["sample", "--checkpoint", vck.to_str().unwrap(), "--label", "1"]), &["--label", "cvae"]);
+    std::fs::remove_dir_all(&d).ok();
+    std::fs::remove_dir_all(&v).ok();
+}

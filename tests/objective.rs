@@ -62,6 +62,7 @@ fn cfg(model: ModelKind, latent: usize) -> VaeConfig {
         activation: Act::Relu,
         likelihood: Likelihood::Bernoulli,
         bn_tau: None,
+        classes: 0,
     }
 }
 
@@ -169,4 +170,47 @@ fn bn_vae_kl_never_falls_under_its_bound_where_the_plain_objective_collapses() {
     // The same run without BN collapses (see the free-bits test): KL per example far under the bound.
     let (_, plain) = train(cfg(ModelKind::Vae, z), collapsing, 2);
     assert!(plain.loss.kl < 0.2 * bound, "plain KL {}", plain.loss.kl);
+}
+
+#[test]
+fn conditional_vae_uses_its_label() {
+    use wgvae::data::gpu::onehot_rows;
+    use wgvae::ops::vae::Noise;
+    let split = sprites::sprites(0);
+    let classes = split.train.num_classes;
+    let config = VaeConfig { classes, ..cfg(ModelKind::Cvae, 4) };
+    let opts = TrainOptions {
+        batch: 128,
+        lr: 2e-3,
+        seed: 6,
+        objective: Objective::default(),
+        binarize: false,
+        log_every: 100,
+    };
+    let mut t = Trainer::new(gpu(), config, opts, &split).unwrap();
+    for _ in 0..3 {
+        t.train_epoch(&mut |_| {}).unwrap();
+    }
+    // Test reconstruction loss with the true labels vs every label shifted by one class.
+    let n = 200;
+    let x: Vec<f32> = split.test.pixels[..n * 784].iter().map(|&p| p as f32 / 255.0).collect();
+    let labels = &split.test.labels.as_ref().unwrap()[..n];
+    let recon = |shift: usize| {
+        let ls: Vec<usize> = labels.iter().map(|&l| (l as usize + shift) % classes).collect();
+        let y = onehot_rows(gpu(), &ls, classes).unwrap();
+        let xt = wgvae::Tensor::from_slice(gpu(), n, 784, &x).unwrap();
+        let mut tape = Tape::no_grad(gpu());
+        let (xv, yv) = (tape.input(xt.clone()), tape.input(y));
+        let out = t.vae.forward_cond(&mut tape, xv, Some(yv), Noise { seed: 1, step: 0, stream: 0 }).unwrap();
+        let loss = t.vae.loss(&mut tape, &out, &xt, 1.0).unwrap();
+        let r = tape.value(loss.recon).clone();
+        tape.submit().unwrap();
+        download(&r).d[0] / n as f64
+    };
+    let (right, wrong) = (recon(0), recon(1));
+    assert!(right < wrong - 1.0, "recon with the true label {right} vs a wrong one {wrong}");
+    // Without labels the CVAE refuses to run.
+    let mut tape = Tape::no_grad(gpu());
+    let xv = tape.input(wgvae::Tensor::from_slice(gpu(), 1, 784, &x[..784]).unwrap());
+    assert!(t.vae.forward(&mut tape, xv, Noise { seed: 1, step: 0, stream: 0 }).is_err());
 }

@@ -44,6 +44,7 @@ fn vae_steps_match_f64_reference_trainer() {
         activation: Act::Relu,
         likelihood: Likelihood::Bernoulli,
         bn_tau: None,
+        classes: 0,
     };
     let vae = Vae::new(g, cfg, 3).unwrap();
     let mut p: Vec<Mat> = vae.params().iter().map(|q| download(q.value())).collect();
@@ -105,6 +106,7 @@ fn small() -> VaeConfig {
         activation: Act::Relu,
         likelihood: Likelihood::Bernoulli,
         bn_tau: None,
+        classes: 0,
     }
 }
 

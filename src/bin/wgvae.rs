@@ -131,6 +131,9 @@ enum Cmd {
         /// Seed of the prior draws.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Class to draw (conditional VAE only; default: one class per row of the grid).
+        #[arg(long)]
+        label: Option<usize>,
     },
     /// Write test inputs above their reconstructions as a PNG grid.
     Reconstruct {
@@ -223,7 +226,8 @@ struct TrainArgs {
     /// expected KL stays above tau/2 (tau in [0, 1]).
     #[arg(long, allow_negative_numbers = true)]
     bn_vae: Option<f32>,
-    /// Model: vae, or ae (deterministic autoencoder: no sampling, no KL) for comparison.
+    /// Model: vae; ae (deterministic autoencoder: no sampling, no KL) for comparison; cvae
+    /// (conditional VAE on the one-hot label: IDX labels, the sprites' shape).
     #[arg(long, default_value = "vae")]
     model: String,
     /// Resample binary pixels x ~ Bernoulli(pixel) every step.
@@ -260,7 +264,7 @@ fn main() -> ExitCode {
             manifold(&checkpoint, data.as_deref(), n, range, &out_dir)
         }
         Cmd::Plot { metrics, out } => plot(&metrics, out.as_deref()),
-        Cmd::Sample { checkpoint, n, out, seed } => sample(&checkpoint, n, &out, seed),
+        Cmd::Sample { checkpoint, n, out, seed, label } => sample(&checkpoint, n, &out, seed, label),
         Cmd::Reconstruct { checkpoint, data, n, out } => reconstruct(&checkpoint, data.as_deref(), n, &out),
         Cmd::Info { json } => info(json),
         Cmd::Bench { filter, variant, seconds, json } => bench(&filter, variant.as_deref(), seconds, json),
@@ -338,7 +342,7 @@ fn objective(a: &TrainArgs, model: ModelKind, total_steps: u64) -> Result<Object
     Ok(o)
 }
 
-fn model_config(a: &TrainArgs, input_dim: usize) -> Result<VaeConfig> {
+fn model_config(a: &TrainArgs, input_dim: usize, classes: usize) -> Result<VaeConfig> {
     let mut c = match a.preset.as_deref() {
         None | Some("classic") => VaeConfig::classic(),
         Some(p) => {
@@ -351,6 +355,9 @@ fn model_config(a: &TrainArgs, input_dim: usize) -> Result<VaeConfig> {
     c.input_dim = input_dim;
     c.model = ModelKind::parse(&a.model)?;
     c.bn_tau = a.bn_vae;
+    if c.model == ModelKind::Cvae {
+        c.classes = classes;
+    }
     if let Some(l) = a.latent {
         c.latent = l;
     }
@@ -401,7 +408,9 @@ fn check_resume_flags(a: &TrainArgs, ck: &Checkpoint) -> Result<()> {
 fn train(a: TrainArgs) -> Result<()> {
     // Flags that need no data are checked before anything is loaded or written.
     objective(&a, ModelKind::parse(&a.model)?, 1)?;
-    model_config(&a, 1)?;
+    if a.model != "cvae" {
+        model_config(&a, 1, 0)?;
+    }
     let mut opts = TrainOptions {
         batch: a.batch,
         lr: a.lr,
@@ -428,7 +437,7 @@ fn train(a: TrainArgs) -> Result<()> {
     };
     let config = match &ck {
         Some(ck) => ck.config.clone(),
-        None => model_config(&a, split.train.dim())?,
+        None => model_config(&a, split.train.dim(), split.train.num_classes)?,
     };
     let epochs = a.epochs.unwrap_or(if split.name == "sprites" { 50 } else { 10 });
     let total_steps = epochs * split.train.n.div_ceil(a.batch.min(split.train.n)) as u64;
@@ -761,7 +770,7 @@ fn eval(
     Ok(())
 }
 
-fn sample(checkpoint: &Path, n: usize, out: &Path, seed: u64) -> Result<()> {
+fn sample(checkpoint: &Path, n: usize, out: &Path, seed: u64, label: Option<usize>) -> Result<()> {
     let ck = Checkpoint::load(checkpoint)?;
     let gpu = Gpu::new()?;
     let vae = ck.vae(&gpu)?;
@@ -772,8 +781,26 @@ fn sample(checkpoint: &Path, n: usize, out: &Path, seed: u64) -> Result<()> {
             detail: "the model's inputs are not square images".into(),
         });
     }
-    let px = vae.sample(&gpu, n, seed)?.to_vec(&gpu)?;
-    wgvae::image::save_grid(out, &px, n, side, side, (n as f64).sqrt().ceil() as usize)?;
+    let cols = (n as f64).sqrt().ceil() as usize;
+    let y = match (vae.config.model, label) {
+        (ModelKind::Cvae, l) => {
+            let c = vae.config.classes;
+            let labels: Vec<usize> = (0..n).map(|i| l.unwrap_or((i / cols) % c)).collect();
+            Some(wgvae::data::gpu::onehot_rows(&gpu, &labels, c)?)
+        }
+        (_, Some(_)) => {
+            return Err(Error::InvalidArgument {
+                name: "--label".into(),
+                detail: format!(
+                    "only a conditional VAE (--model cvae) draws chosen classes; this is a {}",
+                    vae.config.model.name()
+                ),
+            })
+        }
+        (_, None) => None,
+    };
+    let px = vae.sample_cond(&gpu, n, seed, y.as_ref())?.to_vec(&gpu)?;
+    wgvae::image::save_grid(out, &px, n, side, side, cols)?;
     println!("wrote {n} samples to {}", out.display());
     Ok(())
 }
@@ -801,7 +828,14 @@ fn reconstruct(checkpoint: &Path, data: Option<&Path>, n: usize, out: &Path) -> 
     let k = n.min(t.n);
     let inputs: Vec<f32> = t.pixels[..k * t.dim()].iter().map(|&p| p as f32 / 255.0).collect();
     let x = wgvae::Tensor::from_slice(&gpu, k, t.dim(), &inputs)?;
-    let rec = vae.reconstruct(&gpu, &x)?.to_vec(&gpu)?;
+    let y = match (&t.labels, vae.config.model) {
+        (Some(l), ModelKind::Cvae) => {
+            let labels: Vec<usize> = l[..k].iter().map(|&v| v as usize).collect();
+            Some(wgvae::data::gpu::onehot_rows(&gpu, &labels, vae.config.classes)?)
+        }
+        _ => None,
+    };
+    let rec = vae.reconstruct_cond(&gpu, &x, y.as_ref())?.to_vec(&gpu)?;
     let mut both = inputs;
     both.extend(rec);
     wgvae::image::save_grid(out, &both, 2 * k, t.rows, t.cols, k)?;

@@ -17,6 +17,10 @@ use crate::tensor::Tensor;
 /// Images uploaded once; batches are gathered on the GPU.
 pub struct GpuImages {
     data: Tensor,
+    /// Labels as u32 on the GPU (one per image), for the CVAE's one-hot gather.
+    labels_gpu: Option<Tensor>,
+    /// Number of label classes (0 without labels).
+    pub num_classes: usize,
     /// Number of images.
     pub n: usize,
     /// Pixels per image.
@@ -37,7 +41,18 @@ impl GpuImages {
             words[i / 4] |= (b as u32) << (8 * (i % 4));
         }
         let data = Tensor::from_u32(gpu, 1, words.len(), &words)?;
-        Ok(GpuImages { data, n: images.n, dim: images.dim(), labels: images.labels.clone() })
+        let labels_gpu = match &images.labels {
+            Some(l) => Some(Tensor::from_u32(gpu, 1, l.len(), &l.iter().map(|&v| v as u32).collect::<Vec<_>>())?),
+            None => None,
+        };
+        Ok(GpuImages {
+            data,
+            labels_gpu,
+            num_classes: images.num_classes,
+            n: images.n,
+            dim: images.dim(),
+            labels: images.labels.clone(),
+        })
     }
 
     /// The order of one epoch: a permutation of 0..n drawn from (seed, epoch), uploaded (one
@@ -88,4 +103,56 @@ impl GpuImages {
         tape.dispatch(&key, p, &[&self.data, order, &x], grid_1d(n, 256))?;
         Ok(x)
     }
+}
+
+impl GpuImages {
+    /// y[B, C] = one-hot labels of images order[offset .. offset+B), C = `classes`.
+    pub fn onehot(&self, tape: &mut Tape, order: &Tensor, offset: usize, b: usize, classes: usize) -> Result<Tensor> {
+        let Some(labels) = &self.labels_gpu else {
+            return Err(Error::arg("--model cvae", "the data has no labels to condition on"));
+        };
+        if b == 0 || offset + b > order.len() || classes == 0 {
+            return Err(Error::arg(
+                "batch",
+                format!("rows {offset}..{} are outside the {} ordered images", offset + b, order.len()),
+            ));
+        }
+        let y = Tensor::empty(tape.gpu(), b, classes)?;
+        let n = y.len();
+        let p = Params::new().u(n as u32).u(classes as u32).u(offset as u32);
+        let key = KernelKey { module: Module::Data, entry: "onehot", defines: Vec::new(), inputs: 2, outputs: 1 };
+        tape.dispatch(&key, p, &[labels, order, &y], grid_1d(n, 256))?;
+        Ok(y)
+    }
+}
+
+impl GpuImages {
+    /// The CVAE's one-hot labels of a batch as a tape input; `None` for other models.
+    pub fn condition(
+        &self,
+        tape: &mut Tape,
+        order: &Tensor,
+        offset: usize,
+        b: usize,
+        config: &crate::vae::VaeConfig,
+    ) -> Result<Option<crate::tape::Var>> {
+        if config.model != crate::vae::ModelKind::Cvae {
+            return Ok(None);
+        }
+        let y = self.onehot(tape, order, offset, b, config.classes)?;
+        Ok(Some(tape.input(y)))
+    }
+}
+
+/// One-hot rows of `labels` (each < `classes`), uploaded: for sampling or reconstructing chosen
+/// classes outside the training loop.
+pub fn onehot_rows(gpu: &Gpu, labels: &[usize], classes: usize) -> Result<Tensor> {
+    if let Some(&l) = labels.iter().find(|&&l| l >= classes) {
+        return Err(Error::arg("--label", format!("{l} is not a class of this model (0..{classes})")));
+    }
+    let mut v = vec![0.0f32; labels.len() * classes];
+    for (i, &l) in labels.iter().enumerate() {
+        v[i * classes + l] = 1.0;
+    }
+    Tensor::from_slice(gpu, labels.len(), classes, &v)
 }

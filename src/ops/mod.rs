@@ -4,6 +4,7 @@
 //! Shape letters: M/B rows (batch), N/K columns, as in the shaders.
 
 pub mod batchnorm;
+pub mod concat;
 pub mod elementwise;
 pub mod matmul;
 pub mod reduce;

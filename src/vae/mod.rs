@@ -60,6 +60,8 @@ pub enum ModelKind {
     Vae,
     /// Deterministic autoencoder: z = mu, no sampling, no KL (no `fc_logvar` layer).
     Ae,
+    /// Conditional VAE (Sohn et al. 2015): encoder and decoder also see the one-hot label.
+    Cvae,
 }
 
 impl ModelKind {
@@ -68,6 +70,7 @@ impl ModelKind {
         match self {
             ModelKind::Vae => "vae",
             ModelKind::Ae => "ae",
+            ModelKind::Cvae => "cvae",
         }
     }
     /// Parses [`ModelKind::name`].
@@ -75,7 +78,8 @@ impl ModelKind {
         match s {
             "vae" => Ok(ModelKind::Vae),
             "ae" => Ok(ModelKind::Ae),
-            _ => Err(Error::arg("--model", format!("`{s}` is not one of: vae, ae"))),
+            "cvae" => Ok(ModelKind::Cvae),
+            _ => Err(Error::arg("--model", format!("`{s}` is not one of: vae, ae, cvae"))),
         }
     }
 }
@@ -97,6 +101,8 @@ pub struct VaeConfig {
     pub likelihood: Likelihood,
     /// BN-VAE (Zhu et al. 2020): batch-normalize the posterior mean with scale floor τ ∈ [0, 1].
     pub bn_tau: Option<f32>,
+    /// Label classes the CVAE conditions on (0 for the other models).
+    pub classes: usize,
 }
 
 impl VaeConfig {
@@ -111,6 +117,7 @@ impl VaeConfig {
             activation: Act::Relu,
             likelihood: Likelihood::Bernoulli,
             bn_tau: None,
+            classes: 0,
         }
     }
 
@@ -124,6 +131,9 @@ impl VaeConfig {
         }
         if let Some(h) = self.hidden.iter().find(|&&h| h == 0) {
             return Err(Error::arg("--hidden", format!("hidden sizes must be at least 1, got {h}")));
+        }
+        if self.model == ModelKind::Cvae && self.classes < 2 {
+            return Err(Error::arg("--model cvae", "the conditional VAE needs labeled data with at least 2 classes"));
         }
         if let Some(t) = self.bn_tau {
             if !(0.0..=1.0).contains(&t) {
@@ -146,6 +156,7 @@ impl VaeConfig {
             "activation": act_name(self.activation),
             "likelihood": self.likelihood.name(),
             "bn_vae_tau": self.bn_tau,
+            "classes": self.classes,
         })
     }
 
@@ -171,6 +182,7 @@ impl VaeConfig {
                 v.get("likelihood").and_then(|a| a.as_str()).ok_or_else(|| bad("likelihood"))?,
             )?,
             bn_tau: v.get("bn_vae_tau").and_then(|t| t.as_f64()).map(|t| t as f32),
+            classes: v.get("classes").and_then(|c| c.as_u64()).unwrap_or(0) as usize,
         };
         c.validate()?;
         Ok(c)
@@ -250,10 +262,12 @@ impl Vae {
     pub fn new(gpu: &Gpu, config: VaeConfig, seed: u64) -> Result<Self> {
         config.validate()?;
         let act = config.activation;
-        let mut enc_sizes = vec![config.input_dim];
+        // The CVAE's encoder sees [x | one-hot y], its decoder [z | one-hot y].
+        let cond = if config.model == ModelKind::Cvae { config.classes } else { 0 };
+        let mut enc_sizes = vec![config.input_dim + cond];
         enc_sizes.extend(&config.hidden);
         let last = *enc_sizes.last().unwrap_or(&config.input_dim);
-        let mut dec_sizes = vec![config.latent];
+        let mut dec_sizes = vec![config.latent + cond];
         dec_sizes.extend(config.hidden.iter().rev());
         dec_sizes.push(config.input_dim);
         use rand::SeedableRng;
@@ -265,7 +279,9 @@ impl Vae {
         };
         let fc_mu = Linear::new(gpu, "fc_mu", last, config.latent, Act::Identity, &mut rng)?;
         let fc_logvar = match config.model {
-            ModelKind::Vae => Some(Linear::new(gpu, "fc_logvar", last, config.latent, Act::Identity, &mut rng)?),
+            ModelKind::Vae | ModelKind::Cvae => {
+                Some(Linear::new(gpu, "fc_logvar", last, config.latent, Act::Identity, &mut rng)?)
+            }
             ModelKind::Ae => None,
         };
         let decoder = Mlp::new(gpu, "decoder", &dec_sizes, act, Act::Identity, seed.wrapping_add(1))?;
@@ -314,7 +330,36 @@ impl Vae {
 
     /// Records q(z|x): (mu, logvar); no logvar for the plain autoencoder.
     pub fn encode_vars(&self, tape: &mut Tape, x: Var) -> Result<(Var, Option<Var>)> {
+        self.encode_vars_cond(tape, x, None)
+    }
+
+    /// The one-hot condition `y` [B, classes], required by (and only by) the CVAE.
+    fn condition(&self, tape: &Tape, rows: usize, y: Option<Var>) -> Result<Option<Var>> {
+        match (self.config.model, y) {
+            (ModelKind::Cvae, None) => {
+                Err(Error::arg("--label", "the conditional VAE needs a label for every example"))
+            }
+            (ModelKind::Cvae, Some(y)) => {
+                if tape.value(y).shape() != [rows, self.config.classes] {
+                    return Err(Error::shape(
+                        "Vae",
+                        format!("labels are {:?}, expected [{rows}, {}]", tape.value(y).shape(), self.config.classes),
+                    ));
+                }
+                Ok(Some(y))
+            }
+            (_, _) => Ok(None),
+        }
+    }
+
+    /// Records q(z|x, y) for the CVAE (y: one-hot [B, classes]); `y` is ignored by other models.
+    pub fn encode_vars_cond(&self, tape: &mut Tape, x: Var, y: Option<Var>) -> Result<(Var, Option<Var>)> {
         self.check_input(tape.value(x))?;
+        let rows = tape.value(x).rows();
+        let x = match self.condition(tape, rows, y)? {
+            Some(y) => crate::ops::concat::concat_cols(tape, x, y)?,
+            None => x,
+        };
         let h = self.encoder.forward(tape, x)?;
         let mut mu = self.fc_mu.forward(tape, h)?;
         if let Some(bn) = &self.bn {
@@ -332,7 +377,12 @@ impl Vae {
 
     /// Records the full forward pass with eps drawn from `noise` (the autoencoder uses z = mu).
     pub fn forward(&self, tape: &mut Tape, x: Var, noise: Noise) -> Result<VaeOutput> {
-        let (mu, logvar) = self.encode_vars(tape, x)?;
+        self.forward_cond(tape, x, None, noise)
+    }
+
+    /// [`Vae::forward`] with the CVAE's one-hot labels `y` [B, classes].
+    pub fn forward_cond(&self, tape: &mut Tape, x: Var, y: Option<Var>, noise: Noise) -> Result<VaeOutput> {
+        let (mu, logvar) = self.encode_vars_cond(tape, x, y)?;
         let zv = match logvar {
             Some(lv) => {
                 let (b, z) = (tape.value(mu).rows(), self.config.latent);
@@ -341,7 +391,12 @@ impl Vae {
             }
             None => mu,
         };
-        let out = self.decoder.forward(tape, zv)?;
+        let rows = tape.value(zv).rows();
+        let zin = match self.condition(tape, rows, y)? {
+            Some(y) => crate::ops::concat::concat_cols(tape, zv, y)?,
+            None => zv,
+        };
+        let out = self.decoder.forward(tape, zin)?;
         Ok(VaeOutput { mu, logvar, z: zv, out })
     }
 
@@ -383,6 +438,11 @@ impl Vae {
 
     /// Decoder outputs as pixels in [0, 1]: sigmoid of the logits, or the clamped Gaussian means.
     pub fn decode(&self, gpu: &Gpu, z: &Tensor) -> Result<Tensor> {
+        self.decode_cond(gpu, z, None)
+    }
+
+    /// [`Vae::decode`] with the CVAE's one-hot labels [n, classes].
+    pub fn decode_cond(&self, gpu: &Gpu, z: &Tensor, y: Option<&Tensor>) -> Result<Tensor> {
         if z.cols() != self.config.latent {
             return Err(Error::shape(
                 "Vae::decode",
@@ -391,7 +451,12 @@ impl Vae {
         }
         let mut tape = Tape::no_grad(gpu);
         let zv = tape.input(z.clone());
-        let out = self.decoder.forward(&mut tape, zv)?;
+        let yv = y.map(|y| tape.input(y.clone()));
+        let zin = match self.condition(&tape, z.rows(), yv)? {
+            Some(y) => crate::ops::concat::concat_cols(&mut tape, zv, y)?,
+            None => zv,
+        };
+        let out = self.decoder.forward(&mut tape, zin)?;
         let out = tape.value(out).clone();
         let px = match self.config.likelihood {
             Likelihood::Bernoulli => act_forward(&mut tape, &out, Act::Sigmoid)?,
@@ -403,9 +468,15 @@ impl Vae {
 
     /// Posterior means and log-variances of a batch (no log-variances for the autoencoder).
     pub fn encode(&self, gpu: &Gpu, x: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
+        self.encode_cond(gpu, x, None)
+    }
+
+    /// [`Vae::encode`] with the CVAE's one-hot labels.
+    pub fn encode_cond(&self, gpu: &Gpu, x: &Tensor, y: Option<&Tensor>) -> Result<(Tensor, Option<Tensor>)> {
         let mut tape = Tape::no_grad(gpu);
         let xv = tape.input(x.clone());
-        let (mu, lv) = self.encode_vars(&mut tape, xv)?;
+        let yv = y.map(|y| tape.input(y.clone()));
+        let (mu, lv) = self.encode_vars_cond(&mut tape, xv, yv)?;
         let r = (tape.value(mu).clone(), lv.map(|lv| tape.value(lv).clone()));
         tape.submit()?;
         Ok(r)
@@ -413,18 +484,28 @@ impl Vae {
 
     /// Decodes n draws from the prior N(0, I).
     pub fn sample(&self, gpu: &Gpu, n: usize, seed: u64) -> Result<Tensor> {
+        self.sample_cond(gpu, n, seed, None)
+    }
+
+    /// [`Vae::sample`] for the CVAE's one-hot labels [n, classes] (the class of each sample).
+    pub fn sample_cond(&self, gpu: &Gpu, n: usize, seed: u64, y: Option<&Tensor>) -> Result<Tensor> {
         if n == 0 {
             return Err(Error::arg("--n", "must be at least 1"));
         }
         let mut tape = Tape::no_grad(gpu);
         let z = normal(&mut tape, n, self.config.latent, Noise { seed, step: 0, stream: 7 })?;
         tape.submit()?;
-        self.decode(gpu, &z)
+        self.decode_cond(gpu, &z, y)
     }
 
     /// Reconstructions through the posterior means (no sampling), as pixels in [0, 1].
     pub fn reconstruct(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
-        let (mu, _) = self.encode(gpu, x)?;
-        self.decode(gpu, &mu)
+        self.reconstruct_cond(gpu, x, None)
+    }
+
+    /// [`Vae::reconstruct`] with the CVAE's one-hot labels.
+    pub fn reconstruct_cond(&self, gpu: &Gpu, x: &Tensor, y: Option<&Tensor>) -> Result<Tensor> {
+        let (mu, _) = self.encode_cond(gpu, x, y)?;
+        self.decode_cond(gpu, &mu, y)
     }
 }

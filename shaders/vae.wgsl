@@ -129,3 +129,29 @@ fn kl_backward_free_bits(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
     out_after_4[i] = g * in2[i];
     out2_after_4[i] = g * 0.5 * (exp(in3[i]) - 1.0);
 }
+
+// ---- Gaussian likelihood with a learned per-pixel log-variance lv[D] (decoder.logvar):
+// nll = 0.5 * (x - t)^2 * exp(-lv) + 0.5 * lv + 0.5 * log(2 pi), per element, in nats.
+// Bindings: 1 mean | 2 targets | 3 lv[D] | 4 nll[B,D]
+@compute @workgroup_size(256)
+fn gauss_learned_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = gid(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    let lv = in2[i % p.cols];
+    let d = in0[i] - in1[i];
+    out_after_3[i] = 0.5 * d * d * exp(-lv) + 0.5 * lv + 0.9189385332046727;
+}
+
+// Given g[B,1]: dmean = g * (x - t) * exp(-lv); per-element lv gradient
+// g * 0.5 * (1 - (x - t)^2 * exp(-lv)) (summed over the batch by the host's column sum).
+// Bindings: 1 g | 2 mean | 3 targets | 4 lv | 5 dmean | 6 dlv_elem
+@compute @workgroup_size(256)
+fn gauss_learned_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = gid(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    let g = in0[i / p.cols];
+    let iv = exp(-in3[i % p.cols]);
+    let d = in1[i] - in2[i];
+    out_after_4[i] = g * d * iv;
+    out2_after_4[i] = g * 0.5 * (1.0 - d * d * iv);
+}

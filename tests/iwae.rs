@@ -68,6 +68,7 @@ fn reference(p: &[Mat], x: &Mat, like: Likelihood, k: usize, seed: u64, step: u3
                                 let v = variance as f64;
                                 -((o - t) * (o - t) / (2.0 * v) + 0.5 * (LN_2PI + v.ln()))
                             }
+                            Likelihood::GaussianLearned => unreachable!("not among the reference cases"),
                         })
                         .sum();
                     let log_pz: f64 = z.iter().map(|z| -0.5 * z * z - 0.5 * LN_2PI).sum();

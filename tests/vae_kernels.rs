@@ -239,3 +239,40 @@ fn gather_builds_batches_from_packed_bytes_with_optional_binarization() {
     let mut tape = Tape::no_grad(gpu());
     assert!(g.batch(&mut tape, &order_t, 8, 6, None).is_err(), "a batch past the end is an error");
 }
+
+#[test]
+fn gaussian_with_learned_variance_forward_and_backward() {
+    let (b, d) = (7, 13);
+    let x = Mat::rand(b, d, -1.0, 2.0, 30);
+    let t = Mat::rand(b, d, 0.0, 1.0, 31);
+    let lv = Mat::rand(1, d, -2.0, 1.0, 32);
+    let up = Mat::rand(b, 1, -1.0, 1.0, 33);
+    let f = |v: &[Mat]| {
+        let (x, lv) = (&v[0], &v[1]);
+        Mat::new(
+            b,
+            1,
+            (0..b)
+                .map(|r| {
+                    (0..d)
+                        .map(|c| {
+                            let e = x.at(r, c) - t.at(r, c);
+                            0.5 * e * e * (-lv.d[c]).exp() + 0.5 * lv.d[c] + 0.5 * std::f64::consts::TAU.ln()
+                        })
+                        .sum()
+                })
+                .collect(),
+        )
+    };
+    let (val, got) = gpu_grads(&[&x, &lv], &up, |tp, v| vops::gaussian_nll_learned(tp, v[0], &t.upload(), v[1]));
+    assert_close(&val, &f(&[x.clone(), lv.clone()]), 1e-4, 1e-5, "learned-variance Gaussian forward");
+    let dx = Mat::new(b, d, (0..b * d).map(|i| up.d[i / d] * (x.d[i] - t.d[i]) * (-lv.d[i % d]).exp()).collect());
+    let dlv = Mat::new(
+        1,
+        d,
+        (0..d)
+            .map(|c| (0..b).map(|r| up.d[r] * 0.5 * (1.0 - (x.at(r, c) - t.at(r, c)).powi(2) * (-lv.d[c]).exp())).sum())
+            .collect(),
+    );
+    check_rule("learned-variance Gaussian", &[&x, &lv], &up, f, &[dx, dlv], &got, 1e-5);
+}

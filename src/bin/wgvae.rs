@@ -196,8 +196,9 @@ struct TrainArgs {
     /// Hidden activation: relu, leaky_relu[:slope], tanh, sigmoid, elu[:alpha] (default relu).
     #[arg(long)]
     activation: Option<String>,
-    /// Decoder likelihood: bernoulli or gaussian[:variance] (default bernoulli).
-    #[arg(long)]
+    /// Decoder likelihood (alias --recon): bernoulli, gaussian[:VARIANCE] (fixed σ², default 1) or
+    /// gaussian:learned (a learned per-pixel variance) [default: bernoulli]. Reported in nats.
+    #[arg(long, visible_alias = "recon")]
     likelihood: Option<String>,
     /// A named architecture: `classic` (784-400-20-400-784, ReLU, Bernoulli, as PyTorch's example).
     #[arg(long)]

@@ -165,3 +165,34 @@ fn recon(tape: &mut Tape, x: Var, target: &Tensor, fwd: &'static str, bwd: &'sta
         Ok(vec![Some(dx)])
     }))
 }
+
+/// Per-example Gaussian negative log-likelihood with a learned per-pixel log-variance
+/// `logvar` [1, D]: Σ_d (x − t)²·e^−lv/2 + lv/2 + ½ log 2π, [B,1] nats. Backward:
+/// dmean = g·(x − t)·e^−lv; dlogvar = Σ_b g·(1 − (x − t)²·e^−lv)/2.
+pub fn gaussian_nll_learned(tape: &mut Tape, mean: Var, target: &Tensor, logvar: Var) -> Result<Var> {
+    let (xv, lv) = (val(tape, mean), val(tape, logvar));
+    same_shape("gaussian_nll_learned", &xv, target)?;
+    if lv.shape() != [1, xv.cols()] {
+        return Err(Error::shape(
+            "gaussian_nll_learned",
+            format!("log-variance is {:?}, expected [1, {}]", lv.shape(), xv.cols()),
+        ));
+    }
+    let elem = Tensor::empty(tape.gpu(), xv.rows(), xv.cols())?;
+    let n = elem.len();
+    let p = ew_params(n, xv.cols(), 0.0);
+    tape.dispatch(&key(Module::Vae, "gauss_learned_forward", 3, 1), p, &[&xv, target, &lv, &elem], grid_1d(n, 256))?;
+    let nll = row_sum(tape, &elem, 1.0)?;
+    let target = target.clone();
+    Ok(tape.record(&[mean, logvar], nll, move |t, g, _| {
+        let dx = Tensor::empty(t.gpu(), xv.rows(), xv.cols())?;
+        let dl = Tensor::empty(t.gpu(), xv.rows(), xv.cols())?;
+        t.dispatch(
+            &key(Module::Vae, "gauss_learned_backward", 4, 2),
+            p,
+            &[g, &xv, &target, &lv, &dx, &dl],
+            grid_1d(n, 256),
+        )?;
+        Ok(vec![Some(dx), Some(col_sum(t, &dl, 1.0)?)])
+    }))
+}

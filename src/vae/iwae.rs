@@ -26,10 +26,9 @@ use crate::error::{Error, Result};
 use crate::gpu::pipeline::{KernelKey, Module};
 use crate::gpu::Gpu;
 use crate::ops::grid_1d;
-use crate::ops::vae::{bce_with_logits, gaussian_nll};
 use crate::tape::{Params, Tape};
 use crate::tensor::Tensor;
-use crate::vae::{Likelihood, Vae};
+use crate::vae::Vae;
 
 /// Largest K accepted.
 pub const MAX_K: usize = 5000;
@@ -192,10 +191,7 @@ fn run_batch(
         tape.dispatch(&key("sample", 2, 2), p, &[&mu, &lv, &z, &lw], grid_1d(rows, 256))?;
         let zv = tape.input(z);
         let out = vae.decoder.forward(&mut tape, zv)?;
-        let nll = match vae.config.likelihood {
-            Likelihood::Bernoulli => bce_with_logits(&mut tape, out, &target)?,
-            Likelihood::Gaussian { variance } => gaussian_nll(&mut tape, out, &target, variance)?,
-        };
+        let nll = vae.recon_nll(&mut tape, out, &target)?;
         let nll = tape.value(nll).clone();
         let p = Params::new().u(b as u32).u(0).u(s as u32).u(0).u(0).u(0).u(0).u(0).u(0).u((k0 == 0) as u32);
         tape.dispatch(&key("lse_update", 2, 1), p, &[&nll, &lw, &state], grid_1d(b, 256))?;

@@ -14,7 +14,9 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::nn::{Linear, Mlp, Param};
 use crate::ops::batchnorm::{scaled_batch_norm, BnRunning};
-use crate::ops::vae::{bce_with_logits, gaussian_nll, kl_free_bits, kl_normal, normal, reparameterize, Noise};
+use crate::ops::vae::{
+    bce_with_logits, gaussian_nll, gaussian_nll_learned, kl_free_bits, kl_normal, normal, reparameterize, Noise,
+};
 use crate::ops::{self, elementwise::act_forward, Act};
 use crate::tape::{Tape, Var};
 use crate::tensor::Tensor;
@@ -29,6 +31,9 @@ pub enum Likelihood {
         /// σ² of every pixel.
         variance: f32,
     },
+    /// Pixels as a Gaussian with the decoder's output as mean and a learned per-pixel
+    /// log-variance (`decoder.logvar`, [D], starting at 0).
+    GaussianLearned,
 }
 
 impl Likelihood {
@@ -37,6 +42,7 @@ impl Likelihood {
         match self {
             Likelihood::Bernoulli => "bernoulli".into(),
             Likelihood::Gaussian { variance } => format!("gaussian:{variance}"),
+            Likelihood::GaussianLearned => "gaussian:learned".into(),
         }
     }
     /// Parses [`Likelihood::name`]'s form (`gaussian` alone means σ² = 1).
@@ -44,11 +50,15 @@ impl Likelihood {
         match s.split_once(':') {
             None if s == "bernoulli" => Ok(Likelihood::Bernoulli),
             None if s == "gaussian" => Ok(Likelihood::Gaussian { variance: 1.0 }),
+            Some(("gaussian", "learned")) => Ok(Likelihood::GaussianLearned),
             Some(("gaussian", v)) => match v.parse::<f32>() {
                 Ok(variance) if variance.is_finite() && variance > 0.0 => Ok(Likelihood::Gaussian { variance }),
                 _ => Err(Error::arg("likelihood", format!("`{v}` is not a positive variance"))),
             },
-            _ => Err(Error::arg("likelihood", format!("`{s}` is not one of: bernoulli, gaussian[:variance]"))),
+            _ => Err(Error::arg(
+                "likelihood",
+                format!("`{s}` is not one of: bernoulli, gaussian[:VARIANCE], gaussian:learned"),
+            )),
         }
     }
 }
@@ -244,6 +254,8 @@ pub struct Vae {
     pub decoder: Mlp,
     /// BN-VAE layer on the posterior mean, if configured.
     pub bn: Option<BnLayer>,
+    /// Learned per-pixel log-variance of the Gaussian likelihood (`decoder.logvar`, [1, D]).
+    pub out_logvar: Option<Param>,
 }
 
 /// The BN-VAE layer: scaled batch normalization of the posterior mean.
@@ -293,7 +305,11 @@ impl Vae {
             }),
             None => None,
         };
-        Ok(Vae { config, encoder, fc_mu, fc_logvar, decoder, bn })
+        let out_logvar = match config.likelihood {
+            Likelihood::GaussianLearned => Some(Param::new("decoder.logvar", Tensor::zeros(gpu, 1, config.input_dim)?)),
+            _ => None,
+        };
+        Ok(Vae { config, encoder, fc_mu, fc_logvar, decoder, bn, out_logvar })
     }
 
     /// Every parameter, in the order of the names in the module docs.
@@ -305,6 +321,9 @@ impl Vae {
         }
         if let Some(bn) = &self.bn {
             p.push(&bn.theta);
+        }
+        if let Some(lv) = &self.out_logvar {
+            p.push(lv);
         }
         p.extend(self.decoder.params());
         p
@@ -417,10 +436,7 @@ impl Vae {
         kl_scale: f32,
         free_bits: f32,
     ) -> Result<Loss> {
-        let rec = match self.config.likelihood {
-            Likelihood::Bernoulli => bce_with_logits(tape, out.out, target)?,
-            Likelihood::Gaussian { variance } => gaussian_nll(tape, out.out, target, variance)?,
-        };
+        let rec = self.recon_nll(tape, out.out, target)?;
         let recon = ops::sum(tape, rec)?;
         let rterm = if recon_scale == 1.0 { recon } else { ops::scale(tape, recon, recon_scale)? };
         let Some(logvar) = out.logvar else {
@@ -434,6 +450,19 @@ impl Vae {
         let kterm = if kl_scale == 1.0 { kterm } else { ops::scale(tape, kterm, kl_scale)? };
         let total = ops::add(tape, rterm, kterm)?;
         Ok(Loss { total, recon, kl })
+    }
+
+    /// Per-example −log p(x|z) [B,1] in nats of `target` given the decoder output `out`.
+    pub fn recon_nll(&self, tape: &mut Tape, out: Var, target: &Tensor) -> Result<Var> {
+        match (self.config.likelihood, &self.out_logvar) {
+            (Likelihood::Bernoulli, _) => bce_with_logits(tape, out, target),
+            (Likelihood::Gaussian { variance }, _) => gaussian_nll(tape, out, target, variance),
+            (Likelihood::GaussianLearned, Some(lv)) => {
+                let lv = tape.param(lv);
+                gaussian_nll_learned(tape, out, target, lv)
+            }
+            (Likelihood::GaussianLearned, None) => Err(Error::arg("likelihood", "the learned variance is missing")),
+        }
     }
 
     /// Decoder outputs as pixels in [0, 1]: sigmoid of the logits, or the clamped Gaussian means.
@@ -460,7 +489,7 @@ impl Vae {
         let out = tape.value(out).clone();
         let px = match self.config.likelihood {
             Likelihood::Bernoulli => act_forward(&mut tape, &out, Act::Sigmoid)?,
-            Likelihood::Gaussian { .. } => out,
+            Likelihood::Gaussian { .. } | Likelihood::GaussianLearned => out,
         };
         tape.submit()?;
         Ok(px)

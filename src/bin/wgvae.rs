@@ -608,13 +608,21 @@ fn test_image(split: &Split, i: usize, flag: &str) -> Result<Vec<f32>> {
     Ok(split.test.image(i).iter().map(|&p| p as f32 / 255.0).collect())
 }
 
+/// The label of test image `i`, when there are labels (a conditional VAE decodes with it).
+fn test_label(split: &Split, i: usize) -> Option<usize> {
+    split.test.labels.as_ref().and_then(|l| l.get(i)).map(|&v| v as usize)
+}
+
 fn interpolate(checkpoint: &Path, data: Option<&Path>, from: usize, to: usize, steps: usize, out: &Path) -> Result<()> {
     let l = load(checkpoint, data)?;
     let mut x = test_image(&l.split, from, "--from")?;
     x.extend(test_image(&l.split, to, "--to")?);
-    let z = wgvae::pictures::encode_means(&l.gpu, &l.vae, &x, 2)?;
+    // A conditional VAE encodes each end with its own label and decodes the row with the first's.
+    let (la, lb) = (test_label(&l.split, from), test_label(&l.split, to));
     let zl = l.vae.config.latent;
-    let px = wgvae::pictures::interpolation(&l.gpu, &l.vae, &z[..zl], &z[zl..], steps)?;
+    let mut z = wgvae::pictures::encode_means(&l.gpu, &l.vae, &x[..x.len() / 2], 1, la)?;
+    z.extend(wgvae::pictures::encode_means(&l.gpu, &l.vae, &x[x.len() / 2..], 1, lb)?);
+    let px = wgvae::pictures::interpolation(&l.gpu, &l.vae, &z[..zl], &z[zl..], steps, la)?;
     let (h, w) = (l.split.test.rows, l.split.test.cols);
     // The two inputs framing the decoded row.
     let mut row = x[..h * w].to_vec();
@@ -628,7 +636,8 @@ fn interpolate(checkpoint: &Path, data: Option<&Path>, from: usize, to: usize, s
 fn traverse(checkpoint: &Path, data: Option<&Path>, index: usize, range: f32, steps: usize, out: &Path) -> Result<()> {
     let l = load(checkpoint, data)?;
     let x = test_image(&l.split, index, "--index")?;
-    let base = wgvae::pictures::encode_means(&l.gpu, &l.vae, &x, 1)?;
+    let label = test_label(&l.split, index);
+    let base = wgvae::pictures::encode_means(&l.gpu, &l.vae, &x, 1, label)?;
     let test = wgvae::data::gpu::GpuImages::upload(&l.gpu, &l.split.test)?;
     let r = wgvae::train::evaluate_full(&l.gpu, &l.vae, &test, 500, l.ck.meta_u64("seed").unwrap_or(0))?;
     // Most active first: KL per dimension for a VAE, the variance of the code for an autoencoder.
@@ -638,7 +647,7 @@ fn traverse(checkpoint: &Path, data: Option<&Path>, index: usize, range: f32, st
         wgvae::vae::metrics::active_units(&r.mu, l.split.test.n, l.vae.config.latent, 0.01)?.variances
     };
     let dims = wgvae::pictures::by_activity(&activity);
-    let px = wgvae::pictures::traversal(&l.gpu, &l.vae, &base, &dims, range, steps)?;
+    let px = wgvae::pictures::traversal(&l.gpu, &l.vae, &base, &dims, range, steps, label)?;
     wgvae::image::save_grid(out, &px, dims.len() * steps, l.split.test.rows, l.split.test.cols, steps)?;
     let order: Vec<String> = dims.iter().map(|&d| format!("z{d} ({:.2})", activity[d])).collect();
     println!("wrote {} rows (dimension order, activity: {}) to {}", dims.len(), order.join(", "), out.display());
@@ -647,7 +656,8 @@ fn traverse(checkpoint: &Path, data: Option<&Path>, index: usize, range: f32, st
 
 fn manifold(checkpoint: &Path, data: Option<&Path>, n: usize, range: f32, out_dir: &Path) -> Result<()> {
     let l = load(checkpoint, data)?;
-    let px = wgvae::pictures::manifold(&l.gpu, &l.vae, n, range)?;
+    // A conditional VAE's manifold is drawn for class 0.
+    let px = wgvae::pictures::manifold(&l.gpu, &l.vae, n, range, Some(0))?;
     std::fs::create_dir_all(out_dir).map_err(|source| Error::Io { path: out_dir.to_path_buf(), source })?;
     let mp = out_dir.join("manifold.png");
     wgvae::image::save_grid(&mp, &px, n * n, l.split.test.rows, l.split.test.cols, n)?;

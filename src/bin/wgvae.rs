@@ -700,22 +700,8 @@ fn eval(
     if batch == Some(0) {
         return Err(Error::InvalidArgument { name: "--batch".into(), detail: "must be at least 1".into() });
     }
-    let ck = Checkpoint::load(checkpoint)?;
+    let Loaded { gpu, vae, split, ck } = load(checkpoint, data)?;
     let batch = batch.unwrap_or_else(|| wgvae::train::eval_batch(ck.meta_u64("batch").unwrap_or(128) as usize));
-    let split = checkpoint_data(&ck, data)?;
-    let gpu = Gpu::new()?;
-    let vae = ck.vae(&gpu)?;
-    if split.test.dim() != vae.config.input_dim {
-        return Err(Error::InvalidArgument {
-            name: "--data".into(),
-            detail: format!(
-                "{} has {} pixels per image, the checkpoint's model takes {}",
-                split.name,
-                split.test.dim(),
-                vae.config.input_dim
-            ),
-        });
-    }
     let test = wgvae::data::gpu::GpuImages::upload(&gpu, &split.test)?;
     let seed = ck.meta_u64("seed").unwrap_or(0);
     let r = wgvae::train::evaluate_full(&gpu, &vae, &test, batch, seed)?;
@@ -820,22 +806,8 @@ fn reconstruct(checkpoint: &Path, data: Option<&Path>, n: usize, out: &Path) -> 
     if n == 0 {
         return Err(Error::InvalidArgument { name: "--n".into(), detail: "must be at least 1".into() });
     }
-    let ck = Checkpoint::load(checkpoint)?;
-    let split = checkpoint_data(&ck, data)?;
-    let gpu = Gpu::new()?;
-    let vae = ck.vae(&gpu)?;
+    let Loaded { gpu, vae, split, .. } = load(checkpoint, data)?;
     let t = &split.test;
-    if t.dim() != vae.config.input_dim {
-        return Err(Error::InvalidArgument {
-            name: "--data".into(),
-            detail: format!(
-                "{} has {} pixels per image, the model takes {}",
-                split.name,
-                t.dim(),
-                vae.config.input_dim
-            ),
-        });
-    }
     let k = n.min(t.n);
     let inputs: Vec<f32> = t.pixels[..k * t.dim()].iter().map(|&p| p as f32 / 255.0).collect();
     let x = wgvae::Tensor::from_slice(&gpu, k, t.dim(), &inputs)?;

@@ -10,7 +10,7 @@ use crate::ops::matmul::{matmul_forward, MatmulOpts};
 use crate::tape::Tape;
 use crate::tensor::Tensor;
 
-/// One matmul problem: C[M,N] = op(A)·op(B) with op(A) [M,K], op(B) [K,N].
+/// One matmul problem: C\[M,N\] = op(A)·op(B) with op(A) \[M,K\], op(B) \[K,N\].
 #[derive(Clone, Copy, Debug)]
 pub struct MatmulShape {
     /// What the product is in a VAE step.

@@ -1,5 +1,5 @@
 //! Checkpoints in safetensors: the weights under PyTorch `nn.Linear` state-dict names (`weight`
-//! [out, in], `bias` [out], f32), the Adam moments under `optimizer.exp_avg.NAME` /
+//! \[out, in\], `bias` \[out\], f32), the Adam moments under `optimizer.exp_avg.NAME` /
 //! `optimizer.exp_avg_sq.NAME`, and the model config, step, epoch and RNG seed as string metadata.
 //! Writes are atomic: a temporary file in the same directory, synced, then renamed over the target,
 //! so a crash never leaves a half-written checkpoint where a good one was.
@@ -35,7 +35,7 @@ fn ck_err(path: &Path, detail: impl Into<String>) -> Error {
     Error::Checkpoint { path: path.to_path_buf(), detail: detail.into() }
 }
 
-/// The shape a parameter has in the file (biases are 1-D there, [1, n] on the GPU).
+/// The shape a parameter has in the file (biases are 1-D there, \[1, n\] on the GPU).
 fn file_shape(p: &Param) -> Vec<usize> {
     let t = p.value();
     if p.name().ends_with(".bias") {

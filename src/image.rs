@@ -5,7 +5,7 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 
-/// Encodes `images` (each `h*w` values in [0, 1], clamped) as a grey PNG grid of `cols` columns.
+/// Encodes `images` (each `h*w` values in \[0, 1\], clamped) as a grey PNG grid of `cols` columns.
 pub fn grid_png(images: &[f32], n: usize, h: usize, w: usize, cols: usize) -> Result<Vec<u8>> {
     if n == 0 || h == 0 || w == 0 || cols == 0 || images.len() < n * h * w {
         return Err(Error::arg("image grid", format!("{} values cannot hold {n} images of {h}x{w}", images.len())));

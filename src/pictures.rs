@@ -1,6 +1,6 @@
 //! Pictures of what a trained model does with its latent space: interpolations between two
 //! inputs, traversals of each latent dimension, and, for a 2-D latent, the decoded manifold.
-//! Each returns decoded pixels in [0, 1] (row-major images), ready for [`crate::image::grid_png`].
+//! Each returns decoded pixels in \[0, 1\] (row-major images), ready for [`crate::image::grid_png`].
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
@@ -27,7 +27,7 @@ fn decode(gpu: &Gpu, vae: &Vae, zs: &[f32], n: usize, label: Label) -> Result<Ve
     vae.decode_cond(gpu, &z, y.as_ref())?.to_vec(gpu)
 }
 
-/// Posterior means of `n` inputs (`x`: n rows of `input_dim` pixels in [0, 1]), all of class
+/// Posterior means of `n` inputs (`x`: n rows of `input_dim` pixels in \[0, 1\]), all of class
 /// `label` for a conditional VAE.
 pub fn encode_means(gpu: &Gpu, vae: &Vae, x: &[f32], n: usize, label: Label) -> Result<Vec<f32>> {
     let t = Tensor::from_slice(gpu, n, vae.config.input_dim, x)?;
@@ -53,7 +53,7 @@ pub fn interpolation(gpu: &Gpu, vae: &Vae, za: &[f32], zb: &[f32], steps: usize,
 }
 
 /// One row per latent dimension in `dims` (in that order): dimension d swept over
-/// [−range, range] in `steps` values while the others stay at `base`.
+/// \[−range, range\] in `steps` values while the others stay at `base`.
 pub fn traversal(
     gpu: &Gpu,
     vae: &Vae,
@@ -81,7 +81,7 @@ pub fn traversal(
     decode(gpu, vae, &zs, dims.len() * steps, label)
 }
 
-/// For a 2-D latent: an n x n grid of decodings over [−range, range]², top row at z₂ = +range.
+/// For a 2-D latent: an n x n grid of decodings over \[−range, range\]², top row at z₂ = +range.
 pub fn manifold(gpu: &Gpu, vae: &Vae, n: usize, range: f32, label: Label) -> Result<Vec<f32>> {
     if vae.config.latent != 2 {
         return Err(Error::arg("manifold", format!("needs a 2-D latent space, the model has {}", vae.config.latent)));

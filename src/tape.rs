@@ -1,7 +1,7 @@
 //! The autograd tape and command recorder.
 //!
 //! A [`Tape`] does two jobs for one step:
-//! * it **records GPU work**: every kernel launch appends a [`Dispatch`]; [`Tape::submit`] writes
+//! * it **records GPU work**: every kernel launch appends a `Dispatch`; [`Tape::submit`] writes
 //!   all parameter blocks with one `write_buffer`, encodes every dispatch into ONE compute pass of
 //!   ONE command encoder, appends the requested read-backs, and submits once;
 //! * it **records the graph**: each op appends a node (inputs, output, backward rule) in order;

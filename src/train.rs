@@ -106,7 +106,7 @@ pub struct EpochMetrics {
     pub kl_weight: f64,
     /// Test KL per latent dimension (nats per example).
     pub kl_per_dim: Vec<f64>,
-    /// Active units on the test split (Cov_x(E_q[z]) > 0.01, Burda et al.).
+    /// Active units on the test split (Cov_x(E_q\[z\]) > 0.01, Burda et al.).
     pub active_units: usize,
 }
 
@@ -339,7 +339,7 @@ pub struct EvalReport {
     pub kl_per_dim: Vec<f64>,
     /// Active units: dimensions whose posterior mean varies over the data (variance > 0.01).
     pub active_units: usize,
-    /// Posterior means of every example, [n, Z] row-major (for plots and disentanglement).
+    /// Posterior means of every example, \[n, Z\] row-major (for plots and disentanglement).
     pub mu: Vec<f32>,
 }
 

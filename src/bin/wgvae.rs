@@ -178,7 +178,7 @@ struct TrainArgs {
     /// MNIST-layout directory with train-/t10k- IDX files, raw or .gz (default: built-in sprites).
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Total epochs, with --resume until this many are done [default: 50 on sprites, 10 on --data].
+    /// Total epochs, with --resume until this many are done \[default: 50 on sprites, 10 on --data\].
     #[arg(long)]
     epochs: Option<u64>,
     /// Examples per step.
@@ -193,17 +193,17 @@ struct TrainArgs {
     /// Hidden layer sizes, comma separated (default 400).
     #[arg(long, value_delimiter = ',')]
     hidden: Option<Vec<usize>>,
-    /// Hidden activation: relu, leaky_relu[:slope], tanh, sigmoid, elu[:alpha] (default relu).
+    /// Hidden activation: relu, leaky_relu\[:slope\], tanh, sigmoid, elu\[:alpha\] (default relu).
     #[arg(long)]
     activation: Option<String>,
-    /// Decoder likelihood (alias --recon): bernoulli, gaussian[:VARIANCE] (fixed σ², default 1) or
-    /// gaussian:learned (a learned per-pixel variance) [default: bernoulli]. Reported in nats.
+    /// Decoder likelihood (alias --recon): bernoulli, gaussian\[:VARIANCE\] (fixed σ², default 1) or
+    /// gaussian:learned (a learned per-pixel variance) \[default: bernoulli\]. Reported in nats.
     #[arg(long, visible_alias = "recon")]
     likelihood: Option<String>,
     /// A named architecture: `classic` (784-400-20-400-784, ReLU, Bernoulli, as PyTorch's example).
     #[arg(long)]
     preset: Option<String>,
-    /// KL weight β (1 = the ELBO) [default: 1].
+    /// KL weight β (1 = the ELBO) \[default: 1\].
     #[arg(long, allow_negative_numbers = true)]
     beta: Option<f32>,
     /// How recon and KL are reduced: sum (the ELBO), mean (recon averaged over pixels too: KL
@@ -224,7 +224,7 @@ struct TrainArgs {
     #[arg(long, allow_negative_numbers = true)]
     free_bits: Option<f32>,
     /// BN-VAE (Zhu et al. 2020): batch-normalize the posterior mean, scaled so each dimension's
-    /// expected KL stays above tau/2 (tau in [0, 1]).
+    /// expected KL stays above tau/2 (tau in \[0, 1\]).
     #[arg(long, allow_negative_numbers = true)]
     bn_vae: Option<f32>,
     /// Model: vae; ae (deterministic autoencoder: no sampling, no KL) for comparison; cvae

@@ -67,7 +67,7 @@ impl GpuImages {
         Ok((idx, t))
     }
 
-    /// x[B, D] = images order[offset .. offset+B) as f32 in [0, 1], or, with `binarize`, a
+    /// x\[B, D\] = images order[offset .. offset+B) as f32 in \[0, 1\], or, with `binarize`, a
     /// Bernoulli(pixel) draw from that noise stream.
     pub fn batch(
         &self,
@@ -106,7 +106,7 @@ impl GpuImages {
 }
 
 impl GpuImages {
-    /// y[B, C] = one-hot labels of images order[offset .. offset+B), C = `classes`.
+    /// y\[B, C\] = one-hot labels of images order[offset .. offset+B), C = `classes`.
     pub fn onehot(&self, tape: &mut Tape, order: &Tensor, offset: usize, b: usize, classes: usize) -> Result<Tensor> {
         let Some(labels) = &self.labels_gpu else {
             return Err(Error::arg("--model cvae", "the data has no labels to condition on"));

@@ -42,12 +42,12 @@ impl Param {
     }
 }
 
-/// Fully connected layer y = act(x·Wᵀ + b), W [out, in] and b [1, out] as in PyTorch's `nn.Linear`.
+/// Fully connected layer y = act(x·Wᵀ + b), W \[out, in\] and b \[1, out\] as in PyTorch's `nn.Linear`.
 #[derive(Clone, Debug)]
 pub struct Linear {
-    /// Weight [out, in].
+    /// Weight \[out, in\].
     pub weight: Param,
-    /// Bias [1, out].
+    /// Bias \[1, out\].
     pub bias: Param,
     /// Activation fused into the matmul epilogue.
     pub act: Act,
@@ -77,7 +77,7 @@ impl Linear {
         let b = tape.param(&self.bias);
         ops::linear(tape, x, w, Some(b), self.act)
     }
-    /// [weight, bias].
+    /// \[weight, bias\].
     pub fn params(&self) -> Vec<&Param> {
         vec![&self.weight, &self.bias]
     }

@@ -1,5 +1,5 @@
 //! Scaled batch normalization (`shaders/batchnorm.wgsl`), the BN-VAE layer of Zhu et al. 2020:
-//! y[B,N] = γ ⊙ (x − mean)/√(var + ε) with γ_j = √(τ + (1 − τ)·sigmoid(θ_j)) and no learned shift.
+//! y\[B,N\] = γ ⊙ (x − mean)/√(var + ε) with γ_j = √(τ + (1 − τ)·sigmoid(θ_j)) and no learned shift.
 //! Training uses the batch statistics (and updates the running ones); evaluation uses the running
 //! statistics and is not differentiated.
 
@@ -12,7 +12,7 @@ use crate::tensor::Tensor;
 /// ε added to the variance.
 pub const BN_EPS: f32 = 1e-5;
 
-/// Running statistics of one layer, [1, N] each.
+/// Running statistics of one layer, \[1, N\] each.
 #[derive(Clone, Debug)]
 pub struct BnRunning {
     /// Running mean (starts at 0).
@@ -42,7 +42,7 @@ fn params(rows: usize, cols: usize, s0: f32, s1: f32) -> Params {
     Params::new().u(rows as u32).u(cols as u32).f(s0).f(s1)
 }
 
-/// The BN-VAE layer on x[B,N] with scale parameters θ[1,N] and floor τ ∈ [0, 1].
+/// The BN-VAE layer on x\[B,N\] with scale parameters θ\[1,N\] and floor τ ∈ \[0, 1\].
 /// Backward (training): with x̂ the normalised input and dx̂ = dy·γ,
 /// dx = (dx̂ − mean_b dx̂ − x̂·mean_b(dx̂·x̂))/√(var + ε) and dθ = Σ_b dy·x̂ · dγ/dθ.
 pub fn scaled_batch_norm(

@@ -1,4 +1,4 @@
-//! Column concatenation (`shaders/data.wgsl`): [a | b] for conditioning a network on a label.
+//! Column concatenation (`shaders/data.wgsl`): \[a | b\] for conditioning a network on a label.
 
 use super::{grid_1d, val};
 use crate::error::{Error, Result};
@@ -10,7 +10,7 @@ fn key(entry: &'static str, outputs: u32) -> KernelKey {
     KernelKey { module: Module::Data, entry, defines: Vec::new(), inputs: if outputs == 1 { 2 } else { 1 }, outputs }
 }
 
-/// out[B, Na+Nb] = [a[B,Na] | b[B,Nb]].  Backward: the gradient split back into its two parts.
+/// out\[B, Na+Nb\] = [a\[B,Na\] | b\[B,Nb\]].  Backward: the gradient split back into its two parts.
 pub fn concat_cols(tape: &mut Tape, a: Var, b: Var) -> Result<Var> {
     let (av, bv) = (val(tape, a), val(tape, b));
     if av.rows() != bv.rows() {

@@ -1,5 +1,5 @@
 //! Elementwise kernels (`shaders/elementwise.wgsl`) and the differentiable ops on them:
-//! activation, add, sub, mul, scale. Every op here maps x[M,N] (and y[M,N]) to z[M,N].
+//! activation, add, sub, mul, scale. Every op here maps x\[M,N\] (and y\[M,N\]) to z\[M,N\].
 
 use super::{grid_1d, same_shape, val, Act};
 use crate::error::Result;
@@ -32,7 +32,7 @@ fn launch(
     tape.dispatch(&k, params(out.len(), out.cols(), s0, s1), &bufs, grid_1d(out.len(), WG))
 }
 
-/// y[M,N] = value.
+/// y\[M,N\] = value.
 pub fn fill(tape: &mut Tape, rows: usize, cols: usize, value: f32) -> Result<Tensor> {
     let y = Tensor::empty(tape.gpu(), rows, cols)?;
     launch(tape, "fill", &[], &y, Act::Identity, value, 0.0)?;
@@ -94,7 +94,7 @@ pub fn act_backward(tape: &mut Tape, dy: &Tensor, y: &Tensor, act: Act) -> Resul
     Ok(dx)
 }
 
-/// Broadcasts into y[rows, cols]: `Scalar` x[1,1], `Row` x[1,cols] (every row), `Col` x[rows,1]
+/// Broadcasts into y[rows, cols]: `Scalar` x\[1,1\], `Row` x\[1,cols\] (every row), `Col` x\[rows,1\]
 /// (every column), each times s.
 pub fn broadcast_to(tape: &mut Tape, x: &Tensor, rows: usize, cols: usize, s: f32) -> Result<Tensor> {
     let entry = match x.shape() {

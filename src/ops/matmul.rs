@@ -1,8 +1,8 @@
 //! Matrix products (`shaders/matmul.wgsl`) and the differentiable `matmul` and `linear` ops.
 //!
-//! C[M,N] = act(op(A)·op(B) + bias): A stored [M,K] or, transposed, [K,M]; B stored [K,N] or
-//! [N,K]; bias [1,N]. The backward pass needs the transposed layouts: for a PyTorch-layout weight
-//! W[out,in], forward is X·Wᵀ (NT), d_X = dY·W (NN) and d_W = dYᵀ·X (TN).
+//! C\[M,N\] = act(op(A)·op(B) + bias): A stored \[M,K\] or, transposed, \[K,M\]; B stored \[K,N\] or
+//! \[N,K\]; bias \[1,N\]. The backward pass needs the transposed layouts: for a PyTorch-layout weight
+//! W\[out,in\], forward is X·Wᵀ (NT), d_X = dY·W (NN) and d_W = dYᵀ·X (TN).
 
 use super::elementwise::act_backward;
 use super::reduce::col_sum;
@@ -16,9 +16,9 @@ use crate::tensor::Tensor;
 /// Options of one matrix product.
 #[derive(Clone, Copy, Debug)]
 pub struct MatmulOpts {
-    /// Use Aᵀ (A stored [K,M]).
+    /// Use Aᵀ (A stored \[K,M\]).
     pub trans_a: bool,
-    /// Use Bᵀ (B stored [N,K]).
+    /// Use Bᵀ (B stored \[N,K\]).
     pub trans_b: bool,
     /// Activation applied in the epilogue (after the bias).
     pub act: Act,
@@ -206,7 +206,7 @@ pub fn matmul(tape: &mut Tape, a: Var, b: Var, trans_a: bool, trans_b: bool) -> 
     }))
 }
 
-/// Fully connected layer with a PyTorch-layout weight: y[B,out] = act(x[B,in]·w[out,in]ᵀ + b[1,out]),
+/// Fully connected layer with a PyTorch-layout weight: y\[B,out\] = act(x\[B,in\]·w\[out,in\]ᵀ + b\[1,out\]),
 /// one fused kernel.  Backward: g = dy ⊙ act'(y); dx = g·w; dw = gᵀ·x; db = Σ_rows g.
 pub fn linear(tape: &mut Tape, x: Var, w: Var, b: Option<Var>, act: Act) -> Result<Var> {
     let (xv, wv) = (val(tape, x), val(tape, w));

@@ -1,5 +1,5 @@
-//! Fixed-order reductions (`shaders/reduce.wgsl`): column sums x[R,C] -> [1,C] (bias gradients),
-//! row sums x[R,C] -> [R,1] (per-example totals) and full sums x[R,C] -> [1,1] (loss totals).
+//! Fixed-order reductions (`shaders/reduce.wgsl`): column sums x\[R,C\] -> \[1,C\] (bias gradients),
+//! row sums x\[R,C\] -> \[R,1\] (per-example totals) and full sums x\[R,C\] -> \[1,1\] (loss totals).
 //! Deterministic: the same input gives the same bits on the same adapter.
 
 use super::elementwise::broadcast_to;
@@ -23,7 +23,7 @@ fn params(rows: usize, cols: usize, s: f32) -> Params {
 /// Rows (or columns) one invocation of col_sum/row_sum adds (SPAN in reduce.wgsl).
 const SPAN: usize = 4096;
 
-/// y[1,C] = s · Σ_r x[r, :], in levels of at most SPAN rows per invocation.
+/// y\[1,C\] = s · Σ_r x\[r, :\], in levels of at most SPAN rows per invocation.
 pub fn col_sum(tape: &mut Tape, x: &Tensor, s: f32) -> Result<Tensor> {
     let mut cur = x.clone();
     loop {
@@ -39,7 +39,7 @@ pub fn col_sum(tape: &mut Tape, x: &Tensor, s: f32) -> Result<Tensor> {
     }
 }
 
-/// y[R,1] = s · Σ_c x[:, c], in levels of at most SPAN columns per invocation.
+/// y\[R,1\] = s · Σ_c x\[:, c\], in levels of at most SPAN columns per invocation.
 pub fn row_sum(tape: &mut Tape, x: &Tensor, s: f32) -> Result<Tensor> {
     let mut cur = x.clone();
     loop {
@@ -55,7 +55,7 @@ pub fn row_sum(tape: &mut Tape, x: &Tensor, s: f32) -> Result<Tensor> {
     }
 }
 
-/// y[1,1] = s · Σ x, by levels of per-workgroup fixed-shape trees.
+/// y\[1,1\] = s · Σ x, by levels of per-workgroup fixed-shape trees.
 pub fn sum_all(tape: &mut Tape, x: &Tensor, s: f32) -> Result<Tensor> {
     let mut cur = x.clone();
     loop {
@@ -74,12 +74,12 @@ pub fn sum_all(tape: &mut Tape, x: &Tensor, s: f32) -> Result<Tensor> {
 
 // ------------------------------------------------------------------------- differentiable ops
 
-/// Σ x -> [1,1].  Backward: dx = dz broadcast.
+/// Σ x -> \[1,1\].  Backward: dx = dz broadcast.
 pub fn sum(tape: &mut Tape, x: Var) -> Result<Var> {
     scaled_sum(tape, x, 1.0)
 }
 
-/// mean(x) -> [1,1].  Backward: dx = dz / n broadcast.
+/// mean(x) -> \[1,1\].  Backward: dx = dz / n broadcast.
 pub fn mean(tape: &mut Tape, x: Var) -> Result<Var> {
     let n = tape.value(x).len() as f32;
     scaled_sum(tape, x, 1.0 / n)
@@ -92,7 +92,7 @@ fn scaled_sum(tape: &mut Tape, x: Var, s: f32) -> Result<Var> {
     Ok(tape.record(&[x], z, move |t, g, _| Ok(vec![Some(broadcast_to(t, g, r, c, s)?)])))
 }
 
-/// Column sums x[R,C] -> [1,C].  Backward: every row of dx is dz.
+/// Column sums x\[R,C\] -> \[1,C\].  Backward: every row of dx is dz.
 pub fn sum_cols(tape: &mut Tape, x: Var) -> Result<Var> {
     let xv = val(tape, x);
     let z = col_sum(tape, &xv, 1.0)?;
@@ -100,7 +100,7 @@ pub fn sum_cols(tape: &mut Tape, x: Var) -> Result<Var> {
     Ok(tape.record(&[x], z, move |t, g, _| Ok(vec![Some(broadcast_to(t, g, r, c, 1.0)?)])))
 }
 
-/// Row sums x[R,C] -> [R,1].  Backward: every column of dx is dz.
+/// Row sums x\[R,C\] -> \[R,1\].  Backward: every column of dx is dz.
 pub fn sum_rows(tape: &mut Tape, x: Var) -> Result<Var> {
     let xv = val(tape, x);
     let z = row_sum(tape, &xv, 1.0)?;

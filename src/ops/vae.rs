@@ -1,6 +1,6 @@
 //! VAE ops (`shaders/vae.wgsl`, `shaders/random.wgsl`): GPU random numbers, the
 //! reparameterization z = mu + exp(logvar/2)·eps, the analytic KL(q(z|x) || N(0, I)) and the
-//! Bernoulli / Gaussian reconstruction terms, each per example ([B,1], nats).
+//! Bernoulli / Gaussian reconstruction terms, each per example (\[B,1\], nats).
 
 use super::{
     grid_1d,
@@ -32,7 +32,7 @@ fn rng_params(n: usize, noise: Noise) -> Params {
     Params::new().u(n as u32).u(k[0]).u(k[1]).u(noise.step).u(noise.stream)
 }
 
-/// eps[rows, cols] ~ N(0, 1) from Philox (see [`crate::rng::normals`] for the CPU mirror).
+/// eps\[rows, cols\] ~ N(0, 1) from Philox (see [`crate::rng::normals`] for the CPU mirror).
 pub fn normal(tape: &mut Tape, rows: usize, cols: usize, noise: Noise) -> Result<Tensor> {
     let out = Tensor::empty(tape.gpu(), rows, cols)?;
     let n = out.len();
@@ -40,7 +40,7 @@ pub fn normal(tape: &mut Tape, rows: usize, cols: usize, noise: Noise) -> Result
     Ok(out)
 }
 
-/// u[rows, cols] ~ U(0, 1) from Philox (see [`crate::rng::uniforms`]).
+/// u\[rows, cols\] ~ U(0, 1) from Philox (see [`crate::rng::uniforms`]).
 pub fn uniform(tape: &mut Tape, rows: usize, cols: usize, noise: Noise) -> Result<Tensor> {
     let out = Tensor::empty(tape.gpu(), rows, cols)?;
     let n = out.len();
@@ -52,7 +52,7 @@ fn ew_params(n: usize, cols: usize, s0: f32) -> Params {
     Params::new().u(n as u32).u(cols as u32).f(s0).f(0.0)
 }
 
-/// z[B,Z] = mu + exp(logvar/2)·eps.  Backward: dmu = dz; dlogvar = dz·exp(logvar/2)·eps/2.
+/// z\[B,Z\] = mu + exp(logvar/2)·eps.  Backward: dmu = dz; dlogvar = dz·exp(logvar/2)·eps/2.
 pub fn reparameterize(tape: &mut Tape, mu: Var, logvar: Var, eps: &Tensor) -> Result<Var> {
     let (m, lv) = (val(tape, mu), val(tape, logvar));
     same_shape("reparameterize", &m, &lv)?;
@@ -74,7 +74,7 @@ pub fn reparameterize(tape: &mut Tape, mu: Var, logvar: Var, eps: &Tensor) -> Re
     }))
 }
 
-/// Per-example KL(N(mu, exp(logvar)) || N(0, I)) = ½ Σ_z (mu² + exp(logvar) − 1 − logvar), [B,1].
+/// Per-example KL(N(mu, exp(logvar)) || N(0, I)) = ½ Σ_z (mu² + exp(logvar) − 1 − logvar), \[B,1\].
 /// Backward: dmu = g·mu; dlogvar = g·(exp(logvar) − 1)/2.
 pub fn kl_normal(tape: &mut Tape, mu: Var, logvar: Var) -> Result<Var> {
     let (m, lv) = (val(tape, mu), val(tape, logvar));
@@ -92,7 +92,7 @@ pub fn kl_normal(tape: &mut Tape, mu: Var, logvar: Var) -> Result<Var> {
     }))
 }
 
-/// The free-bits KL of a batch (Kingma et al. 2016), [1,1]: Σ_z max(λ·B, Σ_b KL[b,z]) — each
+/// The free-bits KL of a batch (Kingma et al. 2016), \[1,1\]: Σ_z max(λ·B, Σ_b KL\[b,z\]) — each
 /// latent dimension's batch KL counts at least λ nats per example, and a dimension under the
 /// floor gets no gradient from it (the masking happens in the backward kernel).
 pub fn kl_free_bits(tape: &mut Tape, mu: Var, logvar: Var, lambda: f32) -> Result<Var> {
@@ -134,15 +134,15 @@ pub fn kl_free_bits(tape: &mut Tape, mu: Var, logvar: Var, lambda: f32) -> Resul
     }))
 }
 
-/// Per-example Bernoulli negative log-likelihood of `target` (in [0,1]) under `logits`, in the
-/// stable form max(x,0) − x·t + log(1 + e^−|x|), summed over features: [B,1] nats. The target is a
+/// Per-example Bernoulli negative log-likelihood of `target` (in \[0,1\]) under `logits`, in the
+/// stable form max(x,0) − x·t + log(1 + e^−|x|), summed over features: \[B,1\] nats. The target is a
 /// constant (no gradient). Backward: dlogits = g·(sigmoid(x) − t).
 pub fn bce_with_logits(tape: &mut Tape, logits: Var, target: &Tensor) -> Result<Var> {
     recon(tape, logits, target, "bce_forward", "bce_backward", 1.0)
 }
 
 /// Per-example Gaussian negative log-likelihood with fixed variance `var` (σ²):
-/// Σ_d (x − t)²/(2σ²) + ½ log(2πσ²), [B,1] nats. Backward: dmean = g·(x − t)/σ².
+/// Σ_d (x − t)²/(2σ²) + ½ log(2πσ²), \[B,1\] nats. Backward: dmean = g·(x − t)/σ².
 pub fn gaussian_nll(tape: &mut Tape, mean: Var, target: &Tensor, var: f32) -> Result<Var> {
     if !(var.is_finite() && var > 0.0) {
         return Err(Error::arg("variance", format!("{var} is not a positive variance")));
@@ -167,7 +167,7 @@ fn recon(tape: &mut Tape, x: Var, target: &Tensor, fwd: &'static str, bwd: &'sta
 }
 
 /// Per-example Gaussian negative log-likelihood with a learned per-pixel log-variance
-/// `logvar` [1, D]: Σ_d (x − t)²·e^−lv/2 + lv/2 + ½ log 2π, [B,1] nats. Backward:
+/// `logvar` [1, D]: Σ_d (x − t)²·e^−lv/2 + lv/2 + ½ log 2π, \[B,1\] nats. Backward:
 /// dmean = g·(x − t)·e^−lv; dlogvar = Σ_b g·(1 − (x − t)²·e^−lv)/2.
 pub fn gaussian_nll_learned(tape: &mut Tape, mean: Var, target: &Tensor, logvar: Var) -> Result<Var> {
     let (xv, lv) = (val(tape, mean), val(tape, logvar));

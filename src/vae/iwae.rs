@@ -19,7 +19,7 @@
 //! Random numbers: for the batch `step`, the eps of example b (row b of the batch), sample k
 //! (0-based) and latent dimension j is element `(b·K + k)·Z + j` of
 //! [`crate::rng::normals`]`(B·K·Z, seed, step, STREAM_IWAE)` — the values `random.wgsl`'s `normal`
-//! kernel would write for a [B·K, Z] tensor — whatever the chunking.
+//! kernel would write for a \[B·K, Z\] tensor — whatever the chunking.
 
 use crate::data::gpu::GpuImages;
 use crate::error::{Error, Result};
@@ -100,7 +100,7 @@ pub fn iwae_log_likelihood(gpu: &Gpu, vae: &Vae, images: &GpuImages, k: usize, s
     Ok(IwaeResult { log_likelihood: total / n as f64, k, examples: n })
 }
 
-/// The IWAE estimates L_K(x_b) of log p(x_b) for the rows of `x` [B, D] (pixels in [0, 1]), in
+/// The IWAE estimates L_K(x_b) of log p(x_b) for the rows of `x` \[B, D\] (pixels in \[0, 1\]), in
 /// nats, one per row, with eps drawn from (seed, step, [`STREAM_IWAE`]) as the
 /// [module docs](self) describe. Decodes chunks of about [`CHUNK_ROWS`] rows.
 ///

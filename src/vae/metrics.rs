@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 pub struct ActiveUnits {
     /// Number of latent units whose activity `variances[u]` exceeds the threshold.
     pub count: usize,
-    /// Per latent unit u, the activity A_u = Var_x(E_q[z_u | x]): the population variance (divide
+    /// Per latent unit u, the activity A_u = Var_x(E_q\[z_u | x\]): the population variance (divide
     /// by n) over the examples of the posterior mean `mu[:, u]`.
     pub variances: Vec<f64>,
 }
@@ -32,7 +32,7 @@ pub struct ActiveUnits {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Mig {
     /// The Mutual Information Gap: the mean of `per_factor` over the factors with H(v_k) > 0.
-    /// In [0, 1]; 1 means each factor is captured by exactly one latent dimension.
+    /// In \[0, 1\]; 1 means each factor is captured by exactly one latent dimension.
     pub mig: f64,
     /// Per factor k, the normalised gap (I(v_k; z_(1)) − I(v_k; z_(2))) / H(v_k) between the
     /// latent dimensions with the largest and second-largest mutual information with v_k (with a
@@ -72,8 +72,8 @@ fn check_matrix(name: &str, data: &[f32], n: usize, z: usize) -> Result<()> {
 
 /// Counts the *active units* of a VAE (Burda et al. 2016, §5.2).
 ///
-/// `mu` is the `[n, z]` row-major matrix of posterior means E_q[z | x_i] over n examples. The
-/// activity of unit u is A_u = Cov_x(E_q[z_u | x]) = (1/n) Σ_i (mu[i, u] − mean_u)², the population
+/// `mu` is the `[n, z]` row-major matrix of posterior means E_q\[z | x_i\] over n examples. The
+/// activity of unit u is A_u = Cov_x(E_q\[z_u | x\]) = (1/n) Σ_i (mu\[i, u\] − mean_u)², the population
 /// variance of column u, computed with a two-pass algorithm (mean first, then centred squares) so
 /// that a large common offset does not cancel the variance away. A unit is active when
 /// A_u > `threshold` (strictly; the paper uses 0.01). Inactive units have collapsed to the prior:
@@ -111,7 +111,7 @@ pub fn active_units(mu: &[f32], n: usize, z: usize, threshold: f64) -> Result<Ac
 /// KL(q(z_j | x) || N(0, 1)) per latent dimension j, averaged over the examples, in nats.
 ///
 /// For a diagonal Gaussian posterior q(z | x_i) = N(mu_i, diag(exp(logvar_i))):
-/// KL_j = (1/n) Σ_i ½ (mu[i, j]² + exp(logvar[i, j]) − 1 − logvar[i, j]).
+/// KL_j = (1/n) Σ_i ½ (mu\[i, j\]² + exp(logvar\[i, j\]) − 1 − logvar\[i, j\]).
 /// The sum over j is the KL term of the negative ELBO; dimensions with KL_j ≈ 0 carry no
 /// information about the input (posterior collapse). `mu` and `logvar` are `[n, z]` row-major.
 ///
@@ -152,7 +152,7 @@ fn run_lengths<T: PartialEq>(sorted: &[T]) -> impl Iterator<Item = usize> + '_ {
 }
 
 /// Equal-width discretisation of column `j` of `codes` into `bins` bins over the column's own
-/// [min, max] (the last bin closed, like `np.histogram`); a constant column lands in bin 0.
+/// \[min, max\] (the last bin closed, like `np.histogram`); a constant column lands in bin 0.
 fn discretise(codes: &[f32], z: usize, j: usize, bins: usize) -> Vec<usize> {
     let col = || codes.iter().skip(j).step_by(z).map(|&v| v as f64);
     let (lo, hi) = col().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
@@ -179,7 +179,7 @@ fn discretise(codes: &[f32], z: usize, j: usize, bins: usize) -> Vec<usize> {
 /// * `bins` — number of equal-width bins per latent dimension (`disentanglement_lib` uses 20).
 ///
 /// Each latent dimension z_j is discretised into `bins` equal-width bins over its own
-/// [min, max] (a constant dimension puts every example into one bin). With empirical
+/// \[min, max\] (a constant dimension puts every example into one bin). With empirical
 /// probabilities from counts over the n examples,
 ///
 /// I(v_k; z_j) = Σ_{a,b} p(v_k = a, z_j = b) ln[p(v_k = a, z_j = b) / (p(v_k = a) p(z_j = b))]

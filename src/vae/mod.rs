@@ -3,7 +3,7 @@
 //! negative ELBO = reconstruction + β·KL(q(z|x) || N(0, I)) in nats.
 //!
 //! Parameter names (also the checkpoint's tensor names, PyTorch `nn.Linear` layout: `weight`
-//! [out, in], `bias` [out]): `encoder.{i}` for the hidden layers, `fc_mu`, `fc_logvar`, then
+//! \[out, in\], `bias` \[out\]): `encoder.{i}` for the hidden layers, `fc_mu`, `fc_logvar`, then
 //! `decoder.{i}` from the latent up to the output layer.
 
 pub mod iwae;
@@ -24,7 +24,7 @@ use crate::tensor::Tensor;
 /// The likelihood p(x|z) of the decoder.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Likelihood {
-    /// Pixels in [0, 1] as Bernoulli probabilities; the decoder emits logits (BCE with logits).
+    /// Pixels in \[0, 1\] as Bernoulli probabilities; the decoder emits logits (BCE with logits).
     Bernoulli,
     /// Pixels as a Gaussian with the decoder's output as mean and a fixed variance.
     Gaussian {
@@ -32,7 +32,7 @@ pub enum Likelihood {
         variance: f32,
     },
     /// Pixels as a Gaussian with the decoder's output as mean and a learned per-pixel
-    /// log-variance (`decoder.logvar`, [D], starting at 0).
+    /// log-variance (`decoder.logvar`, \[D\], starting at 0).
     GaussianLearned,
 }
 
@@ -109,7 +109,7 @@ pub struct VaeConfig {
     pub activation: Act,
     /// Decoder likelihood.
     pub likelihood: Likelihood,
-    /// BN-VAE (Zhu et al. 2020): batch-normalize the posterior mean with scale floor τ ∈ [0, 1].
+    /// BN-VAE (Zhu et al. 2020): batch-normalize the posterior mean with scale floor τ ∈ \[0, 1\].
     pub bn_tau: Option<f32>,
     /// Label classes the CVAE conditions on (0 for the other models).
     pub classes: usize,
@@ -217,17 +217,17 @@ pub const STREAM_EPS: u32 = 0;
 /// The values of one forward pass.
 #[derive(Clone, Copy, Debug)]
 pub struct VaeOutput {
-    /// Posterior means [B, Z].
+    /// Posterior means \[B, Z\].
     pub mu: Var,
-    /// Posterior log-variances [B, Z] (none for the plain autoencoder).
+    /// Posterior log-variances \[B, Z\] (none for the plain autoencoder).
     pub logvar: Option<Var>,
-    /// Sampled latents [B, Z].
+    /// Sampled latents \[B, Z\].
     pub z: Var,
     /// Decoder outputs [B, D]: logits (Bernoulli) or means (Gaussian).
     pub out: Var,
 }
 
-/// The loss terms of one batch, each [1, 1] and summed over the batch (divide by B for nats per
+/// The loss terms of one batch, each \[1, 1\] and summed over the batch (divide by B for nats per
 /// example).
 #[derive(Clone, Copy, Debug)]
 pub struct Loss {
@@ -254,14 +254,14 @@ pub struct Vae {
     pub decoder: Mlp,
     /// BN-VAE layer on the posterior mean, if configured.
     pub bn: Option<BnLayer>,
-    /// Learned per-pixel log-variance of the Gaussian likelihood (`decoder.logvar`, [1, D]).
+    /// Learned per-pixel log-variance of the Gaussian likelihood (`decoder.logvar`, \[1, D\]).
     pub out_logvar: Option<Param>,
 }
 
 /// The BN-VAE layer: scaled batch normalization of the posterior mean.
 #[derive(Clone, Debug)]
 pub struct BnLayer {
-    /// Learned scale parameters θ [1, Z] (`bn_mu.theta`), γ = √(τ + (1 − τ)·sigmoid(θ)).
+    /// Learned scale parameters θ \[1, Z\] (`bn_mu.theta`), γ = √(τ + (1 − τ)·sigmoid(θ)).
     pub theta: Param,
     /// Running statistics for evaluation (`bn_mu.running_mean`, `bn_mu.running_var`).
     pub running: BnRunning,
@@ -352,7 +352,7 @@ impl Vae {
         self.encode_vars_cond(tape, x, None)
     }
 
-    /// The one-hot condition `y` [B, classes], required by (and only by) the CVAE.
+    /// The one-hot condition `y` \[B, classes\], required by (and only by) the CVAE.
     fn condition(&self, tape: &Tape, rows: usize, y: Option<Var>) -> Result<Option<Var>> {
         match (self.config.model, y) {
             (ModelKind::Cvae, None) => {
@@ -371,7 +371,7 @@ impl Vae {
         }
     }
 
-    /// Records q(z|x, y) for the CVAE (y: one-hot [B, classes]); `y` is ignored by other models.
+    /// Records q(z|x, y) for the CVAE (y: one-hot \[B, classes\]); `y` is ignored by other models.
     pub fn encode_vars_cond(&self, tape: &mut Tape, x: Var, y: Option<Var>) -> Result<(Var, Option<Var>)> {
         self.check_input(tape.value(x))?;
         let rows = tape.value(x).rows();
@@ -399,7 +399,7 @@ impl Vae {
         self.forward_cond(tape, x, None, noise)
     }
 
-    /// [`Vae::forward`] with the CVAE's one-hot labels `y` [B, classes].
+    /// [`Vae::forward`] with the CVAE's one-hot labels `y` \[B, classes\].
     pub fn forward_cond(&self, tape: &mut Tape, x: Var, y: Option<Var>, noise: Noise) -> Result<VaeOutput> {
         let (mu, logvar) = self.encode_vars_cond(tape, x, y)?;
         let zv = match logvar {
@@ -452,7 +452,7 @@ impl Vae {
         Ok(Loss { total, recon, kl })
     }
 
-    /// Per-example −log p(x|z) [B,1] in nats of `target` given the decoder output `out`.
+    /// Per-example −log p(x|z) \[B,1\] in nats of `target` given the decoder output `out`.
     pub fn recon_nll(&self, tape: &mut Tape, out: Var, target: &Tensor) -> Result<Var> {
         match (self.config.likelihood, &self.out_logvar) {
             (Likelihood::Bernoulli, _) => bce_with_logits(tape, out, target),
@@ -470,7 +470,7 @@ impl Vae {
         self.decode_cond(gpu, z, None)
     }
 
-    /// [`Vae::decode`] with the CVAE's one-hot labels [n, classes].
+    /// [`Vae::decode`] with the CVAE's one-hot labels \[n, classes\].
     pub fn decode_cond(&self, gpu: &Gpu, z: &Tensor, y: Option<&Tensor>) -> Result<Tensor> {
         if z.cols() != self.config.latent {
             return Err(Error::shape(
@@ -516,7 +516,7 @@ impl Vae {
         self.sample_cond(gpu, n, seed, None)
     }
 
-    /// [`Vae::sample`] for the CVAE's one-hot labels [n, classes] (the class of each sample).
+    /// [`Vae::sample`] for the CVAE's one-hot labels \[n, classes\] (the class of each sample).
     pub fn sample_cond(&self, gpu: &Gpu, n: usize, seed: u64, y: Option<&Tensor>) -> Result<Tensor> {
         if n == 0 {
             return Err(Error::arg("--n", "must be at least 1"));
@@ -527,7 +527,7 @@ impl Vae {
         self.decode_cond(gpu, &z, y)
     }
 
-    /// Reconstructions through the posterior means (no sampling), as pixels in [0, 1].
+    /// Reconstructions through the posterior means (no sampling), as pixels in \[0, 1\].
     pub fn reconstruct(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
         self.reconstruct_cond(gpu, x, None)
     }

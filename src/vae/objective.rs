@@ -44,7 +44,7 @@ impl Reduction {
     }
 }
 
-/// KL cost annealing: a multiplier w(step) in [0, 1] on the KL term.
+/// KL cost annealing: a multiplier w(step) in \[0, 1\] on the KL term.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum KlSchedule {
     /// w = 1.

@@ -559,15 +559,18 @@ fn train(a: TrainArgs) -> Result<()> {
         );
     }
     let (sp, rp) = write_pictures(&out, &gpu, &trainer.vae, &split.test, trainer.opts.seed)?;
-    plot(&metrics_path, None)?;
-    if config.latent == 2 {
-        manifold(&ck_path, a.data.as_deref().or(None), 15, 3.0, &out)?;
-    }
+    let pp = plot_file(&metrics_path, None)?;
+    let latent_maps =
+        if config.latent == 2 { Some(manifold_files(&ck_path, a.data.as_deref(), 15, 3.0, &out)?) } else { None };
     println!("done: {} epochs, {} steps", trainer.epoch, trainer.step);
-    println!("  metrics          {}", metrics_path.display());
+    println!("  metrics          {} (plotted: {})", metrics_path.display(), pp.display());
     println!("  checkpoint       {}", ck_path.display());
     println!("  samples          {}", sp.display());
     println!("  reconstructions  {}", rp.display());
+    if let Some((mp, scp)) = latent_maps {
+        println!("  latent manifold  {}", mp.display());
+        println!("  latent scatter   {}", scp.display());
+    }
     Ok(())
 }
 
@@ -655,6 +658,19 @@ fn traverse(checkpoint: &Path, data: Option<&Path>, index: usize, range: f32, st
 }
 
 fn manifold(checkpoint: &Path, data: Option<&Path>, n: usize, range: f32, out_dir: &Path) -> Result<()> {
+    let (mp, sp) = manifold_files(checkpoint, data, n, range, out_dir)?;
+    println!("wrote {} and {}", mp.display(), sp.display());
+    Ok(())
+}
+
+/// Writes manifold.png and scatter.png into `out_dir` and returns their paths.
+fn manifold_files(
+    checkpoint: &Path,
+    data: Option<&Path>,
+    n: usize,
+    range: f32,
+    out_dir: &Path,
+) -> Result<(PathBuf, PathBuf)> {
     let l = load(checkpoint, data)?;
     // A conditional VAE's manifold is drawn for class 0.
     let px = wgvae::pictures::manifold(&l.gpu, &l.vae, n, range, Some(0))?;
@@ -667,11 +683,17 @@ fn manifold(checkpoint: &Path, data: Option<&Path>, n: usize, range: f32, out_di
     let png = wgvae::plot::scatter_png(&pts, l.split.test.labels.as_deref(), "test codes (posterior means)")?;
     let sp = out_dir.join("scatter.png");
     wgvae::checkpoint::write_atomic(&sp, &png)?;
-    println!("wrote {} and {}", mp.display(), sp.display());
-    Ok(())
+    Ok((mp, sp))
 }
 
 fn plot(metrics: &Path, out: Option<&Path>) -> Result<()> {
+    let out = plot_file(metrics, out)?;
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
+/// Plots `metrics` into `out` (default metrics.png beside it) and returns the path.
+fn plot_file(metrics: &Path, out: Option<&Path>) -> Result<PathBuf> {
     let text = std::fs::read_to_string(metrics).map_err(|source| Error::Io { path: metrics.to_path_buf(), source })?;
     let lines = text
         .lines()
@@ -685,8 +707,7 @@ fn plot(metrics: &Path, out: Option<&Path>) -> Result<()> {
     let png = wgvae::plot::metrics_png(&lines)?;
     let out = out.map(Path::to_path_buf).unwrap_or_else(|| metrics.with_file_name("metrics.png"));
     wgvae::checkpoint::write_atomic(&out, &png)?;
-    println!("wrote {}", out.display());
-    Ok(())
+    Ok(out)
 }
 
 fn eval(

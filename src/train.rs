@@ -295,6 +295,7 @@ impl Trainer {
         meta.insert("reduction".to_string(), o.reduction.name().to_string());
         meta.insert("kl_schedule".to_string(), o.schedule.describe());
         meta.insert("free_bits".to_string(), o.free_bits.to_string());
+        meta.insert("kl_weight".to_string(), o.kl_weight(self.step.saturating_sub(1)).to_string());
         checkpoint::save(path, &self.gpu, &self.vae, Some(&self.opt), &meta)
     }
 }

@@ -85,6 +85,7 @@ fn train_eval_sample_reconstruct() {
     let tl = e["test_loss"].as_f64().unwrap();
     assert!((tl - m[1]["test_loss"].as_f64().unwrap()).abs() < 1e-3 * tl, "eval reproduces the last test loss: {e}");
     assert!((e["recon"].as_f64().unwrap() + e["kl"].as_f64().unwrap() - tl).abs() < 1e-6 * tl);
+    assert_eq!(e["kl_weight"].as_f64(), Some(1.0), "the KL weight at the checkpoint's step: {e}");
 
     let s = d.join("s.png");
     ok(&wgvae(&["sample", "--checkpoint", ck.to_str().unwrap(), "--n", "16", "--out", s.to_str().unwrap()]));

@@ -732,6 +732,7 @@ fn eval(
         "epoch": ck.meta_u64("epoch"), "model": vae.config.model.name(),
         "test_loss": e.loss, "recon": e.recon, "kl": e.kl,
         "active_units": r.active_units, "kl_per_dim": r.kl_per_dim,
+        "kl_weight": ck.meta.get("kl_weight").and_then(|w| w.parse::<f64>().ok()),
         "unit": "nats per example (negative ELBO, lower is better)",
     });
     let mut v = v;

@@ -239,7 +239,7 @@ fn invalid_k_and_the_autoencoder_are_errors() {
     let imgs = GpuImages::upload(g, &blank).unwrap();
     for k in [0, 5001] {
         let e = iwae_batch(g, &vae, &x, k, 0, 0).unwrap_err();
-        assert!(matches!(&e, Error::InvalidArgument { name, .. } if name == "k"), "K = {k}: {e}");
+        assert!(matches!(&e, Error::InvalidArgument { name, .. } if name == "--iwae"), "K = {k}: {e}");
         assert!(e.to_string().contains("1..=5000"), "{e}");
         assert!(matches!(iwae_log_likelihood(g, &vae, &imgs, k, 0), Err(Error::InvalidArgument { .. })));
     }

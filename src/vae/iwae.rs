@@ -57,13 +57,20 @@ pub struct IwaeResult {
 
 fn check(vae: &Vae, k: usize) -> Result<()> {
     if !(1..=MAX_K).contains(&k) {
-        return Err(Error::arg("k", format!("{k} importance samples: K must be in 1..={MAX_K}")));
+        return Err(Error::arg("--iwae", format!("{k} importance samples: K must be in 1..={MAX_K}")));
     }
     if vae.fc_logvar.is_none() {
         return Err(Error::arg(
             "model",
             "the importance-weighted estimate needs the posterior q(z|x), but a plain autoencoder has none \
              (train a `vae` instead of an `ae`)",
+        ));
+    }
+    if vae.config.model == crate::vae::ModelKind::Cvae {
+        return Err(Error::arg(
+            "--iwae",
+            "the estimate of a conditional VAE would be log p(x|y), which needs every example's label; \
+             it is not implemented (evaluate a `--model vae` checkpoint)",
         ));
     }
     Ok(())

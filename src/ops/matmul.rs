@@ -115,7 +115,9 @@ fn launch(
     let (entry, module, rows, cols) = match variant {
         MatmulVariant::Tiled => ("matmul_tiled", Module::Matmul, 64, 64),
         MatmulVariant::Subgroup if aligned && tape.gpu().has_subgroups_of_8() => {
-            ("matmul_subgroup", Module::MatmulSubgroup, 16, 4 * REG_WG)
+            // N % 4 == 0 lets the epilogue store vec4s.
+            let entry = if n.is_multiple_of(4) { "matmul_subgroup_c4" } else { "matmul_subgroup" };
+            (entry, Module::MatmulSubgroup, 32, 4 * REG_WG)
         }
         MatmulVariant::Register | MatmulVariant::Subgroup if aligned => {
             ("matmul_register4", Module::Matmul, REG_RM, REG4_CN * REG_WG)

@@ -110,16 +110,20 @@ impl<'a> Source<'a> {
     /// `describe` says what the header announced (for the error message).
     fn payload(&mut self, header_len: u64, len: u64, describe: &str) -> Result<Vec<u8>> {
         let kind = if self.gz { "decompressed data has" } else { "file has" };
+        let path = self.path;
+        let truncated = |body: u64| {
+            data_err(
+                path,
+                format!(
+                    "header says {describe} = {len} bytes, but the {kind} only {body} bytes after the \
+                     {header_len}-byte header; the file is truncated, re-download it"
+                ),
+            )
+        };
         if let Some(file_len) = self.raw_len {
             let body = file_len.saturating_sub(header_len);
             if body < len {
-                return Err(data_err(
-                    self.path,
-                    format!(
-                        "header says {describe} = {len} bytes, but the {kind} only {body} bytes after the \
-                         {header_len}-byte header; the file is truncated, re-download it"
-                    ),
-                ));
+                return Err(truncated(body));
             }
             if body > len {
                 return Err(data_err(
@@ -146,13 +150,7 @@ impl<'a> Source<'a> {
         }
         let body = data.len() as u64;
         if body < len {
-            return Err(data_err(
-                self.path,
-                format!(
-                    "header says {describe} = {len} bytes, but the {kind} only {body} bytes after the \
-                     {header_len}-byte header; the file is truncated, re-download it"
-                ),
-            ));
+            return Err(truncated(body));
         }
         if body > len {
             return Err(data_err(

@@ -114,10 +114,9 @@ fn launch(
     // (entry, module, rows per workgroup, columns per workgroup)
     let (entry, module, rows, cols) = match variant {
         MatmulVariant::Tiled => ("matmul_tiled", Module::Matmul, 64, 64),
-        MatmulVariant::Subgroup if aligned && tape.gpu().has_subgroups_of_8() => {
-            // N % 4 == 0 lets the epilogue store vec4s.
-            let entry = if n.is_multiple_of(4) { "matmul_subgroup_c4" } else { "matmul_subgroup" };
-            (entry, Module::MatmulSubgroup, 32, 4 * REG_WG)
+        // The subgroup kernel also stores C (and reads the bias) as vec4s: N % 4 == 0.
+        MatmulVariant::Subgroup if aligned && n.is_multiple_of(4) && tape.gpu().has_subgroups_of_8() => {
+            ("matmul_subgroup", Module::MatmulSubgroup, 32, 4 * REG_WG)
         }
         MatmulVariant::Register | MatmulVariant::Subgroup if aligned => {
             ("matmul_register4", Module::Matmul, REG_RM, REG4_CN * REG_WG)

@@ -130,7 +130,6 @@ pub fn iwae_batch_chunked(
     step: u32,
     chunk_rows: usize,
 ) -> Result<Vec<f64>> {
-    check(vae, k)?;
     if chunk_rows == 0 {
         return Err(Error::arg("chunk_rows", "must be at least 1"));
     }

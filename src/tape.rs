@@ -10,7 +10,7 @@
 //!
 //! A no-grad tape ([`Tape::no_grad`]) only records work, for evaluation.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -121,6 +121,7 @@ pub struct Tape {
     grads: Vec<Option<Tensor>>,
     grad_enabled: bool,
     params: HashMap<u64, Var>,
+    kernels_run: BTreeMap<&'static str, u64>,
 }
 
 impl Tape {
@@ -135,6 +136,7 @@ impl Tape {
             grads: Vec::new(),
             grad_enabled: true,
             params: HashMap::new(),
+            kernels_run: BTreeMap::new(),
         }
     }
 
@@ -158,6 +160,12 @@ impl Tape {
     /// Number of kernel launches recorded and not yet submitted.
     pub fn pending_dispatches(&self) -> usize {
         self.dispatches.len()
+    }
+
+    /// Kernel launches this tape has submitted, per WGSL entry point: which kernels (and so which
+    /// variants) really ran, for tests and profiles.
+    pub fn kernels_run(&self) -> &BTreeMap<&'static str, u64> {
+        &self.kernels_run
     }
 
     // ---------------------------------------------------------------- recording GPU work
@@ -244,7 +252,15 @@ impl Tape {
             enc.copy_buffer_to_buffer(r.src.raw(), 0, r.staging.raw(), 0, r.bytes);
         }
         self.gpu.queue().submit([enc.finish()]);
-        self.gpu.stats_mut().submissions += 1;
+        for d in &dispatches {
+            d.kernel.dispatched.fetch_add(1, Ordering::Relaxed);
+            *self.kernels_run.entry(d.kernel.entry).or_insert(0) += 1;
+        }
+        {
+            let mut s = self.gpu.stats_mut();
+            s.submissions += 1;
+            s.dispatches += dispatches.len() as u64;
+        }
         for r in &readbacks {
             r.submitted.store(true, Ordering::Release);
         }

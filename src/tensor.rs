@@ -112,6 +112,10 @@ impl Tensor {
     pub fn buffer(&self) -> &PooledBuffer {
         &self.buf
     }
+    /// The device this tensor lives on.
+    pub fn gpu(&self) -> Gpu {
+        Gpu { inner: self.buf.gpu.clone() }
+    }
     /// Whether two tensors share a buffer.
     pub fn same_buffer(&self, other: &Tensor) -> bool {
         Arc::ptr_eq(&self.buf, &other.buf)

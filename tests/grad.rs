@@ -6,19 +6,39 @@ mod common;
 use common::*;
 use wgvae::nn::{Mlp, Sgd};
 use wgvae::ops::{self, Act};
-use wgvae::{Tape, Var};
+use wgvae::{Gpu, MatmulVariant, Tape, Var};
 
 /// Gradients of Σ upstream ⊙ build(inputs) on the GPU, one per input.
 fn gpu_grads(inputs: &[&Mat], upstream: &Mat, build: impl FnOnce(&mut Tape, &[Var]) -> wgvae::Result<Var>) -> Vec<Mat> {
-    let mut tape = Tape::new(gpu());
-    let vars: Vec<Var> = inputs.iter().map(|m| tape.leaf(m.upload(), true)).collect();
+    gpu_grads_on(gpu(), inputs, upstream, build).0
+}
+
+/// [`gpu_grads`] on device `g`, also returning the tape (which kernels ran).
+fn gpu_grads_on(
+    g: &Gpu,
+    inputs: &[&Mat],
+    upstream: &Mat,
+    build: impl FnOnce(&mut Tape, &[Var]) -> wgvae::Result<Var>,
+) -> (Vec<Mat>, Tape) {
+    let mut tape = Tape::new(g);
+    let vars: Vec<Var> = inputs.iter().map(|m| tape.leaf(m.upload_to(g), true)).collect();
     let y = build(&mut tape, &vars).unwrap();
-    let w = tape.input(upstream.upload());
+    let w = tape.input(upstream.upload_to(g));
     let yw = ops::mul(&mut tape, y, w).unwrap();
     let l = ops::sum(&mut tape, yw).unwrap();
     tape.backward(l).unwrap();
     tape.submit().unwrap();
-    vars.iter().map(|v| download(tape.grad(*v).expect("every input receives a gradient"))).collect()
+    let grads = vars.iter().map(|v| download(tape.grad(*v).expect("every input receives a gradient"))).collect();
+    (grads, tape)
+}
+
+/// The matmul kernel a device defaulting to `v` must use on shapes every vec4 path takes.
+fn aligned_kernel(v: MatmulVariant) -> &'static str {
+    match v {
+        MatmulVariant::Tiled => "matmul_tiled",
+        MatmulVariant::Register => "matmul_register4",
+        MatmulVariant::Subgroup => "matmul_subgroup",
+    }
 }
 
 /// Checks `reference` grads against finite differences of `f`, then `gpu` grads against `reference`.
@@ -49,47 +69,73 @@ fn check(
 }
 
 #[test]
-fn matmul_backward_every_layout() {
-    let (m, k, n) = (7, 9, 5);
-    for ta in [false, true] {
-        for tb in [false, true] {
-            let a = if ta { Mat::rand(k, m, -1.0, 1.0, 1) } else { Mat::rand(m, k, -1.0, 1.0, 1) };
-            let b = if tb { Mat::rand(n, k, -1.0, 1.0, 2) } else { Mat::rand(k, n, -1.0, 1.0, 2) };
-            let up = Mat::rand(m, n, -1.0, 1.0, 3);
-            let f = |x: &[Mat]| matmul(&x[0], &x[1], ta, tb);
-            let opb = if tb { b.t() } else { b.clone() };
-            let opa = if ta { a.t() } else { a.clone() };
-            let dopa = matmul(&up, &opb, false, true);
-            let dopb = matmul(&opa, &up, true, false);
-            let reference = [if ta { dopa.t() } else { dopa }, if tb { dopb.t() } else { dopb }];
-            let g = gpu_grads(&[&a, &b], &up, |t, v| ops::matmul(t, v[0], v[1], ta, tb));
-            check(&format!("matmul ta={ta} tb={tb}"), &[&a, &b], &up, f, &reference, &g, 1e-5);
+fn matmul_backward_every_layout_and_variant() {
+    // 7x9x5 reaches only the scalar kernels; 12x16x20 (every dimension a multiple of 4) sends every
+    // product of the forward and backward pass down the variant's vec4 / subgroup path.
+    for v in variants() {
+        let g = gpu_for(v);
+        for (m, k, n) in [(7, 9, 5), (12, 16, 20)] {
+            for ta in [false, true] {
+                for tb in [false, true] {
+                    let a = if ta { Mat::rand(k, m, -1.0, 1.0, 1) } else { Mat::rand(m, k, -1.0, 1.0, 1) };
+                    let b = if tb { Mat::rand(n, k, -1.0, 1.0, 2) } else { Mat::rand(k, n, -1.0, 1.0, 2) };
+                    let up = Mat::rand(m, n, -1.0, 1.0, 3);
+                    let f = |x: &[Mat]| matmul(&x[0], &x[1], ta, tb);
+                    let opb = if tb { b.t() } else { b.clone() };
+                    let opa = if ta { a.t() } else { a.clone() };
+                    let dopa = matmul(&up, &opb, false, true);
+                    let dopb = matmul(&opa, &up, true, false);
+                    let reference = [if ta { dopa.t() } else { dopa }, if tb { dopb.t() } else { dopb }];
+                    let (got, tape) = gpu_grads_on(g, &[&a, &b], &up, |t, v| ops::matmul(t, v[0], v[1], ta, tb));
+                    let name = format!("{} matmul {m}x{k}x{n} ta={ta} tb={tb}", v.name());
+                    if m % 4 == 0 {
+                        // Forward and both gradients: three products, all on the variant's vec4 kernel.
+                        assert_eq!(
+                            tape.kernels_run().get(aligned_kernel(v)),
+                            Some(&3),
+                            "{name}: {:?}",
+                            tape.kernels_run()
+                        );
+                    }
+                    check(&name, &[&a, &b], &up, f, &reference, &got, 1e-5);
+                }
+            }
         }
     }
 }
 
 #[test]
-fn linear_backward_every_activation_with_and_without_bias() {
-    let (bsz, i, o) = (6, 11, 5);
-    let x = Mat::rand(bsz, i, -1.5, 1.5, 4);
-    let w = Mat::rand(o, i, -1.0, 1.0, 5);
-    let b = Mat::rand(1, o, -0.5, 0.5, 6);
-    let up = Mat::rand(bsz, o, -1.0, 1.0, 7);
-    for act in Act::ALL {
-        let pre = add_row(&matmul(&x, &w, false, true), &b);
-        let g = up.zip(&pre, |u, p| u * act_grad(act, p));
-        let reference = [matmul(&g, &w, false, false), matmul(&g, &x, true, false), col_sum(&g)];
-        let f = |v: &[Mat]| add_row(&matmul(&v[0], &v[1], false, true), &v[2]).map(|p| act_fwd(act, p));
-        let got = gpu_grads(&[&x, &w, &b], &up, |t, v| ops::linear(t, v[0], v[1], Some(v[2]), act));
-        check(&format!("linear {act:?}"), &[&x, &w, &b], &up, f, &reference, &got, 1e-5);
+fn linear_backward_every_activation_variant_with_and_without_bias() {
+    // Odd sizes reach the scalar kernels; multiples of 4 every variant's vec4 / subgroup path.
+    for v in variants() {
+        let dev = gpu_for(v);
+        for (bsz, i, o) in [(6, 11, 5), (8, 12, 16)] {
+            let x = Mat::rand(bsz, i, -1.5, 1.5, 4);
+            let w = Mat::rand(o, i, -1.0, 1.0, 5);
+            let b = Mat::rand(1, o, -0.5, 0.5, 6);
+            let up = Mat::rand(bsz, o, -1.0, 1.0, 7);
+            let name = |what: String| format!("{} {bsz}x{i}->{o} {what}", v.name());
+            for act in Act::ALL {
+                let pre = add_row(&matmul(&x, &w, false, true), &b);
+                let g = up.zip(&pre, |u, p| u * act_grad(act, p));
+                let reference = [matmul(&g, &w, false, false), matmul(&g, &x, true, false), col_sum(&g)];
+                let f = |v: &[Mat]| add_row(&matmul(&v[0], &v[1], false, true), &v[2]).map(|p| act_fwd(act, p));
+                let (got, tape) =
+                    gpu_grads_on(dev, &[&x, &w, &b], &up, |t, v| ops::linear(t, v[0], v[1], Some(v[2]), act));
+                if bsz % 4 == 0 {
+                    assert_ran(&tape, aligned_kernel(v), &name(format!("linear {act:?}")));
+                }
+                check(&name(format!("linear {act:?}")), &[&x, &w, &b], &up, f, &reference, &got, 1e-5);
+            }
+            // Without bias.
+            let pre = matmul(&x, &w, false, true);
+            let g = up.zip(&pre, |u, p| u * act_grad(Act::Relu, p));
+            let reference = [matmul(&g, &w, false, false), matmul(&g, &x, true, false)];
+            let f = |v: &[Mat]| matmul(&v[0], &v[1], false, true).map(|p| act_fwd(Act::Relu, p));
+            let (got, _) = gpu_grads_on(dev, &[&x, &w], &up, |t, v| ops::linear(t, v[0], v[1], None, Act::Relu));
+            check(&name("linear relu, no bias".into()), &[&x, &w], &up, f, &reference, &got, 1e-5);
+        }
     }
-    // Without bias.
-    let pre = matmul(&x, &w, false, true);
-    let g = up.zip(&pre, |u, p| u * act_grad(Act::Relu, p));
-    let reference = [matmul(&g, &w, false, false), matmul(&g, &x, true, false)];
-    let f = |v: &[Mat]| matmul(&v[0], &v[1], false, true).map(|p| act_fwd(Act::Relu, p));
-    let got = gpu_grads(&[&x, &w], &up, |t, v| ops::linear(t, v[0], v[1], None, Act::Relu));
-    check("linear relu, no bias", &[&x, &w], &up, f, &reference, &got, 1e-5);
 }
 
 #[test]

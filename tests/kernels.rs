@@ -11,22 +11,52 @@ use wgvae::{MatmulVariant, Tape};
 const SIZES: [(usize, usize, usize); 7] =
     [(1, 1, 1), (7, 3, 5), (33, 17, 65), (1, 130, 7), (65, 1, 129), (130, 785, 33), (257, 64, 67)];
 
+/// The kernel each variant must run for a shape (README, "Kernels and variants"): the vec4 paths
+/// need every vec4 they load to be a 16-byte aligned run within one row of a stored operand, and
+/// the subgroup kernel also stores C as vec4s.
+fn expected_kernel(v: MatmulVariant, m: usize, k: usize, n: usize, ta: bool, tb: bool) -> &'static str {
+    let vec4 = k.is_multiple_of(4) && (!ta || m.is_multiple_of(4)) && (tb || n.is_multiple_of(4));
+    match v {
+        MatmulVariant::Tiled => "matmul_tiled",
+        MatmulVariant::Subgroup if vec4 && n.is_multiple_of(4) => "matmul_subgroup",
+        MatmulVariant::Register | MatmulVariant::Subgroup if vec4 => "matmul_register4",
+        MatmulVariant::Register | MatmulVariant::Subgroup => "matmul_register",
+    }
+}
+
 fn matmul_case(v: MatmulVariant, m: usize, k: usize, n: usize, ta: bool, tb: bool, seed: u64) {
+    matmul_case_acc(v, m, k, n, ta, tb, seed, false)
+}
+
+/// op(A)·op(B) (or C0 + op(A)·op(B) with `accumulate`) under variant `v` against the f64 reference,
+/// asserting that the kernel `v` promises for this shape is the one that ran.
+#[allow(clippy::too_many_arguments)]
+fn matmul_case_acc(v: MatmulVariant, m: usize, k: usize, n: usize, ta: bool, tb: bool, seed: u64, accumulate: bool) {
     let a = if ta { Mat::rand(k, m, -1.0, 1.0, seed) } else { Mat::rand(m, k, -1.0, 1.0, seed) };
     let b = if tb { Mat::rand(n, k, -1.0, 1.0, seed + 1) } else { Mat::rand(k, n, -1.0, 1.0, seed + 1) };
-    let want = matmul(&a, &b, ta, tb);
+    let c0 = Mat::rand(m, n, -1.0, 1.0, seed + 2);
+    let mut want = matmul(&a, &b, ta, tb);
     let mut tape = Tape::no_grad(gpu());
-    let c =
-        matmul_forward(&mut tape, &a.upload(), &b.upload(), None, MatmulOpts::nn().trans(ta, tb).variant(v)).unwrap();
+    let o = MatmulOpts::nn().trans(ta, tb).variant(v);
+    let c = if accumulate {
+        want = want.zip(&c0, |x, y| x + y);
+        let c = c0.upload();
+        matmul_accumulate(&mut tape, &a.upload(), &b.upload(), &c, o).unwrap();
+        c
+    } else {
+        matmul_forward(&mut tape, &a.upload(), &b.upload(), None, o).unwrap()
+    };
     tape.submit().unwrap();
+    let what = format!("{} matmul {m}x{k}x{n} ta={ta} tb={tb} accumulate={accumulate}", v.name());
+    assert_ran(&tape, expected_kernel(v, m, k, n, ta, tb), &what);
     // f32 products summed over K: error grows like sqrt(K) * eps * |terms|.
     let atol = 1e-6 * (k as f64).sqrt() * 4.0;
-    assert_close(&download(&c), &want, atol, 1e-5, &format!("{} matmul {m}x{k}x{n} ta={ta} tb={tb}", v.name()));
+    assert_close(&download(&c), &want, atol, 1e-5, &what);
 }
 
 #[test]
 fn matmul_every_variant_layout_and_odd_size() {
-    for v in MatmulVariant::ALL {
+    for v in variants() {
         for (i, &(m, k, n)) in SIZES.iter().enumerate() {
             for ta in [false, true] {
                 for tb in [false, true] {
@@ -40,7 +70,7 @@ fn matmul_every_variant_layout_and_odd_size() {
 #[test]
 fn matmul_long_k_every_variant() {
     // llvmpipe caps an invocation's loop iterations at 65535: long K must still be exact.
-    for v in MatmulVariant::ALL {
+    for v in variants() {
         for k in [4099, 70001] {
             matmul_case(v, 3, k, 5, false, false, 3);
             matmul_case(v, 2, k, 3, true, true, 4);
@@ -49,8 +79,40 @@ fn matmul_long_k_every_variant() {
 }
 
 #[test]
+fn matmul_long_aligned_k_every_variant_and_layout() {
+    // K = 6144 is three K slices of 2048, and K, M, N multiples of 4 send `register` and
+    // `subgroup` down their vec4 paths: the slicing of the vec4 kernels, with and without
+    // accumulation into C, in every layout.
+    for v in variants() {
+        for ta in [false, true] {
+            for tb in [false, true] {
+                matmul_case_acc(v, 32, 6144, 64, ta, tb, 21, false);
+                matmul_case_acc(v, 32, 6144, 64, ta, tb, 22, true);
+            }
+        }
+    }
+}
+
+#[test]
+fn forcing_a_variant_the_adapter_cannot_run_is_an_error() {
+    // A forced variant never silently becomes another one.
+    let g = gpu();
+    match g.check_variant(MatmulVariant::Subgroup) {
+        Ok(()) => assert!(g.has_subgroups_of_8()),
+        Err(e) => {
+            let mut tape = Tape::no_grad(g);
+            let a = Mat::rand(8, 8, -1.0, 1.0, 1).upload();
+            let o = MatmulOpts::nn().variant(MatmulVariant::Subgroup);
+            let r = matmul_forward(&mut tape, &a, &a, None, o);
+            assert!(r.is_err(), "subgroup matmul on an adapter without 8-lane subgroups must fail: {e}");
+            assert!(g.set_matmul_variant(MatmulVariant::Subgroup).is_err());
+        }
+    }
+}
+
+#[test]
 fn matmul_vae_shapes_every_variant() {
-    for v in MatmulVariant::ALL {
+    for v in variants() {
         for s in wgvae::bench::SHAPES.iter().filter(|s| s.m * s.n * s.k < 50_000_000) {
             matmul_case(v, s.m, s.k, s.n, s.ta, s.tb, 7);
         }
@@ -66,13 +128,14 @@ fn matmul_fused_bias_and_every_activation() {
         let w = Mat::rand(n, k, -1.0, 1.0, 2);
         let b = Mat::rand(1, n, -1.0, 1.0, 3);
         let pre = add_row(&matmul(&x, &w, false, true), &b);
-        for v in MatmulVariant::ALL {
+        for v in variants() {
             for act in Act::ALL.into_iter().chain([Act::LeakyRelu(0.2), Act::Elu(0.5)]) {
                 let mut tape = Tape::no_grad(gpu());
                 let o = MatmulOpts::nn().trans(false, true).act(act).variant(v);
                 let y = matmul_forward(&mut tape, &x.upload(), &w.upload(), Some(&b.upload()), o).unwrap();
                 tape.submit().unwrap();
                 let what = format!("{} linear {m}x{k}x{n} {act:?}", v.name());
+                assert_ran(&tape, expected_kernel(v, m, k, n, false, true), &what);
                 assert_close(&download(&y), &pre.map(|p| act_fwd(act, p)), 2e-5, 1e-5, &what);
             }
         }
@@ -81,18 +144,10 @@ fn matmul_fused_bias_and_every_activation() {
 
 #[test]
 fn matmul_accumulate_adds_into_output() {
-    for v in MatmulVariant::ALL {
-        for (m, k, n) in [(19, 23, 45), (20, 24, 44), (20, 24, 45)] {
-            let a = Mat::rand(k, m, -1.0, 1.0, 4);
-            let b = Mat::rand(k, n, -1.0, 1.0, 5);
-            let c0 = Mat::rand(m, n, -1.0, 1.0, 6);
-            let c = c0.upload();
-            let mut tape = Tape::no_grad(gpu());
-            let o = MatmulOpts::nn().trans(true, false).variant(v);
-            matmul_accumulate(&mut tape, &a.upload(), &b.upload(), &c, o).unwrap();
-            tape.submit().unwrap();
-            let want = c0.zip(&matmul(&a, &b, true, false), |x, y| x + y);
-            assert_close(&download(&c), &want, 1e-5, 1e-5, &format!("{} accumulate {m}x{k}x{n}", v.name()));
+    for v in variants() {
+        // Shapes the vec4 paths cannot take (odd K; N % 4 != 0 with B stored [K, N]) and can.
+        for (m, k, n) in [(19, 23, 45), (20, 24, 45), (20, 24, 44)] {
+            matmul_case_acc(v, m, k, n, true, false, 4, true);
         }
     }
 }

@@ -176,6 +176,8 @@ fn adam_and_adamw_match_reference() {
             tape.backward(l).unwrap();
             opt.step(&mut tape, &[&param]).unwrap();
             tape.submit().unwrap();
+            let kernel = if (r * c) % 4 == 0 { "adam_step4" } else { "adam_step" };
+            assert_ran(&tape, kernel, &format!("Adam on {r}x{c}"));
             // f64 reference.
             let (bc1, bc2) = (1.0 - b1.powi(step as i32), 1.0 - b2.powi(step as i32));
             for i in 0..r * c {

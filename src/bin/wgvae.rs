@@ -910,6 +910,14 @@ fn bench(filter: &str, variant: Option<&str>, seconds: f64, json: bool) -> wgvae
         None => wgvae::MatmulVariant::ALL.to_vec(),
     };
     let gpu = Gpu::new()?;
+    // A variant asked for by name must run; of "all", those this adapter cannot run are left out.
+    let variants: Vec<_> = match variant {
+        Some(_) => {
+            variants.iter().try_for_each(|&v| gpu.check_variant(v))?;
+            variants
+        }
+        None => variants.into_iter().filter(|&v| gpu.check_variant(v).is_ok()).collect(),
+    };
     let a = gpu.adapter();
     if !json {
         println!(

@@ -101,6 +101,8 @@ pub struct GpuStats {
     pub bind_groups_created: u64,
     /// Command buffers submitted.
     pub submissions: u64,
+    /// Kernel launches submitted.
+    pub dispatches: u64,
 }
 
 pub(crate) struct GpuInner {
@@ -189,6 +191,18 @@ fn with_quiet_stderr<T>(f: impl FnOnce() -> T) -> T {
         }
     }
     f()
+}
+
+fn unsupported_subgroup(adapter: &str, sizes: (u32, u32)) -> Error {
+    Error::arg(
+        "matmul variant",
+        format!(
+            "`subgroup` needs 8-lane subgroups, but `{adapter}` has subgroups of {}..{} lanes{}; use `tiled` or `register`",
+            sizes.0,
+            sizes.1,
+            if sizes == (0, 0) { " (or none)" } else { "" }
+        ),
+    )
 }
 
 fn type_rank(t: wgpu::DeviceType) -> u8 {
@@ -296,17 +310,20 @@ impl Gpu {
                 }
             }));
         }
+        let subgroups_of_8 =
+            features.contains(wgpu::Features::SUBGROUP) && (info.subgroup_min_size, info.subgroup_max_size) == (8, 8);
         let variant = match opts.matmul {
             Some(v) => v,
             None => match std::env::var("WGVAE_MATMUL") {
                 Ok(s) if !s.is_empty() => MatmulVariant::parse(&s)?,
-                _ => MatmulVariant::for_adapter(
-                    info.device_type,
-                    features.contains(wgpu::Features::SUBGROUP)
-                        && (info.subgroup_min_size, info.subgroup_max_size) == (8, 8),
-                ),
+                _ => MatmulVariant::for_adapter(info.device_type, subgroups_of_8),
             },
         };
+        // A forced variant this adapter cannot run is an error, never a silent substitute: a
+        // benchmark or test that asks for `subgroup` must measure `subgroup`.
+        if variant == MatmulVariant::Subgroup && !subgroups_of_8 {
+            return Err(unsupported_subgroup(&info.name, (info.subgroup_min_size, info.subgroup_max_size)));
+        }
         let params_stride = (limits.min_uniform_buffer_offset_alignment as u64).max(pipeline::PARAMS_BYTES);
         let summary = AdapterSummary {
             name: info.name,
@@ -365,9 +382,20 @@ impl Gpu {
         *self.inner.variant.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Changes the default matmul variant (benchmarks and tests compare them).
-    pub fn set_matmul_variant(&self, v: MatmulVariant) {
+    /// Changes the default matmul variant (benchmarks and tests compare them). Refuses a variant
+    /// this adapter cannot run.
+    pub fn set_matmul_variant(&self, v: MatmulVariant) -> Result<()> {
+        self.check_variant(v)?;
         *self.inner.variant.lock().unwrap_or_else(|p| p.into_inner()) = v;
+        Ok(())
+    }
+
+    /// Whether this adapter can run `v` (only [`MatmulVariant::Subgroup`] has a requirement).
+    pub fn check_variant(&self, v: MatmulVariant) -> Result<()> {
+        if v == MatmulVariant::Subgroup && !self.has_subgroups_of_8() {
+            return Err(unsupported_subgroup(&self.inner.summary.name, self.inner.summary.subgroup_size));
+        }
+        Ok(())
     }
 
     /// What the context has allocated and compiled so far.

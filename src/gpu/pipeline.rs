@@ -8,6 +8,7 @@
 //! array sizes.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::Gpu;
@@ -103,6 +104,21 @@ pub struct Kernel {
     pub(crate) layout: Arc<wgpu::BindGroupLayout>,
     pub(crate) layout_key: (u32, u32),
     pub(crate) name: String,
+    /// The WGSL entry point (unique across `shaders/`).
+    pub(crate) entry: &'static str,
+    /// Launches submitted so far: tests assert through it which kernel variant really ran.
+    pub(crate) dispatched: AtomicU64,
+}
+
+impl Kernel {
+    /// The WGSL entry point.
+    pub fn entry(&self) -> &'static str {
+        self.entry
+    }
+    /// Human-readable name (file, entry point and defines).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
 }
 
 /// `const` definitions prepended to a module's source.
@@ -208,11 +224,29 @@ impl Gpu {
             cache.modules.remove(&mkey);
             return Err(Error::Shader { kernel: name, message: err.to_string() });
         }
-        let k = Arc::new(Kernel { pipeline, layout: bgl.clone(), layout_key: lk, name });
+        let k = Arc::new(Kernel {
+            pipeline,
+            layout: bgl.clone(),
+            layout_key: lk,
+            name,
+            entry: key.entry,
+            dispatched: AtomicU64::new(0),
+        });
         cache.kernels.insert(key.clone(), k.clone());
         drop(cache);
         self.stats_mut().pipelines_compiled += 1;
         Ok(k)
+    }
+
+    /// Launches submitted per WGSL entry point on this device so far (summed over the entry's
+    /// compiled variants: defines, layouts). Tests use it to prove which kernel ran.
+    pub fn kernel_dispatches(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        let cache = self.inner.pipelines.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = std::collections::BTreeMap::new();
+        for k in cache.kernels.values() {
+            *out.entry(k.entry).or_insert(0) += k.dispatched.load(Ordering::Relaxed);
+        }
+        out
     }
 
     /// Bind group for `kernel` over (params buffer, storage buffers with bound sizes), cached by

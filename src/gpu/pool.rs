@@ -55,7 +55,7 @@ pub struct PooledBuffer {
     pub(crate) id: u64,
     pub(crate) kind: BufferKind,
     pub(crate) class: u64,
-    gpu: Arc<GpuInner>,
+    pub(crate) gpu: Arc<GpuInner>,
 }
 
 impl PooledBuffer {

@@ -110,12 +110,14 @@ fn launch(
         }
     }
     let variant = o.variant.unwrap_or_else(|| tape.gpu().matmul_variant());
+    tape.gpu().check_variant(variant)?;
     let aligned = vec4_aligned(m, k, n, o.trans_a, o.trans_b);
     // (entry, module, rows per workgroup, columns per workgroup)
     let (entry, module, rows, cols) = match variant {
         MatmulVariant::Tiled => ("matmul_tiled", Module::Matmul, 64, 64),
-        // The subgroup kernel also stores C (and reads the bias) as vec4s: N % 4 == 0.
-        MatmulVariant::Subgroup if aligned && n.is_multiple_of(4) && tape.gpu().has_subgroups_of_8() => {
+        // The subgroup kernel also stores C (and reads the bias) as vec4s: N % 4 == 0. Other
+        // shapes take the register kernels (documented on MatmulVariant::Subgroup).
+        MatmulVariant::Subgroup if aligned && n.is_multiple_of(4) => {
             ("matmul_subgroup", Module::MatmulSubgroup, 32, 4 * REG_WG)
         }
         MatmulVariant::Register | MatmulVariant::Subgroup if aligned => {

@@ -2,15 +2,91 @@
 //! shared helpers: one GPU per test binary, seeded data, tolerance checks, finite differences.
 #![allow(dead_code)]
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use rand::{Rng, SeedableRng};
-use wgvae::{Gpu, Tensor};
+use wgvae::{Gpu, GpuOptions, MatmulVariant, Tensor};
 
 /// One device shared by every test of a binary (adapter setup and shader JIT are not free).
 pub fn gpu() -> &'static Gpu {
     static GPU: OnceLock<Gpu> = OnceLock::new();
-    GPU.get_or_init(|| Gpu::new().expect("tests need a GPU adapter; without a GPU install mesa-vulkan-drivers"))
+    GPU.get_or_init(|| {
+        let g = Gpu::new().expect("tests need a GPU adapter; without a GPU install mesa-vulkan-drivers");
+        track(&g);
+        g
+    })
+}
+
+/// A device whose default matmul variant is `v` (one per variant per test binary): backward rules
+/// and whole training steps use the device's variant, so this is how they run under each one.
+pub fn gpu_for(v: MatmulVariant) -> &'static Gpu {
+    static GPUS: [OnceLock<Gpu>; 3] = [const { OnceLock::new() }; 3];
+    let i = MatmulVariant::ALL.iter().position(|&x| x == v).expect("a listed variant");
+    GPUS[i].get_or_init(|| {
+        let g = Gpu::with_options(GpuOptions { matmul: Some(v), ..Default::default() })
+            .unwrap_or_else(|e| panic!("a device with the {} matmul: {e}", v.name()));
+        track(&g);
+        g
+    })
+}
+
+/// The matmul variants this adapter can run: every one on the CI adapter (lavapipe). Elsewhere a
+/// variant the adapter lacks (`subgroup` needs 8-lane subgroups) is skipped with a note, unless
+/// `WGVAE_REQUIRE_ALL_VARIANTS=1` (set by .ci/run), which turns the skip into a failure.
+pub fn variants() -> Vec<MatmulVariant> {
+    MatmulVariant::ALL
+        .into_iter()
+        .filter(|&v| match gpu().check_variant(v) {
+            Ok(()) => true,
+            Err(e) if std::env::var_os("WGVAE_REQUIRE_ALL_VARIANTS").is_some() => {
+                panic!("WGVAE_REQUIRE_ALL_VARIANTS is set but this adapter cannot run {}: {e}", v.name())
+            }
+            Err(e) => {
+                eprintln!("note: skipping the {} matmul on this adapter: {e}", v.name());
+                false
+            }
+        })
+        .collect()
+}
+
+/// Asserts that `tape` submitted `entry` (a WGSL entry point) at least once: a test that means to
+/// exercise a kernel variant proves it ran instead of trusting the dispatcher's choice.
+pub fn assert_ran(tape: &wgvae::Tape, entry: &str, what: &str) {
+    let ran = tape.kernels_run();
+    assert!(ran.get(entry).copied().unwrap_or(0) > 0, "{what}: expected kernel `{entry}` to run; ran {ran:?}");
+}
+
+static TRACKED: Mutex<Vec<Gpu>> = Mutex::new(Vec::new());
+
+/// Remembers a test device so that, with `WGVAE_KERNEL_COVERAGE=DIR` set, the WGSL entry points it
+/// dispatched are written to DIR when the test binary exits (`.ci/kernel-coverage` then checks that
+/// every entry point in shaders/ ran in some test).
+pub fn track(g: &Gpu) {
+    let mut t = TRACKED.lock().unwrap_or_else(|p| p.into_inner());
+    if t.is_empty() && std::env::var_os("WGVAE_KERNEL_COVERAGE").is_some() {
+        #[cfg(unix)]
+        // SAFETY: registers a plain extern "C" function; it runs once at process exit.
+        unsafe {
+            libc::atexit(write_coverage);
+        }
+    }
+    t.push(g.clone());
+}
+
+#[cfg(unix)]
+extern "C" fn write_coverage() {
+    let Some(dir) = std::env::var_os("WGVAE_KERNEL_COVERAGE") else { return };
+    let t = TRACKED.lock().unwrap_or_else(|p| p.into_inner());
+    let mut entries = std::collections::BTreeSet::new();
+    for g in t.iter() {
+        entries.extend(g.kernel_dispatches().into_iter().filter(|(_, n)| *n > 0).map(|(e, _)| e));
+    }
+    let exe = std::env::current_exe().ok();
+    let name = exe.as_ref().and_then(|p| p.file_stem()).map(|s| s.to_string_lossy().into_owned());
+    let path = std::path::Path::new(&dir).join(format!("{}-{}.txt", name.unwrap_or_default(), std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let text: String = entries.iter().map(|e| format!("{e}\n")).collect();
+    let _ = std::fs::write(path, text);
 }
 
 /// Row-major f64 matrix.
@@ -57,7 +133,10 @@ impl Mat {
         self.d.iter().map(|&x| x as f32).collect()
     }
     pub fn upload(&self) -> Tensor {
-        Tensor::from_slice(gpu(), self.r, self.c, &self.f32s()).expect("upload")
+        self.upload_to(gpu())
+    }
+    pub fn upload_to(&self, g: &Gpu) -> Tensor {
+        Tensor::from_slice(g, self.r, self.c, &self.f32s()).expect("upload")
     }
     pub fn sum(&self) -> f64 {
         self.d.iter().sum()
@@ -68,9 +147,9 @@ impl Mat {
     }
 }
 
-/// Reads a tensor back as a Mat.
+/// Reads a tensor back as a Mat (from whichever device holds it).
 pub fn download(t: &Tensor) -> Mat {
-    let v = t.to_vec(gpu()).expect("download");
+    let v = t.to_vec(&t.gpu()).expect("download");
     Mat::new(t.rows(), t.cols(), v.into_iter().map(f64::from).collect())
 }
 

@@ -1,6 +1,7 @@
 //! Shared by `wgvae bench` and `cargo bench`: the matmul shapes that matter for the classic VAE
 //! (784-400-20-400-784, batch 128) in every layout the training step uses, plus square sizes, and
-//! a timer that measures GFLOP/s of one kernel variant on one shape.
+//! a timer that measures GFLOP/s of one kernel variant on one shape; and the whole training step
+//! ([`bench_step`]): the trainer's own step, timed with what it costs the host and the device.
 
 use std::time::{Duration, Instant};
 
@@ -189,4 +190,152 @@ pub fn time_train_step(
     }
     times.sort_by(f64::total_cmp);
     Ok(times[times.len() / 2])
+}
+
+/// What one training step costs, measured by [`bench_step`] (`wgvae bench step`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepReport {
+    /// Examples per step.
+    pub batch: usize,
+    /// Steps timed (after the warm-up).
+    pub steps: usize,
+    /// Median over the rounds of the wall milliseconds per step (steps submitted back to back, as
+    /// the trainer does, then one wait per round).
+    pub ms_per_step: f64,
+    /// Fastest round, ms per step.
+    pub ms_min: f64,
+    /// Slowest round, ms per step.
+    pub ms_max: f64,
+    /// batch / median step time.
+    pub examples_per_second: f64,
+    /// Kernel launches per step.
+    pub dispatches_per_step: f64,
+    /// Command buffers per step.
+    pub submissions_per_step: f64,
+    /// Host milliseconds per step spent recording, encoding and submitting (not waiting).
+    pub cpu_ms_per_step: f64,
+    /// `wgpu::Buffer`s created per step after the warm-up (0: the pool serves every request).
+    pub buffers_allocated_per_step: f64,
+    /// Bind groups created per step after the warm-up (0: all cached).
+    pub bind_groups_created_per_step: f64,
+    /// Bytes written from the host per step (per-dispatch parameter blocks; no data: it lives on
+    /// the GPU).
+    pub bytes_uploaded_per_step: f64,
+}
+
+impl StepReport {
+    /// The JSON object `wgvae bench step --json` prints (the peers print the same keys).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "batch": self.batch, "steps": self.steps,
+            "ms_per_step": self.ms_per_step, "ms_min": self.ms_min, "ms_max": self.ms_max,
+            "examples_per_second": self.examples_per_second,
+            "dispatches_per_step": self.dispatches_per_step,
+            "submissions_per_step": self.submissions_per_step,
+            "cpu_ms_per_step": self.cpu_ms_per_step,
+            "buffers_allocated_per_step": self.buffers_allocated_per_step,
+            "bind_groups_created_per_step": self.bind_groups_created_per_step,
+            "bytes_uploaded_per_step": self.bytes_uploaded_per_step,
+        })
+    }
+}
+
+/// Synthetic images for the step benchmark: `n` deterministic pseudo-random images of `dim` pixels.
+fn synthetic_split(n: usize, rows: usize, cols: usize) -> crate::data::Split {
+    let pixels: Vec<u8> = (0..n * rows * cols).map(|i| ((i as u64 * 2_654_435_761) >> 13) as u8).collect();
+    let images = crate::data::Images {
+        n,
+        rows,
+        cols,
+        pixels,
+        labels: None,
+        num_classes: 0,
+        factors: None,
+        factor_names: vec![],
+    };
+    crate::data::Split { name: "synthetic".into(), train: images.clone(), test: images }
+}
+
+/// Times the trainer's own training step ([`crate::train::Trainer::step`]: batch gather on the
+/// GPU, forward, backward, Adam, loss sums, one submission) of `config` at batch `batch`:
+/// warm-up steps (pipelines compile, the pool fills), then rounds of back-to-back steps with one
+/// wait per round until `budget` is spent (at least 3 rounds). Data: `4 * batch` synthetic images
+/// on the GPU. With `profile` the device times each dispatch (timestamp queries; the adapter must
+/// have them) and the profile is returned too.
+pub fn bench_step(
+    gpu: &Gpu,
+    config: &crate::vae::VaeConfig,
+    batch: usize,
+    budget: Duration,
+    profile: bool,
+) -> Result<(StepReport, Option<crate::gpu::Profile>)> {
+    let side = (config.input_dim as f64).sqrt() as usize;
+    let (rows, cols) = if side * side == config.input_dim { (side, side) } else { (1, config.input_dim) };
+    let split = synthetic_split(4 * batch, rows, cols);
+    let opts = crate::train::TrainOptions { batch, ..Default::default() };
+    let mut t = crate::train::Trainer::new(gpu, config.clone(), opts, &split)?;
+    let mut e = t.begin_epoch()?;
+    let mut i = 0usize;
+    let mut next = |t: &mut crate::train::Trainer, e: &mut crate::train::EpochState| -> Result<()> {
+        t.step(e, i % e.batches, false)?;
+        i += 1;
+        Ok(())
+    };
+    // Warm-up: two steps so that every buffer of a step's steady state is in the pool.
+    let w0 = Instant::now();
+    for _ in 0..2 {
+        next(&mut t, &mut e)?;
+    }
+    gpu.wait()?;
+    let one = (w0.elapsed().as_secs_f64() / 2.0).max(1e-6);
+    // Rounds of about 0.25 s (2 to 50 steps), one wait each.
+    let per_round = ((0.25 / one).round() as usize).clamp(2, 50);
+    let before = gpu.stats();
+    let mut rounds = Vec::new();
+    let mut cpu = 0.0;
+    let start = Instant::now();
+    while rounds.len() < 3 || (start.elapsed() < budget && rounds.len() < 100) {
+        let r0 = Instant::now();
+        for _ in 0..per_round {
+            let c0 = Instant::now();
+            next(&mut t, &mut e)?;
+            cpu += c0.elapsed().as_secs_f64();
+        }
+        gpu.wait()?;
+        rounds.push(r0.elapsed().as_secs_f64() * 1e3 / per_round as f64);
+    }
+    let after = gpu.stats();
+    // The profile comes from separate steps: timing every dispatch waits after every submission,
+    // which would distort the figures above.
+    let prof = if profile {
+        gpu.set_profiling(true)?;
+        let r = (0..per_round.max(5)).try_for_each(|_| next(&mut t, &mut e));
+        gpu.set_profiling(false)?;
+        r?;
+        Some(gpu.take_profile())
+    } else {
+        None
+    };
+    let steps = rounds.len() * per_round;
+    let per = |a: u64, b: u64| (a - b) as f64 / steps as f64;
+    let mut sorted = rounds.clone();
+    sorted.sort_by(f64::total_cmp);
+    let ms = sorted[sorted.len() / 2];
+    Ok((
+        StepReport {
+            batch,
+            steps,
+            ms_per_step: ms,
+            ms_min: sorted[0],
+            ms_max: sorted[sorted.len() - 1],
+            examples_per_second: batch as f64 / (ms * 1e-3),
+            dispatches_per_step: per(after.dispatches, before.dispatches),
+            submissions_per_step: per(after.submissions, before.submissions),
+            cpu_ms_per_step: cpu * 1e3 / steps as f64,
+            buffers_allocated_per_step: per(after.buffers_created, before.buffers_created),
+            bind_groups_created_per_step: per(after.bind_groups_created, before.bind_groups_created),
+            bytes_uploaded_per_step: per(after.bytes_uploaded, before.bytes_uploaded),
+        },
+        prof,
+    ))
 }

@@ -55,6 +55,8 @@ pub(crate) struct Dispatch {
     params: Params,
     buffers: Vec<(Arc<PooledBuffer>, u64)>,
     groups: [u32; 3],
+    /// Profile row (entry point and shape); only made while the device is profiling.
+    label: Option<String>,
 }
 
 struct ReadbackCopy {
@@ -172,6 +174,24 @@ impl Tape {
 
     /// Records one kernel launch. `buffers` are the kernel's inputs then outputs, in binding order.
     pub fn dispatch(&mut self, key: &KernelKey, params: Params, buffers: &[&Tensor], groups: [u32; 3]) -> Result<()> {
+        let label = || match buffers.last() {
+            Some(out) => format!("{} {}x{}", key.entry, out.rows(), out.cols()),
+            None => key.entry.to_string(),
+        };
+        let label = self.gpu.profiling().then(label);
+        self.dispatch_labeled(key, params, buffers, groups, label)
+    }
+
+    /// [`Tape::dispatch`] with the row a profile files it under (made by the caller only while
+    /// the device is profiling, see [`Gpu::profiling`]).
+    pub(crate) fn dispatch_labeled(
+        &mut self,
+        key: &KernelKey,
+        params: Params,
+        buffers: &[&Tensor],
+        groups: [u32; 3],
+        label: Option<String>,
+    ) -> Result<()> {
         let kernel = self.gpu.kernel(key)?;
         if buffers.len() != (key.inputs + key.outputs) as usize {
             return Err(Error::Autograd(format!(
@@ -194,7 +214,7 @@ impl Tape {
             return Ok(());
         }
         let buffers = buffers.iter().map(|t| (t.buf.clone(), t.bytes())).collect();
-        self.dispatches.push(Dispatch { kernel, params, buffers, groups });
+        self.dispatches.push(Dispatch { kernel, params, buffers, groups, label });
         Ok(())
     }
 
@@ -233,25 +253,63 @@ impl Tape {
                 bytes[at..at + PARAMS_BYTES as usize].copy_from_slice(bytemuck::cast_slice(&d.params.words));
             }
             self.gpu.queue().write_buffer(buf.raw(), 0, &bytes);
+            self.gpu.stats_mut().bytes_uploaded += total;
             Some(buf)
         };
         let mut enc =
             self.gpu.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgvae step") });
+        // Profiling: a timestamp before the first dispatch and after each one (one query set holds
+        // at most 4096, so very long submissions are timed up to there).
+        let timed = if self.gpu.profiling() && !dispatches.is_empty() {
+            Some(dispatches.len().min(wgpu::QUERY_SET_MAX_QUERIES as usize - 1))
+        } else {
+            None
+        };
+        let queries = match timed {
+            Some(t) => Some(self.gpu.device().create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("wgvae profile"),
+                ty: wgpu::QueryType::Timestamp,
+                count: t as u32 + 1,
+            })),
+            None => None,
+        };
         if let Some(pb) = &params_buf {
             let bind_groups: Vec<_> =
                 dispatches.iter().map(|d| self.gpu.bind_group(&d.kernel, pb, &d.buffers)).collect();
             let mut pass = enc
                 .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("wgvae step"), timestamp_writes: None });
+            if let Some(q) = &queries {
+                pass.write_timestamp(q, 0);
+            }
             for (i, (d, bg)) in dispatches.iter().zip(&bind_groups).enumerate() {
                 pass.set_pipeline(&d.kernel.pipeline);
                 pass.set_bind_group(0, bg.as_ref(), &[(i as u64 * stride) as u32]);
                 pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+                if let (Some(q), Some(t)) = (&queries, timed) {
+                    if i < t {
+                        pass.write_timestamp(q, i as u32 + 1);
+                    }
+                }
             }
         }
+        let profile_read = match (&queries, timed) {
+            (Some(q), Some(t)) => {
+                let bytes = 8 * (t as u64 + 1);
+                let resolve = self.gpu.alloc(BufferKind::QueryResolve, bytes)?;
+                let staging = self.gpu.alloc(BufferKind::Readback, bytes)?;
+                enc.resolve_query_set(q, 0..t as u32 + 1, resolve.raw(), 0);
+                enc.copy_buffer_to_buffer(resolve.raw(), 0, staging.raw(), 0, bytes);
+                Some((staging, t))
+            }
+            _ => None,
+        };
         for r in &readbacks {
             enc.copy_buffer_to_buffer(r.src.raw(), 0, r.staging.raw(), 0, r.bytes);
         }
         self.gpu.queue().submit([enc.finish()]);
+        if let Some((staging, t)) = profile_read {
+            self.record_profile(&dispatches, &staging, t)?;
+        }
         for d in &dispatches {
             d.kernel.dispatched.fetch_add(1, Ordering::Relaxed);
             *self.kernels_run.entry(d.kernel.entry).or_insert(0) += 1;
@@ -266,6 +324,39 @@ impl Tape {
         }
         // Buffers held by `dispatches` return to the pool here; later work is ordered after this
         // submission, so reusing them is safe.
+        Ok(())
+    }
+
+    /// Waits for the submission just made, reads its timestamps and files each dispatch's time
+    /// under its label.
+    fn record_profile(&self, dispatches: &[Dispatch], staging: &PooledBuffer, timed: usize) -> Result<()> {
+        let bytes = 8 * (timed as u64 + 1);
+        let slice = staging.raw().slice(0..bytes);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.gpu.wait()?;
+        rx.recv()
+            .map_err(|_| Error::Gpu("the profile read-back was dropped".into()))?
+            .map_err(|e| Error::Gpu(format!("mapping the profile's timestamps failed: {e}")))?;
+        let ticks: Vec<u64> = {
+            let view =
+                slice.get_mapped_range().map_err(|e| Error::Gpu(format!("reading the profile's timestamps: {e}")))?;
+            bytemuck::cast_slice::<u8, u64>(&view).to_vec()
+        };
+        staging.raw().unmap();
+        let ns_per_tick = self.gpu.queue().get_timestamp_period() as f64;
+        let mut acc = self.gpu.inner.profile.lock().unwrap_or_else(|p| p.into_inner());
+        acc.submissions += 1;
+        acc.untimed += (dispatches.len() - timed) as u64;
+        for (i, d) in dispatches.iter().take(timed).enumerate() {
+            let ms = ticks[i + 1].saturating_sub(ticks[i]) as f64 * ns_per_tick * 1e-6;
+            let label = d.label.clone().unwrap_or_else(|| d.kernel.entry.to_string());
+            let row = acc.rows.entry(label).or_insert((0, 0.0));
+            row.0 += 1;
+            row.1 += ms;
+        }
         Ok(())
     }
 

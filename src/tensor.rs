@@ -42,6 +42,7 @@ impl Tensor {
         }
         let t = Self::empty(gpu, rows, cols)?;
         gpu.queue().write_buffer(t.buf.raw(), 0, bytemuck::cast_slice(data));
+        gpu.stats_mut().bytes_uploaded += t.bytes();
         Ok(t)
     }
 
@@ -53,6 +54,7 @@ impl Tensor {
         }
         let t = Self::empty(gpu, rows, cols)?;
         gpu.queue().write_buffer(t.buf.raw(), 0, bytemuck::cast_slice(data));
+        gpu.stats_mut().bytes_uploaded += t.bytes();
         Ok(t)
     }
 
@@ -65,6 +67,7 @@ impl Tensor {
             ));
         }
         gpu.queue().write_buffer(self.buf.raw(), 0, bytemuck::cast_slice(data));
+        gpu.stats_mut().bytes_uploaded += self.bytes();
         Ok(())
     }
 

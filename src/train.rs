@@ -138,6 +138,21 @@ pub struct Progress {
     pub examples_per_second: f64,
 }
 
+/// One epoch in progress (see [`Trainer::begin_epoch`]).
+pub struct EpochState {
+    /// 1-based epoch number.
+    pub epoch: u64,
+    order: Tensor,
+    /// Examples per step.
+    pub batch: usize,
+    /// Steps in the epoch.
+    pub batches: usize,
+    /// Examples the epoch visits.
+    pub n: usize,
+    acc_recon: Tensor,
+    acc_kl: Tensor,
+}
+
 /// A model, its optimizer and the data on the GPU.
 pub struct Trainer {
     /// The device.
@@ -206,6 +221,39 @@ impl Trainer {
 
     /// One epoch over the training split. Returns (loss, recon, kl) per example and the seconds.
     pub fn train_epoch(&mut self, on_progress: &mut dyn FnMut(&Progress)) -> Result<(EvalLoss, f64)> {
+        let mut e = self.begin_epoch()?;
+        let start = Instant::now();
+        for i in 0..e.batches {
+            let report = (i + 1) % self.opts.log_every == 0 && i + 1 < e.batches;
+            if let Some(seen_loss) = self.step(&mut e, i, report)? {
+                let seen = ((i + 1) * e.batch).min(e.n) as f64;
+                let eps = seen / start.elapsed().as_secs_f64().max(1e-9);
+                on_progress(&Progress {
+                    epoch: e.epoch,
+                    batch: i + 1,
+                    batches: e.batches,
+                    running_loss: seen_loss,
+                    examples_per_second: eps,
+                });
+            }
+        }
+        let (batches, n, epoch) = (e.batches, e.n, e.epoch);
+        let loss = self.end_epoch(e)?;
+        let secs = start.elapsed().as_secs_f64();
+        on_progress(&Progress {
+            epoch,
+            batch: batches,
+            batches,
+            running_loss: loss.loss,
+            examples_per_second: n as f64 / secs,
+        });
+        Ok((loss, secs))
+    }
+
+    /// Starts the next epoch: draws and uploads its order and zeroes the loss accumulators. Then
+    /// [`Trainer::step`] each batch and [`Trainer::end_epoch`] (what [`Trainer::train_epoch`]
+    /// does; benchmarks time the steps alone).
+    pub fn begin_epoch(&mut self) -> Result<EpochState> {
         let gpu = self.gpu.clone();
         let epoch = self.epoch + 1;
         let (_, order) = self.train.order(&gpu, self.opts.seed, epoch, true)?;
@@ -214,57 +262,67 @@ impl Trainer {
         // Batch normalization (BN-VAE) has no statistics for a lone example: drop such a tail.
         let batches = if self.vae.bn.is_some() && n % b == 1 && n > 1 { n / b } else { n.div_ceil(b) };
         let n = if batches * b < n { batches * b } else { n };
-        // Σ recon and Σ kl over the epoch, accumulated on the GPU.
-        let acc_recon = Tensor::zeros(&gpu, 1, 1)?;
-        let acc_kl = Tensor::zeros(&gpu, 1, 1)?;
-        let start = Instant::now();
-        for i in 0..batches {
-            let off = i * b;
-            let bs = b.min(n - off);
-            let mut tape = Tape::new(&gpu);
-            let noise = |stream| Noise { seed: self.opts.seed, step: self.step as u32, stream };
-            let bin = self.opts.binarize.then(|| noise(STREAM_BINARIZE));
-            let x = self.train.batch(&mut tape, &order, off, bs, bin)?;
-            let xv = tape.input(x.clone());
-            let y = self.train.condition(&mut tape, &order, off, bs, &self.vae.config)?;
-            let out = self.vae.forward_cond(&mut tape, xv, y, noise(STREAM_EPS))?;
-            let cfg = &self.vae.config;
-            let (rs, ks) = self.opts.objective.scales(self.step, bs, cfg.input_dim, cfg.latent);
-            let loss = self.vae.objective_loss(&mut tape, &out, &x, rs, ks, self.opts.objective.free_bits)?;
-            tape.backward(loss.total)?;
-            self.opt.step(&mut tape, &self.vae.params())?;
-            let (r, k) = (tape.value(loss.recon).clone(), tape.value(loss.kl).clone());
-            axpy_inplace(&mut tape, 1.0, &r, &acc_recon)?;
-            axpy_inplace(&mut tape, 1.0, &k, &acc_kl)?;
-            let report = (i + 1) % self.opts.log_every == 0 && i + 1 < batches;
-            let reads = if report { Some((tape.read(&acc_recon)?, tape.read(&acc_kl)?)) } else { None };
-            tape.submit()?;
-            self.step += 1;
-            if let Some((rr, rk)) = reads {
-                let seen = (off + bs) as f64;
-                let loss = (rr.get()?[0] as f64 + rk.get()?[0] as f64) / seen;
-                let eps = seen / start.elapsed().as_secs_f64().max(1e-9);
-                on_progress(&Progress { epoch, batch: i + 1, batches, running_loss: loss, examples_per_second: eps });
-            }
+        Ok(EpochState {
+            epoch,
+            order,
+            batch: b,
+            batches,
+            n,
+            acc_recon: Tensor::zeros(&gpu, 1, 1)?,
+            acc_kl: Tensor::zeros(&gpu, 1, 1)?,
+        })
+    }
+
+    /// Records and submits training step `i` of the epoch (batch `i` of its order): forward,
+    /// backward and Adam in one submission, the batch's loss terms added to the epoch's sums on
+    /// the GPU. With `report`, reads those sums back and returns the running loss per example.
+    pub fn step(&mut self, e: &mut EpochState, i: usize, report: bool) -> Result<Option<f64>> {
+        if i >= e.batches {
+            return Err(Error::arg("step", format!("batch {i} is past the epoch's {} batches", e.batches)));
         }
-        let recon = acc_recon.to_vec(&gpu)?[0] as f64 / n as f64;
-        let kl = acc_kl.to_vec(&gpu)?[0] as f64 / n as f64;
-        let secs = start.elapsed().as_secs_f64();
+        let off = i * e.batch;
+        let bs = e.batch.min(e.n - off);
+        let mut tape = Tape::new(&self.gpu);
+        let noise = |stream| Noise { seed: self.opts.seed, step: self.step as u32, stream };
+        let bin = self.opts.binarize.then(|| noise(STREAM_BINARIZE));
+        let x = self.train.batch(&mut tape, &e.order, off, bs, bin)?;
+        let xv = tape.input(x.clone());
+        let y = self.train.condition(&mut tape, &e.order, off, bs, &self.vae.config)?;
+        let out = self.vae.forward_cond(&mut tape, xv, y, noise(STREAM_EPS))?;
+        let cfg = &self.vae.config;
+        let (rs, ks) = self.opts.objective.scales(self.step, bs, cfg.input_dim, cfg.latent);
+        let loss = self.vae.objective_loss(&mut tape, &out, &x, rs, ks, self.opts.objective.free_bits)?;
+        tape.backward(loss.total)?;
+        self.opt.step(&mut tape, &self.vae.params())?;
+        let (r, k) = (tape.value(loss.recon).clone(), tape.value(loss.kl).clone());
+        axpy_inplace(&mut tape, 1.0, &r, &e.acc_recon)?;
+        axpy_inplace(&mut tape, 1.0, &k, &e.acc_kl)?;
+        let reads = if report { Some((tape.read(&e.acc_recon)?, tape.read(&e.acc_kl)?)) } else { None };
+        tape.submit()?;
+        self.step += 1;
+        match reads {
+            Some((rr, rk)) => {
+                let seen = (off + bs) as f64;
+                Ok(Some((rr.get()?[0] as f64 + rk.get()?[0] as f64) / seen))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Ends the epoch begun by [`Trainer::begin_epoch`]: reads the loss sums back (the only
+    /// wait) and returns (loss, recon, kl) per example.
+    pub fn end_epoch(&mut self, e: EpochState) -> Result<EvalLoss> {
+        let recon = e.acc_recon.to_vec(&self.gpu)?[0] as f64 / e.n as f64;
+        let kl = e.acc_kl.to_vec(&self.gpu)?[0] as f64 / e.n as f64;
         let loss = recon + kl;
         if !loss.is_finite() {
             return Err(Error::Gpu(format!(
-                "the training loss became {loss} in epoch {epoch}: lower --lr or check the data (pixels must be in [0, 1])"
+                "the training loss became {loss} in epoch {}: lower --lr or check the data (pixels must be in [0, 1])",
+                e.epoch
             )));
         }
-        on_progress(&Progress {
-            epoch,
-            batch: batches,
-            batches,
-            running_loss: loss,
-            examples_per_second: n as f64 / secs,
-        });
-        self.epoch = epoch;
-        Ok((EvalLoss { loss, recon, kl }, secs))
+        self.epoch = e.epoch;
+        Ok(EvalLoss { loss, recon, kl })
     }
 
     /// The negative ELBO on `images` (one z sample per example from a fixed evaluation seed).

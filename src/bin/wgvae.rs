@@ -156,21 +156,62 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Measure matmul GFLOP/s of every kernel variant on the classic VAE's shapes.
-    Bench {
-        /// Only shapes whose name contains this (e.g. `square`, `784`).
-        #[arg(long, default_value = "")]
-        filter: String,
-        /// Only this variant (`tiled` or `register`); default: all.
-        #[arg(long)]
-        variant: Option<String>,
-        /// Seconds spent per (shape, variant).
-        #[arg(long, default_value_t = 1.0)]
-        seconds: f64,
-        /// Print JSON lines instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
+    /// Benchmarks: matmul GFLOP/s of every kernel variant (`bench` or `bench matmul`), or the
+    /// classic VAE's whole training step (`bench step`).
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct BenchArgs {
+    #[command(subcommand)]
+    what: Option<BenchWhat>,
+    #[command(flatten)]
+    matmul: MatmulBenchArgs,
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// Matmul GFLOP/s of every kernel variant on the classic VAE's shapes (the default).
+    Matmul(MatmulBenchArgs),
+    /// The classic VAE's full training step (gather, forward, backward, Adam: what `train` runs)
+    /// at several batch sizes: ms per step, examples/s, dispatches, host time, allocations.
+    Step(StepBenchArgs),
+}
+
+#[derive(Args)]
+struct MatmulBenchArgs {
+    /// Only shapes whose name contains this (e.g. `square`, `784`).
+    #[arg(long, default_value = "")]
+    filter: String,
+    /// Only this variant (`tiled`, `register` or `subgroup`); default: every one the adapter runs.
+    #[arg(long)]
+    variant: Option<String>,
+    /// Seconds spent per (shape, variant).
+    #[arg(long, default_value_t = 1.0)]
+    seconds: f64,
+    /// Print JSON lines instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct StepBenchArgs {
+    /// Batch sizes, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "128,1024,4096")]
+    batch: Vec<usize>,
+    /// Seconds of timed steps per batch size (at least 3 rounds run whatever this says).
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
+    /// Also time every kernel (timestamp queries) and print the top kernels per batch size.
+    #[arg(long)]
+    profile: bool,
+    /// Rows of the profile table.
+    #[arg(long, default_value_t = 12)]
+    top: usize,
+    /// Print one JSON object per batch size instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -268,7 +309,11 @@ fn main() -> ExitCode {
         Cmd::Sample { checkpoint, n, out, seed, label } => sample(&checkpoint, n, &out, seed, label),
         Cmd::Reconstruct { checkpoint, data, n, out } => reconstruct(&checkpoint, data.as_deref(), n, &out),
         Cmd::Info { json } => info(json),
-        Cmd::Bench { filter, variant, seconds, json } => bench(&filter, variant.as_deref(), seconds, json),
+        Cmd::Bench(b) => match b.what {
+            Some(BenchWhat::Step(a)) => bench_step(&a),
+            Some(BenchWhat::Matmul(m)) => bench(&m.filter, m.variant.as_deref(), m.seconds, m.json),
+            None => bench(&b.matmul.filter, b.matmul.variant.as_deref(), b.matmul.seconds, b.matmul.json),
+        },
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -953,6 +998,87 @@ fn bench(filter: &str, variant: Option<&str>, seconds: f64, json: bool) -> wgvae
         }
         if !json {
             println!();
+        }
+    }
+    Ok(())
+}
+
+/// The adapter as the benchmarks' JSON and BENCHMARKS.md describe it.
+fn adapter_json(gpu: &Gpu) -> serde_json::Value {
+    let a = gpu.adapter();
+    serde_json::json!({
+        "adapter": a.name, "backend": format!("{:?}", a.backend), "device_type": format!("{:?}", a.device_type),
+        "driver": format!("{} {}", a.driver, a.driver_info).trim(), "matmul": gpu.matmul_variant().name(),
+    })
+}
+
+fn bench_step(a: &StepBenchArgs) -> Result<()> {
+    if !(a.seconds.is_finite() && a.seconds > 0.0) {
+        return Err(Error::InvalidArgument {
+            name: "--seconds".into(),
+            detail: format!("{} is not a positive duration", a.seconds),
+        });
+    }
+    if let Some(b) = a.batch.iter().find(|&&b| b == 0) {
+        return Err(Error::InvalidArgument { name: "--batch".into(), detail: format!("{b}: must be at least 1") });
+    }
+    let gpu = Gpu::new()?;
+    if a.profile && !gpu.can_profile() {
+        gpu.set_profiling(true)?; // the error names the adapter
+    }
+    let config = VaeConfig::classic();
+    let info = adapter_json(&gpu);
+    if !a.json {
+        println!(
+            "training step of the classic VAE (784-400-20-400-784, Adam) on {} ({:?}, {:?}), matmul {}",
+            gpu.adapter().name,
+            gpu.adapter().backend,
+            gpu.adapter().device_type,
+            gpu.matmul_variant().name()
+        );
+        println!(
+            "{:>6} {:>10} {:>17} {:>11} {:>10} {:>11} {:>12} {:>14}",
+            "batch", "ms/step", "(min-max)", "examples/s", "dispatches", "host ms", "buffers new", "bytes up"
+        );
+    }
+    for &b in &a.batch {
+        let (r, prof) =
+            wgvae::bench::bench_step(&gpu, &config, b, std::time::Duration::from_secs_f64(a.seconds), a.profile)?;
+        if a.json {
+            let mut v = r.to_json();
+            v["runner"] = serde_json::json!(format!("wgvae {}", env!("CARGO_PKG_VERSION")));
+            v["model"] = serde_json::json!("classic");
+            for (k, val) in info.as_object().into_iter().flatten() {
+                v[k] = val.clone();
+            }
+            if let Some(p) = &prof {
+                let per = p.submissions.max(1) as f64;
+                v["profile"] = serde_json::json!(p
+                    .rows
+                    .iter()
+                    .map(|row| serde_json::json!({"kernel": row.label, "calls_per_step": row.calls as f64 / per,
+                        "ms_per_step": row.total_ms / per}))
+                    .collect::<Vec<_>>());
+            }
+            println!("{v}");
+        } else {
+            println!(
+                "{:>6} {:>10.2} {:>17} {:>11.0} {:>10.1} {:>11.2} {:>12.2} {:>14.0}",
+                b,
+                r.ms_per_step,
+                format!("({:.2}-{:.2})", r.ms_min, r.ms_max),
+                r.examples_per_second,
+                r.dispatches_per_step,
+                r.cpu_ms_per_step,
+                r.buffers_allocated_per_step,
+                r.bytes_uploaded_per_step
+            );
+            if let Some(p) = &prof {
+                println!("  GPU time per step by kernel (batch {b}, {} steps timed one by one):", p.submissions);
+                for line in p.table(p.submissions as f64, a.top).lines() {
+                    println!("    {line}");
+                }
+            }
         }
     }
     Ok(())

@@ -9,12 +9,15 @@
 
 pub mod pipeline;
 pub mod pool;
+pub mod profile;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Once};
 
 use crate::error::{Error, Result};
 pub use pipeline::Module;
 use pool::Pool;
+pub use profile::{Profile, ProfileRow};
 
 /// Which matmul implementation to use. Both compute the same thing; they differ in how they use
 /// the hardware.
@@ -103,6 +106,8 @@ pub struct GpuStats {
     pub submissions: u64,
     /// Kernel launches submitted.
     pub dispatches: u64,
+    /// Bytes written from the host into GPU buffers (tensor uploads, per-dispatch parameters).
+    pub bytes_uploaded: u64,
 }
 
 pub(crate) struct GpuInner {
@@ -119,6 +124,9 @@ pub(crate) struct GpuInner {
     pub device_error: Arc<Mutex<Option<String>>>,
     /// Bytes between two dispatches' parameter blocks in the per-submit uniform buffer.
     pub params_stride: u64,
+    /// Whether submissions time their dispatches (see [`profile`]).
+    pub profiling: AtomicBool,
+    pub profile: Mutex<profile::ProfileAcc>,
 }
 
 /// A GPU device and everything cached on it. Clone it freely: clones share the device.
@@ -286,8 +294,13 @@ impl Gpu {
         // The adapter's own limits: large datasets and batches need its real storage-binding and
         // buffer sizes, not WebGPU's conservative defaults.
         let limits = adapter.limits();
-        // Subgroups let the CPU-adapter matmul share operands between SIMD lanes without memory.
-        let features = adapter.features() & wgpu::Features::SUBGROUP;
+        // Subgroups let the CPU-adapter matmul share operands between SIMD lanes without memory;
+        // timestamps inside passes give `--profile` its per-kernel times (only used when asked).
+        let timestamps = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
+        let mut features = adapter.features() & wgpu::Features::SUBGROUP;
+        if adapter.features().contains(timestamps) {
+            features |= timestamps;
+        }
         let (device, queue) = with_quiet_stderr(|| {
             pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
                 label: Some("wgvae"),
@@ -348,6 +361,8 @@ impl Gpu {
                 stats: Mutex::default(),
                 device_error,
                 params_stride,
+                profiling: AtomicBool::new(false),
+                profile: Mutex::default(),
             }),
         })
     }
@@ -401,6 +416,41 @@ impl Gpu {
     /// What the context has allocated and compiled so far.
     pub fn stats(&self) -> GpuStats {
         *self.inner.stats.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether this adapter can time individual dispatches (timestamp queries inside passes).
+    pub fn can_profile(&self) -> bool {
+        self.inner.features.contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES)
+    }
+
+    /// Turns per-kernel GPU timing on or off (see [`profile`]); an error where the adapter cannot
+    /// time dispatches. Turning it on clears the previous profile.
+    pub fn set_profiling(&self, on: bool) -> Result<()> {
+        if on && !self.can_profile() {
+            return Err(Error::arg(
+                "--profile",
+                format!(
+                    "`{}` ({:?}) has no timestamp queries inside compute passes, so per-kernel GPU times \
+                     cannot be measured on it",
+                    self.inner.summary.name, self.inner.summary.backend
+                ),
+            ));
+        }
+        if on {
+            self.take_profile();
+        }
+        self.inner.profiling.store(on, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Whether profiling is on.
+    pub fn profiling(&self) -> bool {
+        self.inner.profiling.load(Ordering::Relaxed)
+    }
+
+    /// The profile gathered since profiling was turned on (or last taken), and a fresh start.
+    pub fn take_profile(&self) -> Profile {
+        self.inner.profile.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
     /// Blocks until all submitted work has finished, and reports any GPU error seen meanwhile.

@@ -21,6 +21,8 @@ pub enum BufferKind {
     Uniform,
     /// Mappable staging buffer for reading results back.
     Readback,
+    /// Destination of resolved timestamp queries (profiling).
+    QueryResolve,
 }
 
 impl BufferKind {
@@ -30,6 +32,7 @@ impl BufferKind {
             BufferKind::Storage => U::STORAGE | U::COPY_SRC | U::COPY_DST,
             BufferKind::Uniform => U::UNIFORM | U::COPY_DST,
             BufferKind::Readback => U::MAP_READ | U::COPY_DST,
+            BufferKind::QueryResolve => U::QUERY_RESOLVE | U::COPY_SRC,
         }
     }
 }

@@ -146,7 +146,11 @@ fn launch(
         let key = KernelKey { module, entry, defines, inputs: 3, outputs: 1 };
         let params = Params::new().u(m as u32).u(n as u32).u(k as u32).u(k0 as u32).u(k1 as u32);
         // Without a bias the slot is filled with A (read-only twice is allowed) to keep one layout.
-        tape.dispatch(&key, params, &[a, b, slice_bias.unwrap_or(a), c], groups)?;
+        let label = tape.gpu().profiling().then(|| {
+            let layout = format!("{}{}", if o.trans_a { "T" } else { "N" }, if o.trans_b { "T" } else { "N" });
+            format!("{entry} {layout} {m}x{k}x{n}{}", if slices > 1 { format!(" k-slice {s}") } else { String::new() })
+        });
+        tape.dispatch_labeled(&key, params, &[a, b, slice_bias.unwrap_or(a), c], groups, label)?;
     }
     Ok(())
 }

@@ -45,22 +45,81 @@ fn file_shape(p: &Param) -> Vec<usize> {
     }
 }
 
+/// One tensor of the file: its name and shape, and which values of which parameter it holds.
+struct Entry {
+    name: String,
+    shape: Vec<usize>,
+    param: usize,
+    range: std::ops::Range<usize>,
+}
+
+/// The file's tensors for `params`, in PyTorch `nn.Linear` names. The stacked posterior head
+/// (`fc_mu+fc_logvar.*`, see [`crate::vae::HEAD`]) is stored as its two halves, `fc_mu.*` and
+/// `fc_logvar.*`, as PyTorch's two layers are: the first half of its row-major values is fc_mu's.
+fn entries(params: &[&Param]) -> Vec<Entry> {
+    let mut out = Vec::new();
+    for (i, p) in params.iter().enumerate() {
+        let shape = file_shape(p);
+        let n = p.value().len();
+        match p.name().split_once('.') {
+            Some((stack, suffix)) if stack.contains('+') => {
+                let parts: Vec<&str> = stack.split('+').collect();
+                let k = parts.len();
+                let mut part_shape = shape.clone();
+                part_shape[0] /= k;
+                for (j, part) in parts.iter().enumerate() {
+                    out.push(Entry {
+                        name: format!("{part}.{suffix}"),
+                        shape: part_shape.clone(),
+                        param: i,
+                        range: j * n / k..(j + 1) * n / k,
+                    });
+                }
+            }
+            _ => out.push(Entry { name: p.name().to_string(), shape, param: i, range: 0..n }),
+        }
+    }
+    out
+}
+
+/// The model's weights as PyTorch would name and shape them (`nn.Linear` state-dict names, biases
+/// 1-D, `fc_mu` and `fc_logvar` as separate layers), in the order of [`Vae::params`]; BN-VAE
+/// running statistics last.
+pub fn state_dict(gpu: &Gpu, vae: &Vae) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    let params = vae.params();
+    let values = params.iter().map(|p| p.value().to_vec(gpu)).collect::<Result<Vec<_>>>()?;
+    let mut out: Vec<_> =
+        entries(&params).into_iter().map(|e| (e.name, e.shape, values[e.param][e.range].to_vec())).collect();
+    for (name, t) in vae.buffers() {
+        out.push((name.to_string(), vec![t.len()], t.to_vec(gpu)?));
+    }
+    Ok(out)
+}
+
 /// Saves `vae` (and `opt`'s moments) with `meta` to `path`, atomically.
 pub fn save(path: &Path, gpu: &Gpu, vae: &Vae, opt: Option<&Adam>, meta: &HashMap<String, String>) -> Result<()> {
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    let mut push = |name: String, shape: Vec<usize>, t: &Tensor| -> Result<()> {
-        let v = t.to_vec(gpu)?;
-        tensors.push((name, shape, bytemuck::cast_slice(&v).to_vec()));
-        Ok(())
-    };
     for (name, t) in vae.buffers() {
-        push(name.to_string(), vec![t.len()], t)?;
+        let v = t.to_vec(gpu)?;
+        tensors.push((name.to_string(), vec![t.len()], bytemuck::cast_slice(&v).to_vec()));
     }
-    for p in vae.params() {
-        push(p.name().to_string(), file_shape(p), p.value())?;
-        if let Some((m, v)) = opt.and_then(|o| o.moments(p)) {
-            push(format!("optimizer.exp_avg.{}", p.name()), file_shape(p), m)?;
-            push(format!("optimizer.exp_avg_sq.{}", p.name()), file_shape(p), v)?;
+    let params = vae.params();
+    let values = params.iter().map(|p| p.value().to_vec(gpu)).collect::<Result<Vec<_>>>()?;
+    let moments = params
+        .iter()
+        .map(|p| match opt.and_then(|o| o.moments(p)) {
+            Some((m, v)) => Ok(Some((m.to_vec(gpu)?, v.to_vec(gpu)?))),
+            None => Ok(None),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut push = |name: String, shape: &[usize], v: &[f32]| {
+        tensors.push((name, shape.to_vec(), bytemuck::cast_slice(v).to_vec()));
+    };
+    for e in entries(&params) {
+        push(e.name.clone(), &e.shape, &values[e.param][e.range.clone()]);
+        if let Some((m, v)) = &moments[e.param] {
+            push(format!("optimizer.exp_avg.{}", e.name), &e.shape, &m[e.range.clone()]);
+            push(format!("optimizer.exp_avg_sq.{}", e.name), &e.shape, &v[e.range.clone()]);
         }
     }
     let mut info = meta.clone();
@@ -131,23 +190,32 @@ impl Checkpoint {
         self.meta.get(key).and_then(|v| v.parse().ok())
     }
 
-    fn tensor_for(&self, name: &str, p: &Param) -> Result<&Vec<f32>> {
+    fn tensor_for(&self, name: &str, want: &[usize]) -> Result<&Vec<f32>> {
         let (shape, data) =
             self.tensors.get(name).ok_or_else(|| ck_err(&self.path, format!("tensor `{name}` is missing")))?;
-        if *shape != file_shape(p) {
-            return Err(ck_err(
-                &self.path,
-                format!("tensor `{name}` is {shape:?}, the model needs {:?}", file_shape(p)),
-            ));
+        if shape != want {
+            return Err(ck_err(&self.path, format!("tensor `{name}` is {shape:?}, the model needs {want:?}")));
         }
         Ok(data)
+    }
+
+    /// The values of every parameter of `params`, gathered from the file's tensors named
+    /// `prefix` + the entry name (`""` for weights, `optimizer.exp_avg.` for moments).
+    fn param_values(&self, params: &[&Param], prefix: &str) -> Result<Vec<Vec<f32>>> {
+        let mut values: Vec<Vec<f32>> = params.iter().map(|p| vec![0.0; p.value().len()]).collect();
+        for e in entries(params) {
+            let data = self.tensor_for(&format!("{prefix}{}", e.name), &e.shape)?;
+            values[e.param][e.range.clone()].copy_from_slice(data);
+        }
+        Ok(values)
     }
 
     /// Builds the saved model on `gpu`.
     pub fn vae(&self, gpu: &Gpu) -> Result<Vae> {
         let vae = Vae::new(gpu, self.config.clone(), 0)?;
-        for p in vae.params() {
-            p.value().write(gpu, self.tensor_for(p.name(), p)?)?;
+        let params = vae.params();
+        for (p, v) in params.iter().zip(self.param_values(&params, "")?) {
+            p.value().write(gpu, &v)?;
         }
         for (name, t) in vae.buffers() {
             let (shape, data) =
@@ -163,15 +231,15 @@ impl Checkpoint {
     /// Restores Adam's step count and the moments of `vae`'s parameters (all or none must exist).
     pub fn restore_adam(&self, gpu: &Gpu, vae: &Vae, opt: &mut Adam) -> Result<()> {
         opt.t = self.meta_u64("adam_t").unwrap_or(0);
-        for p in vae.params() {
-            let (mk, vk) = (format!("optimizer.exp_avg.{}", p.name()), format!("optimizer.exp_avg_sq.{}", p.name()));
-            if !self.tensors.contains_key(&mk) && opt.t == 0 {
-                continue;
-            }
+        if opt.t == 0 && !self.tensors.keys().any(|k| k.starts_with("optimizer.")) {
+            return Ok(());
+        }
+        let params = vae.params();
+        let ms = self.param_values(&params, "optimizer.exp_avg.")?;
+        let vs = self.param_values(&params, "optimizer.exp_avg_sq.")?;
+        for ((p, m), v) in params.iter().zip(ms).zip(vs) {
             let (r, c) = (p.value().rows(), p.value().cols());
-            let m = Tensor::from_slice(gpu, r, c, self.tensor_for(&mk, p)?)?;
-            let v = Tensor::from_slice(gpu, r, c, self.tensor_for(&vk, p)?)?;
-            opt.set_moments(p, m, v)?;
+            opt.set_moments(p, Tensor::from_slice(gpu, r, c, &m)?, Tensor::from_slice(gpu, r, c, &v)?)?;
         }
         Ok(())
     }

@@ -124,6 +124,8 @@ pub struct Tape {
     grad_enabled: bool,
     params: HashMap<u64, Var>,
     kernels_run: BTreeMap<&'static str, u64>,
+    /// Buffer of the ones that seeded the last backward (see [`Tape::is_seed`]).
+    seed: Option<u64>,
 }
 
 impl Tape {
@@ -139,6 +141,7 @@ impl Tape {
             grad_enabled: true,
             params: HashMap::new(),
             kernels_run: BTreeMap::new(),
+            seed: None,
         }
     }
 
@@ -404,6 +407,19 @@ impl Tape {
         self.params.get(&p.id()).and_then(|v| self.grad(*v))
     }
 
+    /// Whether `g` is the tensor of ones that seeded this tape's backward, i.e. the upstream
+    /// gradient of the loss itself. Fused loss ops compute their gradient in the forward pass
+    /// under that assumption and hand it back unscaled when it holds.
+    pub fn is_seed(&self, g: &Tensor) -> bool {
+        self.seed == Some(g.buf.id())
+    }
+
+    /// Removes and returns the gradient accumulated so far for `v`: a backward rule that can add
+    /// it inside its own kernel takes it, and returns the sum as its gradient for `v`.
+    pub fn take_grad(&mut self, v: Var) -> Option<Tensor> {
+        self.grads.get_mut(v.0).and_then(|g| g.take())
+    }
+
     /// Records an op's result. `backward(tape, d_out, needs)` returns one gradient per input (None
     /// where `needs[i]` is false); it is kept only if grad is enabled and some input needs one.
     pub fn record(
@@ -436,6 +452,7 @@ impl Tape {
         let l = &self.vars[loss.0].value;
         let (r, c) = (l.rows(), l.cols());
         let seed = crate::ops::elementwise::fill(self, r, c, 1.0)?;
+        self.seed = Some(seed.buf.id());
         self.grads[loss.0] = Some(seed);
         let nodes = std::mem::take(&mut self.nodes);
         for node in nodes.into_iter().rev() {

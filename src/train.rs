@@ -15,7 +15,6 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::image::save_grid;
 use crate::nn::Adam;
-use crate::ops::elementwise::axpy_inplace;
 use crate::ops::vae::Noise;
 use crate::tape::Tape;
 use crate::tensor::Tensor;
@@ -291,12 +290,11 @@ impl Trainer {
         let out = self.vae.forward_cond(&mut tape, xv, y, noise(STREAM_EPS))?;
         let cfg = &self.vae.config;
         let (rs, ks) = self.opts.objective.scales(self.step, bs, cfg.input_dim, cfg.latent);
-        let loss = self.vae.objective_loss(&mut tape, &out, &x, rs, ks, self.opts.objective.free_bits)?;
+        let acc = Some((&e.acc_recon, &e.acc_kl));
+        let loss = self.vae.objective_loss_acc(&mut tape, &out, &x, rs, ks, self.opts.objective.free_bits, acc)?;
         tape.backward(loss.total)?;
         self.opt.step(&mut tape, &self.vae.params())?;
-        let (r, k) = (tape.value(loss.recon).clone(), tape.value(loss.kl).clone());
-        axpy_inplace(&mut tape, 1.0, &r, &e.acc_recon)?;
-        axpy_inplace(&mut tape, 1.0, &k, &e.acc_kl)?;
+
         let reads = if report { Some((tape.read(&e.acc_recon)?, tape.read(&e.acc_kl)?)) } else { None };
         tape.submit()?;
         self.step += 1;
@@ -424,25 +422,32 @@ pub fn evaluate_full(gpu: &Gpu, vae: &Vae, images: &GpuImages, batch: usize, see
         let y = images.condition(&mut tape, &order, off, bs, &vae.config)?;
         let out =
             vae.forward_cond(&mut tape, xv, y, Noise { seed: seed ^ EVAL_SEED, step: i as u32, stream: STREAM_EPS })?;
-        let loss = vae.loss(&mut tape, &out, &x, 1.0)?;
-        let (r, k) = (tape.value(loss.recon).clone(), tape.value(loss.kl).clone());
-        axpy_inplace(&mut tape, 1.0, &r, &acc_recon)?;
-        axpy_inplace(&mut tape, 1.0, &k, &acc_kl)?;
-        let mu_read = tape.read(&tape.value(out.mu).clone())?;
-        let lv_read = match out.logvar {
-            Some(lv) => Some(tape.read(&tape.value(lv).clone())?),
-            None => None,
+        vae.objective_loss_acc(&mut tape, &out, &x, 1.0, 1.0, 0.0, Some((&acc_recon, &acc_kl)))?;
+        // The head's output holds [mu | logvar] per row (mu alone for the autoencoder); the
+        // BN-VAE's mean is the normalized one.
+        let head_read = tape.read(&tape.value(out.head).clone())?;
+        let bn_mu_read = match (&vae.bn, out.mu) {
+            (Some(_), Some(mu)) => Some(tape.read(&tape.value(mu).clone())?),
+            _ => None,
         };
         tape.submit()?;
-        mus.extend(mu_read.get()?);
-        match lv_read {
-            Some(r) => lvs.extend(r.get()?),
-            None => lvs.extend(std::iter::repeat_n(0.0, bs * z)),
+        let head = head_read.get()?;
+        let width = head.len() / bs;
+        for row in head.chunks_exact(width) {
+            if width == 2 * z {
+                lvs.extend_from_slice(&row[z..]);
+            } else {
+                lvs.extend(std::iter::repeat_n(0.0, z));
+            }
+        }
+        match bn_mu_read {
+            Some(r) => mus.extend(r.get()?),
+            None => head.chunks_exact(width).for_each(|row| mus.extend_from_slice(&row[..z])),
         }
     }
     let recon = acc_recon.to_vec(gpu)?[0] as f64 / n as f64;
     let kl = acc_kl.to_vec(gpu)?[0] as f64 / n as f64;
-    let kl_dims = if vae.fc_logvar.is_some() { kl_per_dim(&mus, &lvs, n, z)? } else { vec![0.0; z] };
+    let kl_dims = if vae.has_logvar() { kl_per_dim(&mus, &lvs, n, z)? } else { vec![0.0; z] };
     let au = active_units(&mus, n, z, 0.01)?;
     Ok(EvalReport {
         loss: EvalLoss { loss: recon + kl, recon, kl },

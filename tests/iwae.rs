@@ -87,7 +87,7 @@ fn matches_f64_reference_for_k_1_7_130_5000() {
     let g = gpu();
     for (i, like) in [Likelihood::Bernoulli, Likelihood::Gaussian { variance: 0.5 }].into_iter().enumerate() {
         let vae = Vae::new(g, tiny(ModelKind::Vae, like), 3 + i as u64).unwrap();
-        let p: Vec<Mat> = vae.params().iter().map(|q| download(q.value())).collect();
+        let p: Vec<Mat> = vae_params(&vae);
         let x = Mat::rand(5, 11, 0.0, 1.0, 8);
         let xt = x.upload();
         for (k, seed, step) in [(1, 11u64, 0u32), (7, 12, 3), (130, 13, 5), (5000, 14, 9)] {

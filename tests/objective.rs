@@ -87,7 +87,7 @@ fn larger_beta_gives_lower_kl() {
 #[test]
 fn autoencoder_reports_zero_kl_and_still_learns() {
     let (t, r) = train(cfg(ModelKind::Ae, 6), Objective::default(), 2);
-    assert!(t.vae.fc_logvar.is_none());
+    assert!(!t.vae.has_logvar());
     assert_eq!(r.loss.kl, 0.0);
     assert!(r.kl_per_dim.iter().all(|&k| k == 0.0));
     assert!(r.loss.recon < 120.0, "the autoencoder reconstructs: {}", r.loss.recon);

@@ -213,8 +213,9 @@ fn options(objective: Objective, binarize: bool) -> TrainOptions {
     TrainOptions { batch: BATCH, lr: LR as f32, seed: 7, objective, binarize, log_every: 1 }
 }
 
+/// The trainer's parameters in the reference's order, by their PyTorch names.
 fn params_of(t: &Trainer) -> Params {
-    t.vae.params().iter().map(|q| download(q.value())).collect()
+    vae_params(&t.vae)
 }
 
 /// After each epoch: the trainer's parameters and its reported per-example losses equal the
@@ -227,8 +228,8 @@ fn assert_matches(t: &Trainer, r: &Reference, losses: ((f64, f64), (f64, f64)), 
         "{what}, epoch {}: trainer recon {gr} KL {gk} per example, reference {rr} {rk}",
         r.epoch
     );
-    for (q, (got, want)) in t.vae.params().iter().zip(params_of(t).iter().zip(&r.p)) {
-        assert_close(got, want, 2e-4, 1e-3, &format!("{what}, epoch {} (step {}): {}", r.epoch, r.step, q.name()));
+    for (i, (got, want)) in params_of(t).iter().zip(&r.p).enumerate() {
+        assert_close(got, want, 2e-4, 1e-3, &format!("{what}, epoch {} (step {}): parameter {i}", r.epoch, r.step));
     }
 }
 

@@ -34,6 +34,8 @@ pub enum Module {
     Random,
     /// `vae.wgsl`: reparameterization, KL, Bernoulli and Gaussian reconstruction terms.
     Vae,
+    /// `vae_fused.wgsl`: the latent step and the objective fused into few passes.
+    VaeFused,
     /// `optim.wgsl`: fused Adam / AdamW.
     Optim,
     /// `data.wgsl`: batch gathering from the packed u8 dataset.
@@ -53,6 +55,7 @@ impl Module {
             Module::Reduce => "reduce.wgsl",
             Module::Random => "random.wgsl",
             Module::Vae => "vae.wgsl",
+            Module::VaeFused => "vae_fused.wgsl",
             Module::Optim => "optim.wgsl",
             Module::Data => "data.wgsl",
             Module::BatchNorm => "batchnorm.wgsl",
@@ -67,6 +70,7 @@ impl Module {
             Module::Reduce => include_str!("../../shaders/reduce.wgsl"),
             Module::Random => include_str!("../../shaders/random.wgsl"),
             Module::Vae => include_str!("../../shaders/vae.wgsl"),
+            Module::VaeFused => include_str!("../../shaders/vae_fused.wgsl"),
             Module::Optim => include_str!("../../shaders/optim.wgsl"),
             Module::Data => include_str!("../../shaders/data.wgsl"),
             Module::BatchNorm => include_str!("../../shaders/batchnorm.wgsl"),

@@ -56,6 +56,12 @@ pub struct Linear {
 impl Linear {
     /// PyTorch's default initialisation: W, b ~ U(−1/√in, 1/√in), from `rng`.
     pub fn new(gpu: &Gpu, name: &str, inputs: usize, outputs: usize, act: Act, rng: &mut impl Rng) -> Result<Self> {
+        let (w, b) = Self::init_values(name, inputs, outputs, rng)?;
+        Self::from_values(gpu, name, inputs, outputs, &w, &b, act)
+    }
+
+    /// The values [`Linear::new`] draws: W \[out, in\] row-major, then b \[out\].
+    pub fn init_values(name: &str, inputs: usize, outputs: usize, rng: &mut impl Rng) -> Result<(Vec<f32>, Vec<f32>)> {
         if inputs == 0 || outputs == 0 {
             return Err(Error::arg(
                 name,
@@ -65,9 +71,28 @@ impl Linear {
         let bound = 1.0 / (inputs as f32).sqrt();
         let w: Vec<f32> = (0..inputs * outputs).map(|_| rng.random_range(-bound..bound)).collect();
         let b: Vec<f32> = (0..outputs).map(|_| rng.random_range(-bound..bound)).collect();
+        Ok((w, b))
+    }
+
+    /// A layer with the given weight \[out, in\] (row-major) and bias \[out\].
+    pub fn from_values(
+        gpu: &Gpu,
+        name: &str,
+        inputs: usize,
+        outputs: usize,
+        w: &[f32],
+        b: &[f32],
+        act: Act,
+    ) -> Result<Self> {
+        if inputs == 0 || outputs == 0 {
+            return Err(Error::arg(
+                name,
+                format!("a linear layer needs at least one input and output, got {inputs} -> {outputs}"),
+            ));
+        }
         Ok(Linear {
-            weight: Param::new(format!("{name}.weight"), Tensor::from_slice(gpu, outputs, inputs, &w)?),
-            bias: Param::new(format!("{name}.bias"), Tensor::from_slice(gpu, 1, outputs, &b)?),
+            weight: Param::new(format!("{name}.weight"), Tensor::from_slice(gpu, outputs, inputs, w)?),
+            bias: Param::new(format!("{name}.bias"), Tensor::from_slice(gpu, 1, outputs, b)?),
             act,
         })
     }

@@ -196,3 +196,200 @@ pub fn gaussian_nll_learned(tape: &mut Tape, mean: Var, target: &Tensor, logvar:
         Ok(vec![Some(dx), Some(col_sum(t, &dl, 1.0)?)])
     }))
 }
+
+// ------------------------------------------------------------------------- fused (vae_fused.wgsl)
+
+/// The likelihoods the fused objective computes in one pass.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum FusedLikelihood {
+    /// Bernoulli from logits.
+    Bernoulli,
+    /// Gaussian with a fixed variance σ².
+    Gaussian(f32),
+}
+
+fn fused_key(entry: &'static str, inputs: u32, outputs: u32, like: FusedLikelihood, grad: bool) -> KernelKey {
+    let l = match like {
+        FusedLikelihood::Bernoulli => 0,
+        FusedLikelihood::Gaussian(_) => 1,
+    };
+    KernelKey {
+        module: Module::VaeFused,
+        entry,
+        defines: vec![("LIKELIHOOD", format!("{l}u")), ("GRAD", grad.to_string())],
+        inputs,
+        outputs,
+    }
+}
+
+fn latent_params(n: usize, z: usize, noise: Noise, flag: u32, s0: f32) -> Params {
+    let k = crate::rng::key(noise.seed);
+    Params::new().u(n as u32).u(z as u32).u(0).u(k[0]).u(k[1]).u(noise.step).u(noise.stream).u(flag).f(s0).f(0.0)
+}
+
+/// The reparameterization from the posterior parameters h\[B, 2Z\] = \[mu | logvar\] in one kernel:
+/// z\[B, Z\] = mu + exp(logvar/2)·eps with eps drawn in the kernel from `noise` (the numbers
+/// [`normal`] would draw), and KL(q(z|x) || N(0, I)) per example, \[B, 1\] (a constant tensor for
+/// [`fused_objective`]). Backward: dmu = dz, dlogvar = dz·exp(logvar/2)·eps/2, added inside the
+/// kernel to the gradient h already has (the KL term's).
+pub fn latent(tape: &mut Tape, h: Var, z: usize, noise: Noise) -> Result<(Var, Tensor)> {
+    let hv = val(tape, h);
+    if z == 0 || hv.cols() != 2 * z {
+        return Err(Error::shape("latent", format!("posterior parameters are {:?}, expected [B, {}]", hv.shape(), 2 * z)));
+    }
+    let b = hv.rows();
+    let zt = Tensor::empty(tape.gpu(), b, z)?;
+    let kl = Tensor::empty(tape.gpu(), b, 1)?;
+    let like = FusedLikelihood::Bernoulli;
+    tape.dispatch(
+        &fused_key("latent_forward", 1, 2, like, false),
+        latent_params(b, z, noise, 0, 0.0),
+        &[&hv, &zt, &kl],
+        grid_1d(b, 64),
+    )?;
+    let out = tape.record(&[h], zt, move |t, dz, _| {
+        let prev = t.take_grad(h);
+        let dh = Tensor::empty(t.gpu(), b, 2 * z)?;
+        let flag = prev.is_some() as u32;
+        t.dispatch(
+            &fused_key("latent_backward", 3, 1, like, false),
+            latent_params(b * z, z, noise, flag, 0.0),
+            &[dz, &hv, prev.as_ref().unwrap_or(&hv), &dh],
+            grid_1d(b * z, 256),
+        )?;
+        Ok(vec![Some(dh)])
+    });
+    Ok((out, kl))
+}
+
+/// What [`fused_objective`] computed: the objective to back-propagate and the plain sums.
+pub struct FusedLoss {
+    /// rs·Σ recon + ks·Σ KL, \[1,1\].
+    pub total: Var,
+    /// Σ_b −log p(x_b|z_b), \[1,1\] (a value, no gradient).
+    pub recon: Tensor,
+    /// Σ_b KL_b, \[1,1\] (zero without a KL term).
+    pub kl: Tensor,
+}
+
+/// The negative ELBO of a batch in three kernels: the reconstruction term of `out` (decoder
+/// output \[B, D\]) against `target` with its gradient (one pass), then fixed-order sums of it and
+/// of `kl_rows` (from [`latent`]; `None` for the autoencoder), total = rs·recon + ks·kl, and with
+/// `acc` = (Σ recon, Σ kl) accumulators, the batch's sums added to them. The KL term's gradient
+/// flows to `head` (the posterior parameters \[B, 2Z\] the KL came from).
+///
+/// Backward: d out = g·rs·∂nll (computed in the forward pass, for g = 1 as when the total is the
+/// loss; otherwise scaled by g), d head = g·ks·\[mu, (exp(logvar) − 1)/2\].
+#[allow(clippy::too_many_arguments)]
+pub fn fused_objective(
+    tape: &mut Tape,
+    out: Var,
+    target: &Tensor,
+    like: FusedLikelihood,
+    kl: Option<(Var, &Tensor)>,
+    rs: f32,
+    ks: f32,
+    acc: Option<(&Tensor, &Tensor)>,
+) -> Result<FusedLoss> {
+    let xv = val(tape, out);
+    same_shape("fused_objective", &xv, target)?;
+    if let FusedLikelihood::Gaussian(v) = like {
+        if !(v.is_finite() && v > 0.0) {
+            return Err(Error::arg("variance", format!("{v} is not a positive variance")));
+        }
+    }
+    let (b, d) = (xv.rows(), xv.cols());
+    let nch = d.div_ceil(16);
+    let gpu = tape.gpu().clone();
+    let needs_grad = tape.grad_enabled() && tape.requires_grad(out);
+    let partial = Tensor::empty(&gpu, b, nch)?;
+    let dout = if needs_grad { Some(Tensor::empty(&gpu, b, d)?) } else { None };
+    let var = match like {
+        FusedLikelihood::Bernoulli => 1.0,
+        FusedLikelihood::Gaussian(v) => v,
+    };
+    let rp = Params::new().u((b * nch) as u32).u(d as u32).u(nch as u32).u(0).u(0).u(0).u(0).u(0).f(rs).f(var);
+    tape.dispatch(
+        &fused_key("recon_fused", 2, 2, like, needs_grad),
+        rp,
+        &[&xv, target, &partial, dout.as_ref().unwrap_or(&partial)],
+        grid_1d(b * nch, 256),
+    )?;
+    let (recon, klsum, total) = (Tensor::empty(&gpu, 1, 1)?, Tensor::empty(&gpu, 1, 1)?, Tensor::empty(&gpu, 1, 1)?);
+    let (head, kl_rows) = match kl {
+        Some((h, rows)) => {
+            if rows.shape() != [b, 1] {
+                return Err(Error::shape("fused_objective", format!("KL rows are {:?}, expected [{b}, 1]", rows.shape())));
+            }
+            (Some(h), Some(rows.clone()))
+        }
+        None => (None, None),
+    };
+    let fp = Params::new()
+        .u((b * nch) as u32)
+        .u(0)
+        .u(if kl_rows.is_some() { b as u32 } else { 0 })
+        .u(0)
+        .u(0)
+        .u(0)
+        .u(0)
+        .u(acc.is_some() as u32)
+        .f(rs)
+        .f(ks);
+    let (ar, ak) = acc.unwrap_or((&recon, &klsum));
+    tape.dispatch(
+        &fused_key("loss_finalize", 2, 5, like, false),
+        fp,
+        &[&partial, kl_rows.as_ref().unwrap_or(&partial), &recon, &klsum, &total, ar, ak],
+        [1, 1, 1],
+    )?;
+    let mut inputs = vec![out];
+    inputs.extend(head);
+    let head_val = head.map(|h| val(tape, h));
+    let total = tape.record(&inputs, total, move |t, g, needs| {
+        let dx = match (&dout, needs[0]) {
+            (Some(d), true) if t.is_seed(g) => Some(d.clone()),
+            (Some(d), true) => {
+                let y = Tensor::empty(t.gpu(), b, d.cols())?;
+                let n = y.len();
+                let p = Params::new().u(n as u32);
+                t.dispatch(&fused_key("scale_by", 2, 1, like, false), p, &[g, d, &y], grid_1d(n, 256))?;
+                Some(y)
+            }
+            _ => None,
+        };
+        let mut grads = vec![dx];
+        if let Some(hv) = &head_val {
+            let dh = if needs[1] {
+                let z = hv.cols() / 2;
+                let dh = Tensor::empty(t.gpu(), b, 2 * z)?;
+                let p = Params::new().u((b * z) as u32).u(z as u32).u(0).u(0).u(0).u(0).u(0).u(0).f(ks);
+                t.dispatch(&fused_key("kl_head_backward", 2, 1, like, false), p, &[g, hv, &dh], grid_1d(b * z, 256))?;
+                Some(dh)
+            } else {
+                None
+            };
+            grads.push(dh);
+        }
+        Ok(grads)
+    });
+    Ok(FusedLoss { total, recon, kl: klsum })
+}
+
+/// y\[B, len\] = x\[B, start .. start+len).  Backward: dx = dy in those columns, zeros elsewhere.
+pub fn slice_cols(tape: &mut Tape, x: Var, start: usize, len: usize) -> Result<Var> {
+    let xv = val(tape, x);
+    if len == 0 || start + len > xv.cols() {
+        return Err(Error::shape("slice_cols", format!("columns {start}..{} of {:?}", start + len, xv.shape())));
+    }
+    let (b, n) = (xv.rows(), xv.cols());
+    let y = Tensor::empty(tape.gpu(), b, len)?;
+    let like = FusedLikelihood::Bernoulli;
+    let p = move |count: usize| Params::new().u(count as u32).u(n as u32).u(start as u32).u(0).u(0).u(0).u(0).u(len as u32);
+    tape.dispatch(&fused_key("slice_cols", 1, 1, like, false), p(b * len), &[&xv, &y], grid_1d(b * len, 256))?;
+    Ok(tape.record(&[x], y, move |t, g, _| {
+        let dx = Tensor::empty(t.gpu(), b, n)?;
+        t.dispatch(&fused_key("pad_cols", 1, 1, like, false), p(b * n), &[g, &dx], grid_1d(b * n, 256))?;
+        Ok(vec![Some(dx)])
+    }))
+}

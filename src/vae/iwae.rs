@@ -59,7 +59,7 @@ fn check(vae: &Vae, k: usize) -> Result<()> {
     if !(1..=MAX_K).contains(&k) {
         return Err(Error::arg("--iwae", format!("{k} importance samples: K must be in 1..={MAX_K}")));
     }
-    if vae.fc_logvar.is_none() {
+    if !vae.has_logvar() {
         return Err(Error::arg(
             "model",
             "the importance-weighted estimate needs the posterior q(z|x), but a plain autoencoder has none \

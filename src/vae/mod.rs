@@ -214,17 +214,26 @@ pub fn act_name(a: Act) -> String {
 /// Noise stream of the reparameterization's eps (binarization uses another).
 pub const STREAM_EPS: u32 = 0;
 
+/// Name of the stacked posterior head's parameters (`HEAD.weight`, `HEAD.bias`): rows of
+/// `fc_mu` then rows of `fc_logvar`.
+pub const HEAD: &str = "fc_mu+fc_logvar";
+
 /// The values of one forward pass.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct VaeOutput {
-    /// Posterior means \[B, Z\].
-    pub mu: Var,
-    /// Posterior log-variances \[B, Z\] (none for the plain autoencoder).
+    /// The encoder head's output \[B, 2Z\] = \[mu | logvar\] (\[B, Z\] = mu for the autoencoder).
+    pub head: Var,
+    /// Posterior means \[B, Z\], when the forward pass made them separately (BN-VAE, the
+    /// autoencoder); [`Vae::posterior`] gives them in every case.
+    pub mu: Option<Var>,
+    /// Posterior log-variances \[B, Z\], when made separately (BN-VAE).
     pub logvar: Option<Var>,
     /// Sampled latents \[B, Z\].
     pub z: Var,
     /// Decoder outputs [B, D]: logits (Bernoulli) or means (Gaussian).
     pub out: Var,
+    /// KL per example \[B, 1\] from the fused latent kernel (a value for the fused objective).
+    pub kl_rows: Option<Tensor>,
 }
 
 /// The loss terms of one batch, each \[1, 1\] and summed over the batch (divide by B for nats per
@@ -246,10 +255,11 @@ pub struct Vae {
     pub config: VaeConfig,
     /// Input -> last hidden layer (activation after each).
     pub encoder: Mlp,
-    /// Last hidden -> mu.
-    pub fc_mu: Linear,
-    /// Last hidden -> logvar (none for the plain autoencoder).
-    pub fc_logvar: Option<Linear>,
+    /// Last hidden -> posterior parameters \[mu | logvar\] in ONE matmul (2Z outputs; Z, mu only,
+    /// for the autoencoder). Its parameters are named `fc_mu+fc_logvar.weight` / `.bias`; in
+    /// checkpoints and [`Vae::state_dict`] its rows are PyTorch's two layers `fc_mu` and
+    /// `fc_logvar` (the autoencoder's head is `fc_mu` itself).
+    pub head: Linear,
     /// Latent -> hidden layers -> output (identity on the output).
     pub decoder: Mlp,
     /// BN-VAE layer on the posterior mean, if configured.
@@ -289,12 +299,18 @@ impl Vae {
         } else {
             Mlp { layers: vec![] }
         };
-        let fc_mu = Linear::new(gpu, "fc_mu", last, config.latent, Act::Identity, &mut rng)?;
-        let fc_logvar = match config.model {
+        // fc_mu's and fc_logvar's values are drawn one after the other, as two separate layers
+        // would be, and stacked: the head is [fc_mu; fc_logvar].
+        let z = config.latent;
+        let (mut w, mut b) = Linear::init_values("fc_mu", last, z, &mut rng)?;
+        let head = match config.model {
             ModelKind::Vae | ModelKind::Cvae => {
-                Some(Linear::new(gpu, "fc_logvar", last, config.latent, Act::Identity, &mut rng)?)
+                let (wl, bl) = Linear::init_values("fc_logvar", last, z, &mut rng)?;
+                w.extend(wl);
+                b.extend(bl);
+                Linear::from_values(gpu, HEAD, last, 2 * z, &w, &b, Act::Identity)?
             }
-            ModelKind::Ae => None,
+            ModelKind::Ae => Linear::from_values(gpu, "fc_mu", last, z, &w, &b, Act::Identity)?,
         };
         let decoder = Mlp::new(gpu, "decoder", &dec_sizes, act, Act::Identity, seed.wrapping_add(1))?;
         let bn = match config.bn_tau {
@@ -309,16 +325,18 @@ impl Vae {
             Likelihood::GaussianLearned => Some(Param::new("decoder.logvar", Tensor::zeros(gpu, 1, config.input_dim)?)),
             _ => None,
         };
-        Ok(Vae { config, encoder, fc_mu, fc_logvar, decoder, bn, out_logvar })
+        Ok(Vae { config, encoder, head, decoder, bn, out_logvar })
+    }
+
+    /// Whether the model has a posterior variance (every model but the plain autoencoder).
+    pub fn has_logvar(&self) -> bool {
+        self.config.model != ModelKind::Ae
     }
 
     /// Every parameter, in the order of the names in the module docs.
     pub fn params(&self) -> Vec<&Param> {
         let mut p = self.encoder.params();
-        p.extend(self.fc_mu.params());
-        if let Some(l) = &self.fc_logvar {
-            p.extend(l.params());
-        }
+        p.extend(self.head.params());
         if let Some(bn) = &self.bn {
             p.push(&bn.theta);
         }
@@ -373,6 +391,12 @@ impl Vae {
 
     /// Records q(z|x, y) for the CVAE (y: one-hot \[B, classes\]); `y` is ignored by other models.
     pub fn encode_vars_cond(&self, tape: &mut Tape, x: Var, y: Option<Var>) -> Result<(Var, Option<Var>)> {
+        let (head, mu) = self.encode_head(tape, x, y)?;
+        self.split_head(tape, head, mu)
+    }
+
+    /// The head's output and, for the BN-VAE, the normalized posterior mean.
+    fn encode_head(&self, tape: &mut Tape, x: Var, y: Option<Var>) -> Result<(Var, Option<Var>)> {
         self.check_input(tape.value(x))?;
         let rows = tape.value(x).rows();
         let x = match self.condition(tape, rows, y)? {
@@ -380,18 +404,35 @@ impl Vae {
             None => x,
         };
         let h = self.encoder.forward(tape, x)?;
-        let mut mu = self.fc_mu.forward(tape, h)?;
-        if let Some(bn) = &self.bn {
-            // Batch statistics while training (a tape that records gradients), running ones otherwise.
-            let theta = tape.param(&bn.theta);
-            let training = tape.grad_enabled();
-            mu = scaled_batch_norm(tape, mu, theta, bn.tau, &bn.running, training)?;
+        let head = self.head.forward(tape, h)?;
+        let Some(bn) = &self.bn else { return Ok((head, None)) };
+        // Batch statistics while training (a tape that records gradients), running ones otherwise.
+        let mu = crate::ops::vae::slice_cols(tape, head, 0, self.config.latent)?;
+        let theta = tape.param(&bn.theta);
+        let training = tape.grad_enabled();
+        Ok((head, Some(scaled_batch_norm(tape, mu, theta, bn.tau, &bn.running, training)?)))
+    }
+
+    /// (mu, logvar) from the head's output; `mu` when already made (BN-VAE).
+    fn split_head(&self, tape: &mut Tape, head: Var, mu: Option<Var>) -> Result<(Var, Option<Var>)> {
+        let z = self.config.latent;
+        if self.config.model == ModelKind::Ae {
+            return Ok((head, None));
         }
-        let logvar = match &self.fc_logvar {
-            Some(l) => Some(l.forward(tape, h)?),
-            None => None,
+        let mu = match mu {
+            Some(m) => m,
+            None => crate::ops::vae::slice_cols(tape, head, 0, z)?,
         };
-        Ok((mu, logvar))
+        Ok((mu, Some(crate::ops::vae::slice_cols(tape, head, z, z)?)))
+    }
+
+    /// The posterior's (mu, logvar) vars of a forward pass (no logvar for the autoencoder),
+    /// sliced from the head's output where the forward pass did not make them.
+    pub fn posterior(&self, tape: &mut Tape, out: &VaeOutput) -> Result<(Var, Option<Var>)> {
+        match (out.mu, out.logvar) {
+            (Some(mu), lv) if lv.is_some() || self.config.model == ModelKind::Ae => Ok((mu, lv)),
+            (mu, _) => self.split_head(tape, out.head, mu),
+        }
     }
 
     /// Records the full forward pass with eps drawn from `noise` (the autoencoder uses z = mu).
@@ -400,15 +441,25 @@ impl Vae {
     }
 
     /// [`Vae::forward`] with the CVAE's one-hot labels `y` \[B, classes\].
+    ///
+    /// The VAE without BN takes the fused path: one kernel draws eps, reparameterizes and
+    /// computes the KL per example straight from the head's output. The BN-VAE normalizes the
+    /// sliced posterior mean first and runs the separate kernels.
     pub fn forward_cond(&self, tape: &mut Tape, x: Var, y: Option<Var>, noise: Noise) -> Result<VaeOutput> {
-        let (mu, logvar) = self.encode_vars_cond(tape, x, y)?;
-        let zv = match logvar {
-            Some(lv) => {
-                let (b, z) = (tape.value(mu).rows(), self.config.latent);
-                let eps = normal(tape, b, z, noise)?;
-                reparameterize(tape, mu, lv, &eps)?
+        let (head, bn_mu) = self.encode_head(tape, x, y)?;
+        let z = self.config.latent;
+        let (zv, mu, logvar, kl_rows) = match (self.config.model, bn_mu) {
+            (ModelKind::Ae, _) => (head, Some(head), None, None),
+            (_, None) => {
+                let (zv, kl) = crate::ops::vae::latent(tape, head, z, noise)?;
+                (zv, None, None, Some(kl))
             }
-            None => mu,
+            (_, Some(mu)) => {
+                let lv = crate::ops::vae::slice_cols(tape, head, z, z)?;
+                let b = tape.value(mu).rows();
+                let eps = normal(tape, b, z, noise)?;
+                (reparameterize(tape, mu, lv, &eps)?, Some(mu), Some(lv), None)
+            }
         };
         let rows = tape.value(zv).rows();
         let zin = match self.condition(tape, rows, y)? {
@@ -416,7 +467,7 @@ impl Vae {
             None => zv,
         };
         let out = self.decoder.forward(tape, zin)?;
-        Ok(VaeOutput { mu, logvar, z: zv, out })
+        Ok(VaeOutput { head, mu, logvar, z: zv, out, kl_rows })
     }
 
     /// Records the negative ELBO of `target` (the batch) with KL weight `beta`, sums reduced.
@@ -436,20 +487,67 @@ impl Vae {
         kl_scale: f32,
         free_bits: f32,
     ) -> Result<Loss> {
+        self.objective_loss_acc(tape, out, target, recon_scale, kl_scale, free_bits, None)
+    }
+
+    /// [`Vae::objective_loss`] that also adds the batch's Σ recon and Σ KL to `acc` (two \[1,1\]
+    /// accumulators on the GPU, e.g. an epoch's sums).
+    ///
+    /// Bernoulli and fixed-variance Gaussian likelihoods with the plain KL (no free bits) take the
+    /// fused path: reconstruction, its gradient, the sums and the accumulation in two kernels
+    /// ([`crate::ops::vae::fused_objective`]). The rest runs the separate kernels.
+    #[allow(clippy::too_many_arguments)]
+    pub fn objective_loss_acc(
+        &self,
+        tape: &mut Tape,
+        out: &VaeOutput,
+        target: &Tensor,
+        recon_scale: f32,
+        kl_scale: f32,
+        free_bits: f32,
+        acc: Option<(&Tensor, &Tensor)>,
+    ) -> Result<Loss> {
+        use crate::ops::vae::{fused_objective, FusedLikelihood};
+        let like = match self.config.likelihood {
+            Likelihood::Bernoulli => Some(FusedLikelihood::Bernoulli),
+            Likelihood::Gaussian { variance } => Some(FusedLikelihood::Gaussian(variance)),
+            Likelihood::GaussianLearned => None,
+        };
+        let kl_fused = match (&out.kl_rows, self.config.model) {
+            (_, ModelKind::Ae) => Some(None),
+            (Some(rows), _) if free_bits == 0.0 => Some(Some((out.head, rows))),
+            _ => None,
+        };
+        if let (Some(like), Some(kl)) = (like, kl_fused) {
+            let f = fused_objective(tape, out.out, target, like, kl, recon_scale, kl_scale, acc)?;
+            let (recon, kl) = (tape.input(f.recon), tape.input(f.kl));
+            return Ok(Loss { total: f.total, recon, kl });
+        }
         let rec = self.recon_nll(tape, out.out, target)?;
         let recon = ops::sum(tape, rec)?;
         let rterm = if recon_scale == 1.0 { recon } else { ops::scale(tape, recon, recon_scale)? };
-        let Some(logvar) = out.logvar else {
-            let zero = ops::elementwise::fill(tape, 1, 1, 0.0)?;
-            let kl = tape.input(zero);
-            return Ok(Loss { total: rterm, recon, kl });
+        let (mu, logvar) = self.posterior(tape, out)?;
+        let loss = match logvar {
+            None => {
+                let zero = ops::elementwise::fill(tape, 1, 1, 0.0)?;
+                let kl = tape.input(zero);
+                Loss { total: rterm, recon, kl }
+            }
+            Some(logvar) => {
+                let kl_rows = kl_normal(tape, mu, logvar)?;
+                let kl = ops::sum(tape, kl_rows)?;
+                let kterm = if free_bits > 0.0 { kl_free_bits(tape, mu, logvar, free_bits)? } else { kl };
+                let kterm = if kl_scale == 1.0 { kterm } else { ops::scale(tape, kterm, kl_scale)? };
+                let total = ops::add(tape, rterm, kterm)?;
+                Loss { total, recon, kl }
+            }
         };
-        let kl_rows = kl_normal(tape, out.mu, logvar)?;
-        let kl = ops::sum(tape, kl_rows)?;
-        let kterm = if free_bits > 0.0 { kl_free_bits(tape, out.mu, logvar, free_bits)? } else { kl };
-        let kterm = if kl_scale == 1.0 { kterm } else { ops::scale(tape, kterm, kl_scale)? };
-        let total = ops::add(tape, rterm, kterm)?;
-        Ok(Loss { total, recon, kl })
+        if let Some((ar, ak)) = acc {
+            let (r, k) = (tape.value(loss.recon).clone(), tape.value(loss.kl).clone());
+            ops::elementwise::axpy_inplace(tape, 1.0, &r, ar)?;
+            ops::elementwise::axpy_inplace(tape, 1.0, &k, ak)?;
+        }
+        Ok(loss)
     }
 
     /// Per-example −log p(x|z) \[B,1\] in nats of `target` given the decoder output `out`.

@@ -286,3 +286,19 @@ pub fn fd_grad(x: &Mat, h: f64, f: impl Fn(&Mat) -> f64) -> Mat {
     }
     g
 }
+
+/// The weights of a one-hidden-layer VAE by their PyTorch names, in the order encoder.0, fc_mu,
+/// fc_logvar, decoder.0, decoder.1 (weight, then bias as a \[1, n\] row).
+pub fn vae_params(vae: &wgvae::vae::Vae) -> Vec<Mat> {
+    let g = vae.head.weight.value().gpu();
+    let sd = wgvae::checkpoint::state_dict(&g, vae).expect("state dict");
+    ["encoder.0", "fc_mu", "fc_logvar", "decoder.0", "decoder.1"]
+        .iter()
+        .flat_map(|n| [format!("{n}.weight"), format!("{n}.bias")])
+        .map(|name| {
+            let (_, shape, v) = sd.iter().find(|(k, _, _)| *k == name).unwrap_or_else(|| panic!("{name} missing"));
+            let (r, c) = if shape.len() == 2 { (shape[0], shape[1]) } else { (1, shape[0]) };
+            Mat::new(r, c, v.iter().map(|&x| x as f64).collect())
+        })
+        .collect()
+}

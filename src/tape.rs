@@ -47,13 +47,20 @@ impl Params {
     pub fn f(self, v: f32) -> Self {
         self.u(v.to_bits())
     }
+    /// The same block with word `i` (already appended) replaced.
+    pub fn with_word(mut self, i: usize, v: u32) -> Self {
+        if i < self.len {
+            self.words[i] = v;
+        }
+        self
+    }
 }
 
 /// One recorded kernel launch.
 pub(crate) struct Dispatch {
     kernel: Arc<Kernel>,
     params: Params,
-    buffers: Vec<(Arc<PooledBuffer>, u64)>,
+    buffers: Vec<(Arc<PooledBuffer>, u64, u64)>,
     groups: [u32; 3],
     /// Profile row (entry point and shape); only made while the device is profiling.
     label: Option<String>,
@@ -61,6 +68,7 @@ pub(crate) struct Dispatch {
 
 struct ReadbackCopy {
     src: Arc<PooledBuffer>,
+    offset: u64,
     bytes: u64,
     staging: Arc<PooledBuffer>,
     submitted: Arc<AtomicBool>,
@@ -126,6 +134,8 @@ pub struct Tape {
     kernels_run: BTreeMap<&'static str, u64>,
     /// Buffer of the ones that seeded the last backward (see [`Tape::is_seed`]).
     seed: Option<u64>,
+    /// Gradient destinations of packed parameters' vars (see [`crate::nn::pack`]).
+    dests: HashMap<usize, Tensor>,
 }
 
 impl Tape {
@@ -142,6 +152,7 @@ impl Tape {
             params: HashMap::new(),
             kernels_run: BTreeMap::new(),
             seed: None,
+            dests: HashMap::new(),
         }
     }
 
@@ -216,7 +227,16 @@ impl Tape {
         if groups.contains(&0) {
             return Ok(());
         }
-        let buffers = buffers.iter().map(|t| (t.buf.clone(), t.bytes())).collect();
+        // A buffer bound writable must not also be bound read-only in the same dispatch (WebGPU
+        // tracks usage per buffer, not per range): say which kernel would do it.
+        let writes = &buffers[key.inputs as usize..];
+        if let Some(r) = buffers[..key.inputs as usize].iter().find(|r| writes.iter().any(|w| w.same_buffer(r))) {
+            return Err(Error::Autograd(format!(
+                "kernel {} would read {r:?} while writing another range of its buffer; copy it first",
+                kernel.name
+            )));
+        }
+        let buffers = buffers.iter().map(|t| (t.buf.clone(), t.offset, t.bytes())).collect();
         self.dispatches.push(Dispatch { kernel, params, buffers, groups, label });
         Ok(())
     }
@@ -228,6 +248,7 @@ impl Tape {
         let submitted = Arc::new(AtomicBool::new(false));
         self.readbacks.push(ReadbackCopy {
             src: t.buf.clone(),
+            offset: t.offset,
             bytes: t.bytes(),
             staging: staging.clone(),
             submitted: submitted.clone(),
@@ -307,7 +328,7 @@ impl Tape {
             _ => None,
         };
         for r in &readbacks {
-            enc.copy_buffer_to_buffer(r.src.raw(), 0, r.staging.raw(), 0, r.bytes);
+            enc.copy_buffer_to_buffer(r.src.raw(), r.offset, r.staging.raw(), 0, r.bytes);
         }
         self.gpu.queue().submit([enc.finish()]);
         if let Some((staging, t)) = profile_read {
@@ -384,7 +405,20 @@ impl Tape {
         }
         let v = self.leaf(p.value().clone(), true);
         self.params.insert(p.id(), v);
+        if let Some(g) = p.grad_view() {
+            self.dests.insert(v.0, g.clone());
+        }
         v
+    }
+
+    /// Where `v`'s gradient should be written, when `v` is a packed parameter ([`crate::nn::pack`])
+    /// that has no gradient yet: a backward rule that can write its output anywhere writes it
+    /// there and returns that tensor, and the optimizer finds every gradient in one buffer.
+    pub fn grad_destination(&self, v: Var) -> Option<Tensor> {
+        match self.grads.get(v.0) {
+            Some(None) => self.dests.get(&v.0).cloned(),
+            _ => None,
+        }
     }
 
     /// The value of `v`.
@@ -479,6 +513,17 @@ impl Tape {
                     // Out of place: backward rules may hand the same tensor to several inputs.
                     Some(prev) => crate::ops::elementwise::axpby(self, 1.0, &prev, 1.0, &gi)?,
                 });
+            }
+        }
+        // Packed parameters whose gradient a rule could not write in place get it copied there.
+        let mut dests: Vec<(usize, Tensor)> = self.dests.iter().map(|(&v, d)| (v, d.clone())).collect();
+        dests.sort_by_key(|(v, _)| *v);
+        for (v, dest) in dests {
+            if let Some(g) = self.grads[v].clone() {
+                if !g.same_storage(&dest) {
+                    crate::ops::elementwise::copy_into(self, &g, &dest)?;
+                    self.grads[v] = Some(dest);
+                }
             }
         }
         Ok(())

@@ -1,7 +1,10 @@
-//! GPU tensor: a pooled storage buffer plus a 2-D row-major f32 shape.
+//! GPU tensor: a pooled storage buffer (or an aligned range of one) plus a 2-D row-major f32 shape.
 //!
 //! Every value in a VAE built from MLPs is a matrix (batch x features); vectors are `[1, n]` and
-//! scalars `[1, 1]`. Cloning a tensor shares its buffer (it is a handle, not a copy).
+//! scalars `[1, 1]`. Cloning a tensor shares its buffer (it is a handle, not a copy). A view
+//! ([`Tensor::view`]) is a range of another tensor's buffer starting at a byte offset the device
+//! can bind (its `min_storage_buffer_offset_alignment`): the parameters of a model live as views
+//! of one buffer, so one optimizer dispatch updates them all.
 
 use std::sync::Arc;
 
@@ -13,13 +16,15 @@ use crate::gpu::Gpu;
 #[derive(Clone)]
 pub struct Tensor {
     pub(crate) buf: Arc<PooledBuffer>,
+    /// Byte offset of element 0 in the buffer (0 unless a view).
+    pub(crate) offset: u64,
     rows: usize,
     cols: usize,
 }
 
 impl std::fmt::Debug for Tensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Tensor[{}x{}] (buffer {})", self.rows, self.cols, self.buf.id())
+        write!(f, "Tensor[{}x{}] (buffer {} + {} bytes)", self.rows, self.cols, self.buf.id(), self.offset)
     }
 }
 
@@ -29,7 +34,7 @@ impl Tensor {
         check_shape("Tensor::empty", rows, cols)?;
         let bytes = (rows as u64) * (cols as u64) * 4;
         let buf = gpu.alloc(BufferKind::Storage, bytes)?;
-        Ok(Tensor { buf, rows, cols })
+        Ok(Tensor { buf, offset: 0, rows, cols })
     }
 
     /// Uploads `data` (row-major, `rows * cols` values).
@@ -41,7 +46,7 @@ impl Tensor {
             ));
         }
         let t = Self::empty(gpu, rows, cols)?;
-        gpu.queue().write_buffer(t.buf.raw(), 0, bytemuck::cast_slice(data));
+        gpu.queue().write_buffer(t.buf.raw(), t.offset, bytemuck::cast_slice(data));
         gpu.stats_mut().bytes_uploaded += t.bytes();
         Ok(t)
     }
@@ -53,7 +58,7 @@ impl Tensor {
             return Err(Error::shape("Tensor::from_u32", format!("{} words given for {rows}x{cols}", data.len())));
         }
         let t = Self::empty(gpu, rows, cols)?;
-        gpu.queue().write_buffer(t.buf.raw(), 0, bytemuck::cast_slice(data));
+        gpu.queue().write_buffer(t.buf.raw(), t.offset, bytemuck::cast_slice(data));
         gpu.stats_mut().bytes_uploaded += t.bytes();
         Ok(t)
     }
@@ -66,7 +71,7 @@ impl Tensor {
                 format!("{} values for a {}x{} tensor", data.len(), self.rows, self.cols),
             ));
         }
-        gpu.queue().write_buffer(self.buf.raw(), 0, bytemuck::cast_slice(data));
+        gpu.queue().write_buffer(self.buf.raw(), self.offset, bytemuck::cast_slice(data));
         gpu.stats_mut().bytes_uploaded += self.bytes();
         Ok(())
     }
@@ -109,7 +114,7 @@ impl Tensor {
                 format!("{}x{} cannot be viewed as {rows}x{cols}", self.rows, self.cols),
             ));
         }
-        Ok(Tensor { buf: self.buf.clone(), rows, cols })
+        Ok(Tensor { buf: self.buf.clone(), offset: self.offset, rows, cols })
     }
     /// The pooled buffer behind this tensor.
     pub fn buffer(&self) -> &PooledBuffer {
@@ -119,9 +124,45 @@ impl Tensor {
     pub fn gpu(&self) -> Gpu {
         Gpu { inner: self.buf.gpu.clone() }
     }
-    /// Whether two tensors share a buffer.
+    /// Whether two tensors share a buffer (views of one buffer do, whatever their ranges).
     pub fn same_buffer(&self, other: &Tensor) -> bool {
         Arc::ptr_eq(&self.buf, &other.buf)
+    }
+
+    /// Whether two tensors are the same range of the same buffer.
+    pub fn same_storage(&self, other: &Tensor) -> bool {
+        self.same_buffer(other) && self.offset == other.offset && self.len() == other.len()
+    }
+
+    /// Byte offset of this tensor in its buffer (0 unless it is a view).
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// A `rows x cols` view of this tensor's buffer starting `start` elements into this tensor.
+    /// The start must be a multiple of [`Tensor::view_alignment`] elements, so that kernels can
+    /// bind the view; writes through it change this tensor.
+    pub fn view(&self, start: usize, rows: usize, cols: usize) -> Result<Tensor> {
+        check_shape("Tensor::view", rows, cols)?;
+        let align = Self::view_alignment(&self.gpu());
+        let fits = start.checked_add(rows * cols).is_some_and(|end| end <= self.len());
+        if !fits || !start.is_multiple_of(align) {
+            return Err(Error::shape(
+                "Tensor::view",
+                format!(
+                    "a {rows}x{cols} view at element {start} of a {}x{} tensor (views start at multiples of {align} \
+                     elements and end inside the tensor)",
+                    self.rows, self.cols
+                ),
+            ));
+        }
+        Ok(Tensor { buf: self.buf.clone(), offset: self.offset + 4 * start as u64, rows, cols })
+    }
+
+    /// Elements between the starts of two views that kernels can bind (the device's
+    /// `min_storage_buffer_offset_alignment`, in f32s).
+    pub fn view_alignment(gpu: &Gpu) -> usize {
+        (gpu.limits().min_storage_buffer_offset_alignment as usize / 4).max(1)
     }
 
     /// Downloads the values: submits, waits, maps. For results and tests, never inside a step.

@@ -98,10 +98,9 @@ fn latent_backward_adds_to_the_heads_gradient() {
 /// (Σ nll, d Σ nll / d out) of the decoder output `x` against targets `t`, in f64.
 fn recon_ref(x: &Mat, t: &Mat, like: FusedLikelihood) -> (f64, Mat) {
     match like {
-        FusedLikelihood::Bernoulli => (
-            x.zip(t, |l, t| l.max(0.0) - l * t + (-l.abs()).exp().ln_1p()).sum(),
-            x.zip(t, |l, t| sigmoid(l) - t),
-        ),
+        FusedLikelihood::Bernoulli => {
+            (x.zip(t, |l, t| l.max(0.0) - l * t + (-l.abs()).exp().ln_1p()).sum(), x.zip(t, |l, t| sigmoid(l) - t))
+        }
         FusedLikelihood::Gaussian(v) => {
             let v = v as f64;
             (
@@ -161,8 +160,9 @@ fn fused_objective_values_sums_accumulators_and_gradients() {
             tape_rows.submit().unwrap();
             let acc_r = Tensor::from_slice(gpu(), 1, 1, &[10.0]).unwrap();
             let acc_k = Tensor::from_slice(gpu(), 1, 1, &[-3.0]).unwrap();
-            let f = fused_objective(&mut tape, xv, &t.upload(), like, Some((hv, &kl_rows)), rs, ks, Some((&acc_r, &acc_k)))
-                .unwrap();
+            let f =
+                fused_objective(&mut tape, xv, &t.upload(), like, Some((hv, &kl_rows)), rs, ks, Some((&acc_r, &acc_k)))
+                    .unwrap();
             let loss = if upstream == 1.0 { f.total } else { ops::scale(&mut tape, f.total, upstream as f32).unwrap() };
             tape.backward(loss).unwrap();
             tape.submit().unwrap();

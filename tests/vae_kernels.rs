@@ -204,42 +204,47 @@ fn adam_and_adamw_match_reference() {
 
 #[test]
 fn gather_builds_batches_from_packed_bytes_with_optional_binarization() {
-    let (n, h, w) = (11, 5, 7); // 35 bytes per image: words straddle images
-    let pixels: Vec<u8> = (0..n * h * w).map(|i| ((i * 37 + 11) % 256) as u8).collect();
-    let imgs = Images {
-        n,
-        rows: h,
-        cols: w,
-        pixels: pixels.clone(),
-        labels: None,
-        num_classes: 0,
-        factors: None,
-        factor_names: vec![],
-    };
-    let g = GpuImages::upload(gpu(), &imgs).unwrap();
-    let (order, order_t) = g.order(gpu(), 9, 2, true).unwrap();
-    let mut sorted = order.clone();
-    sorted.sort();
-    assert_eq!(sorted, (0..n as u32).collect::<Vec<_>>(), "the order is a permutation");
-    let (off, b) = (3, 6);
-    let nz = Noise { seed: 77, step: 4, stream: 1 };
-    let mut tape = Tape::no_grad(gpu());
-    let x = g.batch(&mut tape, &order_t, off, b, None).unwrap();
-    let xb = g.batch(&mut tape, &order_t, off, b, Some(nz)).unwrap();
-    tape.submit().unwrap();
-    let (x, xb) = (x.to_vec(gpu()).unwrap(), xb.to_vec(gpu()).unwrap());
-    let u = rng::uniforms(b * h * w, 77, 4, 1);
-    for r in 0..b {
-        let img = order[off + r] as usize;
-        for d in 0..h * w {
-            let v = pixels[img * h * w + d] as f32 / 255.0;
-            assert_eq!(x[r * h * w + d], v, "row {r} pixel {d}");
-            let want = if u[r * h * w + d] < v { 1.0 } else { 0.0 };
-            assert_eq!(xb[r * h * w + d], want, "binarized row {r} pixel {d}");
+    // 35 bytes per image: words straddle images (one pixel per invocation); 28 bytes: whole words
+    // per row (four pixels per invocation).
+    for (h, w, kernel) in [(5, 7, "gather"), (4, 7, "gather4")] {
+        let n = 11;
+        let pixels: Vec<u8> = (0..n * h * w).map(|i| ((i * 37 + 11) % 256) as u8).collect();
+        let imgs = Images {
+            n,
+            rows: h,
+            cols: w,
+            pixels: pixels.clone(),
+            labels: None,
+            num_classes: 0,
+            factors: None,
+            factor_names: vec![],
+        };
+        let g = GpuImages::upload(gpu(), &imgs).unwrap();
+        let (order, order_t) = g.order(gpu(), 9, 2, true).unwrap();
+        let mut sorted = order.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..n as u32).collect::<Vec<_>>(), "the order is a permutation");
+        let (off, b) = (3, 6);
+        let nz = Noise { seed: 77, step: 4, stream: 1 };
+        let mut tape = Tape::no_grad(gpu());
+        let x = g.batch(&mut tape, &order_t, off, b, None).unwrap();
+        let xb = g.batch(&mut tape, &order_t, off, b, Some(nz)).unwrap();
+        tape.submit().unwrap();
+        assert_eq!(tape.kernels_run().get(kernel), Some(&2), "{h}x{w} images: {:?}", tape.kernels_run());
+        let (x, xb) = (x.to_vec(gpu()).unwrap(), xb.to_vec(gpu()).unwrap());
+        let u = rng::uniforms(b * h * w, 77, 4, 1);
+        for r in 0..b {
+            let img = order[off + r] as usize;
+            for d in 0..h * w {
+                let v = pixels[img * h * w + d] as f32 / 255.0;
+                assert_eq!(x[r * h * w + d], v, "{h}x{w}: row {r} pixel {d}");
+                let want = if u[r * h * w + d] < v { 1.0 } else { 0.0 };
+                assert_eq!(xb[r * h * w + d], want, "{h}x{w}: binarized row {r} pixel {d}");
+            }
         }
+        let mut tape = Tape::no_grad(gpu());
+        assert!(g.batch(&mut tape, &order_t, 8, 6, None).is_err(), "a batch past the end is an error");
     }
-    let mut tape = Tape::no_grad(gpu());
-    assert!(g.batch(&mut tape, &order_t, 8, 6, None).is_err(), "a batch past the end is an error");
 }
 
 #[test]

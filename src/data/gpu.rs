@@ -90,8 +90,10 @@ impl GpuImages {
             None => (0, Noise { seed: 0, step: 0, stream: 0 }),
         };
         let k = crate::rng::key(noise.seed);
+        // Four pixels per invocation when rows are whole words (every 28x28 or 64x64 image).
+        let (entry, invocations) = if self.dim.is_multiple_of(4) { ("gather4", n / 4) } else { ("gather", n) };
         let p = Params::new()
-            .u(n as u32)
+            .u(invocations as u32)
             .u(self.dim as u32)
             .u(offset as u32)
             .u(bin)
@@ -99,8 +101,8 @@ impl GpuImages {
             .u(k[1])
             .u(noise.step)
             .u(noise.stream);
-        let key = KernelKey { module: Module::Data, entry: "gather", defines: Vec::new(), inputs: 2, outputs: 1 };
-        tape.dispatch(&key, p, &[&self.data, order, &x], grid_1d(n, 256))?;
+        let key = KernelKey { module: Module::Data, entry, defines: Vec::new(), inputs: 2, outputs: 1 };
+        tape.dispatch(&key, p, &[&self.data, order, &x], grid_1d(invocations, 256))?;
         Ok(x)
     }
 }

@@ -259,12 +259,12 @@ impl Gpu {
         &self,
         kernel: &Kernel,
         params: &super::pool::PooledBuffer,
-        buffers: &[(Arc<super::pool::PooledBuffer>, u64)],
+        buffers: &[(Arc<super::pool::PooledBuffer>, u64, u64)],
     ) -> Arc<wgpu::BindGroup> {
-        let mut key = Vec::with_capacity(3 + 2 * buffers.len());
+        let mut key = Vec::with_capacity(3 + 3 * buffers.len());
         key.extend([kernel.layout_key.0 as u64, kernel.layout_key.1 as u64, params.id]);
-        for (b, size) in buffers {
-            key.extend([b.id, *size]);
+        for (b, offset, size) in buffers {
+            key.extend([b.id, *offset, *size]);
         }
         let mut cache = self.inner.pipelines.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(bg) = cache.bind_groups.get(&key) {
@@ -278,12 +278,12 @@ impl Gpu {
                 size: wgpu::BufferSize::new(PARAMS_BYTES),
             }),
         }];
-        for (i, (b, size)) in buffers.iter().enumerate() {
+        for (i, (b, offset, size)) in buffers.iter().enumerate() {
             entries.push(wgpu::BindGroupEntry {
                 binding: 1 + i as u32,
                 resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                     buffer: b.raw(),
-                    offset: 0,
+                    offset: *offset,
                     size: wgpu::BufferSize::new(*size),
                 }),
             });

@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 
-use super::Param;
+use std::sync::Arc;
+
+use super::{Param, Store};
 use crate::error::{Error, Result};
 use crate::gpu::pipeline::{KernelKey, Module};
 use crate::ops::grid_1d;
@@ -27,7 +29,10 @@ pub struct Adam {
     pub decoupled: bool,
     /// Updates taken so far (bias correction uses it).
     pub t: u64,
+    /// (m, v) per parameter id; for packed parameters, views of the store's flat moments.
     state: HashMap<u64, (Tensor, Tensor)>,
+    /// Flat (m, v) per parameter store (see [`crate::nn::pack`]).
+    flat: HashMap<u64, (Tensor, Tensor)>,
 }
 
 impl Adam {
@@ -45,6 +50,7 @@ impl Adam {
             decoupled: false,
             t: 0,
             state: HashMap::new(),
+            flat: HashMap::new(),
         })
     }
 
@@ -72,42 +78,105 @@ impl Adam {
                 format!("moments for {} must be {:?}", p.name(), p.value().shape()),
             ));
         }
+        if p.store().is_some() {
+            // A packed parameter's moments live in the store's flat moments: copy them there.
+            let gpu = m.gpu();
+            let (pm, pv) = self.moments_of(&gpu, p)?;
+            let mut tape = Tape::no_grad(&gpu);
+            crate::ops::elementwise::copy_into(&mut tape, &m, &pm)?;
+            crate::ops::elementwise::copy_into(&mut tape, &v, &pv)?;
+            return tape.submit();
+        }
         self.state.insert(p.id(), (m, v));
         Ok(())
     }
 
-    /// One update of every parameter that has a gradient on `tape`.
+    /// The (m, v) of `p`, created as zeros on first use (views of the flat moments when packed).
+    fn moments_of(&mut self, gpu: &crate::Gpu, p: &Param) -> Result<(Tensor, Tensor)> {
+        if let Some(s) = self.state.get(&p.id()) {
+            return Ok(s.clone());
+        }
+        let (r, c) = (p.value().rows(), p.value().cols());
+        let s = match p.store() {
+            Some(store) => {
+                let (m, v) = self.flat_moments(gpu, store)?;
+                let (start, _) = store.slot(p.id()).ok_or_else(|| Error::arg("Adam", "parameter not in its store"))?;
+                (m.view(start, r, c)?, v.view(start, r, c)?)
+            }
+            None => (Tensor::zeros(gpu, r, c)?, Tensor::zeros(gpu, r, c)?),
+        };
+        self.state.insert(p.id(), s.clone());
+        Ok(s)
+    }
+
+    fn flat_moments(&mut self, gpu: &crate::Gpu, store: &Store) -> Result<(Tensor, Tensor)> {
+        if let Some(f) = self.flat.get(&store.id()) {
+            return Ok(f.clone());
+        }
+        let n = store.values.len();
+        let f = (Tensor::zeros(gpu, 1, n)?, Tensor::zeros(gpu, 1, n)?);
+        self.flat.insert(store.id(), f.clone());
+        Ok(f)
+    }
+
+    /// One update of every parameter that has a gradient on `tape`. Parameters packed into one
+    /// store ([`crate::nn::pack`]) are updated by ONE dispatch over the store when all of them
+    /// are being updated and their gradients are in the store's gradient buffer (as backward
+    /// leaves them); others one dispatch each.
     pub fn step(&mut self, tape: &mut Tape, params: &[&Param]) -> Result<()> {
         self.t += 1;
         let bc1 = 1.0 - (self.beta1 as f64).powf(self.t as f64);
         let bc2 = 1.0 - (self.beta2 as f64).powf(self.t as f64);
-        for p in params {
-            let Some(g) = tape.param_grad(p).cloned() else { continue };
-            let (m, v) = match self.state.get(&p.id()) {
-                Some(s) => s.clone(),
-                None => {
-                    let (r, c) = (p.value().rows(), p.value().cols());
-                    let s = (Tensor::zeros(tape.gpu(), r, c)?, Tensor::zeros(tape.gpu(), r, c)?);
-                    self.state.insert(p.id(), s.clone());
-                    s
+        let block = Params::new()
+            .u(0)
+            .u(self.decoupled as u32)
+            .f(self.lr)
+            .f(self.beta1)
+            .f(self.beta2)
+            .f(self.eps)
+            .f(self.weight_decay)
+            .f(bc1 as f32)
+            .f(bc2 as f32);
+        let gpu = tape.gpu().clone();
+        let mut done: Vec<u64> = Vec::new();
+        if let Some(store) = params.first().and_then(|p| p.store()).cloned() {
+            let members: Vec<&&Param> =
+                params.iter().filter(|p| p.store().is_some_and(|s| Arc::ptr_eq(s, &store))).collect();
+            let in_place = members.iter().all(|p| match (tape.param_grad(p), p.grad_view()) {
+                (Some(g), Some(d)) => g.same_storage(d),
+                _ => false,
+            });
+            if members.len() == store.len() && in_place {
+                for p in &members {
+                    self.moments_of(&gpu, p)?;
                 }
-            };
+                let (m, v) = self.flat_moments(&gpu, &store)?;
+                let n = store.values.len();
+                // Slots are multiples of 4 elements apart: the whole store runs four per invocation.
+                let key = KernelKey {
+                    module: Module::Optim,
+                    entry: "adam_step4",
+                    defines: Vec::new(),
+                    inputs: 1,
+                    outputs: 3,
+                };
+                let p = block.with_word(0, n as u32);
+                tape.dispatch(&key, p, &[&store.grads, &store.values, &m, &v], grid_1d(n / 4, 256))?;
+                done.extend(members.iter().map(|p| p.id()));
+            }
+        }
+        for p in params {
+            if done.contains(&p.id()) {
+                continue;
+            }
+            let Some(g) = tape.param_grad(p).cloned() else { continue };
+            let (m, v) = self.moments_of(&gpu, p)?;
             let n = g.len();
-            let params = Params::new()
-                .u(n as u32)
-                .u(self.decoupled as u32)
-                .f(self.lr)
-                .f(self.beta1)
-                .f(self.beta2)
-                .f(self.eps)
-                .f(self.weight_decay)
-                .f(bc1 as f32)
-                .f(bc2 as f32);
             // Four elements per invocation when the tensor allows (every classic-VAE tensor): on
             // CPU adapters a storage load costs about the same whatever its width.
             let (entry, invocations) = if n.is_multiple_of(4) { ("adam_step4", n / 4) } else { ("adam_step", n) };
             let key = KernelKey { module: Module::Optim, entry, defines: Vec::new(), inputs: 1, outputs: 3 };
-            tape.dispatch(&key, params, &[&g, p.value(), &m, &v], grid_1d(invocations, 256))?;
+            tape.dispatch(&key, block.with_word(0, n as u32), &[&g, p.value(), &m, &v], grid_1d(invocations, 256))?;
         }
         Ok(())
     }

@@ -4,6 +4,7 @@ mod adam;
 pub use adam::Adam;
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
 
@@ -21,12 +22,90 @@ pub struct Param {
     id: u64,
     name: String,
     value: Tensor,
+    /// Where its gradient goes when it is packed ([`pack`]): a view of the store's gradient buffer.
+    grad: Option<Tensor>,
+    store: Option<Arc<Store>>,
+}
+
+/// Parameters packed by [`pack`] into one buffer of values and one of gradients, each parameter a
+/// view at an aligned offset (zeros between them), so that one optimizer dispatch updates all.
+#[derive(Debug)]
+pub struct Store {
+    id: u64,
+    /// Every value, \[1, total\].
+    pub values: Tensor,
+    /// Every gradient, \[1, total\], laid out like `values`.
+    pub grads: Tensor,
+    /// (parameter id, first element, elements) of each packed parameter.
+    slots: Vec<(u64, usize, usize)>,
+}
+
+impl Store {
+    /// Identifies the store (optimizers keep their flat moments per store).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+    /// Number of packed parameters.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+    /// Whether no parameter is packed (never: [`pack`] refuses an empty list).
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+    /// Where parameter `id` lives: (first element, elements).
+    pub fn slot(&self, id: u64) -> Option<(usize, usize)> {
+        self.slots.iter().find(|s| s.0 == id).map(|s| (s.1, s.2))
+    }
+}
+
+/// Packs `params` into one value buffer and one gradient buffer (a [`Store`]): their values are
+/// copied there and each becomes a view of it, and each gets a gradient destination that backward
+/// rules write into directly. Models do this once when they are built (`Vae::new`); afterwards
+/// [`Adam`] updates every parameter of the store with one dispatch.
+pub fn pack(gpu: &Gpu, params: &mut [&mut Param]) -> Result<()> {
+    if params.is_empty() {
+        return Err(Error::arg("pack", "no parameters to pack"));
+    }
+    // Slots start at bindable offsets (and at least every 4 elements, for the vec4 optimizer).
+    let align = Tensor::view_alignment(gpu).max(4);
+    let mut slots = Vec::with_capacity(params.len());
+    let mut total = 0usize;
+    for p in params.iter() {
+        let n = p.value.len();
+        slots.push((p.id, total, n));
+        total = total
+            .checked_add(n.div_ceil(align) * align)
+            .ok_or_else(|| Error::arg("pack", "the parameters' total size overflows"))?;
+    }
+    let mut host = vec![0f32; total];
+    for (p, &(_, start, n)) in params.iter().zip(&slots) {
+        host[start..start + n].copy_from_slice(&p.value.to_vec(gpu)?);
+    }
+    let values = Tensor::from_slice(gpu, 1, total, &host)?;
+    let grads = Tensor::zeros(gpu, 1, total)?;
+    let store = Arc::new(Store { id: NEXT_PARAM.fetch_add(1, Ordering::Relaxed), values, grads, slots });
+    for (p, &(_, start, _)) in params.iter_mut().zip(&store.slots) {
+        let (r, c) = (p.value.rows(), p.value.cols());
+        p.value = store.values.view(start, r, c)?;
+        p.grad = Some(store.grads.view(start, r, c)?);
+        p.store = Some(store.clone());
+    }
+    Ok(())
 }
 
 impl Param {
     /// Wraps a tensor as a parameter.
     pub fn new(name: impl Into<String>, value: Tensor) -> Self {
-        Param { id: NEXT_PARAM.fetch_add(1, Ordering::Relaxed), name: name.into(), value }
+        Param { id: NEXT_PARAM.fetch_add(1, Ordering::Relaxed), name: name.into(), value, grad: None, store: None }
+    }
+    /// The gradient destination of a packed parameter (see [`pack`]).
+    pub fn grad_view(&self) -> Option<&Tensor> {
+        self.grad.as_ref()
+    }
+    /// The store a packed parameter lives in.
+    pub fn store(&self) -> Option<&Arc<Store>> {
+        self.store.as_ref()
     }
     /// Unique id.
     pub fn id(&self) -> u64 {
@@ -106,6 +185,10 @@ impl Linear {
     pub fn params(&self) -> Vec<&Param> {
         vec![&self.weight, &self.bias]
     }
+    /// \[weight, bias\], mutably (for [`pack`]).
+    pub fn params_mut(&mut self) -> Vec<&mut Param> {
+        vec![&mut self.weight, &mut self.bias]
+    }
 }
 
 /// A stack of [`Linear`] layers: `act` after every layer but the last, `out_act` after the last.
@@ -147,6 +230,10 @@ impl Mlp {
     /// All parameters, layer by layer.
     pub fn params(&self) -> Vec<&Param> {
         self.layers.iter().flat_map(|l| l.params()).collect()
+    }
+    /// All parameters, mutably (for [`pack`]).
+    pub fn params_mut(&mut self) -> Vec<&mut Param> {
+        self.layers.iter_mut().flat_map(|l| l.params_mut()).collect()
     }
 }
 

@@ -62,6 +62,12 @@ pub fn affine(tape: &mut Tape, x: &Tensor, s: f32, t: f32) -> Result<Tensor> {
     Ok(y)
 }
 
+/// dst = x (same shape; dst may be a view, e.g. a packed parameter's gradient).
+pub fn copy_into(tape: &mut Tape, x: &Tensor, dst: &Tensor) -> Result<()> {
+    same_shape("copy_into", x, dst)?;
+    launch(tape, "affine", &[x], dst, Act::Identity, 1.0, 0.0)
+}
+
 /// A copy of x in a new buffer.
 pub fn copy(tape: &mut Tape, x: &Tensor) -> Result<Tensor> {
     affine(tape, x, 1.0, 0.0)

@@ -5,7 +5,7 @@
 //! W\[out,in\], forward is X·Wᵀ (NT), d_X = dY·W (NN) and d_W = dYᵀ·X (TN).
 
 use super::elementwise::act_backward;
-use super::reduce::col_sum;
+use super::reduce::col_sum_into;
 use super::{val, Act};
 use crate::error::{Error, Result};
 use crate::gpu::pipeline::{KernelKey, Module};
@@ -157,8 +157,24 @@ fn launch(
 
 /// C = act(op(A)·op(B) + bias) into a new tensor.
 pub fn matmul_forward(tape: &mut Tape, a: &Tensor, b: &Tensor, bias: Option<&Tensor>, o: MatmulOpts) -> Result<Tensor> {
+    matmul_forward_into(tape, a, b, bias, None, o)
+}
+
+/// [`matmul_forward`] into `out` when given (e.g. a packed parameter's gradient view), else a new
+/// tensor; returns the output.
+pub fn matmul_forward_into(
+    tape: &mut Tape,
+    a: &Tensor,
+    b: &Tensor,
+    bias: Option<&Tensor>,
+    out: Option<Tensor>,
+    o: MatmulOpts,
+) -> Result<Tensor> {
     let (m, _, n) = matmul_dims(a, b, o.trans_a, o.trans_b)?;
-    let c = Tensor::empty(tape.gpu(), m, n)?;
+    let c = match out {
+        Some(c) => c,
+        None => Tensor::empty(tape.gpu(), m, n)?,
+    };
     launch(tape, a, b, bias, &c, o, false)?;
     Ok(c)
 }
@@ -227,10 +243,16 @@ pub fn linear(tape: &mut Tape, x: Var, w: Var, b: Option<Var>, act: Act) -> Resu
         let g = act_backward(t, dy, &yk, act)?;
         let plain = MatmulOpts::nn();
         let dx = if needs[0] { Some(matmul_forward(t, &g, &wv, None, plain)?) } else { None };
-        let dw = if needs[1] { Some(matmul_forward(t, &g, &xv, None, plain.trans(true, false))?) } else { None };
+        // Packed parameters' gradients are written straight into the store's gradient buffer.
+        let dw = if needs[1] {
+            let dest = t.grad_destination(w);
+            Some(matmul_forward_into(t, &g, &xv, None, dest, plain.trans(true, false))?)
+        } else {
+            None
+        };
         let mut out = vec![dx, dw];
-        if needs.len() > 2 {
-            out.push(if needs[2] { Some(col_sum(t, &g, 1.0)?) } else { None });
+        if let Some(b) = b {
+            out.push(if needs[2] { Some(col_sum_into(t, &g, 1.0, t.grad_destination(b))?) } else { None });
         }
         Ok(out)
     }))

@@ -25,11 +25,27 @@ const SPAN: usize = 4096;
 
 /// y\[1,C\] = s · Σ_r x\[r, :\], in levels of at most SPAN rows per invocation.
 pub fn col_sum(tape: &mut Tape, x: &Tensor, s: f32) -> Result<Tensor> {
+    col_sum_into(tape, x, s, None)
+}
+
+/// [`col_sum`] with the result written into `out` when given (a \[1, C\] tensor or view).
+pub fn col_sum_into(tape: &mut Tape, x: &Tensor, s: f32, out: Option<Tensor>) -> Result<Tensor> {
+    if let Some(o) = &out {
+        if o.shape() != [1, x.cols()] {
+            return Err(crate::Error::shape(
+                "col_sum",
+                format!("output is {:?}, expected [1, {}]", o.shape(), x.cols()),
+            ));
+        }
+    }
     let mut cur = x.clone();
     loop {
         let chunks = cur.rows().div_ceil(SPAN);
         let last = chunks == 1;
-        let y = Tensor::empty(tape.gpu(), chunks, cur.cols())?;
+        let y = match (&out, last) {
+            (Some(o), true) => o.clone(),
+            _ => Tensor::empty(tape.gpu(), chunks, cur.cols())?,
+        };
         let p = params(cur.rows(), cur.cols(), if last { s } else { 1.0 });
         tape.dispatch(&key("col_sum"), p, &[&cur, &y], [cur.cols().div_ceil(64) as u32, chunks as u32, 1])?;
         if last {

@@ -235,7 +235,10 @@ fn latent_params(n: usize, z: usize, noise: Noise, flag: u32, s0: f32) -> Params
 pub fn latent(tape: &mut Tape, h: Var, z: usize, noise: Noise) -> Result<(Var, Tensor)> {
     let hv = val(tape, h);
     if z == 0 || hv.cols() != 2 * z {
-        return Err(Error::shape("latent", format!("posterior parameters are {:?}, expected [B, {}]", hv.shape(), 2 * z)));
+        return Err(Error::shape(
+            "latent",
+            format!("posterior parameters are {:?}, expected [B, {}]", hv.shape(), 2 * z),
+        ));
     }
     let b = hv.rows();
     let zt = Tensor::empty(tape.gpu(), b, z)?;
@@ -319,7 +322,10 @@ pub fn fused_objective(
     let (head, kl_rows) = match kl {
         Some((h, rows)) => {
             if rows.shape() != [b, 1] {
-                return Err(Error::shape("fused_objective", format!("KL rows are {:?}, expected [{b}, 1]", rows.shape())));
+                return Err(Error::shape(
+                    "fused_objective",
+                    format!("KL rows are {:?}, expected [{b}, 1]", rows.shape()),
+                ));
             }
             (Some(h), Some(rows.clone()))
         }
@@ -385,7 +391,8 @@ pub fn slice_cols(tape: &mut Tape, x: Var, start: usize, len: usize) -> Result<V
     let (b, n) = (xv.rows(), xv.cols());
     let y = Tensor::empty(tape.gpu(), b, len)?;
     let like = FusedLikelihood::Bernoulli;
-    let p = move |count: usize| Params::new().u(count as u32).u(n as u32).u(start as u32).u(0).u(0).u(0).u(0).u(len as u32);
+    let p =
+        move |count: usize| Params::new().u(count as u32).u(n as u32).u(start as u32).u(0).u(0).u(0).u(0).u(len as u32);
     tape.dispatch(&fused_key("slice_cols", 1, 1, like, false), p(b * len), &[&xv, &y], grid_1d(b * len, 256))?;
     Ok(tape.record(&[x], y, move |t, g, _| {
         let dx = Tensor::empty(t.gpu(), b, n)?;

@@ -325,7 +325,24 @@ impl Vae {
             Likelihood::GaussianLearned => Some(Param::new("decoder.logvar", Tensor::zeros(gpu, 1, config.input_dim)?)),
             _ => None,
         };
-        Ok(Vae { config, encoder, head, decoder, bn, out_logvar })
+        let mut vae = Vae { config, encoder, head, decoder, bn, out_logvar };
+        // One buffer for every parameter, one for every gradient: one Adam dispatch per step.
+        crate::nn::pack(gpu, &mut vae.params_mut())?;
+        Ok(vae)
+    }
+
+    /// Every parameter, mutably, in the order of [`Vae::params`].
+    fn params_mut(&mut self) -> Vec<&mut Param> {
+        let mut p = self.encoder.params_mut();
+        p.extend(self.head.params_mut());
+        if let Some(bn) = &mut self.bn {
+            p.push(&mut bn.theta);
+        }
+        if let Some(lv) = &mut self.out_logvar {
+            p.push(lv);
+        }
+        p.extend(self.decoder.params_mut());
+        p
     }
 
     /// Whether the model has a posterior variance (every model but the plain autoencoder).

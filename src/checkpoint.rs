@@ -82,10 +82,13 @@ fn entries(params: &[&Param]) -> Vec<Entry> {
     out
 }
 
+/// One tensor of a state dict: name, shape, values (row-major).
+pub type StateEntry = (String, Vec<usize>, Vec<f32>);
+
 /// The model's weights as PyTorch would name and shape them (`nn.Linear` state-dict names, biases
 /// 1-D, `fc_mu` and `fc_logvar` as separate layers), in the order of [`Vae::params`]; BN-VAE
 /// running statistics last.
-pub fn state_dict(gpu: &Gpu, vae: &Vae) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+pub fn state_dict(gpu: &Gpu, vae: &Vae) -> Result<Vec<StateEntry>> {
     let params = vae.params();
     let values = params.iter().map(|p| p.value().to_vec(gpu)).collect::<Result<Vec<_>>>()?;
     let mut out: Vec<_> =

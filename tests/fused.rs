@@ -12,7 +12,7 @@ use wgvae::ops::vae::{fused_objective, latent, slice_cols, FusedLikelihood, Nois
 use wgvae::ops::{self};
 use wgvae::{rng, Tape, Tensor};
 
-const SEED: u64 = 0x5EED_0F_FA57;
+const SEED: u64 = 0x5EED_0FFA;
 
 fn noise(step: u32) -> Noise {
     Noise { seed: SEED, step, stream: 0 }

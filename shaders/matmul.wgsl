@@ -1,13 +1,20 @@
-// matmul.wgsl — C[M,N] = act( op(A)·op(B) + bias ) (or C += op(A)·op(B) when ACCUM).
+// matmul.wgsl — C[M,N] = act( op(A)·op(B) + bias ) (or C += op(A)·op(B) when ACCUM), with two
+// optional epilogue parts that fuse a layer's backward pass into its two products:
+//   GRAD_ACT != 0:  C = (op(A)·op(B)) ⊙ act'(Y), the derivative written in terms of the
+//                   activation's output Y[M,N] (dX of a layer whose input came out of GRAD_ACT)
+//   COLSUM:         S[M] = Σ_k op(A)[m,k] over this dispatch's K range (added to S when ACCUM):
+//                   with op(A) = dYᵀ this is the bias gradient, next to dW = dYᵀ·X
 //
 // Shapes and layouts (row-major f32):
 //   A stored [M,K] (TA=false) or [K,M] (TA=true, op(A) = Aᵀ)
 //   B stored [K,N] (TB=false) or [N,K] (TB=true, op(B) = Bᵀ)
-//   bias [N] (read only when BIAS), C [M,N]
-// Defines prepended by src/ops/matmul.rs: TA, TB, BIAS, ACCUM: bool; ACT: u32; ALPHA: f32;
-// for the register variant also RM (rows per workgroup) and WG (invocations per workgroup).
+//   bias [N] (read only when BIAS), Y [M,N] (read only when GRAD_ACT != 0), C [M,N], S [M]
+// Defines prepended by src/ops/matmul.rs: TA, TB, BIAS, ACCUM, COLSUM: bool; ACT, GRAD_ACT: u32;
+// ALPHA, GRAD_ALPHA: f32; for the register variant also RM (rows per workgroup) and WG
+// (invocations per workgroup).
 //
-// Bindings: 0 params | 1 A | 2 B | 3 bias (A again when BIAS is false) | 4 C (read_write)
+// Bindings: 0 params | 1 A | 2 B | 3 bias | 4 Y | 5 C (read_write) | 6 S (read_write); unused
+// inputs are bound to A again and an unused S to C.
 
 // K is processed in the slice [k_begin, k_end): the host splits long K into slices (accumulating
 // into C) because llvmpipe stops an invocation after 65535 loop iterations.
@@ -23,7 +30,9 @@ struct Params {
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> c: array<f32>;
+@group(0) @binding(4) var<storage, read> y: array<f32>;
+@group(0) @binding(5) var<storage, read_write> c: array<f32>;
+@group(0) @binding(6) var<storage, read_write> colsum: array<f32>;
 
 // op(A)[row, kk] and op(B)[kk, col]; callers keep indices in range.
 fn a_at(row: u32, kk: u32) -> f32 {
@@ -35,13 +44,20 @@ fn b_at(kk: u32, col: u32) -> f32 {
     return b[kk * p.n + col];
 }
 
-// The epilogue shared by both variants: (accumulate onto C), bias, activation, store.
+// The epilogue shared by every variant: (accumulate onto C), bias, activation derivative,
+// activation, store.
 fn store(row: u32, col: u32, v: f32) {
     let i = row * p.n + col;
     var x = v;
     if (ACCUM) { x = x + c[i]; }
     if (BIAS) { x = x + bias[col]; }
+    if (GRAD_ACT != 0u) { x = x * act_grad_from_y(GRAD_ACT, GRAD_ALPHA, y[i]); }
     c[i] = act_fwd(ACT, ALPHA, x);
+}
+
+// S[row] (+)= v: one row sum of op(A) over this dispatch's K range.
+fn store_colsum(row: u32, v: f32) {
+    if (ACCUM) { colsum[row] = colsum[row] + v; } else { colsum[row] = v; }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -63,6 +79,8 @@ fn matmul_tiled(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup
     let col0 = wid.x * TS;
     var acc: array<array<f32, 4>, 4>;
     for (var i = 0u; i < 4u; i++) { for (var j = 0u; j < 4u; j++) { acc[i][j] = 0.0; } }
+    var rsum: array<f32, 4>;
+    for (var i = 0u; i < 4u; i++) { rsum[i] = 0.0; }
 
     for (var k0 = p.k_begin; k0 < p.k_end; k0 += BK) {
         // Each of the 256 invocations stages 4 elements of each tile; consecutive invocations
@@ -94,8 +112,16 @@ fn matmul_tiled(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup
             for (var i = 0u; i < 4u; i++) {
                 for (var j = 0u; j < 4u; j++) { acc[i][j] = fma(ar[i], br[j], acc[i][j]); }
             }
+            if (COLSUM) { for (var i = 0u; i < 4u; i++) { rsum[i] += ar[i]; } }
         }
         workgroupBarrier();
+    }
+    // Row sums: the first column block's tx == 0 invocations own rows ty + 16i.
+    if (COLSUM && wid.x == 0u && tx == 0u) {
+        for (var i = 0u; i < 4u; i++) {
+            let row = row0 + ty + 16u * i;
+            if (row < p.m) { store_colsum(row, rsum[i]); }
+        }
     }
     for (var i = 0u; i < 4u; i++) {
         let row = row0 + ty + 16u * i;
@@ -126,10 +152,19 @@ fn matmul_register(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgr
     var acc: array<vec4<f32>, RM>;
     for (var i = 0u; i < RM; i++) { acc[i] = vec4<f32>(0.0); }
 
+    var rsum: array<f32, RM>;
+    for (var i = 0u; i < RM; i++) { rsum[i] = 0.0; }
     for (var kk = p.k_begin; kk < p.k_end; kk++) {
         let bv = vec4<f32>(b_at(kk, cols.x), b_at(kk, cols.y), b_at(kk, cols.z), b_at(kk, cols.w));
         for (var i = 0u; i < RM; i++) {
-            acc[i] = fma(vec4<f32>(a_at(rows[i], kk)), bv, acc[i]);
+            let av = a_at(rows[i], kk);
+            acc[i] = fma(vec4<f32>(av), bv, acc[i]);
+            if (COLSUM) { rsum[i] += av; }
+        }
+    }
+    if (COLSUM && wid.x == 0u && lid.x == 0u) {
+        for (var i = 0u; i < RM; i++) {
+            if (row0 + i < p.m) { store_colsum(row0 + i, rsum[i]); }
         }
     }
     for (var i = 0u; i < RM; i++) {
@@ -195,6 +230,8 @@ fn matmul_register4(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workg
     // acc[i * (CN/4) + j]: block of rows row0+4i.., columns col0+4j.. (column c = output column).
     var acc: array<mat4x4<f32>, (RM / 4u) * (CN / 4u)>;
     for (var t = 0u; t < (RM / 4u) * (CN / 4u); t++) { acc[t] = mat4x4<f32>(); }
+    var rsum: array<vec4<f32>, RM / 4u>;
+    for (var i = 0u; i < RM / 4u; i++) { rsum[i] = vec4<f32>(0.0); }
     for (var k0 = p.k_begin; k0 < p.k_end; k0 += 4u) {
         var bb: array<mat4x4<f32>, CN / 4u>;
         for (var j = 0u; j < CN / 4u; j++) { bb[j] = b_block(k0, col0 + 4u * j); }
@@ -203,6 +240,13 @@ fn matmul_register4(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workg
             for (var j = 0u; j < CN / 4u; j++) {
                 acc[i * (CN / 4u) + j] += ab * bb[j];
             }
+            // ab's column j holds op(A)[rows, k0 + j]: their sum is the rows' partial sums.
+            if (COLSUM) { rsum[i] += ab[0] + ab[1] + ab[2] + ab[3]; }
+        }
+    }
+    if (COLSUM && wid.x == 0u && lid.x == 0u) {
+        for (var i = 0u; i < RM; i++) {
+            if (row0 + i < p.m) { store_colsum(row0 + i, rsum[i / 4u][i % 4u]); }
         }
     }
     for (var i = 0u; i < RM; i++) {

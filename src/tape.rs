@@ -119,6 +119,12 @@ struct Node {
 struct VarEntry {
     value: Tensor,
     requires_grad: bool,
+    /// Ops that take this value as an input.
+    uses: u32,
+    /// The activation this value is the output of (a layer whose epilogue applied it).
+    act: Option<crate::ops::Act>,
+    /// Its gradient already includes that activation's derivative (a consumer fused it in).
+    pre_activation_grad: bool,
 }
 
 /// Records one step's kernels and graph; see the module docs.
@@ -388,7 +394,13 @@ impl Tape {
 
     /// A leaf value. With `requires_grad`, [`Tape::grad`] returns its gradient after backward.
     pub fn leaf(&mut self, value: Tensor, requires_grad: bool) -> Var {
-        self.vars.push(VarEntry { value, requires_grad: requires_grad && self.grad_enabled });
+        self.vars.push(VarEntry {
+            value,
+            requires_grad: requires_grad && self.grad_enabled,
+            uses: 0,
+            act: None,
+            pre_activation_grad: false,
+        });
         self.grads.push(None);
         Var(self.vars.len() - 1)
     }
@@ -454,6 +466,33 @@ impl Tape {
         self.grads.get_mut(v.0).and_then(|g| g.take())
     }
 
+    /// Marks `v` as the output of activation `act` (ops whose epilogue applies one do this), so
+    /// that its single consumer may fuse the activation's derivative into its own backward
+    /// kernel ([`Tape::fusable_activation`]).
+    pub fn set_activation(&mut self, v: Var, act: crate::ops::Act) {
+        self.vars[v.0].act = Some(act).filter(|a| *a != crate::ops::Act::Identity);
+    }
+
+    /// The activation whose derivative a backward rule may multiply into the gradient it writes
+    /// for its input `v`: `v` came out of that activation, this op is its only consumer and no
+    /// gradient has reached it yet. The rule then calls [`Tape::mark_pre_activation`].
+    pub fn fusable_activation(&self, v: Var) -> Option<crate::ops::Act> {
+        let e = &self.vars[v.0];
+        (e.uses == 1 && self.grads[v.0].is_none()).then_some(e.act).flatten()
+    }
+
+    /// Records that the gradient just produced for `v` already includes its activation's
+    /// derivative: the op that produced `v` must not apply it again
+    /// ([`Tape::gradient_is_pre_activation`]).
+    pub fn mark_pre_activation(&mut self, v: Var) {
+        self.vars[v.0].pre_activation_grad = true;
+    }
+
+    /// Whether the gradient of `v` (an op's output) already includes its activation's derivative.
+    pub fn gradient_is_pre_activation(&self, v: Var) -> bool {
+        self.vars[v.0].pre_activation_grad
+    }
+
     /// Records an op's result. `backward(tape, d_out, needs)` returns one gradient per input (None
     /// where `needs[i]` is false); it is kept only if grad is enabled and some input needs one.
     pub fn record(
@@ -463,6 +502,9 @@ impl Tape {
         backward: impl FnOnce(&mut Tape, &Tensor, &[bool]) -> Result<Vec<Option<Tensor>>> + Send + 'static,
     ) -> Var {
         let needs = self.grad_enabled && inputs.iter().any(|v| self.vars[v.0].requires_grad);
+        for v in inputs {
+            self.vars[v.0].uses += 1;
+        }
         let out = self.leaf(value, needs);
         if needs {
             self.nodes.push(Node {

@@ -139,6 +139,58 @@ fn linear_backward_every_activation_variant_with_and_without_bias() {
 }
 
 #[test]
+fn layer_chains_fuse_the_activation_derivative_only_for_a_single_consumer() {
+    // y = tanh(x·W1ᵀ) feeds a second layer z = y·W2ᵀ; in the second case y also feeds Σ u ⊙ y.
+    // The second layer's dx may include tanh' (sparing the first layer its act_backward) only when
+    // it is y's one consumer.
+    let (b, i, h, o) = (5, 7, 6, 3);
+    let x = Mat::rand(b, i, -1.0, 1.0, 60);
+    let w1 = Mat::rand(h, i, -1.0, 1.0, 61);
+    let w2 = Mat::rand(o, h, -1.0, 1.0, 62);
+    let up = Mat::rand(b, o, -1.0, 1.0, 63);
+    let u = Mat::rand(b, h, -1.0, 1.0, 64);
+    for second_use in [false, true] {
+        let loss = |w1: &Mat, w2: &Mat| {
+            let y = matmul(&x, w1, false, true).map(f64::tanh);
+            let z = matmul(&y, w2, false, true);
+            z.dot(&up) + if second_use { y.dot(&u) } else { 0.0 }
+        };
+        let mut tape = Tape::new(gpu());
+        let (v1, v2) = (tape.leaf(w1.upload(), true), tape.leaf(w2.upload(), true));
+        let xv = tape.input(x.upload());
+        let y = ops::linear(&mut tape, xv, v1, None, Act::Tanh).unwrap();
+        // The other use is recorded first, so its gradient reaches y AFTER the second layer's.
+        let other = if second_use {
+            let uv = tape.input(u.upload());
+            let yu = ops::mul(&mut tape, y, uv).unwrap();
+            Some(ops::sum(&mut tape, yu).unwrap())
+        } else {
+            None
+        };
+        let z = ops::linear(&mut tape, y, v2, None, Act::Identity).unwrap();
+        let upv = tape.input(up.upload());
+        let zu = ops::mul(&mut tape, z, upv).unwrap();
+        let mut l = ops::sum(&mut tape, zu).unwrap();
+        if let Some(s) = other {
+            l = ops::add(&mut tape, s, l).unwrap();
+        }
+        tape.backward(l).unwrap();
+        tape.submit().unwrap();
+        assert_eq!(
+            tape.kernels_run().get("act_backward").is_some(),
+            second_use,
+            "tanh's backward is fused into the second layer exactly when y has one consumer: {:?}",
+            tape.kernels_run()
+        );
+        let want1 = fd_grad(&w1, 1e-6, |m| loss(m, &w2));
+        let want2 = fd_grad(&w2, 1e-6, |m| loss(&w1, m));
+        let what = |k: usize| format!("two-layer chain (y used twice: {second_use}), W{k}");
+        assert_close(&download(tape.grad(v1).unwrap()), &want1, 1e-5, 1e-4, &what(1));
+        assert_close(&download(tape.grad(v2).unwrap()), &want2, 1e-5, 1e-4, &what(2));
+    }
+}
+
+#[test]
 fn activation_backward_every_activation() {
     let x = Mat::rand(9, 13, -3.0, 3.0, 8);
     let up = Mat::rand(9, 13, -1.0, 1.0, 9);

@@ -94,6 +94,43 @@ fn matmul_long_aligned_k_every_variant_and_layout() {
 }
 
 #[test]
+fn matmul_epilogue_activation_derivative_and_row_sums_every_variant() {
+    use wgvae::ops::matmul::{matmul_fused, Epilogue};
+    // Scalar and vec4 paths, and K = 6144 (three K slices: the row sums accumulate over them).
+    let sizes = [(7, 3, 5), (12, 16, 20), (36, 6144, 8)];
+    let acts = [Act::Relu, Act::Tanh, Act::LeakyRelu(0.2), Act::Elu(0.5), Act::Sigmoid];
+    for v in variants() {
+        for (i, &(m, k, n)) in sizes.iter().enumerate() {
+            for ta in [false, true] {
+                for tb in [false, true] {
+                    let act = acts[(i + 2 * ta as usize + tb as usize) % acts.len()];
+                    let seed = 300 + i as u64;
+                    let a = if ta { Mat::rand(k, m, -1.0, 1.0, seed) } else { Mat::rand(m, k, -1.0, 1.0, seed) };
+                    let b =
+                        if tb { Mat::rand(n, k, -1.0, 1.0, seed + 1) } else { Mat::rand(k, n, -1.0, 1.0, seed + 1) };
+                    // Y is an output of `act` (the derivative is read from the output).
+                    let pre = Mat::rand(m, n, -2.0, 2.0, seed + 2);
+                    let y = pre.map(|x| act_fwd(act, x));
+                    let mut tape = Tape::no_grad(gpu());
+                    let sums = wgvae::Tensor::empty(gpu(), 1, m).unwrap();
+                    let ep = Epilogue { grad_act: Some((act, y.upload())), row_sums: Some(sums.clone()) };
+                    let o = MatmulOpts::nn().trans(ta, tb).variant(v);
+                    let c = matmul_fused(&mut tape, &a.upload(), &b.upload(), None, None, o, ep).unwrap();
+                    tape.submit().unwrap();
+                    let what = format!("{} {act:?} epilogue {m}x{k}x{n} ta={ta} tb={tb}", v.name());
+                    assert_ran(&tape, expected_kernel(v, m, k, n, ta, tb), &what);
+                    let want = matmul(&a, &b, ta, tb).zip(&pre, |p, x| p * act_grad(act, x));
+                    let atol = 1e-6 * (k as f64).sqrt() * 4.0;
+                    assert_close(&download(&c), &want, atol, 1e-5, &what);
+                    let opa = if ta { a.t() } else { a.clone() };
+                    assert_close(&download(&sums), &row_sum(&opa).t(), atol, 1e-5, &format!("{what}: row sums"));
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn forcing_a_variant_the_adapter_cannot_run_is_an_error() {
     // A forced variant never silently becomes another one.
     let g = gpu();

@@ -5,7 +5,6 @@
 //! W\[out,in\], forward is X·Wᵀ (NT), d_X = dY·W (NN) and d_W = dYᵀ·X (TN).
 
 use super::elementwise::act_backward;
-use super::reduce::col_sum_into;
 use super::{val, Act};
 use crate::error::{Error, Result};
 use crate::gpu::pipeline::{KernelKey, Module};
@@ -91,6 +90,7 @@ pub fn matmul_dims(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<(usize,
     Ok((m, k, n))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn launch(
     tape: &mut Tape,
     a: &Tensor,
@@ -99,6 +99,7 @@ fn launch(
     c: &Tensor,
     o: MatmulOpts,
     accum: bool,
+    ep: Epilogue,
 ) -> Result<()> {
     let (m, k, n) = matmul_dims(a, b, o.trans_a, o.trans_b)?;
     if c.shape() != [m, n] {
@@ -107,6 +108,16 @@ fn launch(
     if let Some(bias) = bias {
         if bias.shape() != [1, n] {
             return Err(Error::shape("matmul", format!("bias is {:?}, expected [1, {n}]", bias.shape())));
+        }
+    }
+    if let Some((_, y)) = &ep.grad_act {
+        if y.shape() != [m, n] {
+            return Err(Error::shape("matmul", format!("activation output is {:?}, expected [{m}, {n}]", y.shape())));
+        }
+    }
+    if let Some(s) = &ep.row_sums {
+        if s.len() != m {
+            return Err(Error::shape("matmul", format!("row sums are {:?}, expected {m} values", s.shape())));
         }
     }
     let variant = o.variant.unwrap_or_else(|| tape.gpu().matmul_variant());
@@ -133,31 +144,68 @@ fn launch(
         let last = s + 1 == slices;
         let slice_bias = if last { bias } else { None };
         let slice_act = if last { o.act } else { Act::Identity };
+        let grad_act = if last { ep.grad_act.as_ref().map(|(a, _)| *a) } else { None }.unwrap_or(Act::Identity);
         let mut defines = vec![
             ("TA", o.trans_a.to_string()),
             ("TB", o.trans_b.to_string()),
             ("BIAS", slice_bias.is_some().to_string()),
             ("ACCUM", (accum || s > 0).to_string()),
+            ("COLSUM", ep.row_sums.is_some().to_string()),
             ("RM", format!("{REG_RM}u")),
             ("WG", format!("{REG_WG}u")),
             ("CN", format!("{REG4_CN}u")),
+            ("GRAD_ACT", format!("{}u", grad_act.id())),
+            ("GRAD_ALPHA", super::wgsl_f32(grad_act.alpha())),
         ];
         defines.extend(slice_act.defines());
-        let key = KernelKey { module, entry, defines, inputs: 3, outputs: 1 };
+        let key = KernelKey { module, entry, defines, inputs: 4, outputs: 2 };
         let params = Params::new().u(m as u32).u(n as u32).u(k as u32).u(k0 as u32).u(k1 as u32);
         // Without a bias the slot is filled with A (read-only twice is allowed) to keep one layout.
         let label = tape.gpu().profiling().then(|| {
             let layout = format!("{}{}", if o.trans_a { "T" } else { "N" }, if o.trans_b { "T" } else { "N" });
             format!("{entry} {layout} {m}x{k}x{n}{}", if slices > 1 { format!(" k-slice {s}") } else { String::new() })
         });
-        tape.dispatch_labeled(&key, params, &[a, b, slice_bias.unwrap_or(a), c], groups, label)?;
+        // Unused inputs are A again (read-only twice is allowed), unused row sums C again.
+        let y = ep.grad_act.as_ref().filter(|_| last).map(|(_, y)| y).unwrap_or(a);
+        let sums = ep.row_sums.as_ref().unwrap_or(c);
+        tape.dispatch_labeled(&key, params, &[a, b, slice_bias.unwrap_or(a), y, c, sums], groups, label)?;
     }
     Ok(())
+}
+
+/// What a matmul's epilogue may do besides bias and activation (see `shaders/matmul.wgsl`).
+#[derive(Clone, Debug, Default)]
+pub struct Epilogue {
+    /// C = (op(A)·op(B)) ⊙ act'(Y): the derivative of `act` from its output Y \[M, N\] (a
+    /// backward product fused with the activation's backward).
+    pub grad_act: Option<(Act, Tensor)>,
+    /// Also write the row sums of op(A) (M values; added to them when accumulating): the bias
+    /// gradient, next to the weight gradient dW = dYᵀ·X.
+    pub row_sums: Option<Tensor>,
 }
 
 /// C = act(op(A)·op(B) + bias) into a new tensor.
 pub fn matmul_forward(tape: &mut Tape, a: &Tensor, b: &Tensor, bias: Option<&Tensor>, o: MatmulOpts) -> Result<Tensor> {
     matmul_forward_into(tape, a, b, bias, None, o)
+}
+
+/// [`matmul_forward`] with an [`Epilogue`], into `out` when given; returns C.
+pub fn matmul_fused(
+    tape: &mut Tape,
+    a: &Tensor,
+    b: &Tensor,
+    bias: Option<&Tensor>,
+    out: Option<Tensor>,
+    o: MatmulOpts,
+    ep: Epilogue,
+) -> Result<Tensor> {
+    let (m, _, n) = matmul_dims(a, b, o.trans_a, o.trans_b)?;
+    let c = match out {
+        Some(c) => c,
+        None => Tensor::empty(tape.gpu(), m, n)?,
+    };
+    launch(tape, a, b, bias, &c, o, false, ep)?;
+    Ok(c)
 }
 
 /// [`matmul_forward`] into `out` when given (e.g. a packed parameter's gradient view), else a new
@@ -175,7 +223,7 @@ pub fn matmul_forward_into(
         Some(c) => c,
         None => Tensor::empty(tape.gpu(), m, n)?,
     };
-    launch(tape, a, b, bias, &c, o, false)?;
+    launch(tape, a, b, bias, &c, o, false, Epilogue::default())?;
     Ok(c)
 }
 
@@ -184,7 +232,7 @@ pub fn matmul_accumulate(tape: &mut Tape, a: &Tensor, b: &Tensor, c: &Tensor, o:
     if c.same_buffer(a) || c.same_buffer(b) {
         return Err(Error::arg("matmul_accumulate", "the output must not share a buffer with an operand"));
     }
-    launch(tape, a, b, None, c, MatmulOpts { act: Act::Identity, ..o }, true)
+    launch(tape, a, b, None, c, MatmulOpts { act: Act::Identity, ..o }, true, Epilogue::default())
 }
 
 /// Gradients of C = op(A)·op(B) for upstream dC, with the variant of `o`:
@@ -231,6 +279,11 @@ pub fn matmul(tape: &mut Tape, a: Var, b: Var, trans_a: bool, trans_b: bool) -> 
 
 /// Fully connected layer with a PyTorch-layout weight: y\[B,out\] = act(x\[B,in\]·w\[out,in\]ᵀ + b\[1,out\]),
 /// one fused kernel.  Backward: g = dy ⊙ act'(y); dx = g·w; dw = gᵀ·x; db = Σ_rows g.
+///
+/// The backward pass is two kernels where it can be: db comes out of the dw kernel (row sums of
+/// gᵀ), dw and db are written straight into packed parameters' gradient buffers, and when x is
+/// the output of another layer's activation and feeds only this layer, dx already includes that
+/// activation's derivative (so that layer skips its own `act_backward`).
 pub fn linear(tape: &mut Tape, x: Var, w: Var, b: Option<Var>, act: Act) -> Result<Var> {
     let (xv, wv) = (val(tape, x), val(tape, w));
     let bv = b.map(|b| val(tape, b));
@@ -239,21 +292,58 @@ pub fn linear(tape: &mut Tape, x: Var, w: Var, b: Option<Var>, act: Act) -> Resu
     let yk = y.clone();
     let mut inputs = vec![x, w];
     inputs.extend(b);
-    Ok(tape.record(&inputs, y, move |t, dy, needs| {
-        let g = act_backward(t, dy, &yk, act)?;
+    let out = std::sync::Arc::new(std::sync::OnceLock::<Var>::new());
+    let out_in_rule = out.clone();
+    let yv = tape.record(&inputs, y, move |t, dy, needs| {
+        let me = *out_in_rule.get().expect("the output var is set at recording");
+        let g = if t.gradient_is_pre_activation(me) { dy.clone() } else { act_backward(t, dy, &yk, act)? };
         let plain = MatmulOpts::nn();
-        let dx = if needs[0] { Some(matmul_forward(t, &g, &wv, None, plain)?) } else { None };
-        // Packed parameters' gradients are written straight into the store's gradient buffer.
-        let dw = if needs[1] {
-            let dest = t.grad_destination(w);
-            Some(matmul_forward_into(t, &g, &xv, None, dest, plain.trans(true, false))?)
+        let dx = if needs[0] {
+            let ep = match t.fusable_activation(x) {
+                Some(a) => Epilogue { grad_act: Some((a, xv.clone())), row_sums: None },
+                None => Epilogue::default(),
+            };
+            let fused = ep.grad_act.is_some();
+            let dx = matmul_fused(t, &g, &wv, None, None, plain, ep)?;
+            if fused {
+                t.mark_pre_activation(x);
+            }
+            Some(dx)
         } else {
             None
         };
-        let mut out = vec![dx, dw];
-        if let Some(b) = b {
-            out.push(if needs[2] { Some(col_sum_into(t, &g, 1.0, t.grad_destination(b))?) } else { None });
+        let need_db = needs.len() > 2 && needs[2];
+        let dw_needed = needs[1];
+        let mut db = None;
+        let dw = if dw_needed {
+            // Packed parameters' gradients are written straight into the store's gradient buffer.
+            let dest = t.grad_destination(w);
+            let sums = if need_db {
+                let s = match b.and_then(|b| t.grad_destination(b)) {
+                    Some(d) => d,
+                    None => Tensor::empty(t.gpu(), 1, g.cols())?,
+                };
+                db = Some(s.clone());
+                Some(s)
+            } else {
+                None
+            };
+            let ep = Epilogue { grad_act: None, row_sums: sums };
+            Some(matmul_fused(t, &g, &xv, None, dest, plain.trans(true, false), ep)?)
+        } else {
+            None
+        };
+        let mut grads = vec![dx, dw];
+        if b.is_some() {
+            grads.push(match (need_db, db) {
+                (true, Some(d)) => Some(d),
+                (true, None) => Some(super::reduce::col_sum_into(t, &g, 1.0, b.and_then(|b| t.grad_destination(b)))?),
+                (false, _) => None,
+            });
         }
-        Ok(out)
-    }))
+        Ok(grads)
+    });
+    let _ = out.set(yv);
+    tape.set_activation(yv, act);
+    Ok(yv)
 }

@@ -317,3 +317,18 @@ fn conditional_vae_cli() {
     std::fs::remove_dir_all(&d).ok();
     std::fs::remove_dir_all(&v).ok();
 }
+
+#[test]
+fn bench_step_smoke_allocates_nothing_after_warm_up() {
+    // `wgvae bench step` once at a tiny size (a smoke check, not a measurement): a warmed-up step
+    // creates no buffer or bind group and is one submission.
+    let out = ok(&wgvae(&["bench", "step", "--batch", "8", "--seconds", "0.05", "--json"]));
+    let v: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(v["batch"], 8);
+    assert_eq!(v["buffers_allocated_per_step"].as_f64(), Some(0.0), "{v}");
+    assert_eq!(v["bind_groups_created_per_step"].as_f64(), Some(0.0), "{v}");
+    assert_eq!(v["submissions_per_step"].as_f64(), Some(1.0), "{v}");
+    assert!(v["dispatches_per_step"].as_f64().unwrap() >= 10.0, "{v}");
+    assert!(v["ms_per_step"].as_f64().unwrap() > 0.0);
+    fails(&wgvae(&["bench", "step", "--batch", "0"]), &["--batch"]);
+}

@@ -287,6 +287,10 @@ struct TrainArgs {
     /// Steps between progress updates.
     #[arg(long, default_value_t = 10)]
     log_every: usize,
+    /// Time every kernel of the first epoch (timestamp queries; slows that epoch) and print the
+    /// GPU time per step by kernel, the top kernels first.
+    #[arg(long)]
+    profile: bool,
 }
 
 fn main() -> ExitCode {
@@ -553,6 +557,11 @@ fn train(a: TrainArgs) -> Result<()> {
     };
     let ck_path = out.join("checkpoint.safetensors");
     let metrics_path = out.join("metrics.jsonl");
+    let mut profiling = a.profile;
+    if profiling {
+        gpu.set_profiling(true)?;
+        println!("profiling the first epoch: every kernel is timed, so it runs slower than the others");
+    }
     while trainer.epoch < epochs {
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
@@ -567,6 +576,14 @@ fn train(a: TrainArgs) -> Result<()> {
             bar.set_message(format!("loss {:.2}  {:.0} ex/s", p.running_loss, p.examples_per_second));
         })?;
         bar.finish_and_clear();
+        if profiling {
+            gpu.set_profiling(false)?;
+            profiling = false;
+            let p = gpu.take_profile();
+            let steps = split.train.n.div_ceil(trainer.opts.batch.min(split.train.n)) as f64;
+            println!("GPU time per training step by kernel (epoch {}, {} steps):", trainer.epoch, steps);
+            print!("{}", p.table(steps, 15));
+        }
         let report = trainer.evaluate_full(&trainer.test)?;
         let te = report.loss;
         let m = EpochMetrics {

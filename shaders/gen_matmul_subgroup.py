@@ -8,9 +8,13 @@ loops over the block would be slow). Run from the repository root after changing
 ROWS (rows per subgroup block) must be 32: the transposed-A path loads one k per lane group of 8.
 """
 
+import sys
+
 ROWS = 32
 NA = ROWS // 8  # A vec4 loads per lane per step of 4 along K
 RQ = ROWS // 4  # vec4s of rows per k (transposed A)
+# Column blocks of 4 per lane (the host's `SG_COLS` must match: 4 * NB columns per lane).
+NB = int(sys.argv[1]) if len(sys.argv) > 1 else 1
 
 HEADER = """\
 // matmul_subgroup.wgsl — C[M,N] = act(op(A)·op(B) + bias) for CPU adapters (Mesa llvmpipe/lavapipe):
@@ -30,8 +34,8 @@ HEADER = """\
 // Requires K % 4 == 0, N % 4 == 0 and M % 4 == 0 when TA (the host checks; other shapes use the
 // `register` kernels). Defines: TA, TB, BIAS, ACCUM, COLSUM, ACT, ALPHA, GRAD_ACT, GRAD_ALPHA,
 // WG (a multiple of 8).
-// Invocation x of workgroup (gx, gy) owns rows gy*32 .. +31 and columns (gx*WG + x)*4 .. +3.
-// Dispatch: (ceil(N / (4*WG)), ceil(M / 32), 1).
+// Invocation x of workgroup (gx, gy) owns rows gy*32 .. +31 and columns (gx*WG + x)*C .. +C-1,
+// C = COLS_PER_LANE (below). Dispatch: (ceil(N / (C*WG)), ceil(M / 32), 1).
 // Bindings: 0 params | 1 A | 2 B | 3 bias | 4 Y | 5 C (read_write) | 6 S (read_write); unused
 // inputs are bound to A again and an unused S to C.
 
@@ -58,7 +62,7 @@ struct Params {
 @compute @workgroup_size(WG, 1, 1)
 fn matmul_subgroup(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
                    @builtin(subgroup_invocation_id) lane: u32) {
-    let col0 = (wid.x * WG + lid.x) * 4u;
+    let col0 = (wid.x * WG + lid.x) * COLS_PER_LANE;
     let row0 = wid.y * 32u;
     let qk = p.k / 4u;
     let qm = p.m / 4u;
@@ -84,17 +88,19 @@ fn store_v4(row: u32, col0: u32, v: vec4<f32>) {
 
 
 def main():
-    out = [HEADER]
+    out = [HEADER.replace("struct Params {", f"const COLS_PER_LANE: u32 = {4 * NB}u;\n\nstruct Params {{", 1)]
     w = out.append
     for r in range(ROWS):
-        w(f"    var acc{r} = vec4<f32>(0.0);\n")
+        for c in range(NB):
+            w(f"    var acc{r}_{c} = vec4<f32>(0.0);\n")
     w("    // Row sums of op(A) (COLSUM): transposed A, lane l holds rows 4l..4l+3 of each k it loads;\n")
     w("    // plain A, its rows l + 8i.\n")
     w("    var rs_t = vec4<f32>(0.0);\n")
     w("    var rs_n = vec4<f32>(0.0);\n")
     for i in range(NA):
         w(f"    let row_{i} = min(row0 + {8 * i}u + lane, p.m - 1u);\n")
-    w("    let cq = min(col0 / 4u, qn - 1u);\n")
+    for c in range(NB):
+        w(f"    let cq{c} = min(col0 / 4u + {c}u, qn - 1u);\n")
     w("    for (var k0 = p.k_begin; k0 < p.k_end; k0 += 4u) {\n")
     w("        let kb = k0 / 4u;\n")
     for i in range(NA):
@@ -110,13 +116,16 @@ def main():
     w("        }\n")
     for v in range(ROWS):
         w(f"        let v{v} = subgroupBroadcast(a_{v // 8}, {v % 8}u);\n")
-    w("        var bm: mat4x4<f32>;\n")
+    for c in range(NB):
+        w(f"        var bm{c}: mat4x4<f32>;\n")
     w("        if (TB) {\n")
-    w("            let c = min(col0, p.n - 1u);\n")
-    w("            bm = transpose(mat4x4<f32>(b4[c * qk + kb], b4[min(c + 1u, p.n - 1u) * qk + kb],\n")
-    w("                                       b4[min(c + 2u, p.n - 1u) * qk + kb], b4[min(c + 3u, p.n - 1u) * qk + kb]));\n")
+    for c in range(NB):
+        w(f"            let c{c} = min(col0 + {4 * c}u, p.n - 1u);\n")
+        w(f"            bm{c} = transpose(mat4x4<f32>(b4[c{c} * qk + kb], b4[min(c{c} + 1u, p.n - 1u) * qk + kb],\n")
+        w(f"                                       b4[min(c{c} + 2u, p.n - 1u) * qk + kb], b4[min(c{c} + 3u, p.n - 1u) * qk + kb]));\n")
     w("        } else {\n")
-    w("            bm = mat4x4<f32>(b4[k0 * qn + cq], b4[(k0 + 1u) * qn + cq], b4[(k0 + 2u) * qn + cq], b4[(k0 + 3u) * qn + cq]);\n")
+    for c in range(NB):
+        w(f"            bm{c} = mat4x4<f32>(b4[k0 * qn + cq{c}], b4[(k0 + 1u) * qn + cq{c}], b4[(k0 + 2u) * qn + cq{c}], b4[(k0 + 3u) * qn + cq{c}]);\n")
     w("        }\n")
     w("        if (TA) {\n")
     for rb in range(RQ):
@@ -124,14 +133,17 @@ def main():
         w(f"            let q{rb} = transpose(mat4x4<f32>({cols}));\n")
     for rb in range(RQ):
         for c in range(4):
-            w(f"            acc{4 * rb + c} += bm * q{rb}[{c}];\n")
+            for j in range(NB):
+                w(f"            acc{4 * rb + c}_{j} += bm{j} * q{rb}[{c}];\n")
     w("        } else {\n")
     for r in range(ROWS):
-        w(f"            acc{r} += bm * v{r};\n")
+        for j in range(NB):
+            w(f"            acc{r}_{j} += bm{j} * v{r};\n")
     w("        }\n")
     w("    }\n")
     for r in range(ROWS):
-        w(f"    store_v4(row0 + {r}u, col0, acc{r});\n")
+        for j in range(NB):
+            w(f"    store_v4(row0 + {r}u, col0 + {4 * j}u, acc{r}_{j});\n")
     w("    // The first subgroup of the first column block writes the row sums.\n")
     w("    if (COLSUM && wid.x == 0u && lid.x < 8u) {\n")
     w("        if (TA) {\n")

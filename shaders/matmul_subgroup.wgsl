@@ -15,10 +15,12 @@
 // Requires K % 4 == 0, N % 4 == 0 and M % 4 == 0 when TA (the host checks; other shapes use the
 // `register` kernels). Defines: TA, TB, BIAS, ACCUM, COLSUM, ACT, ALPHA, GRAD_ACT, GRAD_ALPHA,
 // WG (a multiple of 8).
-// Invocation x of workgroup (gx, gy) owns rows gy*32 .. +31 and columns (gx*WG + x)*4 .. +3.
-// Dispatch: (ceil(N / (4*WG)), ceil(M / 32), 1).
+// Invocation x of workgroup (gx, gy) owns rows gy*32 .. +31 and columns (gx*WG + x)*C .. +C-1,
+// C = COLS_PER_LANE (below). Dispatch: (ceil(N / (C*WG)), ceil(M / 32), 1).
 // Bindings: 0 params | 1 A | 2 B | 3 bias | 4 Y | 5 C (read_write) | 6 S (read_write); unused
 // inputs are bound to A again and an unused S to C.
+
+const COLS_PER_LANE: u32 = 4u;
 
 struct Params {
     m: u32,
@@ -43,43 +45,43 @@ struct Params {
 @compute @workgroup_size(WG, 1, 1)
 fn matmul_subgroup(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
                    @builtin(subgroup_invocation_id) lane: u32) {
-    let col0 = (wid.x * WG + lid.x) * 4u;
+    let col0 = (wid.x * WG + lid.x) * COLS_PER_LANE;
     let row0 = wid.y * 32u;
     let qk = p.k / 4u;
     let qm = p.m / 4u;
     let qn = p.n / 4u;
-    var acc0 = vec4<f32>(0.0);
-    var acc1 = vec4<f32>(0.0);
-    var acc2 = vec4<f32>(0.0);
-    var acc3 = vec4<f32>(0.0);
-    var acc4 = vec4<f32>(0.0);
-    var acc5 = vec4<f32>(0.0);
-    var acc6 = vec4<f32>(0.0);
-    var acc7 = vec4<f32>(0.0);
-    var acc8 = vec4<f32>(0.0);
-    var acc9 = vec4<f32>(0.0);
-    var acc10 = vec4<f32>(0.0);
-    var acc11 = vec4<f32>(0.0);
-    var acc12 = vec4<f32>(0.0);
-    var acc13 = vec4<f32>(0.0);
-    var acc14 = vec4<f32>(0.0);
-    var acc15 = vec4<f32>(0.0);
-    var acc16 = vec4<f32>(0.0);
-    var acc17 = vec4<f32>(0.0);
-    var acc18 = vec4<f32>(0.0);
-    var acc19 = vec4<f32>(0.0);
-    var acc20 = vec4<f32>(0.0);
-    var acc21 = vec4<f32>(0.0);
-    var acc22 = vec4<f32>(0.0);
-    var acc23 = vec4<f32>(0.0);
-    var acc24 = vec4<f32>(0.0);
-    var acc25 = vec4<f32>(0.0);
-    var acc26 = vec4<f32>(0.0);
-    var acc27 = vec4<f32>(0.0);
-    var acc28 = vec4<f32>(0.0);
-    var acc29 = vec4<f32>(0.0);
-    var acc30 = vec4<f32>(0.0);
-    var acc31 = vec4<f32>(0.0);
+    var acc0_0 = vec4<f32>(0.0);
+    var acc1_0 = vec4<f32>(0.0);
+    var acc2_0 = vec4<f32>(0.0);
+    var acc3_0 = vec4<f32>(0.0);
+    var acc4_0 = vec4<f32>(0.0);
+    var acc5_0 = vec4<f32>(0.0);
+    var acc6_0 = vec4<f32>(0.0);
+    var acc7_0 = vec4<f32>(0.0);
+    var acc8_0 = vec4<f32>(0.0);
+    var acc9_0 = vec4<f32>(0.0);
+    var acc10_0 = vec4<f32>(0.0);
+    var acc11_0 = vec4<f32>(0.0);
+    var acc12_0 = vec4<f32>(0.0);
+    var acc13_0 = vec4<f32>(0.0);
+    var acc14_0 = vec4<f32>(0.0);
+    var acc15_0 = vec4<f32>(0.0);
+    var acc16_0 = vec4<f32>(0.0);
+    var acc17_0 = vec4<f32>(0.0);
+    var acc18_0 = vec4<f32>(0.0);
+    var acc19_0 = vec4<f32>(0.0);
+    var acc20_0 = vec4<f32>(0.0);
+    var acc21_0 = vec4<f32>(0.0);
+    var acc22_0 = vec4<f32>(0.0);
+    var acc23_0 = vec4<f32>(0.0);
+    var acc24_0 = vec4<f32>(0.0);
+    var acc25_0 = vec4<f32>(0.0);
+    var acc26_0 = vec4<f32>(0.0);
+    var acc27_0 = vec4<f32>(0.0);
+    var acc28_0 = vec4<f32>(0.0);
+    var acc29_0 = vec4<f32>(0.0);
+    var acc30_0 = vec4<f32>(0.0);
+    var acc31_0 = vec4<f32>(0.0);
     // Row sums of op(A) (COLSUM): transposed A, lane l holds rows 4l..4l+3 of each k it loads;
     // plain A, its rows l + 8i.
     var rs_t = vec4<f32>(0.0);
@@ -88,7 +90,7 @@ fn matmul_subgroup(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgr
     let row_1 = min(row0 + 8u + lane, p.m - 1u);
     let row_2 = min(row0 + 16u + lane, p.m - 1u);
     let row_3 = min(row0 + 24u + lane, p.m - 1u);
-    let cq = min(col0 / 4u, qn - 1u);
+    let cq0 = min(col0 / 4u + 0u, qn - 1u);
     for (var k0 = p.k_begin; k0 < p.k_end; k0 += 4u) {
         let kb = k0 / 4u;
         var a_0: vec4<f32>;
@@ -140,13 +142,13 @@ fn matmul_subgroup(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgr
         let v29 = subgroupBroadcast(a_3, 5u);
         let v30 = subgroupBroadcast(a_3, 6u);
         let v31 = subgroupBroadcast(a_3, 7u);
-        var bm: mat4x4<f32>;
+        var bm0: mat4x4<f32>;
         if (TB) {
-            let c = min(col0, p.n - 1u);
-            bm = transpose(mat4x4<f32>(b4[c * qk + kb], b4[min(c + 1u, p.n - 1u) * qk + kb],
-                                       b4[min(c + 2u, p.n - 1u) * qk + kb], b4[min(c + 3u, p.n - 1u) * qk + kb]));
+            let c0 = min(col0 + 0u, p.n - 1u);
+            bm0 = transpose(mat4x4<f32>(b4[c0 * qk + kb], b4[min(c0 + 1u, p.n - 1u) * qk + kb],
+                                       b4[min(c0 + 2u, p.n - 1u) * qk + kb], b4[min(c0 + 3u, p.n - 1u) * qk + kb]));
         } else {
-            bm = mat4x4<f32>(b4[k0 * qn + cq], b4[(k0 + 1u) * qn + cq], b4[(k0 + 2u) * qn + cq], b4[(k0 + 3u) * qn + cq]);
+            bm0 = mat4x4<f32>(b4[k0 * qn + cq0], b4[(k0 + 1u) * qn + cq0], b4[(k0 + 2u) * qn + cq0], b4[(k0 + 3u) * qn + cq0]);
         }
         if (TA) {
             let q0 = transpose(mat4x4<f32>(v0, v8, v16, v24));
@@ -157,105 +159,105 @@ fn matmul_subgroup(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgr
             let q5 = transpose(mat4x4<f32>(v5, v13, v21, v29));
             let q6 = transpose(mat4x4<f32>(v6, v14, v22, v30));
             let q7 = transpose(mat4x4<f32>(v7, v15, v23, v31));
-            acc0 += bm * q0[0];
-            acc1 += bm * q0[1];
-            acc2 += bm * q0[2];
-            acc3 += bm * q0[3];
-            acc4 += bm * q1[0];
-            acc5 += bm * q1[1];
-            acc6 += bm * q1[2];
-            acc7 += bm * q1[3];
-            acc8 += bm * q2[0];
-            acc9 += bm * q2[1];
-            acc10 += bm * q2[2];
-            acc11 += bm * q2[3];
-            acc12 += bm * q3[0];
-            acc13 += bm * q3[1];
-            acc14 += bm * q3[2];
-            acc15 += bm * q3[3];
-            acc16 += bm * q4[0];
-            acc17 += bm * q4[1];
-            acc18 += bm * q4[2];
-            acc19 += bm * q4[3];
-            acc20 += bm * q5[0];
-            acc21 += bm * q5[1];
-            acc22 += bm * q5[2];
-            acc23 += bm * q5[3];
-            acc24 += bm * q6[0];
-            acc25 += bm * q6[1];
-            acc26 += bm * q6[2];
-            acc27 += bm * q6[3];
-            acc28 += bm * q7[0];
-            acc29 += bm * q7[1];
-            acc30 += bm * q7[2];
-            acc31 += bm * q7[3];
+            acc0_0 += bm0 * q0[0];
+            acc1_0 += bm0 * q0[1];
+            acc2_0 += bm0 * q0[2];
+            acc3_0 += bm0 * q0[3];
+            acc4_0 += bm0 * q1[0];
+            acc5_0 += bm0 * q1[1];
+            acc6_0 += bm0 * q1[2];
+            acc7_0 += bm0 * q1[3];
+            acc8_0 += bm0 * q2[0];
+            acc9_0 += bm0 * q2[1];
+            acc10_0 += bm0 * q2[2];
+            acc11_0 += bm0 * q2[3];
+            acc12_0 += bm0 * q3[0];
+            acc13_0 += bm0 * q3[1];
+            acc14_0 += bm0 * q3[2];
+            acc15_0 += bm0 * q3[3];
+            acc16_0 += bm0 * q4[0];
+            acc17_0 += bm0 * q4[1];
+            acc18_0 += bm0 * q4[2];
+            acc19_0 += bm0 * q4[3];
+            acc20_0 += bm0 * q5[0];
+            acc21_0 += bm0 * q5[1];
+            acc22_0 += bm0 * q5[2];
+            acc23_0 += bm0 * q5[3];
+            acc24_0 += bm0 * q6[0];
+            acc25_0 += bm0 * q6[1];
+            acc26_0 += bm0 * q6[2];
+            acc27_0 += bm0 * q6[3];
+            acc28_0 += bm0 * q7[0];
+            acc29_0 += bm0 * q7[1];
+            acc30_0 += bm0 * q7[2];
+            acc31_0 += bm0 * q7[3];
         } else {
-            acc0 += bm * v0;
-            acc1 += bm * v1;
-            acc2 += bm * v2;
-            acc3 += bm * v3;
-            acc4 += bm * v4;
-            acc5 += bm * v5;
-            acc6 += bm * v6;
-            acc7 += bm * v7;
-            acc8 += bm * v8;
-            acc9 += bm * v9;
-            acc10 += bm * v10;
-            acc11 += bm * v11;
-            acc12 += bm * v12;
-            acc13 += bm * v13;
-            acc14 += bm * v14;
-            acc15 += bm * v15;
-            acc16 += bm * v16;
-            acc17 += bm * v17;
-            acc18 += bm * v18;
-            acc19 += bm * v19;
-            acc20 += bm * v20;
-            acc21 += bm * v21;
-            acc22 += bm * v22;
-            acc23 += bm * v23;
-            acc24 += bm * v24;
-            acc25 += bm * v25;
-            acc26 += bm * v26;
-            acc27 += bm * v27;
-            acc28 += bm * v28;
-            acc29 += bm * v29;
-            acc30 += bm * v30;
-            acc31 += bm * v31;
+            acc0_0 += bm0 * v0;
+            acc1_0 += bm0 * v1;
+            acc2_0 += bm0 * v2;
+            acc3_0 += bm0 * v3;
+            acc4_0 += bm0 * v4;
+            acc5_0 += bm0 * v5;
+            acc6_0 += bm0 * v6;
+            acc7_0 += bm0 * v7;
+            acc8_0 += bm0 * v8;
+            acc9_0 += bm0 * v9;
+            acc10_0 += bm0 * v10;
+            acc11_0 += bm0 * v11;
+            acc12_0 += bm0 * v12;
+            acc13_0 += bm0 * v13;
+            acc14_0 += bm0 * v14;
+            acc15_0 += bm0 * v15;
+            acc16_0 += bm0 * v16;
+            acc17_0 += bm0 * v17;
+            acc18_0 += bm0 * v18;
+            acc19_0 += bm0 * v19;
+            acc20_0 += bm0 * v20;
+            acc21_0 += bm0 * v21;
+            acc22_0 += bm0 * v22;
+            acc23_0 += bm0 * v23;
+            acc24_0 += bm0 * v24;
+            acc25_0 += bm0 * v25;
+            acc26_0 += bm0 * v26;
+            acc27_0 += bm0 * v27;
+            acc28_0 += bm0 * v28;
+            acc29_0 += bm0 * v29;
+            acc30_0 += bm0 * v30;
+            acc31_0 += bm0 * v31;
         }
     }
-    store_v4(row0 + 0u, col0, acc0);
-    store_v4(row0 + 1u, col0, acc1);
-    store_v4(row0 + 2u, col0, acc2);
-    store_v4(row0 + 3u, col0, acc3);
-    store_v4(row0 + 4u, col0, acc4);
-    store_v4(row0 + 5u, col0, acc5);
-    store_v4(row0 + 6u, col0, acc6);
-    store_v4(row0 + 7u, col0, acc7);
-    store_v4(row0 + 8u, col0, acc8);
-    store_v4(row0 + 9u, col0, acc9);
-    store_v4(row0 + 10u, col0, acc10);
-    store_v4(row0 + 11u, col0, acc11);
-    store_v4(row0 + 12u, col0, acc12);
-    store_v4(row0 + 13u, col0, acc13);
-    store_v4(row0 + 14u, col0, acc14);
-    store_v4(row0 + 15u, col0, acc15);
-    store_v4(row0 + 16u, col0, acc16);
-    store_v4(row0 + 17u, col0, acc17);
-    store_v4(row0 + 18u, col0, acc18);
-    store_v4(row0 + 19u, col0, acc19);
-    store_v4(row0 + 20u, col0, acc20);
-    store_v4(row0 + 21u, col0, acc21);
-    store_v4(row0 + 22u, col0, acc22);
-    store_v4(row0 + 23u, col0, acc23);
-    store_v4(row0 + 24u, col0, acc24);
-    store_v4(row0 + 25u, col0, acc25);
-    store_v4(row0 + 26u, col0, acc26);
-    store_v4(row0 + 27u, col0, acc27);
-    store_v4(row0 + 28u, col0, acc28);
-    store_v4(row0 + 29u, col0, acc29);
-    store_v4(row0 + 30u, col0, acc30);
-    store_v4(row0 + 31u, col0, acc31);
+    store_v4(row0 + 0u, col0 + 0u, acc0_0);
+    store_v4(row0 + 1u, col0 + 0u, acc1_0);
+    store_v4(row0 + 2u, col0 + 0u, acc2_0);
+    store_v4(row0 + 3u, col0 + 0u, acc3_0);
+    store_v4(row0 + 4u, col0 + 0u, acc4_0);
+    store_v4(row0 + 5u, col0 + 0u, acc5_0);
+    store_v4(row0 + 6u, col0 + 0u, acc6_0);
+    store_v4(row0 + 7u, col0 + 0u, acc7_0);
+    store_v4(row0 + 8u, col0 + 0u, acc8_0);
+    store_v4(row0 + 9u, col0 + 0u, acc9_0);
+    store_v4(row0 + 10u, col0 + 0u, acc10_0);
+    store_v4(row0 + 11u, col0 + 0u, acc11_0);
+    store_v4(row0 + 12u, col0 + 0u, acc12_0);
+    store_v4(row0 + 13u, col0 + 0u, acc13_0);
+    store_v4(row0 + 14u, col0 + 0u, acc14_0);
+    store_v4(row0 + 15u, col0 + 0u, acc15_0);
+    store_v4(row0 + 16u, col0 + 0u, acc16_0);
+    store_v4(row0 + 17u, col0 + 0u, acc17_0);
+    store_v4(row0 + 18u, col0 + 0u, acc18_0);
+    store_v4(row0 + 19u, col0 + 0u, acc19_0);
+    store_v4(row0 + 20u, col0 + 0u, acc20_0);
+    store_v4(row0 + 21u, col0 + 0u, acc21_0);
+    store_v4(row0 + 22u, col0 + 0u, acc22_0);
+    store_v4(row0 + 23u, col0 + 0u, acc23_0);
+    store_v4(row0 + 24u, col0 + 0u, acc24_0);
+    store_v4(row0 + 25u, col0 + 0u, acc25_0);
+    store_v4(row0 + 26u, col0 + 0u, acc26_0);
+    store_v4(row0 + 27u, col0 + 0u, acc27_0);
+    store_v4(row0 + 28u, col0 + 0u, acc28_0);
+    store_v4(row0 + 29u, col0 + 0u, acc29_0);
+    store_v4(row0 + 30u, col0 + 0u, acc30_0);
+    store_v4(row0 + 31u, col0 + 0u, acc31_0);
     // The first subgroup of the first column block writes the row sums.
     if (COLSUM && wid.x == 0u && lid.x < 8u) {
         if (TA) {

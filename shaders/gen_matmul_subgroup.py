@@ -10,11 +10,14 @@ ROWS (rows per subgroup block) must be 32: the transposed-A path loads one k per
 
 import sys
 
-ROWS = 32
+# Column blocks of 4 per lane, and rows per subgroup block (a multiple of 32); the host's
+# dispatch (src/ops/matmul.rs) must match.
+NB = int(sys.argv[1]) if len(sys.argv) > 1 else 1
+ROWS = int(sys.argv[2]) if len(sys.argv) > 2 else 32
+assert ROWS % 32 == 0
 NA = ROWS // 8  # A vec4 loads per lane per step of 4 along K
 RQ = ROWS // 4  # vec4s of rows per k (transposed A)
-# Column blocks of 4 per lane (the host's `SG_COLS` must match: 4 * NB columns per lane).
-NB = int(sys.argv[1]) if len(sys.argv) > 1 else 1
+JB = RQ // 8  # row vec4s per lane in the transposed path
 
 HEADER = """\
 // matmul_subgroup.wgsl — C[M,N] = act(op(A)·op(B) + bias) for CPU adapters (Mesa llvmpipe/lavapipe):
@@ -63,7 +66,7 @@ struct Params {
 fn matmul_subgroup(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
                    @builtin(subgroup_invocation_id) lane: u32) {
     let col0 = (wid.x * WG + lid.x) * COLS_PER_LANE;
-    let row0 = wid.y * 32u;
+    let row0 = wid.y * ROWS_PER_BLOCK;
     let qk = p.k / 4u;
     let qm = p.m / 4u;
     let qn = p.n / 4u;
@@ -73,6 +76,15 @@ FOOTER = """
 fn act_grad4(y: vec4<f32>) -> vec4<f32> {
     return vec4<f32>(act_grad_from_y(GRAD_ACT, GRAD_ALPHA, y.x), act_grad_from_y(GRAD_ACT, GRAD_ALPHA, y.y),
                      act_grad_from_y(GRAD_ACT, GRAD_ALPHA, y.z), act_grad_from_y(GRAD_ACT, GRAD_ALPHA, y.w));
+}
+
+fn store_colsum(r: u32, v: f32) {
+    if (r >= p.m) { return; }
+    if (ACCUM) { colsum[r] = colsum[r] + v; } else { colsum[r] = v; }
+}
+
+fn store_colsum4(r0: u32, v: vec4<f32>) {
+    for (var j = 0u; j < 4u; j++) { store_colsum(r0 + j, v[j]); }
 }
 
 fn store_v4(row: u32, col0: u32, v: vec4<f32>) {
@@ -88,15 +100,18 @@ fn store_v4(row: u32, col0: u32, v: vec4<f32>) {
 
 
 def main():
-    out = [HEADER.replace("struct Params {", f"const COLS_PER_LANE: u32 = {4 * NB}u;\n\nstruct Params {{", 1)]
+    consts = f"const COLS_PER_LANE: u32 = {4 * NB}u;\nconst ROWS_PER_BLOCK: u32 = {ROWS}u;\n\nstruct Params {{"
+    out = [HEADER.replace("struct Params {", consts, 1)]
     w = out.append
     for r in range(ROWS):
         for c in range(NB):
             w(f"    var acc{r}_{c} = vec4<f32>(0.0);\n")
     w("    // Row sums of op(A) (COLSUM): transposed A, lane l holds rows 4l..4l+3 of each k it loads;\n")
     w("    // plain A, its rows l + 8i.\n")
-    w("    var rs_t = vec4<f32>(0.0);\n")
-    w("    var rs_n = vec4<f32>(0.0);\n")
+    for j in range(JB):
+        w(f"    var rs_t{j} = vec4<f32>(0.0);\n")
+    for i in range(NA):
+        w(f"    var rs_n{i} = 0.0;\n")
     for i in range(NA):
         w(f"    let row_{i} = min(row0 + {8 * i}u + lane, p.m - 1u);\n")
     for c in range(NB):
@@ -108,11 +123,17 @@ def main():
     w("        if (TA) {\n")
     for i in range(NA):
         w(f"            a_{i} = a4[(k0 + ({8 * i}u + lane) / {RQ}u) * qm + min(row0 / 4u + ({8 * i}u + lane) % {RQ}u, qm - 1u)];\n")
-    w("            if (COLSUM) { rs_t += " + " + ".join(f"a_{i}" for i in range(NA)) + "; }\n")
+    w("            if (COLSUM) {\n")
+    for i in range(NA):
+        w(f"                rs_t{i % JB} += a_{i};\n")
+    w("            }\n")
     w("        } else {\n")
     for i in range(NA):
         w(f"            a_{i} = a4[row_{i} * qk + kb];\n")
-    w("            if (COLSUM) { rs_n += vec4<f32>(" + ", ".join(f"dot(a_{i}, vec4<f32>(1.0))" for i in range(NA)) + "); }\n")
+    w("            if (COLSUM) {\n")
+    for i in range(NA):
+        w(f"                rs_n{i} += dot(a_{i}, vec4<f32>(1.0));\n")
+    w("            }\n")
     w("        }\n")
     for v in range(ROWS):
         w(f"        let v{v} = subgroupBroadcast(a_{v // 8}, {v % 8}u);\n")
@@ -147,19 +168,11 @@ def main():
     w("    // The first subgroup of the first column block writes the row sums.\n")
     w("    if (COLSUM && wid.x == 0u && lid.x < 8u) {\n")
     w("        if (TA) {\n")
-    w("            for (var j = 0u; j < 4u; j++) {\n")
-    w("                let r = row0 + 4u * lane + j;\n")
-    w("                if (r < p.m) {\n")
-    w("                    if (ACCUM) { colsum[r] = colsum[r] + rs_t[j]; } else { colsum[r] = rs_t[j]; }\n")
-    w("                }\n")
-    w("            }\n")
+    for j in range(JB):
+        w(f"            store_colsum4(row0 + 4u * (lane + {8 * j}u), rs_t{j});\n")
     w("        } else {\n")
-    w(f"            for (var i = 0u; i < {NA}u; i++) {{\n")
-    w("                let r = row0 + 8u * i + lane;\n")
-    w("                if (r < p.m) {\n")
-    w("                    if (ACCUM) { colsum[r] = colsum[r] + rs_n[i]; } else { colsum[r] = rs_n[i]; }\n")
-    w("                }\n")
-    w("            }\n")
+    for i in range(NA):
+        w(f"            store_colsum(row0 + {8 * i}u + lane, rs_n{i});\n")
     w("        }\n")
     w("    }\n")
     w("}\n")

@@ -21,6 +21,7 @@
 // inputs are bound to A again and an unused S to C.
 
 const COLS_PER_LANE: u32 = 4u;
+const ROWS_PER_BLOCK: u32 = 32u;
 
 struct Params {
     m: u32,
@@ -46,7 +47,7 @@ struct Params {
 fn matmul_subgroup(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
                    @builtin(subgroup_invocation_id) lane: u32) {
     let col0 = (wid.x * WG + lid.x) * COLS_PER_LANE;
-    let row0 = wid.y * 32u;
+    let row0 = wid.y * ROWS_PER_BLOCK;
     let qk = p.k / 4u;
     let qm = p.m / 4u;
     let qn = p.n / 4u;
@@ -84,8 +85,11 @@ fn matmul_subgroup(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgr
     var acc31_0 = vec4<f32>(0.0);
     // Row sums of op(A) (COLSUM): transposed A, lane l holds rows 4l..4l+3 of each k it loads;
     // plain A, its rows l + 8i.
-    var rs_t = vec4<f32>(0.0);
-    var rs_n = vec4<f32>(0.0);
+    var rs_t0 = vec4<f32>(0.0);
+    var rs_n0 = 0.0;
+    var rs_n1 = 0.0;
+    var rs_n2 = 0.0;
+    var rs_n3 = 0.0;
     let row_0 = min(row0 + 0u + lane, p.m - 1u);
     let row_1 = min(row0 + 8u + lane, p.m - 1u);
     let row_2 = min(row0 + 16u + lane, p.m - 1u);
@@ -102,13 +106,23 @@ fn matmul_subgroup(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgr
             a_1 = a4[(k0 + (8u + lane) / 8u) * qm + min(row0 / 4u + (8u + lane) % 8u, qm - 1u)];
             a_2 = a4[(k0 + (16u + lane) / 8u) * qm + min(row0 / 4u + (16u + lane) % 8u, qm - 1u)];
             a_3 = a4[(k0 + (24u + lane) / 8u) * qm + min(row0 / 4u + (24u + lane) % 8u, qm - 1u)];
-            if (COLSUM) { rs_t += a_0 + a_1 + a_2 + a_3; }
+            if (COLSUM) {
+                rs_t0 += a_0;
+                rs_t0 += a_1;
+                rs_t0 += a_2;
+                rs_t0 += a_3;
+            }
         } else {
             a_0 = a4[row_0 * qk + kb];
             a_1 = a4[row_1 * qk + kb];
             a_2 = a4[row_2 * qk + kb];
             a_3 = a4[row_3 * qk + kb];
-            if (COLSUM) { rs_n += vec4<f32>(dot(a_0, vec4<f32>(1.0)), dot(a_1, vec4<f32>(1.0)), dot(a_2, vec4<f32>(1.0)), dot(a_3, vec4<f32>(1.0))); }
+            if (COLSUM) {
+                rs_n0 += dot(a_0, vec4<f32>(1.0));
+                rs_n1 += dot(a_1, vec4<f32>(1.0));
+                rs_n2 += dot(a_2, vec4<f32>(1.0));
+                rs_n3 += dot(a_3, vec4<f32>(1.0));
+            }
         }
         let v0 = subgroupBroadcast(a_0, 0u);
         let v1 = subgroupBroadcast(a_0, 1u);
@@ -261,19 +275,12 @@ fn matmul_subgroup(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgr
     // The first subgroup of the first column block writes the row sums.
     if (COLSUM && wid.x == 0u && lid.x < 8u) {
         if (TA) {
-            for (var j = 0u; j < 4u; j++) {
-                let r = row0 + 4u * lane + j;
-                if (r < p.m) {
-                    if (ACCUM) { colsum[r] = colsum[r] + rs_t[j]; } else { colsum[r] = rs_t[j]; }
-                }
-            }
+            store_colsum4(row0 + 4u * (lane + 0u), rs_t0);
         } else {
-            for (var i = 0u; i < 4u; i++) {
-                let r = row0 + 8u * i + lane;
-                if (r < p.m) {
-                    if (ACCUM) { colsum[r] = colsum[r] + rs_n[i]; } else { colsum[r] = rs_n[i]; }
-                }
-            }
+            store_colsum(row0 + 0u + lane, rs_n0);
+            store_colsum(row0 + 8u + lane, rs_n1);
+            store_colsum(row0 + 16u + lane, rs_n2);
+            store_colsum(row0 + 24u + lane, rs_n3);
         }
     }
 }
@@ -281,6 +288,15 @@ fn matmul_subgroup(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgr
 fn act_grad4(y: vec4<f32>) -> vec4<f32> {
     return vec4<f32>(act_grad_from_y(GRAD_ACT, GRAD_ALPHA, y.x), act_grad_from_y(GRAD_ACT, GRAD_ALPHA, y.y),
                      act_grad_from_y(GRAD_ACT, GRAD_ALPHA, y.z), act_grad_from_y(GRAD_ACT, GRAD_ALPHA, y.w));
+}
+
+fn store_colsum(r: u32, v: f32) {
+    if (r >= p.m) { return; }
+    if (ACCUM) { colsum[r] = colsum[r] + v; } else { colsum[r] = v; }
+}
+
+fn store_colsum4(r0: u32, v: vec4<f32>) {
+    for (var j = 0u; j < 4u; j++) { store_colsum(r0 + j, v[j]); }
 }
 
 fn store_v4(row: u32, col0: u32, v: vec4<f32>) {

@@ -96,3 +96,85 @@ fn bad_tau_and_batch_are_refused() {
     let one = tape.leaf(Mat::rand(1, 3, 0.0, 1.0, 1).upload(), true);
     assert!(scaled_batch_norm(&mut tape, one, t, 0.5, &running, true).is_err(), "one row has no batch statistics");
 }
+
+/// f64 reference of the BN-VAE's evaluation-mode posterior mean: the encoder (ReLU hidden layer),
+/// fc_mu, then γ(θ)·(mu − running mean)/√(running var + ε).
+fn bn_vae_eval_mu(vae: &wgvae::vae::Vae, x: &Mat, theta: &[f64], rmean: &[f64], rvar: &[f64], tau: f64) -> Mat {
+    let p = vae_params(vae);
+    let h = add_row(&matmul(x, &p[0], false, true), &p[1]).map(|v| v.max(0.0));
+    let mu = add_row(&matmul(&h, &p[2], false, true), &p[3]);
+    Mat::new(
+        mu.r,
+        mu.c,
+        (0..mu.r * mu.c)
+            .map(|i| {
+                let c = i % mu.c;
+                gamma(theta[c], tau) * (mu.d[i] - rmean[c]) / (rvar[c] + BN_EPS as f64).sqrt()
+            })
+            .collect(),
+    )
+}
+
+#[test]
+fn bn_vae_evaluation_uses_running_statistics_leaves_them_and_ignores_the_batch() {
+    use wgvae::vae::{Likelihood, ModelKind, Vae, VaeConfig};
+    let g = gpu();
+    let tau = 0.4;
+    let cfg = VaeConfig {
+        model: ModelKind::Vae,
+        input_dim: 12,
+        hidden: vec![6],
+        latent: 3,
+        activation: wgvae::ops::Act::Relu,
+        likelihood: Likelihood::Bernoulli,
+        bn_tau: Some(tau as f32),
+        classes: 0,
+    };
+    let vae = Vae::new(g, cfg, 5).unwrap();
+    let bn = vae.bn.as_ref().unwrap();
+    // Running statistics far from any batch's own (so batch statistics would give other means).
+    let (rmean, rvar, theta) = ([0.7f32, -1.3, 0.2], [2.5f32, 0.3, 4.0], [0.5f32, -0.8, 1.2]);
+    bn.running.mean.write(g, &rmean).unwrap();
+    bn.running.var.write(g, &rvar).unwrap();
+    bn.theta.value().write(g, &theta).unwrap();
+    let f64s = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
+    let x = Mat::rand(9, 12, 0.0, 1.0, 7);
+    let want = bn_vae_eval_mu(&vae, &x, &f64s(&theta), &f64s(&rmean), &f64s(&rvar), tau);
+
+    let (mu, _) = vae.encode(g, &x.upload()).unwrap();
+    assert_close(&download(&mu), &want, 1e-5, 1e-5, "BN-VAE evaluation mean vs f64 with running statistics");
+    // Each example's mean whatever batch surrounds it: alone, and among other examples.
+    for i in [0, 4, 8] {
+        let alone = Mat::new(1, 12, x.d[i * 12..(i + 1) * 12].to_vec());
+        let (m1, _) = vae.encode(g, &alone.upload()).unwrap();
+        let others = Mat::rand(5, 12, 0.0, 1.0, 30 + i as u64);
+        let mut mixed = others.d[..24].to_vec();
+        mixed.extend_from_slice(&alone.d);
+        mixed.extend_from_slice(&others.d[24..]);
+        let (m2, _) = vae.encode(g, &Mat::new(6, 12, mixed).upload()).unwrap();
+        let row = Mat::new(1, 3, want.d[i * 3..(i + 1) * 3].to_vec());
+        assert_close(&download(&m1), &row, 1e-5, 1e-5, &format!("example {i} encoded alone"));
+        assert_close(
+            &Mat::new(1, 3, download(&m2).d[6..9].to_vec()),
+            &row,
+            1e-5,
+            1e-5,
+            &format!("example {i} in another batch"),
+        );
+    }
+    // Evaluation (encode, the trainer's evaluation) leaves the running statistics as they were.
+    let imgs = wgvae::data::Images {
+        n: 9,
+        rows: 3,
+        cols: 4,
+        pixels: x.d.iter().map(|v| (v * 255.0) as u8).collect(),
+        labels: None,
+        num_classes: 0,
+        factors: None,
+        factor_names: vec![],
+    };
+    let gi = wgvae::data::gpu::GpuImages::upload(g, &imgs).unwrap();
+    wgvae::train::evaluate_full(g, &vae, &gi, 4, 1).unwrap();
+    assert_eq!(bn.running.mean.to_vec(g).unwrap(), rmean, "running mean untouched by evaluation");
+    assert_eq!(bn.running.var.to_vec(g).unwrap(), rvar, "running variance untouched by evaluation");
+}

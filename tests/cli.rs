@@ -31,6 +31,70 @@ fn fails(o: &Output, needles: &[&str]) {
     }
 }
 
+/// The classic one-hidden-layer network of a checkpoint, evaluated in f64 on the CPU.
+struct Net {
+    t: std::collections::HashMap<String, (Vec<usize>, Vec<f64>)>,
+}
+
+impl Net {
+    fn new(bytes: &[u8]) -> Self {
+        let st = safetensors::SafeTensors::deserialize(bytes).unwrap();
+        let t = st
+            .tensors()
+            .into_iter()
+            .map(|(name, v)| {
+                let d = v.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64).collect();
+                (name, (v.shape().to_vec(), d))
+            })
+            .collect();
+        Net { t }
+    }
+    /// act(W·x + b) for the layer `name` (weight [out, in]).
+    fn layer(&self, name: &str, x: &[f64], relu: bool) -> Vec<f64> {
+        let (shape, w) = &self.t[&format!("{name}.weight")];
+        let b = &self.t[&format!("{name}.bias")].1;
+        (0..shape[0])
+            .map(|o| {
+                let v = b[o] + (0..shape[1]).map(|i| w[o * shape[1] + i] * x[i]).sum::<f64>();
+                if relu {
+                    v.max(0.0)
+                } else {
+                    v
+                }
+            })
+            .collect()
+    }
+    fn decode(&self, z: &[f64]) -> Vec<f64> {
+        let h = self.layer("decoder.0", z, true);
+        self.layer("decoder.1", &h, false).iter().map(|l| 1.0 / (1.0 + (-l).exp())).collect()
+    }
+    fn encode_mean(&self, x: &[f64]) -> Vec<f64> {
+        self.layer("fc_mu", &self.layer("encoder.0", x, true), false)
+    }
+}
+
+/// Decodes a grey PNG grid (28x28 tiles, 2-pixel border, `cols` columns, as `wgvae` writes them)
+/// and checks each tile against `want` (values in [0, 1]) within one grey level (plus rounding).
+fn assert_tiles(png_path: &Path, want: &[Vec<f64>], cols: usize, what: &str) {
+    let bytes = std::fs::read(png_path).unwrap();
+    let mut reader = png::Decoder::new(std::io::Cursor::new(bytes)).read_info().unwrap();
+    let mut px = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut px).unwrap();
+    assert_eq!(info.color_type, png::ColorType::Grayscale, "{what}");
+    let (gw, side, pad) = (info.width as usize, 28, 2);
+    let mut worst = 0.0f64;
+    for (i, tile) in want.iter().enumerate() {
+        let (r, c) = (i / cols, i % cols);
+        for y in 0..side {
+            for x in 0..side {
+                let got = px[(pad + r * (side + pad) + y) * gw + pad + c * (side + pad) + x] as f64;
+                worst = worst.max((got - tile[y * side + x] * 255.0).abs());
+            }
+        }
+    }
+    assert!(worst <= 1.0, "{what}: a pixel differs from the CPU decode by {worst} grey levels");
+}
+
 fn metrics(dir: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(dir.join("metrics.jsonl"))
         .unwrap()
@@ -94,6 +158,18 @@ fn train_eval_sample_reconstruct() {
     for f in [&s, &r] {
         assert_eq!(&std::fs::read(f).unwrap()[..8], b"\x89PNG\r\n\x1a\n", "{} is a PNG", f.display());
     }
+    // The pictures hold what the checkpoint decodes to, recomputed here on the CPU in f64.
+    let weights = std::fs::read(d.join("checkpoint.safetensors")).unwrap();
+    let net = Net::new(&weights);
+    let z = wgvae::rng::normals(16 * 4, 0, 0, 7);
+    let want: Vec<Vec<f64>> = z.chunks(4).map(|zi| net.decode(zi)).collect();
+    assert_tiles(&s, &want, 4, "sample: prior draws (seed 0, step 0, stream 7) decoded");
+    let test = wgvae::data::sprites::sprites(0).test;
+    let inputs: Vec<Vec<f64>> =
+        (0..8).map(|i| test.image(i).iter().map(|&p| p as f32 as f64 / 255.0).collect()).collect();
+    let mut want: Vec<Vec<f64>> = inputs.iter().map(|x| x.iter().map(|v| (*v as f32) as f64).collect()).collect();
+    want.extend(inputs.iter().map(|x| net.decode(&net.encode_mean(x))));
+    assert_tiles(&r, &want, 8, "reconstruct: test images above decode(posterior mean)");
 
     // The checkpoint is a PyTorch-style state dict.
     let bytes = std::fs::read(&ck).unwrap();

@@ -105,6 +105,25 @@ fn matches_f64_reference_for_k_1_7_130_5000() {
     }
 }
 
+#[test]
+fn log_weights_far_below_zero_stay_finite_and_match_f64() {
+    // 401 Bernoulli pixels: every log-weight is about −280 nats, where exp() underflows to 0 in
+    // f32, so only a logsumexp that subtracts the running maximum stays finite and exact.
+    let g = gpu();
+    let cfg = VaeConfig { input_dim: 401, ..tiny(ModelKind::Vae, Likelihood::Bernoulli) };
+    let vae = Vae::new(g, cfg, 17).unwrap();
+    let p: Vec<Mat> = vae_params(&vae);
+    let x = Mat::rand(3, 401, 0.0, 1.0, 18).map(|v| (v > 0.5) as u8 as f64);
+    for (k, seed, step) in [(1, 21u64, 0u32), (40, 22, 1), (300, 23, 2)] {
+        let want = Mat::new(3, 1, reference(&p, &x, Likelihood::Bernoulli, k, seed, step));
+        assert!(want.d.iter().all(|&v| v < -200.0), "the case is meant to be far below zero: {want:?}");
+        let got = Mat::new(3, 1, iwae_batch(g, &vae, &x.upload(), k, seed, step).unwrap());
+        assert_close(&got, &want, 2e-3, 2e-5, &format!("log-weights near -280, K = {k}"));
+        let chunked = Mat::new(3, 1, iwae_batch_chunked(g, &vae, &x.upload(), k, seed, step, 30).unwrap());
+        assert_close(&chunked, &want, 2e-3, 2e-5, &format!("log-weights near -280, K = {k}, chunked"));
+    }
+}
+
 /// A VAE (hidden [64], latent 6) trained one epoch on sprites, its test split, and the first 48
 /// test images.
 struct Trained {

@@ -18,8 +18,19 @@ use crate::error::{Error, Result};
 use crate::gpu::pipeline::{Kernel, KernelKey, PARAMS_BYTES};
 use crate::gpu::pool::{BufferKind, PooledBuffer};
 use crate::gpu::Gpu;
-use crate::nn::Param;
 use crate::tensor::Tensor;
+
+/// Workgroup grid for a 1-D kernel of `n` invocations in workgroups of `wg`: x capped at 65535,
+/// the rest in y (the kernels flatten (x, y) back with `num_workgroups`).
+pub fn grid_1d(n: usize, wg: usize) -> [u32; 3] {
+    let groups = n.div_ceil(wg);
+    let x = groups.min(65535);
+    let y = groups.div_ceil(x.max(1));
+    [x as u32, y as u32, 1]
+}
+
+/// An activation as the ops layer encodes it for the tape: (kernel id, parameter).
+pub type ActTag = (u32, f32);
 
 /// A value recorded on a tape (an index; cheap to copy).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -83,28 +94,19 @@ pub struct Readback {
 }
 
 impl Readback {
-    /// Waits for the submission and returns the values.
+    /// Waits for the submission and returns the values. Blocks; see [`Readback::get_async`].
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn get(self) -> Result<Vec<f32>> {
+        pollster::block_on(self.get_async())
+    }
+
+    /// Resolves to the values once the submission that recorded the read has run.
+    pub async fn get_async(self) -> Result<Vec<f32>> {
         if !self.submitted.load(Ordering::Acquire) {
             return Err(Error::Autograd("Readback::get called before the tape that recorded it was submitted".into()));
         }
-        let bytes = self.len as u64 * 4;
-        let slice = self.staging.raw().slice(0..bytes);
-        let (tx, rx) = std::sync::mpsc::channel();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
-        self.gpu.wait()?;
-        rx.recv()
-            .map_err(|_| Error::Gpu("the read-back mapping was dropped".into()))?
-            .map_err(|e| Error::Gpu(format!("mapping a read-back buffer failed: {e}")))?;
-        let out = {
-            let view =
-                slice.get_mapped_range().map_err(|e| Error::Gpu(format!("reading a mapped buffer failed: {e}")))?;
-            bytemuck::cast_slice::<u8, f32>(&view).to_vec()
-        };
-        self.staging.raw().unmap();
-        Ok(out)
+        let bytes = self.gpu.map_read(&self.staging, self.len as u64 * 4).await?;
+        Ok(bytemuck::pod_collect_to_vec::<u8, f32>(&bytes))
     }
 }
 
@@ -122,7 +124,8 @@ struct VarEntry {
     /// Ops that take this value as an input.
     uses: u32,
     /// The activation this value is the output of (a layer whose epilogue applied it).
-    act: Option<crate::ops::Act>,
+    /// Activation of which this value is the output, as the ops layer encodes it (opaque here).
+    act: Option<ActTag>,
     /// Its gradient already includes that activation's derivative (a consumer fused it in).
     pre_activation_grad: bool,
 }
@@ -360,22 +363,15 @@ impl Tape {
     /// Waits for the submission just made, reads its timestamps and files each dispatch's time
     /// under its label.
     fn record_profile(&self, dispatches: &[Dispatch], staging: &PooledBuffer, timed: usize) -> Result<()> {
-        let bytes = 8 * (timed as u64 + 1);
-        let slice = staging.raw().slice(0..bytes);
-        let (tx, rx) = std::sync::mpsc::channel();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
-        self.gpu.wait()?;
-        rx.recv()
-            .map_err(|_| Error::Gpu("the profile read-back was dropped".into()))?
-            .map_err(|e| Error::Gpu(format!("mapping the profile's timestamps failed: {e}")))?;
+        let bytes = self.gpu.map_read(staging, 8 * (timed as u64 + 1));
+        // Profiling waits after every submission anyway (timestamp queries exist only natively).
+        #[cfg(not(target_arch = "wasm32"))]
+        let ticks: Vec<u64> = bytemuck::pod_collect_to_vec::<u8, u64>(&pollster::block_on(bytes)?);
+        #[cfg(target_arch = "wasm32")]
         let ticks: Vec<u64> = {
-            let view =
-                slice.get_mapped_range().map_err(|e| Error::Gpu(format!("reading the profile's timestamps: {e}")))?;
-            bytemuck::cast_slice::<u8, u64>(&view).to_vec()
+            drop(bytes);
+            return Err(Error::arg("--profile", "per-kernel profiles need a native adapter"));
         };
-        staging.raw().unmap();
         let ns_per_tick = self.gpu.queue().get_timestamp_period() as f64;
         let mut acc = self.gpu.inner.profile.lock().unwrap_or_else(|p| p.into_inner());
         acc.submissions += 1;
@@ -388,6 +384,41 @@ impl Tape {
             row.1 += ms;
         }
         Ok(())
+    }
+
+    // ---------------------------------------------------------------- the tape's own kernels
+
+    /// The elementwise kernels backward itself needs (`shaders/elementwise.wgsl`): the seed of
+    /// ones, gradient accumulation, and the copy of a gradient into its destination.
+    fn elementwise(&mut self, entry: &'static str, inputs: &[&Tensor], out: &Tensor, s0: f32, s1: f32) -> Result<()> {
+        let key = KernelKey {
+            module: crate::gpu::Module::Elementwise,
+            entry,
+            defines: vec![("ACT", "0u".into()), ("ALPHA", "0.0f".into())],
+            inputs: inputs.len() as u32,
+            outputs: 1,
+        };
+        let mut bufs = inputs.to_vec();
+        bufs.push(out);
+        let n = out.len();
+        let p = Params::new().u(n as u32).u(out.cols() as u32).f(s0).f(s1);
+        self.dispatch(&key, p, &bufs, grid_1d(n, 256))
+    }
+
+    fn fill(&mut self, rows: usize, cols: usize, v: f32) -> Result<Tensor> {
+        let t = Tensor::empty(&self.gpu, rows, cols)?;
+        self.elementwise("fill", &[], &t, v, 0.0)?;
+        Ok(t)
+    }
+
+    fn add(&mut self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        let t = Tensor::empty(&self.gpu, a.rows(), a.cols())?;
+        self.elementwise("axpby", &[a, b], &t, 1.0, 1.0)?;
+        Ok(t)
+    }
+
+    fn copy_into(&mut self, x: &Tensor, dst: &Tensor) -> Result<()> {
+        self.elementwise("affine", &[x], dst, 1.0, 0.0)
     }
 
     // ---------------------------------------------------------------- the graph
@@ -410,17 +441,24 @@ impl Tape {
         self.leaf(value, false)
     }
 
-    /// The var of a trainable parameter (one var per parameter per tape).
-    pub fn param(&mut self, p: &Param) -> Var {
-        if let Some(v) = self.params.get(&p.id()) {
+    /// The var of a trainable value identified by `key` (a parameter's id): one var per key per
+    /// tape, made from `value` the first time. With `grad_dest`, backward leaves the gradient in
+    /// that tensor (see [`Tape::grad_destination`]). Layers call this through `Param::var`.
+    pub fn keyed_leaf(&mut self, key: u64, value: &Tensor, grad_dest: Option<&Tensor>) -> Var {
+        if let Some(v) = self.params.get(&key) {
             return *v;
         }
-        let v = self.leaf(p.value().clone(), true);
-        self.params.insert(p.id(), v);
-        if let Some(g) = p.grad_view() {
+        let v = self.leaf(value.clone(), true);
+        self.params.insert(key, v);
+        if let Some(g) = grad_dest {
             self.dests.insert(v.0, g.clone());
         }
         v
+    }
+
+    /// The var made for `key` by [`Tape::keyed_leaf`], if any.
+    pub fn keyed_var(&self, key: u64) -> Option<Var> {
+        self.params.get(&key).copied()
     }
 
     /// Where `v`'s gradient should be written, when `v` is a packed parameter ([`crate::nn::pack`])
@@ -448,11 +486,6 @@ impl Tape {
         self.grads.get(v.0).and_then(|g| g.as_ref())
     }
 
-    /// The gradient for parameter `p`, if it took part in the loss.
-    pub fn param_grad(&self, p: &Param) -> Option<&Tensor> {
-        self.params.get(&p.id()).and_then(|v| self.grad(*v))
-    }
-
     /// Whether `g` is the tensor of ones that seeded this tape's backward, i.e. the upstream
     /// gradient of the loss itself. Fused loss ops compute their gradient in the forward pass
     /// under that assumption and hand it back unscaled when it holds.
@@ -466,17 +499,17 @@ impl Tape {
         self.grads.get_mut(v.0).and_then(|g| g.take())
     }
 
-    /// Marks `v` as the output of activation `act` (ops whose epilogue applies one do this), so
+    /// Marks `v` as the output of an activation (`tag` is the ops layer's encoding of it), so
     /// that its single consumer may fuse the activation's derivative into its own backward
     /// kernel ([`Tape::fusable_activation`]).
-    pub fn set_activation(&mut self, v: Var, act: crate::ops::Act) {
-        self.vars[v.0].act = Some(act).filter(|a| *a != crate::ops::Act::Identity);
+    pub fn set_activation(&mut self, v: Var, tag: Option<ActTag>) {
+        self.vars[v.0].act = tag;
     }
 
     /// The activation whose derivative a backward rule may multiply into the gradient it writes
     /// for its input `v`: `v` came out of that activation, this op is its only consumer and no
     /// gradient has reached it yet. The rule then calls [`Tape::mark_pre_activation`].
-    pub fn fusable_activation(&self, v: Var) -> Option<crate::ops::Act> {
+    pub fn fusable_activation(&self, v: Var) -> Option<ActTag> {
         let e = &self.vars[v.0];
         (e.uses == 1 && self.grads[v.0].is_none()).then_some(e.act).flatten()
     }
@@ -527,7 +560,7 @@ impl Tape {
         }
         let l = &self.vars[loss.0].value;
         let (r, c) = (l.rows(), l.cols());
-        let seed = crate::ops::elementwise::fill(self, r, c, 1.0)?;
+        let seed = self.fill(r, c, 1.0)?;
         self.seed = Some(seed.buf.id());
         self.grads[loss.0] = Some(seed);
         let nodes = std::mem::take(&mut self.nodes);
@@ -553,7 +586,7 @@ impl Tape {
                 self.grads[i] = Some(match self.grads[i].take() {
                     None => gi,
                     // Out of place: backward rules may hand the same tensor to several inputs.
-                    Some(prev) => crate::ops::elementwise::axpby(self, 1.0, &prev, 1.0, &gi)?,
+                    Some(prev) => self.add(&prev, &gi)?,
                 });
             }
         }
@@ -563,7 +596,7 @@ impl Tape {
         for (v, dest) in dests {
             if let Some(g) = self.grads[v].clone() {
                 if !g.same_storage(&dest) {
-                    crate::ops::elementwise::copy_into(self, &g, &dest)?;
+                    self.copy_into(&g, &dest)?;
                     self.grads[v] = Some(dest);
                 }
             }

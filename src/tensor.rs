@@ -165,12 +165,17 @@ impl Tensor {
         (gpu.limits().min_storage_buffer_offset_alignment as usize / 4).max(1)
     }
 
-    /// Downloads the values: submits, waits, maps. For results and tests, never inside a step.
+    /// Downloads the values: submits a copy, waits, maps. For results and tests, never inside a
+    /// step. Blocks; see [`Tensor::to_vec_async`].
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn to_vec(&self, gpu: &Gpu) -> Result<Vec<f32>> {
-        let mut tape = crate::tape::Tape::no_grad(gpu);
-        let rb = tape.read(self)?;
-        tape.submit()?;
-        rb.get()
+        pollster::block_on(self.to_vec_async(gpu))
+    }
+
+    /// Resolves to the values once the work submitted before this call has run.
+    pub async fn to_vec_async(&self, gpu: &Gpu) -> Result<Vec<f32>> {
+        let bytes = gpu.read_buffer(&self.buf, self.offset, self.bytes()).await?;
+        Ok(bytemuck::pod_collect_to_vec::<u8, f32>(&bytes))
     }
 }
 

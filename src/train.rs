@@ -286,7 +286,7 @@ impl Trainer {
         let bin = self.opts.binarize.then(|| noise(STREAM_BINARIZE));
         let x = self.train.batch(&mut tape, &e.order, off, bs, bin)?;
         let xv = tape.input(x.clone());
-        let y = self.train.condition(&mut tape, &e.order, off, bs, &self.vae.config)?;
+        let y = condition(&mut tape, &self.train, &e.order, off, bs, &self.vae.config)?;
         let out = self.vae.forward_cond(&mut tape, xv, y, noise(STREAM_EPS))?;
         let cfg = &self.vae.config;
         let (rs, ks) = self.opts.objective.scales(self.step, bs, cfg.input_dim, cfg.latent);
@@ -419,7 +419,7 @@ pub fn evaluate_full(gpu: &Gpu, vae: &Vae, images: &GpuImages, batch: usize, see
         let mut tape = Tape::no_grad(gpu);
         let x = images.batch(&mut tape, &order, off, bs, None)?;
         let xv = tape.input(x.clone());
-        let y = images.condition(&mut tape, &order, off, bs, &vae.config)?;
+        let y = condition(&mut tape, images, &order, off, bs, &vae.config)?;
         let out =
             vae.forward_cond(&mut tape, xv, y, Noise { seed: seed ^ EVAL_SEED, step: i as u32, stream: STREAM_EPS })?;
         vae.objective_loss_acc(&mut tape, &out, &x, 1.0, 1.0, 0.0, Some((&acc_recon, &acc_kl)))?;
@@ -502,4 +502,21 @@ pub fn write_pictures(
     let rp = dir.join("reconstructions.png");
     save_grid(&rp, &both, 2 * k, h, w, k)?;
     Ok((sp, rp))
+}
+
+/// The CVAE's one-hot labels of a batch as a tape input; `None` for other models (the data hands
+/// out labels, the model decides whether it needs them).
+fn condition(
+    tape: &mut Tape,
+    images: &GpuImages,
+    order: &Tensor,
+    offset: usize,
+    b: usize,
+    config: &VaeConfig,
+) -> Result<Option<crate::tape::Var>> {
+    if config.model != crate::vae::ModelKind::Cvae {
+        return Ok(None);
+    }
+    let y = images.onehot(tape, order, offset, b, config.classes)?;
+    Ok(Some(tape.input(y)))
 }

@@ -2,6 +2,8 @@
 //! seed, same metrics; and bad input refused with a message naming the flag or file, a non-zero
 //! exit, no panic, and nothing written before lost.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -346,17 +348,17 @@ fn pictures_and_disentanglement() {
     assert_eq!(e["mig_per_factor"].as_object().unwrap().len(), 5);
     // The same figure through the library: posterior means of every sprite (train then test)
     // against their factors, 20 bins.
-    let gpu = wgvae::Gpu::new().unwrap();
+    let gpu = common::gpu();
     let ck = wgvae::checkpoint::Checkpoint::load(Path::new(c)).unwrap();
-    let vae = ck.vae(&gpu).unwrap();
+    let vae = ck.vae(gpu).unwrap();
     let split = wgvae::data::sprites::sprites(0);
     let seed = ck.meta_u64("seed").unwrap();
     let batch = wgvae::train::eval_batch(ck.meta_u64("batch").unwrap() as usize);
     let mut codes = Vec::new();
     let mut factors = Vec::new();
     for imgs in [&split.train, &split.test] {
-        let gi = wgvae::data::gpu::GpuImages::upload(&gpu, imgs).unwrap();
-        codes.extend(wgvae::train::evaluate_full(&gpu, &vae, &gi, batch, seed).unwrap().mu);
+        let gi = wgvae::data::gpu::GpuImages::upload(gpu, imgs).unwrap();
+        codes.extend(wgvae::train::evaluate_full(gpu, &vae, &gi, batch, seed).unwrap().mu);
         factors.extend(imgs.factors.clone().unwrap());
     }
     let want = wgvae::vae::metrics::mutual_information_gap(

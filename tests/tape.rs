@@ -107,7 +107,7 @@ fn bad_arguments_are_typed_errors() {
     assert!(matches!(Act::parse("swish"), Err(Error::InvalidArgument { .. })));
     assert!(matches!(Act::parse("leaky_relu:-1"), Err(Error::InvalidArgument { .. })));
     assert_eq!(Act::parse("leaky_relu:0.2").unwrap(), Act::LeakyRelu(0.2));
-    assert!(matches!(MatmulVariant::parse("cuda"), Err(Error::InvalidArgument { .. })));
+    assert!(matches!("cuda".parse::<MatmulVariant>(), Err(Error::InvalidArgument { .. })));
     assert!(matches!(Mlp::new(gpu(), "m", &[4], Act::Relu, Act::Relu, 0), Err(Error::InvalidArgument { .. })));
     assert!(matches!(Mlp::new(gpu(), "m", &[4, 0, 2], Act::Relu, Act::Relu, 0), Err(Error::InvalidArgument { .. })));
 }

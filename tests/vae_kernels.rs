@@ -169,7 +169,7 @@ fn adam_and_adamw_match_reference() {
             let g = Mat::rand(r, c, -1.0, 1.0, 100 + step);
             // GPU: gradient of Σ g ⊙ w is g.
             let mut tape = Tape::new(gpu());
-            let w = tape.param(&param);
+            let w = param.var(&mut tape);
             let gv = tape.input(g.upload());
             let y = ops::mul(&mut tape, w, gv).unwrap();
             let l = ops::sum(&mut tape, y).unwrap();

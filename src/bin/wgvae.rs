@@ -502,7 +502,7 @@ fn train(a: TrainArgs) -> Result<()> {
     std::fs::write(&probe, b"").map_err(|source| Error::Io { path: out.clone(), source })?;
     let _ = std::fs::remove_file(&probe);
 
-    let gpu = Gpu::new()?;
+    let gpu = open_gpu()?;
     let mut trainer = match &ck {
         Some(ck) => Trainer::resume(&gpu, ck, opts, &split)?,
         None => Trainer::new(&gpu, config.clone(), opts, &split)?,
@@ -647,7 +647,7 @@ struct Loaded {
 fn load(checkpoint: &Path, data: Option<&Path>) -> Result<Loaded> {
     let ck = Checkpoint::load(checkpoint)?;
     let split = checkpoint_data(&ck, data)?;
-    let gpu = Gpu::new()?;
+    let gpu = open_gpu()?;
     let vae = ck.vae(&gpu)?;
     if split.test.dim() != vae.config.input_dim {
         return Err(Error::InvalidArgument {
@@ -853,7 +853,7 @@ fn eval(
 
 fn sample(checkpoint: &Path, n: usize, out: &Path, seed: u64, label: Option<usize>) -> Result<()> {
     let ck = Checkpoint::load(checkpoint)?;
-    let gpu = Gpu::new()?;
+    let gpu = open_gpu()?;
     let vae = ck.vae(&gpu)?;
     let side = (vae.config.input_dim as f64).sqrt() as usize;
     if side * side != vae.config.input_dim {
@@ -911,7 +911,7 @@ fn reconstruct(checkpoint: &Path, data: Option<&Path>, n: usize, out: &Path) -> 
 }
 
 fn info(json: bool) -> wgvae::Result<()> {
-    let gpu = Gpu::new()?;
+    let gpu = open_gpu()?;
     let a = gpu.adapter();
     let l = gpu.limits();
     let limits = serde_json::json!({
@@ -968,10 +968,10 @@ fn bench(filter: &str, variant: Option<&str>, seconds: f64, json: bool) -> wgvae
         });
     }
     let variants = match variant {
-        Some(v) => vec![wgvae::MatmulVariant::parse(v)?],
+        Some(v) => vec![v.parse::<wgvae::MatmulVariant>()?],
         None => wgvae::MatmulVariant::ALL.to_vec(),
     };
-    let gpu = Gpu::new()?;
+    let gpu = open_gpu()?;
     // A variant asked for by name must run; of "all", those this adapter cannot run are left out.
     let variants: Vec<_> = match variant {
         Some(_) => {
@@ -1039,7 +1039,7 @@ fn bench_step(a: &StepBenchArgs) -> Result<()> {
     if let Some(b) = a.batch.iter().find(|&&b| b == 0) {
         return Err(Error::InvalidArgument { name: "--batch".into(), detail: format!("{b}: must be at least 1") });
     }
-    let gpu = Gpu::new()?;
+    let gpu = open_gpu()?;
     if a.profile && !gpu.can_profile() {
         gpu.set_profiling(true)?; // the error names the adapter
     }
@@ -1099,4 +1099,47 @@ fn bench_step(a: &StepBenchArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Opens the adapter the environment asks for (`WGPU_BACKEND`, `WGPU_ADAPTER_NAME`,
+/// `WGVAE_MATMUL`). The binary owns its process, so it quiets what drivers print while adapters
+/// are probed (Mesa's lavapipe conformance warning, EGL's "XDG_RUNTIME_DIR is invalid" lines)
+/// unless `WGVAE_DRIVER_STDERR=1`; the library itself never touches stderr or the environment.
+fn open_gpu() -> Result<Gpu> {
+    let quiet = std::env::var_os("WGVAE_DRIVER_STDERR").is_none();
+    if quiet && std::env::var_os("MESA_VK_IGNORE_CONFORMANCE_WARNING").is_none() {
+        // Single-threaded here: no other thread reads the environment yet.
+        std::env::set_var("MESA_VK_IGNORE_CONFORMANCE_WARNING", "1");
+    }
+    let opts = wgvae::GpuOptions::from_env()?;
+    if quiet {
+        with_stderr_silenced(|| Gpu::with_options(opts))
+    } else {
+        Gpu::with_options(opts)
+    }
+}
+
+/// Runs `f` with file descriptor 2 pointed at /dev/null, then restores it.
+fn with_stderr_silenced<T>(f: impl FnOnce() -> T) -> T {
+    #[cfg(unix)]
+    // SAFETY: plain fd juggling; every fd opened here is closed, and fd 2 is restored.
+    unsafe {
+        let devnull = libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY);
+        let saved = libc::dup(2);
+        if devnull >= 0 && saved >= 0 {
+            libc::dup2(devnull, 2);
+            let r = f();
+            libc::dup2(saved, 2);
+            libc::close(saved);
+            libc::close(devnull);
+            return r;
+        }
+        if devnull >= 0 {
+            libc::close(devnull);
+        }
+        if saved >= 0 {
+            libc::close(saved);
+        }
+    }
+    f()
 }

@@ -128,24 +128,6 @@ impl GpuImages {
     }
 }
 
-impl GpuImages {
-    /// The CVAE's one-hot labels of a batch as a tape input; `None` for other models.
-    pub fn condition(
-        &self,
-        tape: &mut Tape,
-        order: &Tensor,
-        offset: usize,
-        b: usize,
-        config: &crate::vae::VaeConfig,
-    ) -> Result<Option<crate::tape::Var>> {
-        if config.model != crate::vae::ModelKind::Cvae {
-            return Ok(None);
-        }
-        let y = self.onehot(tape, order, offset, b, config.classes)?;
-        Ok(Some(tape.input(y)))
-    }
-}
-
 /// One-hot rows of `labels` (each < `classes`), uploaded: for sampling or reconstructing chosen
 /// classes outside the training loop.
 pub fn onehot_rows(gpu: &Gpu, labels: &[usize], classes: usize) -> Result<Tensor> {

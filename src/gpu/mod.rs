@@ -7,12 +7,15 @@
 //!   group cache (keyed by buffer identity),
 //! * the kernel-variant choice for this adapter ([`MatmulVariant`]).
 
+mod future;
 pub mod pipeline;
 pub mod pool;
 pub mod profile;
 
+pub(crate) use future::oneshot;
+
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 pub use pipeline::Module;
@@ -49,16 +52,6 @@ impl MatmulVariant {
         }
     }
 
-    /// Parses the name printed by [`MatmulVariant::name`].
-    pub fn parse(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "tiled" => Ok(MatmulVariant::Tiled),
-            "register" | "vec4" => Ok(MatmulVariant::Register),
-            "subgroup" => Ok(MatmulVariant::Subgroup),
-            other => Err(Error::arg("matmul variant", format!("`{other}` is not one of: tiled, register, subgroup"))),
-        }
-    }
-
     /// The variant an adapter of type `t` should use by default (`subgroups_of_8`: whether it
     /// runs 8-lane subgroups).
     pub fn for_adapter(t: wgpu::DeviceType, subgroups_of_8: bool) -> Self {
@@ -66,6 +59,25 @@ impl MatmulVariant {
             wgpu::DeviceType::Cpu if subgroups_of_8 => MatmulVariant::Subgroup,
             wgpu::DeviceType::Cpu => MatmulVariant::Register,
             _ => MatmulVariant::Tiled,
+        }
+    }
+}
+
+impl std::fmt::Display for MatmulVariant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for MatmulVariant {
+    type Err = Error;
+    /// Parses the name printed by [`MatmulVariant::name`] (case-insensitive).
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "tiled" => Ok(MatmulVariant::Tiled),
+            "register" | "vec4" => Ok(MatmulVariant::Register),
+            "subgroup" => Ok(MatmulVariant::Subgroup),
+            other => Err(Error::arg("matmul variant", format!("`{other}` is not one of: tiled, register, subgroup"))),
         }
     }
 }
@@ -144,61 +156,33 @@ impl std::fmt::Debug for Gpu {
     }
 }
 
-/// Options for [`Gpu::with_options`]. The defaults honour `WGPU_BACKEND`, `WGPU_ADAPTER_NAME` and
-/// `WGVAE_MATMUL`.
+/// Options for [`Gpu::with_options`]. `Default` asks for nothing in particular; [`GpuOptions::from_env`]
+/// reads the environment variables the `wgvae` binary honours.
 #[derive(Clone, Debug, Default)]
 pub struct GpuOptions {
-    /// Restrict to these backends (default: `WGPU_BACKEND`, else all).
+    /// Restrict to these backends (default: all).
     pub backends: Option<wgpu::Backends>,
-    /// Only adapters whose name contains this (case-insensitive; default: `WGPU_ADAPTER_NAME`).
+    /// Only adapters whose name contains this (case-insensitive).
     pub adapter_name: Option<String>,
-    /// Force a matmul variant (default: `WGVAE_MATMUL`, else chosen from the adapter type).
+    /// Force a matmul variant (default: chosen from the adapter's type and subgroups).
     pub matmul: Option<MatmulVariant>,
 }
 
-static QUIET_MESA: Once = Once::new();
-
-/// Mesa's lavapipe prints a conformance warning to stderr for every Vulkan instance; it would
-/// drown the program's own output, so ask Mesa to skip it unless the user set the variable.
-fn quiet_mesa() {
-    QUIET_MESA.call_once(|| {
-        if std::env::var_os("MESA_VK_IGNORE_CONFORMANCE_WARNING").is_none() {
-            // SAFETY-ish: done once, before any wgpu call of ours creates threads that read the
-            // environment; std marks set_var unsafe only from edition 2024 on.
-            std::env::set_var("MESA_VK_IGNORE_CONFORMANCE_WARNING", "1");
-        }
-    });
-}
-
-/// Runs `f` with file descriptor 2 pointed at /dev/null. Vulkan/EGL loaders and Mesa print lines
-/// such as "XDG_RUNTIME_DIR is invalid" while adapters are probed; they are not errors of ours and
-/// would drown the program's own output. `WGVAE_DRIVER_STDERR=1` keeps them.
-fn with_quiet_stderr<T>(f: impl FnOnce() -> T) -> T {
-    #[cfg(unix)]
-    {
-        if std::env::var_os("WGVAE_DRIVER_STDERR").is_none() {
-            // SAFETY: plain fd juggling; every fd opened here is closed, and fd 2 is restored.
-            unsafe {
-                let devnull = libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY);
-                let saved = libc::dup(2);
-                if devnull >= 0 && saved >= 0 {
-                    libc::dup2(devnull, 2);
-                    let r = f();
-                    libc::dup2(saved, 2);
-                    libc::close(saved);
-                    libc::close(devnull);
-                    return r;
-                }
-                if devnull >= 0 {
-                    libc::close(devnull);
-                }
-                if saved >= 0 {
-                    libc::close(saved);
-                }
-            }
-        }
+impl GpuOptions {
+    /// Options from `WGPU_BACKEND` (e.g. `vulkan`, `gl`), `WGPU_ADAPTER_NAME` (a substring of the
+    /// adapter's name) and `WGVAE_MATMUL` (`tiled`, `register`, `subgroup`). Reads the environment,
+    /// changes nothing.
+    pub fn from_env() -> Result<Self> {
+        let matmul = match std::env::var("WGVAE_MATMUL") {
+            Ok(s) if !s.is_empty() => Some(s.parse::<MatmulVariant>()?),
+            _ => None,
+        };
+        Ok(GpuOptions {
+            backends: wgpu::Backends::from_env(),
+            adapter_name: std::env::var("WGPU_ADAPTER_NAME").ok().filter(|s| !s.is_empty()),
+            matmul,
+        })
     }
-    f()
 }
 
 fn unsupported_subgroup(adapter: &str, sizes: (u32, u32)) -> Error {
@@ -231,25 +215,50 @@ fn backend_rank(b: wgpu::Backend) -> u8 {
     }
 }
 
+/// The optional features wgvae uses when the adapter has them: subgroups (the CPU-adapter matmul
+/// shares operands between SIMD lanes) and timestamps inside passes (`--profile`).
+fn wanted_features(available: wgpu::Features) -> wgpu::Features {
+    let timestamps = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
+    let mut f = available & wgpu::Features::SUBGROUP;
+    if available.contains(timestamps) {
+        f |= timestamps;
+    }
+    f
+}
+
 impl Gpu {
-    /// Opens the best adapter: discrete > integrated > virtual > other > CPU, native APIs before
-    /// OpenGL; `WGPU_BACKEND` (e.g. `vulkan`, `gl`) and `WGPU_ADAPTER_NAME` (substring) filter.
+    /// Opens the best adapter with the options of the environment ([`GpuOptions::from_env`]):
+    /// discrete > integrated > virtual > other > CPU, native APIs before OpenGL. Blocks; see
+    /// [`Gpu::new_async`].
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn new() -> Result<Self> {
-        Self::with_options(GpuOptions::default())
+        Self::with_options(GpuOptions::from_env()?)
     }
 
-    /// Opens an adapter with explicit options (see [`GpuOptions`]).
+    /// Opens an adapter with explicit options (see [`GpuOptions`]). Blocks; see
+    /// [`Gpu::with_options_async`].
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn with_options(opts: GpuOptions) -> Result<Self> {
-        quiet_mesa();
-        let backends = opts.backends.or_else(wgpu::Backends::from_env).unwrap_or(wgpu::Backends::all());
-        let name_filter = opts
-            .adapter_name
-            .or_else(|| std::env::var("WGPU_ADAPTER_NAME").ok())
-            .filter(|s| !s.is_empty())
-            .map(|s| s.to_lowercase());
-        // Native APIs first; OpenGL only when they offer nothing. Probing GL through EGL makes Mesa
-        // print "XDG_RUNTIME_DIR is invalid" lines on headless machines, which would otherwise
-        // drown the program's own output even when Vulkan works.
+        pollster::block_on(Self::with_options_async(opts))
+    }
+
+    /// [`Gpu::new`] without blocking (the form a browser needs). In a browser the environment is
+    /// not read: the default options are used.
+    pub async fn new_async() -> Result<Self> {
+        #[cfg(not(target_arch = "wasm32"))]
+        let opts = GpuOptions::from_env()?;
+        #[cfg(target_arch = "wasm32")]
+        let opts = GpuOptions::default();
+        Self::with_options_async(opts).await
+    }
+
+    /// [`Gpu::with_options`] without blocking. Creates its own wgpu instance and device; to run
+    /// on a device the program already has, use [`Gpu::from_wgpu`].
+    pub async fn with_options_async(opts: GpuOptions) -> Result<Self> {
+        let backends = opts.backends.unwrap_or(wgpu::Backends::all());
+        let name_filter = opts.adapter_name.as_ref().filter(|s| !s.is_empty()).map(|s| s.to_lowercase());
+        // Native APIs first; OpenGL only when they offer nothing (probing GL through EGL on a
+        // headless machine is slow and talkative).
         let mut adapters = Vec::new();
         for tier in [wgpu::Backends::PRIMARY, wgpu::Backends::SECONDARY] {
             let tier_backends = backends & tier;
@@ -262,16 +271,13 @@ impl Gpu {
             // in debug builds) are rarely installed and only add noise. WGPU_DEBUG/WGPU_VALIDATION
             // turn them back on.
             desc.flags = wgpu::InstanceFlags::empty().with_env();
-            // Unwanted adapters are dropped inside too: tearing down an EGL display also talks.
-            adapters = with_quiet_stderr(|| {
-                let instance = wgpu::Instance::new(desc);
-                let mut found = pollster::block_on(instance.enumerate_adapters(tier_backends));
-                if let Some(f) = &name_filter {
-                    found.retain(|a| a.get_info().name.to_lowercase().contains(f.as_str()));
-                }
-                found
-            });
-            if !adapters.is_empty() {
+            let instance = wgpu::Instance::new(desc);
+            let mut found = instance.enumerate_adapters(tier_backends).await;
+            if let Some(f) = &name_filter {
+                found.retain(|a| a.get_info().name.to_lowercase().contains(f.as_str()));
+            }
+            if !found.is_empty() {
+                adapters = found;
                 break;
             }
         }
@@ -294,28 +300,50 @@ impl Gpu {
         // The adapter's own limits: large datasets and batches need its real storage-binding and
         // buffer sizes, not WebGPU's conservative defaults.
         let limits = adapter.limits();
-        // Subgroups let the CPU-adapter matmul share operands between SIMD lanes without memory;
-        // timestamps inside passes give `--profile` its per-kernel times (only used when asked).
-        let timestamps = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
-        let mut features = adapter.features() & wgpu::Features::SUBGROUP;
-        if adapter.features().contains(timestamps) {
-            features |= timestamps;
-        }
-        let (device, queue) = with_quiet_stderr(|| {
-            pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
                 label: Some("wgvae"),
-                required_features: features,
-                required_limits: limits.clone(),
+                required_features: wanted_features(adapter.features()),
+                required_limits: limits,
                 experimental_features: wgpu::ExperimentalFeatures::disabled(),
                 memory_hints: wgpu::MemoryHints::Performance,
                 trace: wgpu::Trace::Off,
-            }))
-        })
-        .map_err(|e| Error::RequestDevice { adapter: info.name.clone(), reason: e.to_string() })?;
+            })
+            .await
+            .map_err(|e| Error::RequestDevice { adapter: info.name.clone(), reason: e.to_string() })?;
+        Self::build(&info, device, queue, opts.matmul, true)
+    }
+
+    /// Runs wgvae on a device the program already has (a renderer's, a game engine's), sharing its
+    /// memory and queue: no second device is created. `info` is the adapter's
+    /// (`adapter.get_info()`): kernels are chosen from its type and subgroup sizes and from the
+    /// device's enabled features (request `Features::SUBGROUP` for the fast CPU-adapter matmul and
+    /// the timestamp features for profiling) and limits. wgvae installs no handler on the device:
+    /// its own errors are caught with error scopes around its calls and returned as values, and
+    /// anything else still reaches the program's handler.
+    pub fn from_wgpu(
+        info: &wgpu::AdapterInfo,
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        matmul: Option<MatmulVariant>,
+    ) -> Result<Self> {
+        Self::build(info, device, queue, matmul, false)
+    }
+
+    fn build(
+        info: &wgpu::AdapterInfo,
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        matmul: Option<MatmulVariant>,
+        owned: bool,
+    ) -> Result<Self> {
+        let features = device.features();
+        let limits = device.limits();
         let device_error: Arc<Mutex<Option<String>>> = Arc::default();
-        {
+        if owned {
+            // The device is ours: errors no scope caught (device loss) are kept for the next call
+            // instead of wgpu's default handler, which panics.
             let slot = device_error.clone();
-            // wgpu's default handler panics; a library must turn GPU errors into values instead.
             device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
                 let mut s = slot.lock().unwrap_or_else(|p| p.into_inner());
                 if s.is_none() {
@@ -325,13 +353,7 @@ impl Gpu {
         }
         let subgroups_of_8 =
             features.contains(wgpu::Features::SUBGROUP) && (info.subgroup_min_size, info.subgroup_max_size) == (8, 8);
-        let variant = match opts.matmul {
-            Some(v) => v,
-            None => match std::env::var("WGVAE_MATMUL") {
-                Ok(s) if !s.is_empty() => MatmulVariant::parse(&s)?,
-                _ => MatmulVariant::for_adapter(info.device_type, subgroups_of_8),
-            },
-        };
+        let variant = matmul.unwrap_or(MatmulVariant::for_adapter(info.device_type, subgroups_of_8));
         // A forced variant this adapter cannot run is an error, never a silent substitute: a
         // benchmark or test that asks for `subgroup` must measure `subgroup`.
         if variant == MatmulVariant::Subgroup && !subgroups_of_8 {
@@ -339,11 +361,11 @@ impl Gpu {
         }
         let params_stride = (limits.min_uniform_buffer_offset_alignment as u64).max(pipeline::PARAMS_BYTES);
         let summary = AdapterSummary {
-            name: info.name,
+            name: info.name.clone(),
             backend: info.backend,
             device_type: info.device_type,
-            driver: info.driver,
-            driver_info: info.driver_info,
+            driver: info.driver.clone(),
+            driver_info: info.driver_info.clone(),
             vendor: info.vendor,
             device: info.device,
             subgroup_size: (info.subgroup_min_size, info.subgroup_max_size),
@@ -365,6 +387,29 @@ impl Gpu {
                 profile: Mutex::default(),
             }),
         })
+    }
+
+    /// Runs `f` (device calls) inside validation and out-of-memory error scopes and returns what
+    /// they caught: wgvae's errors come back as values without touching the device's handler.
+    pub(crate) fn scoped<T>(&self, what: &str, f: impl FnOnce() -> T) -> Result<T> {
+        let dev = &self.inner.device;
+        let oom = dev.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let val = dev.push_error_scope(wgpu::ErrorFilter::Validation);
+        let r = f();
+        let (ev, eo) = (val.pop(), oom.pop());
+        // Natively, errors are known when the call returns: these futures are already ready.
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            if let Some(e) = pollster::block_on(ev).or(pollster::block_on(eo)) {
+                return Err(Error::Gpu(format!("{what}: {e}")));
+            }
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            // In a browser they arrive later; the scopes still keep them off the page's handler.
+            let _ = (ev, eo, what);
+        }
+        Ok(r)
     }
 
     /// The chosen adapter.
@@ -454,12 +499,59 @@ impl Gpu {
     }
 
     /// Blocks until all submitted work has finished, and reports any GPU error seen meanwhile.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn wait(&self) -> Result<()> {
+        pollster::block_on(self.wait_async())
+    }
+
+    /// Resolves when all submitted work has finished (natively it drives the device until then).
+    pub async fn wait_async(&self) -> Result<()> {
+        let (tx, rx) = oneshot();
+        self.inner.queue.on_submitted_work_done(move || tx.send(()));
+        self.drive()?;
+        rx.await.ok_or_else(|| Error::Gpu("the device dropped a completion callback".into()))?;
+        self.check_error()
+    }
+
+    /// Natively, runs the device until submitted work and its callbacks are done (a browser does
+    /// this on its own).
+    fn drive(&self) -> Result<()> {
+        #[cfg(not(target_arch = "wasm32"))]
         self.inner
             .device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| Error::Gpu(format!("waiting for the GPU failed: {e}")))?;
-        self.check_error()
+        Ok(())
+    }
+
+    /// The first `bytes` of a mappable buffer once the GPU has written them.
+    pub(crate) async fn map_read(&self, staging: &pool::PooledBuffer, bytes: u64) -> Result<Vec<u8>> {
+        let slice = staging.raw().slice(0..bytes);
+        let (tx, rx) = oneshot();
+        slice.map_async(wgpu::MapMode::Read, move |r| tx.send(r));
+        self.drive()?;
+        rx.await
+            .ok_or_else(|| Error::Gpu("the read-back mapping was dropped".into()))?
+            .map_err(|e| Error::Gpu(format!("mapping a read-back buffer failed: {e}")))?;
+        let out = {
+            let view =
+                slice.get_mapped_range().map_err(|e| Error::Gpu(format!("reading a mapped buffer failed: {e}")))?;
+            view.to_vec()
+        };
+        staging.raw().unmap();
+        self.check_error()?;
+        Ok(out)
+    }
+
+    /// Copies `bytes` of `src` from `offset` into a staging buffer, submits, and returns them.
+    pub(crate) async fn read_buffer(&self, src: &pool::PooledBuffer, offset: u64, bytes: u64) -> Result<Vec<u8>> {
+        let staging = self.alloc(pool::BufferKind::Readback, bytes)?;
+        let mut enc =
+            self.inner.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgvae read") });
+        enc.copy_buffer_to_buffer(src.raw(), offset, staging.raw(), 0, bytes);
+        self.scoped("reading a tensor back", || self.inner.queue.submit([enc.finish()]))?;
+        self.stats_mut().submissions += 1;
+        self.map_read(&staging, bytes).await
     }
 
     /// Returns (and clears) the first GPU error reported since the last check.

@@ -142,7 +142,7 @@ impl Adam {
         if let Some(store) = params.first().and_then(|p| p.store()).cloned() {
             let members: Vec<&&Param> =
                 params.iter().filter(|p| p.store().is_some_and(|s| Arc::ptr_eq(s, &store))).collect();
-            let in_place = members.iter().all(|p| match (tape.param_grad(p), p.grad_view()) {
+            let in_place = members.iter().all(|p| match (p.grad(tape), p.grad_view()) {
                 (Some(g), Some(d)) => g.same_storage(d),
                 _ => false,
             });
@@ -169,7 +169,7 @@ impl Adam {
             if done.contains(&p.id()) {
                 continue;
             }
-            let Some(g) = tape.param_grad(p).cloned() else { continue };
+            let Some(g) = p.grad(tape).cloned() else { continue };
             let (m, v) = self.moments_of(&gpu, p)?;
             let n = g.len();
             // Four elements per invocation when the tensor allows (every classic-VAE tensor): on

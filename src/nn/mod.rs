@@ -99,6 +99,16 @@ impl Param {
     pub fn new(name: impl Into<String>, value: Tensor) -> Self {
         Param { id: NEXT_PARAM.fetch_add(1, Ordering::Relaxed), name: name.into(), value, grad: None, store: None }
     }
+    /// Its var on `tape` (the same var for every use on one tape).
+    pub fn var(&self, tape: &mut Tape) -> Var {
+        tape.keyed_leaf(self.id, &self.value, self.grad.as_ref())
+    }
+
+    /// Its gradient on `tape` after backward, if it took part in the loss.
+    pub fn grad<'t>(&self, tape: &'t Tape) -> Option<&'t Tensor> {
+        tape.keyed_var(self.id).and_then(|v| tape.grad(v))
+    }
+
     /// The gradient destination of a packed parameter (see [`pack`]).
     pub fn grad_view(&self) -> Option<&Tensor> {
         self.grad.as_ref()
@@ -177,8 +187,8 @@ impl Linear {
     }
     /// Records y = act(x·Wᵀ + b).
     pub fn forward(&self, tape: &mut Tape, x: Var) -> Result<Var> {
-        let w = tape.param(&self.weight);
-        let b = tape.param(&self.bias);
+        let w = self.weight.var(tape);
+        let b = self.bias.var(tape);
         ops::linear(tape, x, w, Some(b), self.act)
     }
     /// \[weight, bias\].
@@ -255,7 +265,7 @@ impl Sgd {
     /// Updates every parameter that received a gradient on `tape`.
     pub fn step(&self, tape: &mut Tape, params: &[&Param]) -> Result<()> {
         for p in params {
-            if let Some(g) = tape.param_grad(p).cloned() {
+            if let Some(g) = p.grad(tape).cloned() {
                 ops::elementwise::axpy_inplace(tape, -self.lr, &g, p.value())?;
             }
         }

@@ -300,7 +300,7 @@ pub fn linear(tape: &mut Tape, x: Var, w: Var, b: Option<Var>, act: Act) -> Resu
         let plain = MatmulOpts::nn();
         let dx = if needs[0] {
             let ep = match t.fusable_activation(x) {
-                Some(a) => Epilogue { grad_act: Some((a, xv.clone())), row_sums: None },
+                Some(a) => Epilogue { grad_act: Some((Act::from_tag(a), xv.clone())), row_sums: None },
                 None => Epilogue::default(),
             };
             let fused = ep.grad_act.is_some();
@@ -344,6 +344,6 @@ pub fn linear(tape: &mut Tape, x: Var, w: Var, b: Option<Var>, act: Act) -> Resu
         Ok(grads)
     });
     let _ = out.set(yv);
-    tape.set_activation(yv, act);
+    tape.set_activation(yv, act.tag());
     Ok(yv)
 }

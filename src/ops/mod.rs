@@ -86,6 +86,23 @@ impl Act {
             }
         })
     }
+    /// How the tape records it ([`crate::tape::ActTag`]; none for the identity).
+    pub fn tag(self) -> Option<crate::tape::ActTag> {
+        (self != Act::Identity).then_some((self.id(), self.alpha()))
+    }
+
+    /// The activation of a tape tag.
+    pub fn from_tag((id, alpha): crate::tape::ActTag) -> Self {
+        match id {
+            1 => Act::Relu,
+            2 => Act::LeakyRelu(alpha),
+            3 => Act::Tanh,
+            4 => Act::Sigmoid,
+            5 => Act::Elu(alpha),
+            _ => Act::Identity,
+        }
+    }
+
     /// All activations with their default parameters (tests iterate over them).
     pub const ALL: [Act; 6] = [Act::Identity, Act::Relu, Act::LeakyRelu(0.01), Act::Tanh, Act::Sigmoid, Act::Elu(1.0)];
 
@@ -100,14 +117,7 @@ pub(crate) fn wgsl_f32(v: f32) -> String {
     format!("{v:?}f")
 }
 
-/// Workgroup grid for a 1-D kernel of `n` invocations in workgroups of `wg`: x capped at 65535,
-/// the rest in y (the kernels flatten (x, y) back with `num_workgroups`).
-pub fn grid_1d(n: usize, wg: usize) -> [u32; 3] {
-    let groups = n.div_ceil(wg);
-    let x = groups.min(65535);
-    let y = groups.div_ceil(x.max(1));
-    [x as u32, y as u32, 1]
-}
+pub use crate::tape::grid_1d;
 
 pub(crate) fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
     if a.shape() != b.shape() {

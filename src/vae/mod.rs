@@ -425,7 +425,7 @@ impl Vae {
         let Some(bn) = &self.bn else { return Ok((head, None)) };
         // Batch statistics while training (a tape that records gradients), running ones otherwise.
         let mu = crate::ops::vae::slice_cols(tape, head, 0, self.config.latent)?;
-        let theta = tape.param(&bn.theta);
+        let theta = bn.theta.var(tape);
         let training = tape.grad_enabled();
         Ok((head, Some(scaled_batch_norm(tape, mu, theta, bn.tau, &bn.running, training)?)))
     }
@@ -573,7 +573,7 @@ impl Vae {
             (Likelihood::Bernoulli, _) => bce_with_logits(tape, out, target),
             (Likelihood::Gaussian { variance }, _) => gaussian_nll(tape, out, target, variance),
             (Likelihood::GaussianLearned, Some(lv)) => {
-                let lv = tape.param(lv);
+                let lv = lv.var(tape);
                 gaussian_nll_learned(tape, out, target, lv)
             }
             (Likelihood::GaussianLearned, None) => Err(Error::arg("likelihood", "the learned variance is missing")),

@@ -7,9 +7,33 @@ use std::sync::{Mutex, OnceLock};
 use rand::{Rng, SeedableRng};
 use wgvae::{Gpu, GpuOptions, MatmulVariant, Tensor};
 
+/// The test program quiets what Mesa prints while adapters are probed (the library itself never
+/// touches the environment): lavapipe's conformance warning, and EGL's complaint about a missing
+/// XDG_RUNTIME_DIR on headless machines.
+pub fn quiet_drivers() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("MESA_VK_IGNORE_CONFORMANCE_WARNING").is_none() {
+            std::env::set_var("MESA_VK_IGNORE_CONFORMANCE_WARNING", "1");
+        }
+        if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+            let d = std::env::temp_dir().join(format!("wgvae-test-xdg-{}", std::process::id()));
+            if std::fs::create_dir_all(&d).is_ok() {
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    let _ = std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700));
+                }
+                std::env::set_var("XDG_RUNTIME_DIR", d);
+            }
+        }
+    });
+}
+
 /// One device shared by every test of a binary (adapter setup and shader JIT are not free).
 pub fn gpu() -> &'static Gpu {
     static GPU: OnceLock<Gpu> = OnceLock::new();
+    quiet_drivers();
     GPU.get_or_init(|| {
         let g = Gpu::new().expect("tests need a GPU adapter; without a GPU install mesa-vulkan-drivers");
         track(&g);
@@ -21,6 +45,7 @@ pub fn gpu() -> &'static Gpu {
 /// and whole training steps use the device's variant, so this is how they run under each one.
 pub fn gpu_for(v: MatmulVariant) -> &'static Gpu {
     static GPUS: [OnceLock<Gpu>; 3] = [const { OnceLock::new() }; 3];
+    quiet_drivers();
     let i = MatmulVariant::ALL.iter().position(|&x| x == v).expect("a listed variant");
     GPUS[i].get_or_init(|| {
         let g = Gpu::with_options(GpuOptions { matmul: Some(v), ..Default::default() })

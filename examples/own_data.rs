@@ -3,7 +3,7 @@
 use wgvae::nn::Adam;
 use wgvae::ops::{vae::Noise, Act};
 use wgvae::vae::{Likelihood, ModelKind, Vae, VaeConfig};
-use wgvae::{checkpoint, Gpu, Tape, Tensor};
+use wgvae::{checkpoint, Gpu, Optimizer, Tape, Tensor};
 
 fn main() -> wgvae::Result<()> {
     // Your data: n examples of d features in [0, 1], row-major.

@@ -65,6 +65,23 @@ fn gather4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     x4[i] = v;
 }
 
+// The same batch from f32 values (datasets given as floats): x = data[order[..] * D + col], or a
+// Bernoulli draw with that probability. n = B*D. Bindings as `gather`, data viewed as f32.
+@group(0) @binding(1) var<storage, read> data_f32: array<f32>;
+
+@compute @workgroup_size(256)
+fn gather_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = flat_index(wid, lid.x, nwg.x, 256u);
+    if (i >= p.n) { return; }
+    let v = data_f32[order[p.offset + i / p.d] * p.d + i % p.d];
+    if (p.binarize == 1u) {
+        let u = u01(philox(vec4<u32>(i, p.step, p.stream, 0u), vec2<u32>(p.seed_lo, p.seed_hi)).x);
+        x[i] = select(0.0, 1.0, u < v);
+    } else {
+        x[i] = v;
+    }
+}
+
 // ---- Conditioning (CVAE): one-hot labels gathered like the images, and column concatenation.
 
 @group(0) @binding(1) var<storage, read> fa: array<f32>;

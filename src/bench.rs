@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::Result;
 use crate::gpu::{Gpu, MatmulVariant};
+use crate::nn::Optimizer;
 use crate::ops::matmul::{matmul_forward, MatmulOpts};
 use crate::tape::Tape;
 use crate::tensor::Tensor;
@@ -196,8 +197,9 @@ pub fn time_train_step(
     Ok(times[times.len() / 2])
 }
 
-/// What one training step costs, measured by [`bench_step`] (`wgvae bench step`).
-#[derive(Clone, Debug, PartialEq)]
+/// What one training step costs, measured by [`bench_step`] (`wgvae bench step`); serialized
+/// with the keys the PyTorch peer prints too.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct StepReport {
     /// Examples per step.
     pub batch: usize,
@@ -227,36 +229,10 @@ pub struct StepReport {
     pub bytes_uploaded_per_step: f64,
 }
 
-impl StepReport {
-    /// The JSON object `wgvae bench step --json` prints (the peers print the same keys).
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "batch": self.batch, "steps": self.steps,
-            "ms_per_step": self.ms_per_step, "ms_min": self.ms_min, "ms_max": self.ms_max,
-            "examples_per_second": self.examples_per_second,
-            "dispatches_per_step": self.dispatches_per_step,
-            "submissions_per_step": self.submissions_per_step,
-            "cpu_ms_per_step": self.cpu_ms_per_step,
-            "buffers_allocated_per_step": self.buffers_allocated_per_step,
-            "bind_groups_created_per_step": self.bind_groups_created_per_step,
-            "bytes_uploaded_per_step": self.bytes_uploaded_per_step,
-        })
-    }
-}
-
 /// Synthetic images for the step benchmark: `n` deterministic pseudo-random images of `dim` pixels.
 fn synthetic_split(n: usize, rows: usize, cols: usize) -> crate::data::Split {
     let pixels: Vec<u8> = (0..n * rows * cols).map(|i| ((i as u64 * 2_654_435_761) >> 13) as u8).collect();
-    let images = crate::data::Images {
-        n,
-        rows,
-        cols,
-        pixels,
-        labels: None,
-        num_classes: 0,
-        factors: None,
-        factor_names: vec![],
-    };
+    let images = crate::data::Images::from_u8(pixels, n, &[rows, cols]).expect("consistent sizes");
     crate::data::Split { name: "synthetic".into(), train: images.clone(), test: images }
 }
 

@@ -100,7 +100,14 @@ pub fn state_dict(gpu: &Gpu, vae: &Vae) -> Result<Vec<StateEntry>> {
 }
 
 /// Saves `vae` (and `opt`'s moments) with `meta` to `path`, atomically.
-pub fn save(path: &Path, gpu: &Gpu, vae: &Vae, opt: Option<&Adam>, meta: &HashMap<String, String>) -> Result<()> {
+pub fn save(
+    path: impl AsRef<Path>,
+    gpu: &Gpu,
+    vae: &Vae,
+    opt: Option<&Adam>,
+    meta: &HashMap<String, String>,
+) -> Result<()> {
+    let path = path.as_ref();
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for (name, t) in vae.buffers() {
         let v = t.to_vec(gpu)?;
@@ -127,7 +134,7 @@ pub fn save(path: &Path, gpu: &Gpu, vae: &Vae, opt: Option<&Adam>, meta: &HashMa
     }
     let mut info = meta.clone();
     info.insert("format".into(), FORMAT.into());
-    info.insert("config".into(), vae.config.to_json().to_string());
+    info.insert("config".into(), serde_json::to_string(&vae.config).map_err(|e| ck_err(path, e.to_string()))?);
     if let Some(o) = opt {
         info.insert("adam_t".into(), o.t.to_string());
     }
@@ -142,7 +149,8 @@ pub fn save(path: &Path, gpu: &Gpu, vae: &Vae, opt: Option<&Adam>, meta: &HashMa
 }
 
 /// Writes `bytes` to `path` through a synced temporary file and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
+    let path = path.as_ref();
     let io = |source| Error::Io { path: path.to_path_buf(), source };
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -161,7 +169,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 impl Checkpoint {
     /// Reads and validates a checkpoint (format, config, every tensor f32 and finite-sized).
-    pub fn load(path: &Path) -> Result<Self> {
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
         let st = safetensors::SafeTensors::deserialize(&bytes)
             .map_err(|e| ck_err(path, format!("not a readable safetensors file ({e})")))?;
@@ -170,11 +179,10 @@ impl Checkpoint {
         if meta.get("format").map(String::as_str) != Some(FORMAT) {
             return Err(ck_err(path, format!("no `format: {FORMAT}` metadata: not a wgvae checkpoint")));
         }
-        let cfg: serde_json::Value = meta
-            .get("config")
-            .and_then(|c| serde_json::from_str(c).ok())
-            .ok_or_else(|| ck_err(path, "the `config` metadata is missing or not JSON"))?;
-        let config = VaeConfig::from_json(&cfg).map_err(|e| ck_err(path, e.to_string()))?;
+        let cfg = meta.get("config").ok_or_else(|| ck_err(path, "the `config` metadata is missing"))?;
+        let config: VaeConfig =
+            serde_json::from_str(cfg).map_err(|e| ck_err(path, format!("the `config` metadata is invalid: {e}")))?;
+        config.validate().map_err(|e| ck_err(path, e.to_string()))?;
         let mut tensors = HashMap::new();
         for name in st.names() {
             let t = st.tensor(name).map_err(|e| ck_err(path, e.to_string()))?;
@@ -186,6 +194,18 @@ impl Checkpoint {
             tensors.insert(name.to_string(), (t.shape().to_vec(), data));
         }
         Ok(Checkpoint { path: path.to_path_buf(), config, meta, tensors })
+    }
+
+    /// The data the model was trained on: `data` when given, else what the checkpoint's `data`
+    /// metadata names (`sprites`, with its `data_seed`, or an IDX directory).
+    pub fn data(&self, data: Option<&Path>) -> Result<crate::data::Split> {
+        match (data, self.meta.get("data").map(String::as_str)) {
+            (Some(d), _) => crate::data::idx::load_dir(d),
+            (None, None) | (None, Some("sprites")) => {
+                Ok(crate::data::sprites::sprites(self.meta_u64("data_seed").unwrap_or(0)))
+            }
+            (None, Some(d)) => crate::data::idx::load_dir(Path::new(d)),
+        }
     }
 
     /// A metadata value parsed as a number.

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 /// Everything that can go wrong in wgvae, as a typed value (the library never panics on user input).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// No GPU adapter (or no adapter matching `WGPU_BACKEND` / `WGPU_ADAPTER_NAME`) was found.
     #[error(
@@ -81,6 +82,9 @@ pub enum Error {
         /// What is wrong.
         detail: String,
     },
+    /// A picture could not be encoded (PNG).
+    #[error("image: {0}")]
+    Image(String),
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {

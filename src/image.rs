@@ -30,8 +30,8 @@ pub fn grid_png(images: &[f32], n: usize, h: usize, w: usize, cols: usize) -> Re
         let mut enc = png::Encoder::new(&mut out, gw as u32, gh as u32);
         enc.set_color(png::ColorType::Grayscale);
         enc.set_depth(png::BitDepth::Eight);
-        let mut wr = enc.write_header().map_err(|e| Error::Gpu(format!("png: {e}")))?;
-        wr.write_image_data(&px).map_err(|e| Error::Gpu(format!("png: {e}")))?;
+        let mut wr = enc.write_header().map_err(|e| Error::Image(format!("PNG encoding failed: {e}")))?;
+        wr.write_image_data(&px).map_err(|e| Error::Image(format!("PNG encoding failed: {e}")))?;
     }
     Ok(out)
 }

@@ -1,49 +1,77 @@
 //! # wgvae
 //!
-//! Variational autoencoders trained on any GPU — Vulkan, Metal, DX12 or OpenGL through
-//! [wgpu] — with hand-written WGSL compute shaders and a small autograd tape. No ML framework,
-//! no CUDA, no Python.
+//! Variational autoencoders trained on any GPU — Vulkan, Metal, DX12, OpenGL or a browser's
+//! WebGPU through [wgpu] — with hand-written WGSL compute shaders and a small autograd tape. No ML
+//! framework, no CUDA, no Python.
 //!
-//! The engine in a few lines: open a device, record ops on a [`Tape`], back-propagate, update,
-//! submit once.
+//! Training a VAE on your own data (here 256 vectors of 16 values in \[0, 1\]):
 //!
-//! ```no_run
-//! use wgvae::{nn::{Mlp, Sgd}, ops::{self, Act}, Gpu, Tape, Tensor};
-//!
+//! ```
+//! use wgvae::{data::Images, train::{Control, FitOptions, TrainOptions, Trainer}, vae::VaeConfig, Gpu};
 //! # fn main() -> wgvae::Result<()> {
-//! let gpu = Gpu::new()?; // best adapter; WGPU_BACKEND / WGPU_ADAPTER_NAME filter
-//! let mlp = Mlp::new(&gpu, "mlp", &[4, 16, 1], Act::Tanh, Act::Identity, 0)?;
-//! let opt = Sgd::new(0.05)?;
-//! let x = Tensor::from_slice(&gpu, 2, 4, &[0.0, 1.0, 2.0, 3.0, 1.0, 0.0, 1.0, 0.0])?;
-//! let t = Tensor::from_slice(&gpu, 2, 1, &[1.0, -1.0])?;
-//! for _ in 0..100 {
-//!     let mut tape = Tape::new(&gpu);
-//!     let (xv, tv) = (tape.input(x.clone()), tape.input(t.clone()));
-//!     let y = mlp.forward(&mut tape, xv)?;
-//!     let d = ops::sub(&mut tape, y, tv)?;
-//!     let sq = ops::mul(&mut tape, d, d)?;
-//!     let loss = ops::sum(&mut tape, sq)?;
-//!     tape.backward(loss)?;
-//!     opt.step(&mut tape, &mlp.params())?;
-//!     tape.submit()?; // one command buffer for forward, backward and update
-//! }
+//! let gpu = Gpu::new()?; // the best adapter; or Gpu::from_wgpu(..) on a device you already have
+//! let values: Vec<f32> = (0..256 * 16).map(|i| ((i / 16 + i % 16) % 2) as f32).collect();
+//! let split = Images::from_f32(values, 256, &[16])?.split(0.25, 1)?; // or Images::from_u8
+//! let config = VaeConfig { input_dim: 16, hidden: vec![32], latent: 2, ..VaeConfig::classic() };
+//! let opts = TrainOptions { batch: 32, ..Default::default() };
+//! let mut trainer = Trainer::new(&gpu, config, opts, &split)?;
+//! let fit = FitOptions { epochs: 3, ..Default::default() }; // run_dir: Some(dir) saves as it goes
+//! let metrics = trainer.fit(&fit, &mut |_progress| {}, &mut |m| {
+//!     println!("epoch {}: test -ELBO {:.2} nats", m.epoch, m.test_loss);
+//!     Control::Continue
+//! })?;
+//! assert!(metrics[2].test_loss < metrics[0].test_loss);
+//! let (mu, _logvar) = trainer.vae.encode_values(&gpu, &split.test.example(0))?;
+//! let samples = trainer.vae.sample_values(&gpu, 4, 7)?; // 4 x 16 values
+//! assert_eq!((mu.len(), samples.len()), (2, 64));
 //! # Ok(()) }
 //! ```
+//!
+//! Lower down, a training step is an explicit [`Tape`]: ops record kernels and backward rules,
+//! `backward` walks them in reverse, the optimizer records its update, and `submit` encodes the
+//! whole step into one command buffer (see `examples/`). Every blocking call has an `_async`
+//! twin; in a browser only those exist.
 //!
 //! [wgpu]: https://wgpu.rs
 
 #![warn(missing_docs)]
 
+/// Serializes a type through its `Display` and deserializes it through its `FromStr` (the config
+/// enums are written as the strings the CLI takes, e.g. `leaky_relu:0.2`).
+macro_rules! string_serde {
+    ($t:ty) => {
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+pub(crate) use string_serde;
+
+#[doc(hidden)]
 pub mod bench;
 pub mod checkpoint;
+pub mod clock;
 pub mod data;
 pub mod error;
+pub mod eval;
 pub mod gpu;
+#[cfg(feature = "pictures")]
 pub mod image;
 pub mod nn;
 pub mod ops;
+#[cfg(feature = "pictures")]
 pub mod pictures;
+#[cfg(feature = "pictures")]
 pub mod plot;
+#[doc(hidden)]
 pub mod rng;
 pub mod tape;
 pub mod tensor;
@@ -52,5 +80,7 @@ pub mod vae;
 
 pub use error::{Error, Result};
 pub use gpu::{Gpu, GpuOptions, MatmulVariant};
+pub use nn::Optimizer;
 pub use tape::{Tape, Var};
 pub use tensor::Tensor;
+pub use wgpu;

@@ -673,7 +673,7 @@ const METRIC_PANELS: [(&str, &[&str]); 5] = [
 /// counts when at least one line holds a number under it; keys that none does are left out, and
 /// so are panels left without keys. Each legend entry shows the key and its last value. Fails when
 /// no panel is left.
-pub fn metrics_png(lines: &[serde_json::Value]) -> Result<Vec<u8>> {
+pub fn metrics_png(lines: &[MetricsLine]) -> Result<Vec<u8>> {
     let mut panels: Vec<(&str, Vec<Series>)> = Vec::new();
     for (title, keys) in METRIC_PANELS {
         let mut series = Vec::new();
@@ -682,8 +682,8 @@ pub fn metrics_png(lines: &[serde_json::Value]) -> Result<Vec<u8>> {
                 .iter()
                 .enumerate()
                 .filter_map(|(i, l)| {
-                    let y = l.get(key)?.as_f64()?;
-                    let x = l.get("epoch").and_then(|e| e.as_f64()).unwrap_or((i + 1) as f64);
+                    let y = *l.get(*key)?;
+                    let x = l.get("epoch").copied().unwrap_or((i + 1) as f64);
                     Some((x, y))
                 })
                 .collect();
@@ -711,6 +711,25 @@ pub fn metrics_png(lines: &[serde_json::Value]) -> Result<Vec<u8>> {
         draw_line_chart(&mut c, (col * pw, r * ph, pw, ph), title, "epoch", series);
     }
     c.encode()
+}
+
+/// The numbers of one line of a metrics file, by key (non-numeric values left out).
+pub type MetricsLine = std::collections::BTreeMap<String, f64>;
+
+/// Reads a metrics file's text (one JSON object per line, as `metrics.jsonl`); blank lines are
+/// skipped. Errors name the line that is not a JSON object.
+pub fn parse_metrics(text: &str) -> Result<Vec<MetricsLine>> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            let v: serde_json::Value =
+                serde_json::from_str(l).map_err(|e| Error::arg("metrics", format!("line {}: {e}", i + 1)))?;
+            let obj =
+                v.as_object().ok_or_else(|| Error::arg("metrics", format!("line {} is not a JSON object", i + 1)))?;
+            Ok(obj.iter().filter_map(|(k, v)| v.as_f64().map(|x| (k.clone(), x))).collect())
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------

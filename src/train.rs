@@ -5,16 +5,16 @@
 
 use std::collections::HashMap;
 use std::io::Write;
+
+use crate::clock::Clock;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use crate::checkpoint::{self, Checkpoint};
 use crate::data::gpu::GpuImages;
 use crate::data::Split;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::image::save_grid;
-use crate::nn::Adam;
+use crate::nn::{Adam, Optimizer};
 use crate::ops::vae::Noise;
 use crate::tape::Tape;
 use crate::tensor::Tensor;
@@ -54,10 +54,10 @@ impl TrainOptions {
     /// Refuses nonsensical values, naming the flag.
     pub fn validate(&self) -> Result<()> {
         if self.batch == 0 {
-            return Err(Error::arg("--batch", "must be at least 1"));
+            return Err(Error::arg("batch", "must be at least 1"));
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
-            return Err(Error::arg("--lr", format!("{} is not a positive learning rate", self.lr)));
+            return Err(Error::arg("lr", format!("{} is not a positive learning rate", self.lr)));
         }
         self.objective.validate()?;
         if self.log_every == 0 {
@@ -78,8 +78,9 @@ pub struct EvalLoss {
     pub kl: f64,
 }
 
-/// One line of `metrics.jsonl`.
-#[derive(Clone, Debug, PartialEq)]
+/// One line of `metrics.jsonl` (serialized in this field order: the timings last, everything
+/// else deterministic for a seed).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EpochMetrics {
     /// 1-based epoch.
     pub epoch: u64,
@@ -97,28 +98,22 @@ pub struct EpochMetrics {
     pub recon: f64,
     /// Test KL term.
     pub kl: f64,
+    /// β·w(step): the KL multiplier at the end of the epoch.
+    pub kl_weight: f64,
+    /// Active units on the test split (Cov_x(E_q\[z\]) > 0.01, Burda et al.).
+    pub active_units: usize,
+    /// Test KL per latent dimension (nats per example).
+    pub kl_per_dim: Vec<f64>,
     /// Wall time of the epoch's training steps.
     pub epoch_seconds: f64,
     /// Training examples per second.
     pub examples_per_second: f64,
-    /// β·w(step): the KL multiplier at the end of the epoch.
-    pub kl_weight: f64,
-    /// Test KL per latent dimension (nats per example).
-    pub kl_per_dim: Vec<f64>,
-    /// Active units on the test split (Cov_x(E_q\[z\]) > 0.01, Burda et al.).
-    pub active_units: usize,
 }
 
 impl EpochMetrics {
-    /// The JSON line (timings last; everything else is deterministic for a seed).
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "epoch": self.epoch, "step": self.step,
-            "train_loss": self.train_loss, "train_recon": self.train_recon, "train_kl": self.train_kl,
-            "test_loss": self.test_loss, "recon": self.recon, "kl": self.kl,
-            "kl_weight": self.kl_weight, "active_units": self.active_units, "kl_per_dim": self.kl_per_dim,
-            "epoch_seconds": self.epoch_seconds, "examples_per_second": self.examples_per_second,
-        })
+    /// The JSON line of `metrics.jsonl`.
+    pub fn to_json_line(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
     }
 }
 
@@ -150,6 +145,32 @@ pub struct EpochState {
     pub n: usize,
     acc_recon: Tensor,
     acc_kl: Tensor,
+}
+
+/// File names in a run directory ([`FitOptions::run_dir`]).
+pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+/// One JSON object per epoch ([`EpochMetrics`]).
+pub const METRICS_FILE: &str = "metrics.jsonl";
+
+/// Whether [`Trainer::fit`] goes on after an epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Control {
+    /// Train the next epoch.
+    Continue,
+    /// Stop after this one.
+    Stop,
+}
+
+/// Options of [`Trainer::fit`].
+#[derive(Clone, Debug, Default)]
+pub struct FitOptions {
+    /// Train until this many epochs are done (a resumed trainer counts its earlier ones).
+    pub epochs: u64,
+    /// A run directory: after every epoch, `checkpoint.safetensors` is written there (atomically)
+    /// and then one line is appended to `metrics.jsonl`.
+    pub run_dir: Option<PathBuf>,
+    /// Extra checkpoint metadata (e.g. `data`: where the data came from).
+    pub meta: HashMap<String, String>,
 }
 
 /// A model, its optimizer and the data on the GPU.
@@ -219,14 +240,22 @@ impl Trainer {
     }
 
     /// One epoch over the training split. Returns (loss, recon, kl) per example and the seconds.
+    /// Blocks; see [`Trainer::train_epoch_async`].
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn train_epoch(&mut self, on_progress: &mut dyn FnMut(&Progress)) -> Result<(EvalLoss, f64)> {
+        pollster::block_on(self.train_epoch_async(on_progress))
+    }
+
+    /// [`Trainer::train_epoch`] without blocking: it awaits the progress read-backs (every
+    /// `log_every` steps) and the epoch's sums, which in a browser hands the tab back to the page.
+    pub async fn train_epoch_async(&mut self, on_progress: &mut dyn FnMut(&Progress)) -> Result<(EvalLoss, f64)> {
         let mut e = self.begin_epoch()?;
-        let start = Instant::now();
+        let start = Clock::now();
         for i in 0..e.batches {
             let report = (i + 1) % self.opts.log_every == 0 && i + 1 < e.batches;
-            if let Some(seen_loss) = self.step(&mut e, i, report)? {
+            if let Some(seen_loss) = self.step_async(&mut e, i, report).await? {
                 let seen = ((i + 1) * e.batch).min(e.n) as f64;
-                let eps = seen / start.elapsed().as_secs_f64().max(1e-9);
+                let eps = seen / start.elapsed().max(1e-9);
                 on_progress(&Progress {
                     epoch: e.epoch,
                     batch: i + 1,
@@ -237,8 +266,8 @@ impl Trainer {
             }
         }
         let (batches, n, epoch) = (e.batches, e.n, e.epoch);
-        let loss = self.end_epoch(e)?;
-        let secs = start.elapsed().as_secs_f64();
+        let loss = self.end_epoch_async(e).await?;
+        let secs = start.elapsed();
         on_progress(&Progress {
             epoch,
             batch: batches,
@@ -275,7 +304,13 @@ impl Trainer {
     /// Records and submits training step `i` of the epoch (batch `i` of its order): forward,
     /// backward and Adam in one submission, the batch's loss terms added to the epoch's sums on
     /// the GPU. With `report`, reads those sums back and returns the running loss per example.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn step(&mut self, e: &mut EpochState, i: usize, report: bool) -> Result<Option<f64>> {
+        pollster::block_on(self.step_async(e, i, report))
+    }
+
+    /// [`Trainer::step`] without blocking (only a report waits for the GPU).
+    pub async fn step_async(&mut self, e: &mut EpochState, i: usize, report: bool) -> Result<Option<f64>> {
         if i >= e.batches {
             return Err(Error::arg("step", format!("batch {i} is past the epoch's {} batches", e.batches)));
         }
@@ -301,7 +336,7 @@ impl Trainer {
         match reads {
             Some((rr, rk)) => {
                 let seen = (off + bs) as f64;
-                Ok(Some((rr.get()?[0] as f64 + rk.get()?[0] as f64) / seen))
+                Ok(Some((rr.get_async().await?[0] as f64 + rk.get_async().await?[0] as f64) / seen))
             }
             None => Ok(None),
         }
@@ -309,13 +344,19 @@ impl Trainer {
 
     /// Ends the epoch begun by [`Trainer::begin_epoch`]: reads the loss sums back (the only
     /// wait) and returns (loss, recon, kl) per example.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn end_epoch(&mut self, e: EpochState) -> Result<EvalLoss> {
-        let recon = e.acc_recon.to_vec(&self.gpu)?[0] as f64 / e.n as f64;
-        let kl = e.acc_kl.to_vec(&self.gpu)?[0] as f64 / e.n as f64;
+        pollster::block_on(self.end_epoch_async(e))
+    }
+
+    /// [`Trainer::end_epoch`] without blocking.
+    pub async fn end_epoch_async(&mut self, e: EpochState) -> Result<EvalLoss> {
+        let recon = e.acc_recon.to_vec_async(&self.gpu).await?[0] as f64 / e.n as f64;
+        let kl = e.acc_kl.to_vec_async(&self.gpu).await?[0] as f64 / e.n as f64;
         let loss = recon + kl;
         if !loss.is_finite() {
             return Err(Error::Gpu(format!(
-                "the training loss became {loss} in epoch {}: lower --lr or check the data (pixels must be in [0, 1])",
+                "the training loss became {loss} in epoch {}: lower the learning rate or check the data",
                 e.epoch
             )));
         }
@@ -324,18 +365,85 @@ impl Trainer {
     }
 
     /// The negative ELBO on `images` (one z sample per example from a fixed evaluation seed).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn evaluate(&self, images: &GpuImages) -> Result<EvalLoss> {
         Ok(self.evaluate_full(images)?.loss)
     }
 
     /// [`Trainer::evaluate`] plus the latent statistics.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn evaluate_full(&self, images: &GpuImages) -> Result<EvalReport> {
-        evaluate_full(&self.gpu, &self.vae, images, eval_batch(self.opts.batch), self.opts.seed)
+        pollster::block_on(self.evaluate_full_async(images))
+    }
+
+    /// [`Trainer::evaluate_full`] without blocking.
+    pub async fn evaluate_full_async(&self, images: &GpuImages) -> Result<EvalReport> {
+        evaluate_full_async(&self.gpu, &self.vae, images, eval_batch(self.opts.batch), self.opts.seed).await
+    }
+
+    /// Trains until `opts.epochs` epochs are done: after each epoch it evaluates on the test split,
+    /// builds the epoch's [`EpochMetrics`] (what `metrics.jsonl` holds), writes the checkpoint and
+    /// then appends the metrics line when `opts.run_dir` is set, and calls `on_epoch`, which may
+    /// stop the run. `on_progress` sees the running loss during each epoch. Returns every epoch's
+    /// metrics. Blocks; see [`Trainer::fit_async`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn fit(
+        &mut self,
+        opts: &FitOptions,
+        on_progress: &mut dyn FnMut(&Progress),
+        on_epoch: &mut dyn FnMut(&EpochMetrics) -> Control,
+    ) -> Result<Vec<EpochMetrics>> {
+        pollster::block_on(self.fit_async(opts, on_progress, on_epoch))
+    }
+
+    /// [`Trainer::fit`] without blocking.
+    pub async fn fit_async(
+        &mut self,
+        opts: &FitOptions,
+        on_progress: &mut dyn FnMut(&Progress),
+        on_epoch: &mut dyn FnMut(&EpochMetrics) -> Control,
+    ) -> Result<Vec<EpochMetrics>> {
+        let mut all = Vec::new();
+        while self.epoch < opts.epochs {
+            let m = self.epoch_with_metrics_async(on_progress).await?;
+            if let Some(dir) = &opts.run_dir {
+                self.save_with(&dir.join(CHECKPOINT_FILE), &opts.meta)?;
+                append_jsonl(&dir.join(METRICS_FILE), &m.to_json_line())?;
+            }
+            let control = on_epoch(&m);
+            all.push(m);
+            if control == Control::Stop {
+                break;
+            }
+        }
+        Ok(all)
+    }
+
+    /// One epoch of training, then the test evaluation: the epoch's [`EpochMetrics`].
+    pub async fn epoch_with_metrics_async(&mut self, on_progress: &mut dyn FnMut(&Progress)) -> Result<EpochMetrics> {
+        let (tr, secs) = self.train_epoch_async(on_progress).await?;
+        let report = self.evaluate_full_async(&self.test).await?;
+        let te = report.loss;
+        Ok(EpochMetrics {
+            epoch: self.epoch,
+            step: self.step,
+            train_loss: tr.loss,
+            train_recon: tr.recon,
+            train_kl: tr.kl,
+            test_loss: te.loss,
+            recon: te.recon,
+            kl: te.kl,
+            kl_weight: self.opts.objective.kl_weight(self.step.saturating_sub(1)),
+            active_units: report.active_units,
+            kl_per_dim: report.kl_per_dim,
+            epoch_seconds: secs,
+            examples_per_second: self.train.n as f64 / secs,
+        })
     }
 
     /// Writes a checkpoint of the current state (atomic).
-    pub fn save(&self, path: &Path) -> Result<()> {
-        self.save_with(path, &HashMap::new())
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        self.save_with(path.as_ref(), &HashMap::new())
     }
 
     /// Like [`Trainer::save`] with extra metadata (e.g. `data`: where the data came from).
@@ -358,13 +466,16 @@ impl Trainer {
 
 fn check_split(config: &VaeConfig, split: &Split) -> Result<()> {
     for imgs in [&split.train, &split.test] {
-        if config.model == crate::vae::ModelKind::Cvae && (imgs.labels.is_none() || imgs.num_classes != config.classes)
+        if config.model == crate::vae::ModelKind::Cvae
+            && (imgs.labels().is_none() || imgs.num_classes() != config.classes)
         {
             return Err(Error::arg(
-                "--model cvae",
+                "model",
                 format!(
                     "{} has {} label classes but the conditional VAE needs labels of {} classes",
-                    split.name, imgs.num_classes, config.classes
+                    split.name,
+                    imgs.num_classes(),
+                    config.classes
                 ),
             ));
         }
@@ -372,8 +483,21 @@ fn check_split(config: &VaeConfig, split: &Split) -> Result<()> {
             return Err(Error::arg(
                 "data",
                 format!(
-                    "{} has {}x{} images but the model takes {} inputs",
-                    split.name, imgs.rows, imgs.cols, config.input_dim
+                    "{} has examples of shape {:?} ({} values) but the model takes {} inputs",
+                    split.name,
+                    imgs.shape(),
+                    imgs.dim(),
+                    config.input_dim
+                ),
+            ));
+        }
+        if config.likelihood == crate::vae::Likelihood::Bernoulli && !imgs.in_unit_interval() {
+            return Err(Error::arg(
+                "data",
+                format!(
+                    "{} has values outside [0, 1], which a Bernoulli likelihood cannot model; scale them to \
+                     [0, 1] or use a Gaussian likelihood",
+                    split.name
                 ),
             ));
         }
@@ -401,12 +525,25 @@ pub struct EvalReport {
 }
 
 /// The negative ELBO of `vae` on `images` in batches of `batch`, per example.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn evaluate(gpu: &Gpu, vae: &Vae, images: &GpuImages, batch: usize, seed: u64) -> Result<EvalLoss> {
     Ok(evaluate_full(gpu, vae, images, batch, seed)?.loss)
 }
 
 /// [`evaluate`] plus KL per dimension, active units and the posterior means.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn evaluate_full(gpu: &Gpu, vae: &Vae, images: &GpuImages, batch: usize, seed: u64) -> Result<EvalReport> {
+    pollster::block_on(evaluate_full_async(gpu, vae, images, batch, seed))
+}
+
+/// [`evaluate_full`] without blocking.
+pub async fn evaluate_full_async(
+    gpu: &Gpu,
+    vae: &Vae,
+    images: &GpuImages,
+    batch: usize,
+    seed: u64,
+) -> Result<EvalReport> {
     let (_, order) = images.order(gpu, seed, 0, false)?;
     let n = images.n;
     let z = vae.config.latent;
@@ -431,7 +568,7 @@ pub fn evaluate_full(gpu: &Gpu, vae: &Vae, images: &GpuImages, batch: usize, see
             _ => None,
         };
         tape.submit()?;
-        let head = head_read.get()?;
+        let head = head_read.get_async().await?;
         let width = head.len() / bs;
         for row in head.chunks_exact(width) {
             if width == 2 * z {
@@ -441,12 +578,12 @@ pub fn evaluate_full(gpu: &Gpu, vae: &Vae, images: &GpuImages, batch: usize, see
             }
         }
         match bn_mu_read {
-            Some(r) => mus.extend(r.get()?),
+            Some(r) => mus.extend(r.get_async().await?),
             None => head.chunks_exact(width).for_each(|row| mus.extend_from_slice(&row[..z])),
         }
     }
-    let recon = acc_recon.to_vec(gpu)?[0] as f64 / n as f64;
-    let kl = acc_kl.to_vec(gpu)?[0] as f64 / n as f64;
+    let recon = acc_recon.to_vec_async(gpu).await?[0] as f64 / n as f64;
+    let kl = acc_kl.to_vec_async(gpu).await?[0] as f64 / n as f64;
     let kl_dims = if vae.has_logvar() { kl_per_dim(&mus, &lvs, n, z)? } else { vec![0.0; z] };
     let au = active_units(&mus, n, z, 0.01)?;
     Ok(EvalReport {
@@ -457,16 +594,17 @@ pub fn evaluate_full(gpu: &Gpu, vae: &Vae, images: &GpuImages, batch: usize, see
     })
 }
 
-/// Appends one JSON line to `path` (creating it).
-pub fn append_jsonl(path: &Path, v: &serde_json::Value) -> Result<()> {
+/// Appends one line to `path` (creating it) and syncs it to disk.
+pub fn append_jsonl(path: &Path, line: &str) -> Result<()> {
     let io = |source| Error::Io { path: path.to_path_buf(), source };
     let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(io)?;
-    writeln!(f, "{v}").map_err(io)?;
+    writeln!(f, "{line}").map_err(io)?;
     f.sync_data().map_err(io)
 }
 
 /// Writes `samples.png` (8x8 prior samples) and `reconstructions.png` (8 test inputs above their
 /// reconstructions) into `dir`.
+#[cfg(feature = "pictures")]
 pub fn write_pictures(
     dir: &Path,
     gpu: &Gpu,
@@ -474,33 +612,9 @@ pub fn write_pictures(
     test: &crate::data::Images,
     seed: u64,
 ) -> Result<(PathBuf, PathBuf)> {
-    let (h, w) = (test.rows, test.cols);
-    // The CVAE's samples: row r of the 8x8 grid is class r (mod the number of classes).
-    let y = match vae.config.model {
-        crate::vae::ModelKind::Cvae => {
-            let labels: Vec<usize> = (0..64).map(|i| (i / 8) % vae.config.classes).collect();
-            Some(crate::data::gpu::onehot_rows(gpu, &labels, vae.config.classes)?)
-        }
-        _ => None,
-    };
-    let samples = vae.sample_cond(gpu, 64, seed, y.as_ref())?.to_vec(gpu)?;
-    let sp = dir.join("samples.png");
-    save_grid(&sp, &samples, 64, h, w, 8)?;
-    let k = test.n.min(8);
-    let inputs: Vec<f32> = test.pixels[..k * h * w].iter().map(|&p| p as f32 / 255.0).collect();
-    let x = Tensor::from_slice(gpu, k, h * w, &inputs)?;
-    let y = match (&test.labels, vae.config.model) {
-        (Some(l), crate::vae::ModelKind::Cvae) => {
-            let labels: Vec<usize> = l[..k].iter().map(|&v| v as usize).collect();
-            Some(crate::data::gpu::onehot_rows(gpu, &labels, vae.config.classes)?)
-        }
-        _ => None,
-    };
-    let rec = vae.reconstruct_cond(gpu, &x, y.as_ref())?.to_vec(gpu)?;
-    let mut both = inputs;
-    both.extend(rec);
-    let rp = dir.join("reconstructions.png");
-    save_grid(&rp, &both, 2 * k, h, w, k)?;
+    let (sp, rp) = (dir.join("samples.png"), dir.join("reconstructions.png"));
+    crate::pictures::sample_grid(gpu, vae, 64, seed, None)?.save(&sp)?;
+    crate::pictures::reconstruction_grid(gpu, vae, test, 8)?.save(&rp)?;
     Ok((sp, rp))
 }
 

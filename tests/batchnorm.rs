@@ -163,16 +163,7 @@ fn bn_vae_evaluation_uses_running_statistics_leaves_them_and_ignores_the_batch()
         );
     }
     // Evaluation (encode, the trainer's evaluation) leaves the running statistics as they were.
-    let imgs = wgvae::data::Images {
-        n: 9,
-        rows: 3,
-        cols: 4,
-        pixels: x.d.iter().map(|v| (v * 255.0) as u8).collect(),
-        labels: None,
-        num_classes: 0,
-        factors: None,
-        factor_names: vec![],
-    };
+    let imgs = wgvae::data::Images::from_f32(x.f32s(), 9, &[3, 4]).unwrap();
     let gi = wgvae::data::gpu::GpuImages::upload(g, &imgs).unwrap();
     wgvae::train::evaluate_full(g, &vae, &gi, 4, 1).unwrap();
     assert_eq!(bn.running.mean.to_vec(g).unwrap(), rmean, "running mean untouched by evaluation");

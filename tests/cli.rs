@@ -167,8 +167,7 @@ fn train_eval_sample_reconstruct() {
     let want: Vec<Vec<f64>> = z.chunks(4).map(|zi| net.decode(zi)).collect();
     assert_tiles(&s, &want, 4, "sample: prior draws (seed 0, step 0, stream 7) decoded");
     let test = wgvae::data::sprites::sprites(0).test;
-    let inputs: Vec<Vec<f64>> =
-        (0..8).map(|i| test.image(i).iter().map(|&p| p as f32 as f64 / 255.0).collect()).collect();
+    let inputs: Vec<Vec<f64>> = (0..8).map(|i| test.example(i).iter().map(|&p| p as f64).collect()).collect();
     let mut want: Vec<Vec<f64>> = inputs.iter().map(|x| x.iter().map(|v| (*v as f32) as f64).collect()).collect();
     want.extend(inputs.iter().map(|x| net.decode(&net.encode_mean(x))));
     assert_tiles(&r, &want, 8, "reconstruct: test images above decode(posterior mean)");
@@ -359,7 +358,7 @@ fn pictures_and_disentanglement() {
     for imgs in [&split.train, &split.test] {
         let gi = wgvae::data::gpu::GpuImages::upload(gpu, imgs).unwrap();
         codes.extend(wgvae::train::evaluate_full(gpu, &vae, &gi, batch, seed).unwrap().mu);
-        factors.extend(imgs.factors.clone().unwrap());
+        factors.extend(imgs.factors().unwrap().to_vec());
     }
     let want = wgvae::vae::metrics::mutual_information_gap(
         &codes,
@@ -371,7 +370,7 @@ fn pictures_and_disentanglement() {
     )
     .unwrap();
     assert!((mig - want.mig).abs() < 1e-9, "eval's MIG {mig} is the library's {} for the same codes", want.mig);
-    for (name, g) in split.train.factor_names.iter().zip(&want.per_factor) {
+    for (name, g) in split.train.factor_names().iter().zip(&want.per_factor) {
         let got = e["mig_per_factor"][name].as_f64().unwrap();
         assert!((got - g).abs() < 1e-9, "MIG of factor {name}: eval {got}, library {g}");
     }

@@ -113,19 +113,12 @@ fn write_dataset(dir: &TempDir, gz: bool) -> (Vec<u8>, Vec<u8>) {
 
 fn check_round_trip(split: &Split, dir: &Path, train_px: &[u8], test_px: &[u8]) {
     assert_eq!(split.name, dir.display().to_string());
-    let expect = |n, pixels: &[u8], labels: &[u8]| Images {
-        n,
-        rows: 4,
-        cols: 3,
-        pixels: pixels.to_vec(),
-        labels: Some(labels.to_vec()),
-        num_classes: 5,
-        factors: None,
-        factor_names: vec![],
+    let expect = |n, pixels: &[u8], labels: &[u32]| {
+        Images::from_u8(pixels.to_vec(), n, &[4, 3]).unwrap().with_labels_of(labels.to_vec(), 5).unwrap()
     };
     assert_eq!(split.train, expect(5, train_px, &[0, 4, 2, 1, 0]));
     assert_eq!(split.test, expect(3, test_px, &[1, 2, 0]));
-    assert_eq!(split.train.image(1), &train_px[12..24]);
+    assert_eq!(u8s(&split.train, 1), &train_px[12..24]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -171,12 +164,12 @@ fn idx_labels_are_optional() {
     dir.write("train-images-idx3-ubyte.gz", &train);
     dir.write("t10k-images-idx3-ubyte", &test);
     let split = idx::load_dir(dir.path()).unwrap();
-    assert_eq!(split.train.labels, None);
-    assert_eq!(split.train.num_classes, 0);
-    assert_eq!(split.test.labels, None);
-    assert_eq!(split.test.num_classes, 0);
-    assert_eq!(split.train.pixels, train_px);
-    assert_eq!((split.test.n, split.test.rows, split.test.cols), (1, 2, 2));
+    assert_eq!(split.train.labels(), None);
+    assert_eq!(split.train.num_classes(), 0);
+    assert_eq!(split.test.labels(), None);
+    assert_eq!(split.test.num_classes(), 0);
+    assert_eq!(all_u8(&split.train), train_px);
+    assert_eq!((split.test.n(), split.test.rows(), split.test.cols()), (1, 2, 2));
 }
 
 #[test]
@@ -405,9 +398,22 @@ fn idx_bad_file_inside_dir_is_named() {
 // Sprites
 // ---------------------------------------------------------------------------------------------
 
+/// Image `i`'s 8-bit pixels.
+fn u8s(im: &Images, i: usize) -> Vec<u8> {
+    all_u8(im)[i * im.dim()..(i + 1) * im.dim()].to_vec()
+}
+
+/// Every 8-bit pixel of a split (IDX files and sprites are 8-bit).
+fn all_u8(im: &Images) -> &[u8] {
+    match im.pixels() {
+        wgvae::data::Pixels::U8(v) => v,
+        wgvae::data::Pixels::F32(_) => panic!("8-bit data expected"),
+    }
+}
+
 fn all_factors(split: &Split) -> Vec<Vec<u8>> {
-    let mut v = split.train.factors.clone().unwrap();
-    v.extend(split.test.factors.clone().unwrap());
+    let mut v = split.train.factors().unwrap().to_vec();
+    v.extend(split.test.factors().unwrap().to_vec());
     v
 }
 
@@ -418,22 +424,22 @@ fn sprites_sizes_and_metadata() {
     assert_eq!(total, sprites::TOTAL);
     assert!((5000..=8000).contains(&total), "{total}");
     assert_eq!(sprites::TEST_LEN, total / 10);
-    assert_eq!(s.train.n, sprites::TRAIN_LEN);
-    assert_eq!(s.test.n, sprites::TEST_LEN);
-    assert_eq!(s.train.n + s.test.n, total);
+    assert_eq!(s.train.n(), sprites::TRAIN_LEN);
+    assert_eq!(s.test.n(), sprites::TEST_LEN);
+    assert_eq!(s.train.n() + s.test.n(), total);
     assert_eq!(s.name, "sprites");
     for im in [&s.train, &s.test] {
-        assert_eq!((im.rows, im.cols), (28, 28));
-        assert_eq!(im.pixels.len(), im.n * 28 * 28);
-        assert_eq!(im.num_classes, sprites::FACTOR_SIZES[0]);
-        assert_eq!(im.factor_names, sprites::FACTOR_NAMES.map(String::from).to_vec());
-        let f = im.factors.as_ref().unwrap();
-        let labels = im.labels.as_ref().unwrap();
-        assert_eq!(f.len(), im.n);
-        assert_eq!(labels.len(), im.n);
+        assert_eq!((im.rows(), im.cols()), (28, 28));
+        assert_eq!(all_u8(im).len(), im.n() * 28 * 28);
+        assert_eq!(im.num_classes(), sprites::FACTOR_SIZES[0]);
+        assert_eq!(im.factor_names(), sprites::FACTOR_NAMES.map(String::from).to_vec());
+        let f = im.factors().unwrap();
+        let labels = im.labels().unwrap();
+        assert_eq!(f.len(), im.n());
+        assert_eq!(labels.len(), im.n());
         for (row, &label) in f.iter().zip(labels) {
             assert_eq!(row.len(), 5);
-            assert_eq!(label, row[0], "label must be the shape factor");
+            assert_eq!(label, row[0] as u32, "label must be the shape factor");
             for (k, &v) in row.iter().enumerate() {
                 assert!((v as usize) < sprites::FACTOR_SIZES[k], "factor {} = {v}", sprites::FACTOR_NAMES[k]);
             }
@@ -448,7 +454,7 @@ fn sprites_deterministic_per_seed() {
     assert_eq!(a.train, b.train);
     assert_eq!(a.test, b.test);
     let c = sprites::sprites(43);
-    assert_ne!(a.train.factors, c.train.factors, "different seeds should shuffle differently");
+    assert_ne!(a.train.factors(), c.train.factors(), "different seeds should shuffle differently");
     // Same images overall, only the order and the split differ.
     let mut fa = all_factors(&a);
     let mut fc = all_factors(&c);
@@ -460,21 +466,21 @@ fn sprites_deterministic_per_seed() {
 #[test]
 fn sprites_full_factorial_and_disjoint_splits() {
     let s = sprites::sprites(3);
-    let train: HashSet<Vec<u8>> = s.train.factors.clone().unwrap().into_iter().collect();
-    let test: HashSet<Vec<u8>> = s.test.factors.clone().unwrap().into_iter().collect();
-    assert_eq!(train.len(), s.train.n, "duplicate factor rows in train");
-    assert_eq!(test.len(), s.test.n, "duplicate factor rows in test");
+    let train: HashSet<Vec<u8>> = s.train.factors().unwrap().to_vec().into_iter().collect();
+    let test: HashSet<Vec<u8>> = s.test.factors().unwrap().to_vec().into_iter().collect();
+    assert_eq!(train.len(), s.train.n(), "duplicate factor rows in train");
+    assert_eq!(test.len(), s.test.n(), "duplicate factor rows in test");
     assert!(train.is_disjoint(&test));
     assert_eq!(train.len() + test.len(), sprites::TOTAL, "every combination exactly once");
     // Distinct factor combinations render to distinct images, so the splits share no image.
     let mut seen = HashSet::new();
     for im in [&s.train, &s.test] {
-        for i in 0..im.n {
-            assert!(seen.insert(im.image(i).to_vec()), "two factor combinations give the same image");
+        for i in 0..im.n() {
+            assert!(seen.insert(u8s(im, i).to_vec()), "two factor combinations give the same image");
         }
     }
     // Every shape is present in the test split.
-    let test_shapes: HashSet<u8> = s.test.labels.clone().unwrap().into_iter().collect();
+    let test_shapes: HashSet<u32> = s.test.labels().unwrap().to_vec().into_iter().collect();
     assert_eq!(test_shapes.len(), sprites::FACTOR_SIZES[0]);
 }
 
@@ -482,9 +488,9 @@ fn sprites_full_factorial_and_disjoint_splits() {
 fn sprites_non_empty_and_clear_of_the_border() {
     let s = sprites::sprites(1);
     for im in [&s.train, &s.test] {
-        for i in 0..im.n {
-            let px = im.image(i);
-            let f = &im.factors.as_ref().unwrap()[i];
+        for i in 0..im.n() {
+            let px = u8s(im, i);
+            let f = &im.factors().unwrap()[i];
             assert!(px.iter().filter(|&&p| p >= 128).count() >= 10, "image {i} {f:?} is (nearly) empty");
             for k in 0..28 {
                 for (r, c) in [(0, k), (27, k), (k, 0), (k, 27)] {
@@ -498,9 +504,9 @@ fn sprites_non_empty_and_clear_of_the_border() {
 #[test]
 fn sprites_factors_move_and_grow_the_shape() {
     let s = sprites::sprites(5);
-    let f = s.train.factors.as_ref().unwrap();
+    let f = s.train.factors().unwrap();
     for (i, fi) in f.iter().enumerate() {
-        let px = s.train.image(i);
+        let px = u8s(&s.train, i);
         let (mut m, mut mx, mut my) = (0.0f64, 0.0f64, 0.0f64);
         for r in 0..28 {
             for c in 0..28 {
@@ -517,7 +523,7 @@ fn sprites_factors_move_and_grow_the_shape() {
     // Mean ink per image grows with the scale factor for every shape.
     let mut ink = [[(0.0f64, 0usize); 4]; 4];
     for (i, fi) in f.iter().enumerate() {
-        let sum: f64 = s.train.image(i).iter().map(|&p| p as f64).sum();
+        let sum: f64 = u8s(&s.train, i).iter().map(|&p| p as f64).sum();
         let cell = &mut ink[fi[0] as usize][fi[1] as usize];
         cell.0 += sum;
         cell.1 += 1;
@@ -542,14 +548,14 @@ fn fashion_mnist_if_installed() {
         return;
     }
     let s = idx::load_dir(dir).unwrap();
-    assert_eq!((s.train.n, s.train.rows, s.train.cols), (60000, 28, 28));
-    assert_eq!((s.test.n, s.test.rows, s.test.cols), (10000, 28, 28));
-    assert_eq!(s.train.num_classes, 10);
-    assert_eq!(s.test.num_classes, 10);
-    assert_eq!(s.train.pixels.len(), 60000 * 784);
-    let labels = s.train.labels.as_ref().unwrap();
-    for class in 0..10u8 {
+    assert_eq!((s.train.n(), s.train.rows(), s.train.cols()), (60000, 28, 28));
+    assert_eq!((s.test.n(), s.test.rows(), s.test.cols()), (10000, 28, 28));
+    assert_eq!(s.train.num_classes(), 10);
+    assert_eq!(s.test.num_classes(), 10);
+    assert_eq!(all_u8(&s.train).len(), 60000 * 784);
+    let labels = s.train.labels().unwrap();
+    for class in 0..10u32 {
         assert_eq!(labels.iter().filter(|&&l| l == class).count(), 6000, "class {class}");
     }
-    assert_eq!(s.test.labels.as_ref().unwrap().len(), 10000);
+    assert_eq!(s.test.labels().unwrap().len(), 10000);
 }

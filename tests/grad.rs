@@ -6,6 +6,7 @@ mod common;
 use common::*;
 use wgvae::nn::{Mlp, Sgd};
 use wgvae::ops::{self, Act};
+use wgvae::Optimizer;
 use wgvae::{Gpu, MatmulVariant, Tape, Var};
 
 /// Gradients of Σ upstream ⊙ build(inputs) on the GPU, one per input.
@@ -279,7 +280,7 @@ impl RefMlp {
     }
 }
 
-fn mlp_step(mlp: &Mlp, x: &Mat, t: &Mat, opt: Option<&Sgd>) -> (f32, Tape) {
+fn mlp_step(mlp: &Mlp, x: &Mat, t: &Mat, opt: Option<&mut Sgd>) -> (f32, Tape) {
     let mut tape = Tape::new(gpu());
     let xv = tape.input(x.upload());
     let tv = tape.input(t.upload());
@@ -317,12 +318,12 @@ fn mlp_training_matches_reference_sgd_and_lowers_loss() {
     let mlp = Mlp::new(gpu(), "mlp", &[5, 7, 3], Act::Tanh, Act::Identity, 7).unwrap();
     let x = Mat::rand(8, 5, -1.0, 1.0, 22);
     let t = Mat::rand(8, 3, -1.0, 1.0, 23);
-    let opt = Sgd::new(0.02).unwrap();
+    let mut opt = Sgd::new(0.02).unwrap();
     let mut r = RefMlp::from_gpu(&mlp);
     let mut first = None;
     let mut last = 0.0;
     for step in 0..25 {
-        let (gpu_loss, _) = mlp_step(&mlp, &x, &t, Some(&opt));
+        let (gpu_loss, _) = mlp_step(&mlp, &x, &t, Some(&mut opt));
         let ref_loss = RefMlp::loss(r.params(), &x, &t);
         assert!(
             (gpu_loss as f64 - ref_loss).abs() <= 1e-3 * ref_loss.max(1.0),

@@ -134,16 +134,7 @@ struct Trained {
 }
 
 fn subset(imgs: &Images, n: usize) -> Images {
-    let mut s = imgs.clone();
-    s.n = n;
-    s.pixels.truncate(n * imgs.dim());
-    if let Some(l) = &mut s.labels {
-        l.truncate(n);
-    }
-    if let Some(f) = &mut s.factors {
-        f.truncate(n);
-    }
-    s
+    imgs.head(n)
 }
 
 fn trained() -> &'static Trained {
@@ -170,8 +161,8 @@ fn trained() -> &'static Trained {
         };
         let mut t = Trainer::new(g, cfg, opts, &split).unwrap();
         t.train_epoch(&mut |_| {}).unwrap();
-        let px: Vec<f32> = split.test.pixels.iter().map(|&v| v as f32 / 255.0).collect();
-        let test_x = Tensor::from_slice(g, split.test.n, 784, &px).unwrap();
+        let px: Vec<f32> = split.test.examples(split.test.n());
+        let test_x = Tensor::from_slice(g, split.test.n(), 784, &px).unwrap();
         let subset = GpuImages::upload(g, &subset(&split.test, 48)).unwrap();
         Trained { vae: t.vae, test: t.test, test_x, subset }
     })
@@ -245,20 +236,11 @@ fn invalid_k_and_the_autoencoder_are_errors() {
     let g = gpu();
     let vae = Vae::new(g, tiny(ModelKind::Vae, Likelihood::Bernoulli), 1).unwrap();
     let x = Mat::rand(2, 11, 0.0, 1.0, 1).upload();
-    let blank = Images {
-        n: 2,
-        rows: 1,
-        cols: 11,
-        pixels: vec![0; 22],
-        labels: None,
-        num_classes: 0,
-        factors: None,
-        factor_names: vec![],
-    };
+    let blank = Images::from_u8(vec![0; 22], 2, &[11]).unwrap();
     let imgs = GpuImages::upload(g, &blank).unwrap();
     for k in [0, 5001] {
         let e = iwae_batch(g, &vae, &x, k, 0, 0).unwrap_err();
-        assert!(matches!(&e, Error::InvalidArgument { name, .. } if name == "--iwae"), "K = {k}: {e}");
+        assert!(matches!(&e, Error::InvalidArgument { name, .. } if name == "iwae_k"), "K = {k}: {e}");
         assert!(e.to_string().contains("1..=5000"), "{e}");
         assert!(matches!(iwae_log_likelihood(g, &vae, &imgs, k, 0), Err(Error::InvalidArgument { .. })));
     }

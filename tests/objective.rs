@@ -130,7 +130,7 @@ fn mig_of_a_trained_model_exceeds_that_of_an_untrained_one() {
     let split = sprites::sprites(0);
     let mig = |t: &Trainer| {
         let r = t.evaluate_full(&t.train).unwrap();
-        let f = split.train.factors.as_ref().unwrap();
+        let f = split.train.factors().unwrap();
         mutual_information_gap(&r.mu, f.len(), 6, f, &sprites::FACTOR_SIZES, 20).unwrap().mig
     };
     let opts = TrainOptions {
@@ -177,7 +177,7 @@ fn conditional_vae_uses_its_label() {
     use wgvae::data::gpu::onehot_rows;
     use wgvae::ops::vae::Noise;
     let split = sprites::sprites(0);
-    let classes = split.train.num_classes;
+    let classes = split.train.num_classes();
     let config = VaeConfig { classes, ..cfg(ModelKind::Cvae, 4) };
     let opts = TrainOptions {
         batch: 128,
@@ -193,8 +193,8 @@ fn conditional_vae_uses_its_label() {
     }
     // Test reconstruction loss with the true labels vs every label shifted by one class.
     let n = 200;
-    let x: Vec<f32> = split.test.pixels[..n * 784].iter().map(|&p| p as f32 / 255.0).collect();
-    let labels = &split.test.labels.as_ref().unwrap()[..n];
+    let x: Vec<f32> = split.test.examples(n);
+    let labels = &split.test.labels().unwrap()[..n];
     let recon = |shift: usize| {
         let ls: Vec<usize> = labels.iter().map(|&l| (l as usize + shift) % classes).collect();
         let y = onehot_rows(gpu(), &ls, classes).unwrap();

@@ -78,6 +78,12 @@ fn assert_white_corners(img: &Img) {
     assert!(img.count_all(is(WHITE)) > img.w * img.h / 2);
 }
 
+/// JSON lines as a metrics file holds them, read back through the library's parser.
+fn lines(v: &[serde_json::Value]) -> Vec<wgvae::plot::MetricsLine> {
+    let text: String = v.iter().map(|l| format!("{l}\n")).collect();
+    wgvae::plot::parse_metrics(&text).unwrap()
+}
+
 fn ramp(name: &str, n: usize, f: impl Fn(f64) -> f64) -> Series {
     Series::new(name, (0..n).map(|i| (i as f64, f(i as f64))).collect())
 }
@@ -314,7 +320,7 @@ fn metric_line(epoch: u64, extra: bool) -> serde_json::Value {
 #[test]
 fn metrics_dashboard_has_one_panel_per_present_group() {
     let full: Vec<_> = (1..=10).map(|e| metric_line(e, true)).collect();
-    let img = decode(&metrics_png(&full).unwrap());
+    let img = decode(&metrics_png(&lines(&full)).unwrap());
     assert_eq!((img.w, img.h), (2 * CHART_WIDTH, 3 * CHART_HEIGHT), "5 panels in 2 columns");
     assert_white_corners(&img);
     // Every panel has a title and a line in the first colour; the two-series panels a second one.
@@ -332,16 +338,16 @@ fn metrics_dashboard_has_one_panel_per_present_group() {
 
     // Without kl_weight / active_units: three panels.
     let basic: Vec<_> = (1..=3).map(|e| metric_line(e, false)).collect();
-    let img = decode(&metrics_png(&basic).unwrap());
+    let img = decode(&metrics_png(&lines(&basic)).unwrap());
     assert_eq!((img.w, img.h), (2 * CHART_WIDTH, 2 * CHART_HEIGHT));
 
     // A key present in some lines only still gets its panel; a lone key gives a single panel.
     let mut partial = basic.clone();
     partial[2]["active_units"] = json!(4);
-    let img = decode(&metrics_png(&partial).unwrap());
+    let img = decode(&metrics_png(&lines(&partial)).unwrap());
     assert_eq!((img.w, img.h), (2 * CHART_WIDTH, 2 * CHART_HEIGHT));
     let lone = [json!({"epoch": 1, "kl_weight": 0.5}), json!({"epoch": 2, "kl_weight": null})];
-    let img = decode(&metrics_png(&lone).unwrap());
+    let img = decode(&metrics_png(&lines(&lone)).unwrap());
     assert_eq!((img.w, img.h), (CHART_WIDTH, CHART_HEIGHT));
     assert!(img.count_all(is(PALETTE[0])) >= 9);
 }
@@ -349,8 +355,10 @@ fn metrics_dashboard_has_one_panel_per_present_group() {
 #[test]
 fn metrics_without_known_keys_is_an_error() {
     assert_invalid_argument(metrics_png(&[]));
-    assert_invalid_argument(metrics_png(&[json!({"epoch": 1, "step": 100, "epoch_seconds": 2.0})]));
-    assert_invalid_argument(metrics_png(&[json!({"epoch": 1, "test_loss": null}), json!("not an object")]));
+    assert_invalid_argument(metrics_png(&lines(&[json!({"epoch": 1, "step": 100, "epoch_seconds": 2.0})])));
+    assert_invalid_argument(metrics_png(&lines(&[json!({"epoch": 1, "test_loss": null})])));
+    assert_invalid_argument(wgvae::plot::parse_metrics("{\"epoch\": 1}\n\"not an object\""));
+    assert_invalid_argument(wgvae::plot::parse_metrics("{\"epoch\": 1}\n{broken"));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -5,9 +5,10 @@ mod common;
 use common::*;
 use wgvae::nn::{Mlp, Sgd};
 use wgvae::ops::{self, Act};
+use wgvae::Optimizer;
 use wgvae::{Error, Gpu, MatmulVariant, Tape, Tensor};
 
-fn step(gpu: &Gpu, mlp: &Mlp, opt: &Sgd, x: &Tensor, t: &Tensor) -> f32 {
+fn step(gpu: &Gpu, mlp: &Mlp, opt: &mut Sgd, x: &Tensor, t: &Tensor) -> f32 {
     let mut tape = Tape::new(gpu);
     let (xv, tv) = (tape.input(x.clone()), tape.input(t.clone()));
     let y = mlp.forward(&mut tape, xv).unwrap();
@@ -27,12 +28,12 @@ fn repeated_step_allocates_nothing_and_submits_once() {
     // A private device: the stats must not see other tests' work.
     let gpu = Gpu::new().unwrap();
     let mlp = Mlp::new(&gpu, "m", &[13, 33, 7], Act::Relu, Act::Sigmoid, 1).unwrap();
-    let opt = Sgd::new(0.1).unwrap();
+    let mut opt = Sgd::new(0.1).unwrap();
     let x = Tensor::from_slice(&gpu, 10, 13, &(0..130).map(|i| (i % 7) as f32 / 7.0).collect::<Vec<_>>()).unwrap();
     let t = Tensor::from_slice(&gpu, 10, 7, &(0..70).map(|i| (i % 2) as f32).collect::<Vec<_>>()).unwrap();
-    step(&gpu, &mlp, &opt, &x, &t);
+    step(&gpu, &mlp, &mut opt, &x, &t);
     let s1 = gpu.stats();
-    step(&gpu, &mlp, &opt, &x, &t);
+    step(&gpu, &mlp, &mut opt, &x, &t);
     let s2 = gpu.stats();
     assert_eq!(s2.buffers_created, s1.buffers_created, "second identical step created buffers");
     assert_eq!(s2.bind_groups_created, s1.bind_groups_created, "second identical step created bind groups");
@@ -44,10 +45,10 @@ fn repeated_step_allocates_nothing_and_submits_once() {
 fn same_seed_same_losses_bit_for_bit() {
     let run = || {
         let mlp = Mlp::new(gpu(), "m", &[6, 9, 2], Act::Elu(1.0), Act::Identity, 99).unwrap();
-        let opt = Sgd::new(0.05).unwrap();
+        let mut opt = Sgd::new(0.05).unwrap();
         let x = Mat::rand(5, 6, -1.0, 1.0, 1).upload();
         let t = Mat::rand(5, 2, -1.0, 1.0, 2).upload();
-        (0..10).map(|_| step(gpu(), &mlp, &opt, &x, &t).to_bits()).collect::<Vec<_>>()
+        (0..10).map(|_| step(gpu(), &mlp, &mut opt, &x, &t).to_bits()).collect::<Vec<_>>()
     };
     assert_eq!(run(), run());
 }
@@ -104,9 +105,9 @@ fn bad_shapes_are_typed_errors_not_panics() {
 fn bad_arguments_are_typed_errors() {
     assert!(matches!(Sgd::new(-1.0), Err(Error::InvalidArgument { .. })));
     assert!(matches!(Sgd::new(f32::NAN), Err(Error::InvalidArgument { .. })));
-    assert!(matches!(Act::parse("swish"), Err(Error::InvalidArgument { .. })));
-    assert!(matches!(Act::parse("leaky_relu:-1"), Err(Error::InvalidArgument { .. })));
-    assert_eq!(Act::parse("leaky_relu:0.2").unwrap(), Act::LeakyRelu(0.2));
+    assert!(matches!("swish".parse::<Act>(), Err(Error::InvalidArgument { .. })));
+    assert!(matches!("leaky_relu:-1".parse::<Act>(), Err(Error::InvalidArgument { .. })));
+    assert_eq!("leaky_relu:0.2".parse::<Act>().unwrap(), Act::LeakyRelu(0.2));
     assert!(matches!("cuda".parse::<MatmulVariant>(), Err(Error::InvalidArgument { .. })));
     assert!(matches!(Mlp::new(gpu(), "m", &[4], Act::Relu, Act::Relu, 0), Err(Error::InvalidArgument { .. })));
     assert!(matches!(Mlp::new(gpu(), "m", &[4, 0, 2], Act::Relu, Act::Relu, 0), Err(Error::InvalidArgument { .. })));

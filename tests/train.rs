@@ -10,6 +10,7 @@ use wgvae::ops::vae::Noise;
 use wgvae::ops::Act;
 use wgvae::train::{TrainOptions, Trainer};
 use wgvae::vae::{Likelihood, ModelKind, Vae, VaeConfig, STREAM_EPS};
+use wgvae::Optimizer;
 use wgvae::{rng, Tape};
 
 fn relu(m: &Mat) -> Mat {

@@ -54,16 +54,7 @@ fn config() -> VaeConfig {
 fn images(n: usize, seed: u64) -> Images {
     use rand::Rng;
     let mut r = rand::rngs::StdRng::seed_from_u64(seed);
-    Images {
-        n,
-        rows: H_PX,
-        cols: W_PX,
-        pixels: (0..n * D).map(|_| r.random::<u8>()).collect(),
-        labels: None,
-        num_classes: 0,
-        factors: None,
-        factor_names: vec![],
-    }
+    Images::from_u8((0..n * D).map(|_| r.random::<u8>()).collect(), n, &[H_PX, W_PX]).unwrap()
 }
 
 fn split() -> Split {
@@ -174,10 +165,10 @@ impl Reference {
     /// One epoch; returns (Σ recon, Σ KL) over it.
     fn epoch(&mut self, data: &Images, o: &TrainOptions) -> (f64, f64) {
         self.epoch += 1;
-        let order = epoch_order(data.n, o.seed, self.epoch);
+        let order = epoch_order(data.n(), o.seed, self.epoch);
         let (mut rsum, mut ksum) = (0.0, 0.0);
-        for off in (0..data.n).step_by(o.batch) {
-            let rows = &order[off..(off + o.batch).min(data.n)];
+        for off in (0..data.n()).step_by(o.batch) {
+            let rows = &order[off..(off + o.batch).min(data.n())];
             let b = rows.len();
             let step = self.step as u32;
             let mut x = Mat::zeros(b, D);
@@ -185,7 +176,10 @@ impl Reference {
             for (r, &i) in rows.iter().enumerate() {
                 for j in 0..D {
                     // The shader's arithmetic, in f32: pixel / 255, then u < pixel.
-                    let px = data.pixels[i * D + j] as f32 / 255.0;
+                    let px = match data.pixels() {
+                        wgvae::data::Pixels::U8(v) => v[i * D + j] as f32 / 255.0,
+                        wgvae::data::Pixels::F32(v) => v[i * D + j],
+                    };
                     x.d[r * D + j] = if o.binarize { (u[r * D + j] < px) as u8 as f64 } else { px as f64 };
                 }
             }
@@ -241,7 +235,7 @@ fn run(g: &Gpu, o: TrainOptions, epochs: usize, what: &str) -> (Trainer, Referen
     for _ in 0..epochs {
         let (tr, _) = t.train_epoch(&mut |_| {}).unwrap();
         let (rr, rk) = r.epoch(&s.train, &o);
-        let n = s.train.n as f64;
+        let n = s.train.n() as f64;
         assert_matches(&t, &r, ((tr.recon, tr.kl), (rr / n, rk / n)), what);
     }
     assert_eq!(t.step, r.step, "{what}: steps taken");
@@ -337,7 +331,7 @@ fn resume_reproduces_the_next_epochs_order_and_noise() {
     assert_eq!((resumed.epoch, resumed.step), (1, STEPS_PER_EPOCH as u64));
     let (tr, _) = resumed.train_epoch(&mut |_| {}).unwrap();
     let (rr, rk) = r.epoch(&s.train, &o);
-    let n = s.train.n as f64;
+    let n = s.train.n() as f64;
     assert_matches(&resumed, &r, ((tr.recon, tr.kl), (rr / n, rk / n)), "resumed epoch 2");
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -9,6 +9,7 @@ use wgvae::data::Images;
 use wgvae::nn::{Adam, Param};
 use wgvae::ops::vae::{self as vops, Noise};
 use wgvae::ops::{self};
+use wgvae::Optimizer;
 use wgvae::{rng, Tape, Var};
 
 fn noise(step: u32, stream: u32) -> Noise {
@@ -209,16 +210,7 @@ fn gather_builds_batches_from_packed_bytes_with_optional_binarization() {
     for (h, w, kernel) in [(5, 7, "gather"), (4, 7, "gather4")] {
         let n = 11;
         let pixels: Vec<u8> = (0..n * h * w).map(|i| ((i * 37 + 11) % 256) as u8).collect();
-        let imgs = Images {
-            n,
-            rows: h,
-            cols: w,
-            pixels: pixels.clone(),
-            labels: None,
-            num_classes: 0,
-            factors: None,
-            factor_names: vec![],
-        };
+        let imgs = Images::from_u8(pixels.clone(), n, &[h, w]).unwrap();
         let g = GpuImages::upload(gpu(), &imgs).unwrap();
         let (order, order_t) = g.order(gpu(), 9, 2, true).unwrap();
         let mut sorted = order.clone();

@@ -5,7 +5,7 @@
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
-use super::Images;
+use super::{Images, Pixels};
 use crate::error::{Error, Result};
 use crate::gpu::pipeline::{KernelKey, Module};
 use crate::gpu::Gpu;
@@ -17,6 +17,8 @@ use crate::tensor::Tensor;
 /// Images uploaded once; batches are gathered on the GPU.
 pub struct GpuImages {
     data: Tensor,
+    /// Whether `data` holds f32 values (else u8 packed four to a word).
+    f32_values: bool,
     /// Labels as u32 on the GPU (one per image), for the CVAE's one-hot gather.
     labels_gpu: Option<Tensor>,
     /// Number of label classes (0 without labels).
@@ -26,32 +28,34 @@ pub struct GpuImages {
     /// Pixels per image.
     pub dim: usize,
     /// Labels, kept on the CPU (for conditioning and plots).
-    pub labels: Option<Vec<u8>>,
+    pub labels: Option<Vec<u32>>,
 }
 
 impl GpuImages {
-    /// Uploads `images` packed as u32 words.
+    /// Uploads `images`: 8-bit values packed four to a u32 word, f32 values as they are.
     pub fn upload(gpu: &Gpu, images: &Images) -> Result<Self> {
-        let bytes = &images.pixels;
-        if bytes.is_empty() {
-            return Err(Error::arg("dataset", "it has no images"));
-        }
-        let mut words = vec![0u32; bytes.len().div_ceil(4)];
-        for (i, &b) in bytes.iter().enumerate() {
-            words[i / 4] |= (b as u32) << (8 * (i % 4));
-        }
-        let data = Tensor::from_u32(gpu, 1, words.len(), &words)?;
-        let labels_gpu = match &images.labels {
-            Some(l) => Some(Tensor::from_u32(gpu, 1, l.len(), &l.iter().map(|&v| v as u32).collect::<Vec<_>>())?),
+        let (data, f32_values) = match images.pixels() {
+            Pixels::U8(bytes) => {
+                let mut words = vec![0u32; bytes.len().div_ceil(4)];
+                for (i, &b) in bytes.iter().enumerate() {
+                    words[i / 4] |= (b as u32) << (8 * (i % 4));
+                }
+                (Tensor::from_u32(gpu, 1, words.len(), &words)?, false)
+            }
+            Pixels::F32(v) => (Tensor::from_slice(gpu, 1, v.len(), v)?, true),
+        };
+        let labels_gpu = match images.labels() {
+            Some(l) => Some(Tensor::from_u32(gpu, 1, l.len(), l)?),
             None => None,
         };
         Ok(GpuImages {
             data,
+            f32_values,
             labels_gpu,
-            num_classes: images.num_classes,
-            n: images.n,
+            num_classes: images.num_classes(),
+            n: images.n(),
             dim: images.dim(),
-            labels: images.labels.clone(),
+            labels: images.labels().map(<[u32]>::to_vec),
         })
     }
 
@@ -91,7 +95,11 @@ impl GpuImages {
         };
         let k = crate::rng::key(noise.seed);
         // Four pixels per invocation when rows are whole words (every 28x28 or 64x64 image).
-        let (entry, invocations) = if self.dim.is_multiple_of(4) { ("gather4", n / 4) } else { ("gather", n) };
+        let (entry, invocations) = match (self.f32_values, self.dim.is_multiple_of(4)) {
+            (true, _) => ("gather_f32", n),
+            (false, true) => ("gather4", n / 4),
+            (false, false) => ("gather", n),
+        };
         let p = Params::new()
             .u(invocations as u32)
             .u(self.dim as u32)
@@ -111,7 +119,7 @@ impl GpuImages {
     /// y\[B, C\] = one-hot labels of images order[offset .. offset+B), C = `classes`.
     pub fn onehot(&self, tape: &mut Tape, order: &Tensor, offset: usize, b: usize, classes: usize) -> Result<Tensor> {
         let Some(labels) = &self.labels_gpu else {
-            return Err(Error::arg("--model cvae", "the data has no labels to condition on"));
+            return Err(Error::arg("labels", "the data has no labels to condition on"));
         };
         if b == 0 || offset + b > order.len() || classes == 0 {
             return Err(Error::arg(
@@ -132,7 +140,7 @@ impl GpuImages {
 /// classes outside the training loop.
 pub fn onehot_rows(gpu: &Gpu, labels: &[usize], classes: usize) -> Result<Tensor> {
     if let Some(&l) = labels.iter().find(|&&l| l >= classes) {
-        return Err(Error::arg("--label", format!("{l} is not a class of this model (0..{classes})")));
+        return Err(Error::arg("label", format!("{l} is not a class of this model (0..{classes})")));
     }
     let mut v = vec![0.0f32; labels.len() * classes];
     for (i, &l) in labels.iter().enumerate() {

@@ -278,8 +278,11 @@ fn load_split(dir: &Path, images: &str, labels: &str) -> Result<(PathBuf, Images
             Some(l)
         }
     };
-    let num_classes = labels.as_ref().map_or(0, |l| l.iter().copied().max().map_or(0, |m| m as usize + 1));
-    let imgs = Images { n, rows, cols, pixels, labels, num_classes, factors: None, factor_names: Vec::new() };
+    let imgs = Images::from_u8(pixels, n, &[rows, cols]).map_err(|e| data_err(&img_path, e.to_string()))?;
+    let imgs = match labels {
+        Some(l) => imgs.with_labels(l.into_iter().map(u32::from).collect())?,
+        None => imgs,
+    };
     Ok((img_path, imgs))
 }
 
@@ -304,24 +307,24 @@ pub fn load_dir(dir: &Path) -> Result<Split> {
     }
     let (train_path, mut train) = load_split(dir, TRAIN_IMAGES, TRAIN_LABELS)?;
     let (test_path, mut test) = load_split(dir, TEST_IMAGES, TEST_LABELS)?;
-    if (train.rows, train.cols) != (test.rows, test.cols) {
+    if train.shape() != test.shape() {
         return Err(data_err(
             &test_path,
             format!(
                 "test images are {}x{} pixels but the training images in {} are {}x{}; both splits must \
                  have the same image size",
-                test.rows,
-                test.cols,
+                test.rows(),
+                test.cols(),
                 train_path.display(),
-                train.rows,
-                train.cols
+                train.rows(),
+                train.cols()
             ),
         ));
     }
-    if train.labels.is_some() && test.labels.is_some() {
-        let k = train.num_classes.max(test.num_classes);
-        train.num_classes = k;
-        test.num_classes = k;
+    if train.labels().is_some() && test.labels().is_some() {
+        let k = train.num_classes().max(test.num_classes());
+        train.set_num_classes(k);
+        test.set_num_classes(k);
     }
     Ok(Split { name: dir.display().to_string(), train, test })
 }

@@ -109,16 +109,15 @@ fn images(factors: Vec<[u8; 5]>) -> Images {
     for (f, out) in factors.iter().zip(pixels.chunks_exact_mut(dim)) {
         render(*f, out);
     }
-    Images {
-        n: factors.len(),
-        rows: SIZE,
-        cols: SIZE,
-        pixels,
-        labels: Some(factors.iter().map(|f| f[0]).collect()),
-        num_classes: FACTOR_SIZES[0],
-        factors: Some(factors.iter().map(|f| f.to_vec()).collect()),
-        factor_names: FACTOR_NAMES.iter().map(|s| s.to_string()).collect(),
-    }
+    let labels = factors.iter().map(|f| f[0] as u32).collect();
+    let names = FACTOR_NAMES.iter().map(|s| s.to_string()).collect();
+    let rows: Vec<Vec<u8>> = factors.iter().map(|f| f.to_vec()).collect();
+    let n = factors.len();
+    // The sizes are consistent by construction.
+    Images::from_u8(pixels, n, &[SIZE, SIZE])
+        .and_then(|i| i.with_labels_of(labels, FACTOR_SIZES[0]))
+        .and_then(|i| i.with_factors(rows, names))
+        .expect("sprites are consistent")
 }
 
 /// The sprites dataset (see the [module docs](self)): every factor combination exactly once,

@@ -103,6 +103,31 @@ pub struct AdapterSummary {
     pub subgroup_size: (u32, u32),
 }
 
+/// What `wgvae info` prints: the adapter, the kernels chosen for it, and the limits that matter.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AdapterReport {
+    /// Adapter name.
+    pub adapter: String,
+    /// Backend (Vulkan, Metal, Dx12, Gl, BrowserWebGpu).
+    pub backend: String,
+    /// Discrete / integrated / virtual / CPU / other.
+    pub device_type: String,
+    /// Driver name.
+    pub driver: String,
+    /// Driver details.
+    pub driver_info: String,
+    /// PCI vendor id, hex.
+    pub vendor: String,
+    /// PCI device id, hex.
+    pub device: String,
+    /// The matmul variant used by default.
+    pub matmul_variant: String,
+    /// Optional features enabled on the device.
+    pub features: Vec<String>,
+    /// The device limits wgvae checks its sizes against.
+    pub limits: std::collections::BTreeMap<String, u64>,
+}
+
 /// Counters that show what the context has done (used by the pool-reuse test and `wgvae info`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GpuStats {
@@ -410,6 +435,35 @@ impl Gpu {
             let _ = (ev, eo, what);
         }
         Ok(r)
+    }
+
+    /// The adapter, kernels and limits in use (what `wgvae info` prints).
+    pub fn report(&self) -> AdapterReport {
+        let a = &self.inner.summary;
+        let l = &self.inner.limits;
+        let limits = [
+            ("max_storage_buffer_binding_size", l.max_storage_buffer_binding_size),
+            ("max_buffer_size", l.max_buffer_size),
+            ("max_storage_buffers_per_shader_stage", l.max_storage_buffers_per_shader_stage as u64),
+            ("max_compute_workgroup_storage_size", l.max_compute_workgroup_storage_size as u64),
+            ("max_compute_invocations_per_workgroup", l.max_compute_invocations_per_workgroup as u64),
+            ("max_compute_workgroup_size_x", l.max_compute_workgroup_size_x as u64),
+            ("max_compute_workgroups_per_dimension", l.max_compute_workgroups_per_dimension as u64),
+            ("min_uniform_buffer_offset_alignment", l.min_uniform_buffer_offset_alignment as u64),
+            ("min_storage_buffer_offset_alignment", l.min_storage_buffer_offset_alignment as u64),
+        ];
+        AdapterReport {
+            adapter: a.name.clone(),
+            backend: format!("{:?}", a.backend),
+            device_type: format!("{:?}", a.device_type),
+            driver: a.driver.clone(),
+            driver_info: a.driver_info.clone(),
+            vendor: format!("0x{:04x}", a.vendor),
+            device: format!("0x{:04x}", a.device),
+            matmul_variant: self.matmul_variant().to_string(),
+            features: self.inner.features.iter_names().map(|(n, _)| n.to_string()).collect(),
+            limits: limits.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        }
     }
 
     /// The chosen adapter.

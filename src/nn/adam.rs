@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use std::sync::Arc;
 
-use super::{Param, Store};
+use super::{Optimizer, Param, Store};
 use crate::error::{Error, Result};
 use crate::gpu::pipeline::{KernelKey, Module};
 use crate::ops::grid_1d;
@@ -118,12 +118,14 @@ impl Adam {
         self.flat.insert(store.id(), f.clone());
         Ok(f)
     }
+}
 
+impl Optimizer for Adam {
     /// One update of every parameter that has a gradient on `tape`. Parameters packed into one
     /// store ([`crate::nn::pack`]) are updated by ONE dispatch over the store when all of them
     /// are being updated and their gradients are in the store's gradient buffer (as backward
     /// leaves them); others one dispatch each.
-    pub fn step(&mut self, tape: &mut Tape, params: &[&Param]) -> Result<()> {
+    fn step(&mut self, tape: &mut Tape, params: &[&Param]) -> Result<()> {
         self.t += 1;
         let bc1 = 1.0 - (self.beta1 as f64).powf(self.t as f64);
         let bc2 = 1.0 - (self.beta2 as f64).powf(self.t as f64);
@@ -179,5 +181,13 @@ impl Adam {
             tape.dispatch(&key, block.with_word(0, n as u32), &[&g, p.value(), &m, &v], grid_1d(invocations, 256))?;
         }
         Ok(())
+    }
+
+    fn lr(&self) -> f32 {
+        self.lr
+    }
+
+    fn set_lr(&mut self, lr: f32) {
+        self.lr = lr;
     }
 }

@@ -247,6 +247,17 @@ impl Mlp {
     }
 }
 
+/// An optimizer: records the update of every parameter that received a gradient on `tape`, in
+/// the same submission as the step.
+pub trait Optimizer {
+    /// One update from the gradients on `tape`.
+    fn step(&mut self, tape: &mut Tape, params: &[&Param]) -> Result<()>;
+    /// The learning rate.
+    fn lr(&self) -> f32;
+    /// Changes the learning rate (schedules, recovering from a divergence).
+    fn set_lr(&mut self, lr: f32);
+}
+
 /// Plain stochastic gradient descent, p -= lr·grad, recorded on the step's tape (no extra submit).
 #[derive(Clone, Copy, Debug)]
 pub struct Sgd {
@@ -262,13 +273,21 @@ impl Sgd {
         }
         Ok(Sgd { lr })
     }
-    /// Updates every parameter that received a gradient on `tape`.
-    pub fn step(&self, tape: &mut Tape, params: &[&Param]) -> Result<()> {
+}
+
+impl Optimizer for Sgd {
+    fn step(&mut self, tape: &mut Tape, params: &[&Param]) -> Result<()> {
         for p in params {
             if let Some(g) = p.grad(tape).cloned() {
                 ops::elementwise::axpy_inplace(tape, -self.lr, &g, p.value())?;
             }
         }
         Ok(())
+    }
+    fn lr(&self) -> f32 {
+        self.lr
+    }
+    fn set_lr(&mut self, lr: f32) {
+        self.lr = lr;
     }
 }

@@ -54,7 +54,7 @@ pub fn scaled_batch_norm(
     training: bool,
 ) -> Result<Var> {
     if !(0.0..=1.0).contains(&tau) {
-        return Err(Error::arg("--bn-vae", format!("tau = {tau} is outside [0, 1]")));
+        return Err(Error::arg("bn_tau", format!("tau = {tau} is outside [0, 1]")));
     }
     let (xv, th) = (val(tape, x), val(tape, theta));
     let (b, n) = (xv.rows(), xv.cols());

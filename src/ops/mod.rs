@@ -55,8 +55,35 @@ impl Act {
             _ => 0.0,
         }
     }
+    /// How the tape records it ([`crate::tape::ActTag`]; none for the identity).
+    pub fn tag(self) -> Option<crate::tape::ActTag> {
+        (self != Act::Identity).then_some((self.id(), self.alpha()))
+    }
+
+    /// The activation of a tape tag.
+    pub fn from_tag((id, alpha): crate::tape::ActTag) -> Self {
+        match id {
+            1 => Act::Relu,
+            2 => Act::LeakyRelu(alpha),
+            3 => Act::Tanh,
+            4 => Act::Sigmoid,
+            5 => Act::Elu(alpha),
+            _ => Act::Identity,
+        }
+    }
+
+    /// All activations with their default parameters (tests iterate over them).
+    pub const ALL: [Act; 6] = [Act::Identity, Act::Relu, Act::LeakyRelu(0.01), Act::Tanh, Act::Sigmoid, Act::Elu(1.0)];
+
+    pub(crate) fn defines(self) -> Vec<(&'static str, String)> {
+        vec![("ACT", format!("{}u", self.id())), ("ALPHA", wgsl_f32(self.alpha()))]
+    }
+}
+
+impl std::str::FromStr for Act {
+    type Err = Error;
     /// Parses `relu`, `leaky_relu[:slope]`, `tanh`, `sigmoid`, `elu[:alpha]`, `identity`.
-    pub fn parse(s: &str) -> Result<Self> {
+    fn from_str(s: &str) -> Result<Self> {
         let (name, arg) = match s.split_once(':') {
             Some((n, a)) => (n, Some(a)),
             None => (s, None),
@@ -86,30 +113,23 @@ impl Act {
             }
         })
     }
-    /// How the tape records it ([`crate::tape::ActTag`]; none for the identity).
-    pub fn tag(self) -> Option<crate::tape::ActTag> {
-        (self != Act::Identity).then_some((self.id(), self.alpha()))
-    }
+}
 
-    /// The activation of a tape tag.
-    pub fn from_tag((id, alpha): crate::tape::ActTag) -> Self {
-        match id {
-            1 => Act::Relu,
-            2 => Act::LeakyRelu(alpha),
-            3 => Act::Tanh,
-            4 => Act::Sigmoid,
-            5 => Act::Elu(alpha),
-            _ => Act::Identity,
+impl std::fmt::Display for Act {
+    /// The name [`Act::from_str`](std::str::FromStr) reads back (`leaky_relu:0.2`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Act::Identity => f.write_str("identity"),
+            Act::Relu => f.write_str("relu"),
+            Act::LeakyRelu(s) => write!(f, "leaky_relu:{s}"),
+            Act::Tanh => f.write_str("tanh"),
+            Act::Sigmoid => f.write_str("sigmoid"),
+            Act::Elu(a) => write!(f, "elu:{a}"),
         }
     }
-
-    /// All activations with their default parameters (tests iterate over them).
-    pub const ALL: [Act; 6] = [Act::Identity, Act::Relu, Act::LeakyRelu(0.01), Act::Tanh, Act::Sigmoid, Act::Elu(1.0)];
-
-    pub(crate) fn defines(self) -> Vec<(&'static str, String)> {
-        vec![("ACT", format!("{}u", self.id())), ("ALPHA", wgsl_f32(self.alpha()))]
-    }
 }
+
+crate::string_serde!(Act);
 
 /// An f32 as a WGSL literal that round-trips exactly.
 pub(crate) fn wgsl_f32(v: f32) -> String {

@@ -97,7 +97,7 @@ pub fn kl_normal(tape: &mut Tape, mu: Var, logvar: Var) -> Result<Var> {
 /// floor gets no gradient from it (the masking happens in the backward kernel).
 pub fn kl_free_bits(tape: &mut Tape, mu: Var, logvar: Var, lambda: f32) -> Result<Var> {
     if !(lambda.is_finite() && lambda >= 0.0) {
-        return Err(Error::arg("--free-bits", format!("{lambda} nats: the floor must be zero or positive")));
+        return Err(Error::arg("free_bits", format!("{lambda} nats: the floor must be zero or positive")));
     }
     let (m, lv) = (val(tape, mu), val(tape, logvar));
     same_shape("kl_free_bits", &m, &lv)?;

@@ -57,7 +57,7 @@ pub struct IwaeResult {
 
 fn check(vae: &Vae, k: usize) -> Result<()> {
     if !(1..=MAX_K).contains(&k) {
-        return Err(Error::arg("--iwae", format!("{k} importance samples: K must be in 1..={MAX_K}")));
+        return Err(Error::arg("iwae_k", format!("{k} importance samples: K must be in 1..={MAX_K}")));
     }
     if !vae.has_logvar() {
         return Err(Error::arg(
@@ -68,7 +68,7 @@ fn check(vae: &Vae, k: usize) -> Result<()> {
     }
     if vae.config.model == crate::vae::ModelKind::Cvae {
         return Err(Error::arg(
-            "--iwae",
+            "iwae_k",
             "the estimate of a conditional VAE would be log p(x|y), which needs every example's label; \
              it is not implemented (evaluate a `--model vae` checkpoint)",
         ));

@@ -36,17 +36,21 @@ pub enum Likelihood {
     GaussianLearned,
 }
 
-impl Likelihood {
-    /// `bernoulli` or `gaussian` / `gaussian:VARIANCE`.
-    pub fn name(&self) -> String {
+impl std::fmt::Display for Likelihood {
+    /// `bernoulli`, `gaussian:VARIANCE` or `gaussian:learned`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Likelihood::Bernoulli => "bernoulli".into(),
-            Likelihood::Gaussian { variance } => format!("gaussian:{variance}"),
-            Likelihood::GaussianLearned => "gaussian:learned".into(),
+            Likelihood::Bernoulli => f.write_str("bernoulli"),
+            Likelihood::Gaussian { variance } => write!(f, "gaussian:{variance}"),
+            Likelihood::GaussianLearned => f.write_str("gaussian:learned"),
         }
     }
-    /// Parses [`Likelihood::name`]'s form (`gaussian` alone means σ² = 1).
-    pub fn parse(s: &str) -> Result<Self> {
+}
+
+impl std::str::FromStr for Likelihood {
+    type Err = Error;
+    /// Reads the `Display` form (`gaussian` alone means σ² = 1).
+    fn from_str(s: &str) -> Result<Self> {
         match s.split_once(':') {
             None if s == "bernoulli" => Ok(Likelihood::Bernoulli),
             None if s == "gaussian" => Ok(Likelihood::Gaussian { variance: 1.0 }),
@@ -63,6 +67,8 @@ impl Likelihood {
     }
 }
 
+crate::string_serde!(Likelihood);
+
 /// Which model: the VAE, or the plain deterministic autoencoder for comparison.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ModelKind {
@@ -75,7 +81,7 @@ pub enum ModelKind {
 }
 
 impl ModelKind {
-    /// `vae` or `ae`.
+    /// `vae`, `ae` or `cvae`.
     pub fn name(self) -> &'static str {
         match self {
             ModelKind::Vae => "vae",
@@ -83,21 +89,40 @@ impl ModelKind {
             ModelKind::Cvae => "cvae",
         }
     }
-    /// Parses [`ModelKind::name`].
-    pub fn parse(s: &str) -> Result<Self> {
+}
+
+impl std::fmt::Display for ModelKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for ModelKind {
+    type Err = Error;
+    /// Reads [`ModelKind::name`].
+    fn from_str(s: &str) -> Result<Self> {
         match s {
             "vae" => Ok(ModelKind::Vae),
             "ae" => Ok(ModelKind::Ae),
             "cvae" => Ok(ModelKind::Cvae),
-            _ => Err(Error::arg("--model", format!("`{s}` is not one of: vae, ae, cvae"))),
+            _ => Err(Error::arg("model", format!("`{s}` is not one of: vae, ae, cvae"))),
         }
     }
 }
 
-/// Architecture of a [`Vae`].
-#[derive(Clone, Debug, PartialEq)]
+crate::string_serde!(ModelKind);
+
+fn default_model() -> ModelKind {
+    // Checkpoints from before the `model` key were all VAEs.
+    ModelKind::Vae
+}
+
+/// Architecture of a [`Vae`]. Serialized (checkpoint metadata `config`) with the names of its
+/// fields, the enums as the strings the CLI takes, and `bn_tau` as `bn_vae_tau`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct VaeConfig {
     /// VAE or plain autoencoder.
+    #[serde(default = "default_model")]
     pub model: ModelKind,
     /// Pixels per input (784 for 28x28).
     pub input_dim: usize,
@@ -110,8 +135,10 @@ pub struct VaeConfig {
     /// Decoder likelihood.
     pub likelihood: Likelihood,
     /// BN-VAE (Zhu et al. 2020): batch-normalize the posterior mean with scale floor τ ∈ \[0, 1\].
+    #[serde(rename = "bn_vae_tau")]
     pub bn_tau: Option<f32>,
     /// Label classes the CVAE conditions on (0 for the other models).
+    #[serde(default)]
     pub classes: usize,
 }
 
@@ -137,77 +164,23 @@ impl VaeConfig {
             return Err(Error::arg("input_dim", "must be at least 1"));
         }
         if self.latent == 0 {
-            return Err(Error::arg("--latent", "the latent dimension must be at least 1"));
+            return Err(Error::arg("latent", "the latent dimension must be at least 1"));
         }
         if let Some(h) = self.hidden.iter().find(|&&h| h == 0) {
-            return Err(Error::arg("--hidden", format!("hidden sizes must be at least 1, got {h}")));
+            return Err(Error::arg("hidden", format!("hidden sizes must be at least 1, got {h}")));
         }
         if self.model == ModelKind::Cvae && self.classes < 2 {
-            return Err(Error::arg("--model cvae", "the conditional VAE needs labeled data with at least 2 classes"));
+            return Err(Error::arg("classes", "the conditional VAE needs labeled data with at least 2 classes"));
         }
         if let Some(t) = self.bn_tau {
             if !(0.0..=1.0).contains(&t) {
-                return Err(Error::arg("--bn-vae", format!("tau = {t} is outside [0, 1]")));
+                return Err(Error::arg("bn_tau", format!("tau = {t} is outside [0, 1]")));
             }
             if self.model == ModelKind::Ae {
-                return Err(Error::arg("--bn-vae", "the plain autoencoder has no posterior to keep from collapsing"));
+                return Err(Error::arg("bn_tau", "the plain autoencoder has no posterior to keep from collapsing"));
             }
         }
         Ok(())
-    }
-
-    /// The config as a JSON object (checkpoint metadata).
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "model": self.model.name(),
-            "input_dim": self.input_dim,
-            "hidden": self.hidden,
-            "latent": self.latent,
-            "activation": act_name(self.activation),
-            "likelihood": self.likelihood.name(),
-            "bn_vae_tau": self.bn_tau,
-            "classes": self.classes,
-        })
-    }
-
-    /// Reads [`VaeConfig::to_json`]'s form.
-    pub fn from_json(v: &serde_json::Value) -> Result<Self> {
-        let bad = |what: &str| Error::arg("config", format!("checkpoint config has no valid `{what}`"));
-        let num = |k: &str| v.get(k).and_then(|x| x.as_u64()).map(|x| x as usize).ok_or_else(|| bad(k));
-        let hidden = v
-            .get("hidden")
-            .and_then(|h| h.as_array())
-            .ok_or_else(|| bad("hidden"))?
-            .iter()
-            .map(|x| x.as_u64().map(|x| x as usize).ok_or_else(|| bad("hidden")))
-            .collect::<Result<Vec<_>>>()?;
-        let c = VaeConfig {
-            // Checkpoints from before the `model` key were all VAEs.
-            model: ModelKind::parse(v.get("model").and_then(|m| m.as_str()).unwrap_or("vae"))?,
-            input_dim: num("input_dim")?,
-            hidden,
-            latent: num("latent")?,
-            activation: Act::parse(v.get("activation").and_then(|a| a.as_str()).ok_or_else(|| bad("activation"))?)?,
-            likelihood: Likelihood::parse(
-                v.get("likelihood").and_then(|a| a.as_str()).ok_or_else(|| bad("likelihood"))?,
-            )?,
-            bn_tau: v.get("bn_vae_tau").and_then(|t| t.as_f64()).map(|t| t as f32),
-            classes: v.get("classes").and_then(|c| c.as_u64()).unwrap_or(0) as usize,
-        };
-        c.validate()?;
-        Ok(c)
-    }
-}
-
-/// The name [`Act::parse`] reads back.
-pub fn act_name(a: Act) -> String {
-    match a {
-        Act::Identity => "identity".into(),
-        Act::Relu => "relu".into(),
-        Act::LeakyRelu(s) => format!("leaky_relu:{s}"),
-        Act::Tanh => "tanh".into(),
-        Act::Sigmoid => "sigmoid".into(),
-        Act::Elu(a) => format!("elu:{a}"),
     }
 }
 
@@ -390,9 +363,7 @@ impl Vae {
     /// The one-hot condition `y` \[B, classes\], required by (and only by) the CVAE.
     fn condition(&self, tape: &Tape, rows: usize, y: Option<Var>) -> Result<Option<Var>> {
         match (self.config.model, y) {
-            (ModelKind::Cvae, None) => {
-                Err(Error::arg("--label", "the conditional VAE needs a label for every example"))
-            }
+            (ModelKind::Cvae, None) => Err(Error::arg("labels", "the conditional VAE needs a label for every example")),
             (ModelKind::Cvae, Some(y)) => {
                 if tape.value(y).shape() != [rows, self.config.classes] {
                     return Err(Error::shape(
@@ -634,7 +605,7 @@ impl Vae {
     /// [`Vae::sample`] for the CVAE's one-hot labels \[n, classes\] (the class of each sample).
     pub fn sample_cond(&self, gpu: &Gpu, n: usize, seed: u64, y: Option<&Tensor>) -> Result<Tensor> {
         if n == 0 {
-            return Err(Error::arg("--n", "must be at least 1"));
+            return Err(Error::arg("n", "must be at least 1"));
         }
         let mut tape = Tape::no_grad(gpu);
         let z = normal(&mut tape, n, self.config.latent, Noise { seed, step: 0, stream: 7 })?;
@@ -651,5 +622,57 @@ impl Vae {
     pub fn reconstruct_cond(&self, gpu: &Gpu, x: &Tensor, y: Option<&Tensor>) -> Result<Tensor> {
         let (mu, _) = self.encode_cond(gpu, x, y)?;
         self.decode_cond(gpu, &mu, y)
+    }
+
+    /// Posterior means (and log-variances; none for the autoencoder) of `x`: rows of
+    /// `input_dim` values, as plain numbers. Blocks; see [`Vae::encode_values_async`]. (Not for the
+    /// conditional VAE, which also needs labels: use [`Vae::encode_cond`].)
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn encode_values(&self, gpu: &Gpu, x: &[f32]) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
+        pollster::block_on(self.encode_values_async(gpu, x))
+    }
+
+    /// [`Vae::encode_values`] without blocking.
+    pub async fn encode_values_async(&self, gpu: &Gpu, x: &[f32]) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
+        let d = self.config.input_dim;
+        if x.is_empty() || !x.len().is_multiple_of(d) {
+            return Err(Error::shape("Vae::encode_values", format!("{} values are not rows of {d}", x.len())));
+        }
+        let t = Tensor::from_slice(gpu, x.len() / d, d, x)?;
+        let (mu, lv) = self.encode(gpu, &t)?;
+        let lv = match lv {
+            Some(l) => Some(l.to_vec_async(gpu).await?),
+            None => None,
+        };
+        Ok((mu.to_vec_async(gpu).await?, lv))
+    }
+
+    /// Decoded pixels in \[0, 1\] of `z`: rows of `latent` values. Blocks; see
+    /// [`Vae::decode_values_async`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn decode_values(&self, gpu: &Gpu, z: &[f32]) -> Result<Vec<f32>> {
+        pollster::block_on(self.decode_values_async(gpu, z))
+    }
+
+    /// [`Vae::decode_values`] without blocking.
+    pub async fn decode_values_async(&self, gpu: &Gpu, z: &[f32]) -> Result<Vec<f32>> {
+        let l = self.config.latent;
+        if z.is_empty() || !z.len().is_multiple_of(l) {
+            return Err(Error::shape("Vae::decode_values", format!("{} values are not rows of {l}", z.len())));
+        }
+        let t = Tensor::from_slice(gpu, z.len() / l, l, z)?;
+        self.decode(gpu, &t)?.to_vec_async(gpu).await
+    }
+
+    /// `n` draws from the prior, decoded (rows of `input_dim` values in \[0, 1\]). Blocks; see
+    /// [`Vae::sample_values_async`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn sample_values(&self, gpu: &Gpu, n: usize, seed: u64) -> Result<Vec<f32>> {
+        pollster::block_on(self.sample_values_async(gpu, n, seed))
+    }
+
+    /// [`Vae::sample_values`] without blocking.
+    pub async fn sample_values_async(&self, gpu: &Gpu, n: usize, seed: u64) -> Result<Vec<f32>> {
+        self.sample(gpu, n, seed)?.to_vec_async(gpu).await
     }
 }

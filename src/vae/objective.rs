@@ -25,16 +25,7 @@ pub enum Reduction {
 }
 
 impl Reduction {
-    /// Parses `sum`, `mean`, `normalized`.
-    pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "sum" => Ok(Reduction::Sum),
-            "mean" => Ok(Reduction::Mean),
-            "normalized" | "normalised" => Ok(Reduction::Normalized),
-            _ => Err(Error::arg("--reduction", format!("`{s}` is not one of: sum, mean, normalized"))),
-        }
-    }
-    /// The name [`Reduction::parse`] reads.
+    /// `sum`, `mean` or `normalized`.
     pub fn name(self) -> &'static str {
         match self {
             Reduction::Sum => "sum",
@@ -43,6 +34,27 @@ impl Reduction {
         }
     }
 }
+
+impl std::fmt::Display for Reduction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Reduction {
+    type Err = Error;
+    /// Reads [`Reduction::name`].
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "sum" => Ok(Reduction::Sum),
+            "mean" => Ok(Reduction::Mean),
+            "normalized" | "normalised" => Ok(Reduction::Normalized),
+            _ => Err(Error::arg("reduction", format!("`{s}` is not one of: sum, mean, normalized"))),
+        }
+    }
+}
+
+crate::string_serde!(Reduction);
 
 /// KL cost annealing: a multiplier w(step) in \[0, 1\] on the KL term.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -75,7 +87,7 @@ impl KlSchedule {
     pub fn from_name(name: &str, warmup: u64, cycles: u64, total: u64) -> Result<Self> {
         let need_warmup = |s: KlSchedule| {
             if warmup == 0 {
-                Err(Error::arg("--kl-warmup", format!("the {name} schedule needs --kl-warmup STEPS > 0")))
+                Err(Error::arg("kl_warmup", format!("the {name} schedule needs a warm-up of at least one step")))
             } else {
                 Ok(s)
             }
@@ -84,13 +96,9 @@ impl KlSchedule {
             "constant" => Ok(KlSchedule::Constant),
             "linear" => need_warmup(KlSchedule::Linear { warmup }),
             "sigmoid" => need_warmup(KlSchedule::Sigmoid { warmup }),
-            "cyclical" if cycles == 0 => {
-                Err(Error::arg("--kl-cycles", "the cyclical schedule needs --kl-cycles N > 0"))
-            }
+            "cyclical" if cycles == 0 => Err(Error::arg("kl_cycles", "the cyclical schedule needs at least one cycle")),
             "cyclical" => Ok(KlSchedule::Cyclical { cycles, total: total.max(1) }),
-            _ => {
-                Err(Error::arg("--kl-schedule", format!("`{name}` is not one of: constant, linear, sigmoid, cyclical")))
-            }
+            _ => Err(Error::arg("kl_schedule", format!("`{name}` is not one of: constant, linear, sigmoid, cyclical"))),
         }
     }
 
@@ -108,7 +116,7 @@ impl KlSchedule {
         }
     }
 
-    /// Short description for logs.
+    /// Short description for logs (`linear over 500 steps`).
     pub fn describe(&self) -> String {
         match self {
             KlSchedule::Constant => "constant".into(),
@@ -119,8 +127,41 @@ impl KlSchedule {
     }
 }
 
+impl std::fmt::Display for KlSchedule {
+    /// `constant`, `linear:WARMUP`, `sigmoid:WARMUP` or `cyclical:CYCLES/TOTAL` (what `FromStr` reads).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KlSchedule::Constant => f.write_str("constant"),
+            KlSchedule::Linear { warmup } => write!(f, "linear:{warmup}"),
+            KlSchedule::Sigmoid { warmup } => write!(f, "sigmoid:{warmup}"),
+            KlSchedule::Cyclical { cycles, total } => write!(f, "cyclical:{cycles}/{total}"),
+        }
+    }
+}
+
+impl std::str::FromStr for KlSchedule {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || {
+            Error::arg("kl_schedule", format!("`{s}` is not constant, linear:STEPS, sigmoid:STEPS or cyclical:N/TOTAL"))
+        };
+        let num = |v: &str| v.parse::<u64>().map_err(|_| bad());
+        match s.split_once(':') {
+            None => Self::from_name(s, 0, 0, 0),
+            Some(("cyclical", ct)) => {
+                let (c, t) = ct.split_once('/').ok_or_else(bad)?;
+                Self::from_name("cyclical", 0, num(c)?, num(t)?)
+            }
+            Some((name @ ("linear" | "sigmoid"), w)) => Self::from_name(name, num(w)?, 0, 0),
+            Some(_) => Err(bad()),
+        }
+    }
+}
+
+crate::string_serde!(KlSchedule);
+
 /// The whole objective: recon_scale·Σrecon + kl_scale·Σ KL (or the free-bits KL).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Objective {
     /// β of the β-VAE.
     pub beta: f32,
@@ -142,11 +183,11 @@ impl Objective {
     /// Refuses values that make no sense.
     pub fn validate(&self) -> Result<()> {
         if !(self.beta.is_finite() && self.beta >= 0.0) {
-            return Err(Error::arg("--beta", format!("{} is not a non-negative KL weight", self.beta)));
+            return Err(Error::arg("beta", format!("{} is not a non-negative KL weight", self.beta)));
         }
         if !(self.free_bits.is_finite() && self.free_bits >= 0.0) {
             return Err(Error::arg(
-                "--free-bits",
+                "free_bits",
                 format!("{} nats: the floor must be zero or positive", self.free_bits),
             ));
         }
@@ -219,7 +260,15 @@ mod tests {
         assert!(KlSchedule::from_name("linear", 0, 0, 10).is_err());
         assert!(KlSchedule::from_name("cyclical", 0, 0, 10).is_err());
         assert!(KlSchedule::from_name("cosine", 10, 1, 10).is_err());
-        assert!(Reduction::parse("avg").is_err());
+        assert!("avg".parse::<Reduction>().is_err());
+        for s in [
+            KlSchedule::Constant,
+            KlSchedule::Linear { warmup: 7 },
+            KlSchedule::Sigmoid { warmup: 9 },
+            KlSchedule::Cyclical { cycles: 3, total: 99 },
+        ] {
+            assert_eq!(s.to_string().parse::<KlSchedule>().unwrap(), s);
+        }
         assert!(Objective { free_bits: -0.5, ..Default::default() }.validate().is_err());
         assert!(Objective { beta: -1.0, ..Default::default() }.validate().is_err());
     }

@@ -230,7 +230,7 @@ pub struct Vae {
     pub encoder: Mlp,
     /// Last hidden -> posterior parameters \[mu | logvar\] in ONE matmul (2Z outputs; Z, mu only,
     /// for the autoencoder). Its parameters are named `fc_mu+fc_logvar.weight` / `.bias`; in
-    /// checkpoints and [`Vae::state_dict`] its rows are PyTorch's two layers `fc_mu` and
+    /// checkpoints and [`crate::checkpoint::state_dict`] its rows are PyTorch's two layers `fc_mu` and
     /// `fc_logvar` (the autoencoder's head is `fc_mu` itself).
     pub head: Linear,
     /// Latent -> hidden layers -> output (identity on the output).

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::{Gpu, MatmulVariant};
 use crate::nn::Optimizer;
 use crate::ops::matmul::{matmul_forward, MatmulOpts};
@@ -249,6 +249,10 @@ pub fn bench_step(
     budget: Duration,
     profile: bool,
 ) -> Result<(StepReport, Option<crate::gpu::Profile>)> {
+    check_budget(budget)?;
+    if batch == 0 {
+        return Err(Error::arg("batch", "0: must be at least 1"));
+    }
     let side = (config.input_dim as f64).sqrt() as usize;
     let (rows, cols) = if side * side == config.input_dim { (side, side) } else { (1, config.input_dim) };
     let split = synthetic_split(4 * batch, rows, cols);
@@ -318,4 +322,167 @@ pub fn bench_step(
         },
         prof,
     ))
+}
+
+/// One measured (shape, variant) of [`matmul_table`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MatmulRow {
+    /// The product in a VAE step (or `square N`).
+    pub shape: &'static str,
+    /// Rows of C.
+    pub m: usize,
+    /// Contracted dimension.
+    pub k: usize,
+    /// Columns of C.
+    pub n: usize,
+    /// `NN`, `NT`, `TN` or `TT`.
+    pub layout: &'static str,
+    /// The kernel variant.
+    pub variant: String,
+    /// Median seconds per product.
+    pub seconds: f64,
+    /// GFLOP/s at the median.
+    pub gflops: f64,
+}
+
+/// A timing budget must be positive and finite.
+fn check_budget(budget: Duration) -> Result<()> {
+    match budget.is_zero() {
+        true => Err(Error::arg("seconds", "must be a positive duration")),
+        false => Ok(()),
+    }
+}
+
+impl std::fmt::Display for MatmulRow {
+    /// One line of the matmul table: shape, MxKxN, layout, variant, GFLOP/s.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let dims = format!("{}x{}x{}", self.m, self.k, self.n);
+        write!(f, "{:<18} {:>16} {:>6} {:>9} {:>8.2}", self.shape, dims, self.layout, self.variant, self.gflops)
+    }
+}
+
+/// Times every shape of [`SHAPES`] whose name contains `filter` with `variant` (or every variant
+/// this adapter runs), `budget` per (shape, variant); calls `on_row` as each is measured.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn matmul_table(
+    gpu: &Gpu,
+    filter: &str,
+    variant: Option<MatmulVariant>,
+    budget: Duration,
+    on_row: &mut dyn FnMut(&MatmulRow),
+) -> Result<Vec<MatmulRow>> {
+    check_budget(budget)?;
+    let variants: Vec<MatmulVariant> = match variant {
+        Some(v) => gpu.check_variant(v).map(|_| vec![v])?,
+        None => MatmulVariant::ALL.into_iter().filter(|&v| gpu.check_variant(v).is_ok()).collect(),
+    };
+    let mut rows = Vec::new();
+    for s in SHAPES.iter().filter(|s| s.name.contains(filter)) {
+        for &v in &variants {
+            let r = time_matmul(gpu, s, v, budget)?;
+            let row = MatmulRow {
+                shape: s.name,
+                m: s.m,
+                k: s.k,
+                n: s.n,
+                layout: s.layout(),
+                variant: v.to_string(),
+                seconds: r.seconds,
+                gflops: r.gflops,
+            };
+            on_row(&row);
+            rows.push(row);
+        }
+    }
+    Ok(rows)
+}
+
+impl StepReport {
+    /// The column heads of [`StepReport`]'s `Display` rows.
+    pub const HEADER: &'static str =
+        " batch    ms/step         (min-max)  examples/s dispatches     host ms  buffers new       bytes up";
+}
+
+impl std::fmt::Display for StepReport {
+    /// One row under [`StepReport::HEADER`].
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:>6} {:>10.2} {:>17} {:>11.0} {:>10.1} {:>11.2} {:>12.2} {:>14.0}",
+            self.batch,
+            self.ms_per_step,
+            format!("({:.2}-{:.2})", self.ms_min, self.ms_max),
+            self.examples_per_second,
+            self.dispatches_per_step,
+            self.cpu_ms_per_step,
+            self.buffers_allocated_per_step,
+            self.bytes_uploaded_per_step
+        )
+    }
+}
+
+/// One kernel's share of a profiled step (see [`StepRecord::profile`]).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ProfileShare {
+    /// Kernel entry point and shape.
+    pub kernel: String,
+    /// Dispatches per step.
+    pub calls_per_step: f64,
+    /// GPU milliseconds per step.
+    pub ms_per_step: f64,
+}
+
+/// A [`StepReport`] with what produced it: the JSON object `wgvae bench step --json` prints
+/// (`benches/peers/pytorch_step.py` prints the same keys).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StepRecord {
+    /// The figures.
+    #[serde(flatten)]
+    pub report: StepReport,
+    /// `wgvae VERSION`.
+    pub runner: String,
+    /// The model stepped (`classic`).
+    pub model: &'static str,
+    /// Adapter name.
+    pub adapter: String,
+    /// Backend.
+    pub backend: String,
+    /// Device type.
+    pub device_type: String,
+    /// Driver and version.
+    pub driver: String,
+    /// The matmul variant used.
+    pub matmul: String,
+    /// Per-kernel GPU time, when profiled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Vec<ProfileShare>>,
+}
+
+impl StepRecord {
+    /// The record of `report` measured on `gpu`, with its profile if there is one.
+    pub fn new(gpu: &Gpu, report: StepReport, profile: Option<&crate::gpu::Profile>) -> Self {
+        let r = gpu.report();
+        let profile = profile.map(|p| {
+            let per = p.submissions.max(1) as f64;
+            p.rows
+                .iter()
+                .map(|row| ProfileShare {
+                    kernel: row.label.clone(),
+                    calls_per_step: row.calls as f64 / per,
+                    ms_per_step: row.total_ms / per,
+                })
+                .collect()
+        });
+        StepRecord {
+            report,
+            runner: format!("wgvae {}", env!("CARGO_PKG_VERSION")),
+            model: "classic",
+            adapter: r.adapter,
+            backend: r.backend,
+            device_type: r.device_type,
+            driver: format!("{} {}", r.driver, r.driver_info),
+            matmul: r.matmul_variant,
+            profile,
+        }
+    }
 }

@@ -167,6 +167,33 @@ pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
     result.map_err(io)
 }
 
+/// Removes `.NAME.tmp-PID` files in `dir` (left by [`write_atomic`] when its process was killed
+/// mid-write) whose process is gone: on Linux when /proc has no such PID, elsewhere when the
+/// file is over an hour old. Best effort: what cannot be read or removed is left.
+pub fn remove_stale_temporaries(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) =
+            name.strip_prefix('.').and_then(|n| n.rsplit_once(".tmp-")).and_then(|(_, p)| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let dead = if cfg!(target_os = "linux") {
+            pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+        } else {
+            e.metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age.as_secs() > 3600)
+        };
+        if dead {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 impl Checkpoint {
     /// Reads and validates a checkpoint (format, config, every tensor f32 and finite-sized).
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
@@ -205,6 +232,63 @@ impl Checkpoint {
                 Ok(crate::data::sprites::sprites(self.meta_u64("data_seed").unwrap_or(0)))
             }
             (None, Some(d)) => crate::data::idx::load_dir(Path::new(d)),
+        }
+    }
+
+    /// The model on `gpu` with the data it was trained on (or `data`), checked to fit each other.
+    pub fn model_with_data(&self, gpu: &Gpu, data: Option<&Path>) -> Result<(Vae, crate::data::Split)> {
+        let split = self.data(data)?;
+        let vae = self.vae(gpu)?;
+        if split.test.dim() != vae.config.input_dim {
+            return Err(Error::arg(
+                "data",
+                format!(
+                    "{} has {} values per example, the model takes {}",
+                    split.name,
+                    split.test.dim(),
+                    vae.config.input_dim
+                ),
+            ));
+        }
+        Ok((vae, split))
+    }
+
+    /// The evaluation batch and seed the run evaluated with, so that figures computed from this
+    /// checkpoint match its metrics.jsonl.
+    pub fn eval_settings(&self) -> Result<(usize, u64)> {
+        let o = self.train_options()?;
+        Ok((crate::train::eval_batch(o.batch), o.seed))
+    }
+
+    /// The training options the run used (`options` metadata; checkpoints from before it give
+    /// lr, batch and seed from their own keys and the default objective).
+    pub fn train_options(&self) -> Result<crate::train::TrainOptions> {
+        if let Some(o) = self.meta.get("options") {
+            return serde_json::from_str(o)
+                .map_err(|e| ck_err(&self.path, format!("the `options` metadata is invalid: {e}")));
+        }
+        let mut o = crate::train::TrainOptions::default();
+        if let Some(v) = self.meta_parsed::<f32>("lr")? {
+            o.lr = v;
+        }
+        if let Some(v) = self.meta_parsed::<usize>("batch")? {
+            o.batch = v;
+        }
+        if let Some(v) = self.meta_parsed::<u64>("seed")? {
+            o.seed = v;
+        }
+        Ok(o)
+    }
+
+    /// A metadata value parsed as `T`: `None` when absent, an error naming the key when it does
+    /// not parse (garbage metadata is never silently replaced by a default).
+    pub fn meta_parsed<T: std::str::FromStr>(&self, key: &str) -> Result<Option<T>> {
+        match self.meta.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .parse::<T>()
+                .map(Some)
+                .map_err(|_| ck_err(&self.path, format!("metadata `{key}` is `{v}`, which is not a valid value"))),
         }
     }
 

@@ -6,7 +6,8 @@ use crate::data::gpu::GpuImages;
 use crate::data::Split;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::vae::Vae;
+use crate::tape::Tape;
+use crate::vae::{iwae, Vae};
 
 /// What to evaluate besides the ELBO.
 #[derive(Clone, Debug)]
@@ -28,6 +29,15 @@ pub struct EvalOptions {
 /// convention: lower is better).
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct EvalSummary {
+    /// The checkpoint evaluated, if the model came from one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
+    /// Its epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
+    /// Its KL weight β·w(step) at the last step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kl_weight: Option<f64>,
     /// Where the data came from.
     pub data: String,
     /// Test examples evaluated.
@@ -72,6 +82,9 @@ pub fn evaluate_split(gpu: &Gpu, vae: &Vae, split: &Split, o: &EvalOptions) -> R
     let test = GpuImages::upload(gpu, &split.test)?;
     let r = crate::train::evaluate_full(gpu, vae, &test, o.batch, o.seed)?;
     let mut s = EvalSummary {
+        checkpoint: None,
+        epoch: None,
+        kl_weight: None,
         data: split.name.clone(),
         examples: split.test.n(),
         model: vae.config.model.to_string(),
@@ -93,7 +106,7 @@ pub fn evaluate_split(gpu: &Gpu, vae: &Vae, split: &Split, o: &EvalOptions) -> R
         }
         let imgs = split.test.head(o.iwae_examples.unwrap_or(split.test.n()));
         let gi = GpuImages::upload(gpu, &imgs)?;
-        let iw = crate::vae::iwae::iwae_log_likelihood(gpu, vae, &gi, k, o.seed)?;
+        let iw = iwae_log_likelihood(gpu, vae, &gi, k, o.seed)?;
         s.iwae_log_likelihood = Some(iw.log_likelihood);
         s.iwae_k = Some(iw.k);
         s.iwae_examples = Some(iw.examples);
@@ -125,4 +138,53 @@ pub fn evaluate_split(gpu: &Gpu, vae: &Vae, split: &Split, o: &EvalOptions) -> R
         s.mig_per_factor = Some(names.iter().cloned().zip(m.per_factor).collect());
     }
     Ok(s)
+}
+
+/// Evaluates the model of checkpoint `ck` on its data (or `data`), with the evaluation batch and
+/// seed its training used (so the figures match its metrics.jsonl) unless `batch` is given.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn evaluate_checkpoint(
+    gpu: &Gpu,
+    ck: &crate::checkpoint::Checkpoint,
+    data: Option<&std::path::Path>,
+    batch: Option<usize>,
+    mut o: EvalOptions,
+) -> Result<EvalSummary> {
+    let split = ck.data(data)?;
+    let vae = ck.vae(gpu)?;
+    let opts = ck.train_options()?;
+    o.batch = batch.unwrap_or(crate::train::eval_batch(opts.batch));
+    o.seed = opts.seed;
+    let mut s = evaluate_split(gpu, &vae, &split, &o)?;
+    s.checkpoint = Some(ck.path.display().to_string());
+    s.epoch = ck.meta_parsed("epoch")?;
+    s.kl_weight = ck.meta_parsed("kl_weight")?;
+    Ok(s)
+}
+
+/// The mean IWAE estimate of log p(x) over every image of `images` (in order, unbinarized), with
+/// `k` importance samples per image (1..=5000). Batch i of the evaluation draws its eps from
+/// (seed, step = i, [`iwae::STREAM_IWAE`]) as the [module docs](crate::vae::iwae) describe; the batches hold
+/// max(32, 1024 / k) images (fewer in the last), so the result is a function of (model, images,
+/// k, seed) only.
+///
+/// Errors: `k` out of range and the plain autoencoder ([`crate::vae::ModelKind::Ae`], which has
+/// no q(z|x)) are [`Error::InvalidArgument`].
+pub fn iwae_log_likelihood(gpu: &Gpu, vae: &Vae, images: &GpuImages, k: usize, seed: u64) -> Result<iwae::IwaeResult> {
+    crate::vae::iwae::check(vae, k)?;
+    let n = images.n;
+    let z = vae.config.latent;
+    // Keep the Philox element index (b·K + k)·Z + j within u32.
+    let max_b = (u32::MAX as usize / (k * z)).max(1);
+    let b = (iwae::CHUNK_ROWS / k).max(iwae::MIN_BATCH).min(max_b).clamp(1, n);
+    let (_, order) = images.order(gpu, seed, 0, false)?;
+    let mut total = 0.0;
+    for (i, off) in (0..n).step_by(b).enumerate() {
+        let bs = b.min(n - off);
+        let mut tape = Tape::no_grad(gpu);
+        let x = images.batch(&mut tape, &order, off, bs, None)?;
+        let est = crate::vae::iwae::run_batch(tape, vae, &x, k, seed, i as u32, iwae::CHUNK_ROWS)?;
+        total += est.iter().sum::<f64>();
+    }
+    Ok(iwae::IwaeResult { log_likelihood: total / n as f64, k, examples: n })
 }

@@ -73,6 +73,7 @@ pub mod pictures;
 pub mod plot;
 #[doc(hidden)]
 pub mod rng;
+pub mod run;
 pub mod tape;
 pub mod tensor;
 pub mod train;

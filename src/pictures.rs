@@ -2,6 +2,8 @@
 //! inputs, traversals of each latent dimension, and, for a 2-D latent, the decoded manifold.
 //! Each returns decoded pixels in \[0, 1\] (row-major images), ready for [`crate::image::grid_png`].
 
+use std::path::{Path, PathBuf};
+
 use crate::data::Images;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
@@ -257,4 +259,50 @@ pub fn manifold_pictures(
     let labels: Option<Vec<u8>> = test.labels().map(|l| l.iter().map(|&v| v.min(255) as u8).collect());
     let scatter = crate::plot::scatter_png(&pts, labels.as_deref(), "test codes (posterior means)")?;
     Ok((grid, scatter))
+}
+
+/// Writes what a finished run leaves beside its checkpoint: `samples.png`, `reconstructions.png`,
+/// `metrics.png` (the metrics file plotted) and, for a 2-D latent space, `manifold.png` and
+/// `scatter.png`. Returns (what, path) of every file, the checkpoint and metrics included.
+pub fn finish_run(
+    dir: &Path,
+    t: &crate::train::Trainer,
+    test: &crate::data::Images,
+) -> Result<Vec<(&'static str, PathBuf)>> {
+    let (sp, rp) = write_pictures(dir, &t.gpu, &t.vae, test, t.opts.seed)?;
+    let metrics = dir.join(crate::train::METRICS_FILE);
+    let text = std::fs::read_to_string(&metrics).map_err(|source| Error::Io { path: metrics.clone(), source })?;
+    let plot = dir.join("metrics.png");
+    crate::checkpoint::write_atomic(&plot, &crate::plot::metrics_png(&crate::plot::parse_metrics(&text)?)?)?;
+    let mut files = vec![
+        ("metrics", metrics),
+        ("metrics plot", plot),
+        ("checkpoint", dir.join(crate::train::CHECKPOINT_FILE)),
+        ("samples", sp),
+        ("reconstructions", rp),
+    ];
+    if t.vae.config.latent == 2 {
+        let eval = (crate::train::eval_batch(t.opts.batch), t.opts.seed);
+        let (grid, scatter) = manifold_pictures(&t.gpu, &t.vae, test, 15, 3.0, eval)?;
+        grid.save(dir.join("manifold.png"))?;
+        crate::checkpoint::write_atomic(dir.join("scatter.png"), &scatter)?;
+        files.push(("latent manifold", dir.join("manifold.png")));
+        files.push(("latent scatter", dir.join("scatter.png")));
+    }
+    Ok(files)
+}
+
+/// Writes `samples.png` (8x8 prior samples) and `reconstructions.png` (8 test inputs above their
+/// reconstructions) into `dir`.
+pub fn write_pictures(
+    dir: &Path,
+    gpu: &Gpu,
+    vae: &Vae,
+    test: &crate::data::Images,
+    seed: u64,
+) -> Result<(PathBuf, PathBuf)> {
+    let (sp, rp) = (dir.join("samples.png"), dir.join("reconstructions.png"));
+    sample_grid(gpu, vae, 64, seed, None)?.save(&sp)?;
+    reconstruction_grid(gpu, vae, test, 8)?.save(&rp)?;
+    Ok((sp, rp))
 }

@@ -732,6 +732,20 @@ pub fn parse_metrics(text: &str) -> Result<Vec<MetricsLine>> {
         .collect()
 }
 
+/// Plots a metrics file (as `metrics.jsonl`) into `out`, by default `metrics.png` beside it, and
+/// returns where the picture went. Errors name the file.
+pub fn plot_metrics_file(
+    metrics: impl AsRef<std::path::Path>,
+    out: Option<&std::path::Path>,
+) -> Result<std::path::PathBuf> {
+    let metrics = metrics.as_ref();
+    let text = std::fs::read_to_string(metrics).map_err(|source| Error::Io { path: metrics.to_path_buf(), source })?;
+    let lines = parse_metrics(&text).map_err(|e| Error::Data { path: metrics.to_path_buf(), detail: e.to_string() })?;
+    let out = out.map_or_else(|| metrics.with_file_name("metrics.png"), std::path::Path::to_path_buf);
+    crate::checkpoint::write_atomic(&out, &metrics_png(&lines)?)?;
+    Ok(out)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Scatter plots
 // ---------------------------------------------------------------------------------------------

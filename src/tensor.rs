@@ -134,6 +134,16 @@ impl Tensor {
         self.same_buffer(other) && self.offset == other.offset && self.len() == other.len()
     }
 
+    /// This tensor's range of its buffer, to bind in a program's own bind group (a guest program
+    /// running its own kernels over what wgvae produced, on the same device, without a copy).
+    pub fn binding(&self) -> wgpu::BufferBinding<'_> {
+        wgpu::BufferBinding {
+            buffer: self.buf.raw(),
+            offset: self.offset,
+            size: std::num::NonZeroU64::new(self.bytes()),
+        }
+    }
+
     /// Byte offset of this tensor in its buffer (0 unless it is a view).
     pub fn offset(&self) -> u64 {
         self.offset

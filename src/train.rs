@@ -27,8 +27,8 @@ const STREAM_BINARIZE: u32 = 1;
 /// Seed offset of the evaluation noise (fixed per run, so test losses are comparable).
 const EVAL_SEED: u64 = 0xE7A1_5EED;
 
-/// Optimisation settings.
-#[derive(Clone, Debug, PartialEq)]
+/// Optimisation settings (stored in checkpoints, so a resumed run continues with the same ones).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TrainOptions {
     /// Examples per step (the last batch of an epoch may be smaller, as in PyTorch's loader).
     pub batch: usize,
@@ -110,6 +110,26 @@ pub struct EpochMetrics {
     pub examples_per_second: f64,
 }
 
+impl std::fmt::Display for EpochMetrics {
+    /// One line: the epoch's losses, KL weight, active units and speed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "epoch {:>3}  train {:8.2}  test {:8.2} (recon {:8.2}, kl {:6.2})  kl weight {:.3}  AU {:>2}/{}  {:5.1} s  {:6.0} ex/s",
+            self.epoch,
+            self.train_loss,
+            self.test_loss,
+            self.recon,
+            self.kl,
+            self.kl_weight,
+            self.active_units,
+            self.kl_per_dim.len(),
+            self.epoch_seconds,
+            self.examples_per_second
+        )
+    }
+}
+
 impl EpochMetrics {
     /// The JSON line of `metrics.jsonl`.
     pub fn to_json_line(&self) -> String {
@@ -166,11 +186,30 @@ pub enum Control {
 pub struct FitOptions {
     /// Train until this many epochs are done (a resumed trainer counts its earlier ones).
     pub epochs: u64,
-    /// A run directory: after every epoch, `checkpoint.safetensors` is written there (atomically)
-    /// and then one line is appended to `metrics.jsonl`.
+    /// A run directory (created when missing): after every epoch, `checkpoint.safetensors` is
+    /// written there (atomically) and then one line is appended to `metrics.jsonl`.
     pub run_dir: Option<PathBuf>,
     /// Extra checkpoint metadata (e.g. `data`: where the data came from).
     pub meta: HashMap<String, String>,
+}
+
+/// Checkpoint metadata key holding the `metrics.jsonl` line of the checkpoint's epoch.
+pub const METRICS_META: &str = "metrics";
+
+/// Refuses to start a new run in `dir` when it already holds a run's checkpoint or metrics: a
+/// second run would overwrite the first's checkpoint and mix its epochs into the same metrics.
+pub fn check_fresh_run_dir(dir: &Path) -> Result<()> {
+    if dir.join(CHECKPOINT_FILE).exists() || dir.join(METRICS_FILE).exists() {
+        return Err(Error::arg(
+            "out",
+            format!(
+                "{} already holds a run; continue it with --resume {} (Trainer::resume) or choose another directory",
+                dir.display(),
+                dir.join(CHECKPOINT_FILE).display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// A model, its optimizer and the data on the GPU.
@@ -203,13 +242,13 @@ impl Trainer {
         Self::with_model(gpu, vae, opt, opts, split, 0, 0)
     }
 
-    /// Continues from a checkpoint: weights, Adam moments, step, epoch and seed.
-    pub fn resume(gpu: &Gpu, ck: &Checkpoint, mut opts: TrainOptions, split: &Split) -> Result<Self> {
-        opts.validate()?;
+    /// Continues from a checkpoint: weights, Adam moments, step, epoch, and the options the run
+    /// was trained with (learning rate, batch, seed, objective, binarization), so that training
+    /// on continues exactly as the uninterrupted run would. Change `opts` afterwards to deviate.
+    pub fn resume(gpu: &Gpu, ck: &Checkpoint, split: &Split) -> Result<Self> {
+        let opts = ck.train_options()?;
+        opts.validate().map_err(|e| Error::Checkpoint { path: ck.path.clone(), detail: e.to_string() })?;
         check_split(&ck.config, split)?;
-        if let Some(seed) = ck.meta_u64("seed") {
-            opts.seed = seed;
-        }
         let vae = ck.vae(gpu)?;
         let mut opt = Adam::new(opts.lr)?;
         ck.restore_adam(gpu, &vae, &mut opt)?;
@@ -403,11 +442,21 @@ impl Trainer {
         on_progress: &mut dyn FnMut(&Progress),
         on_epoch: &mut dyn FnMut(&EpochMetrics) -> Control,
     ) -> Result<Vec<EpochMetrics>> {
+        if let Some(dir) = &opts.run_dir {
+            std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
+            if self.epoch == 0 {
+                check_fresh_run_dir(dir)?;
+            }
+        }
         let mut all = Vec::new();
         while self.epoch < opts.epochs {
             let m = self.epoch_with_metrics_async(on_progress).await?;
             if let Some(dir) = &opts.run_dir {
-                self.save_with(&dir.join(CHECKPOINT_FILE), &opts.meta)?;
+                // The checkpoint carries its epoch's metrics line: a run killed between the two
+                // writes gets the line back on resume (see `run`), so the files never disagree.
+                let mut meta = opts.meta.clone();
+                meta.insert(METRICS_META.to_string(), m.to_json_line());
+                self.save_with(&dir.join(CHECKPOINT_FILE), &meta)?;
                 append_jsonl(&dir.join(METRICS_FILE), &m.to_json_line())?;
             }
             let control = on_epoch(&m);
@@ -452,7 +501,7 @@ impl Trainer {
         meta.insert("step".to_string(), self.step.to_string());
         meta.insert("epoch".to_string(), self.epoch.to_string());
         meta.insert("seed".to_string(), self.opts.seed.to_string());
-        meta.insert("lr".to_string(), self.opts.lr.to_string());
+        meta.insert("lr".to_string(), self.opt.lr.to_string());
         meta.insert("batch".to_string(), self.opts.batch.to_string());
         let o = &self.opts.objective;
         meta.insert("beta".to_string(), o.beta.to_string());
@@ -460,6 +509,11 @@ impl Trainer {
         meta.insert("kl_schedule".to_string(), o.schedule.describe());
         meta.insert("free_bits".to_string(), o.free_bits.to_string());
         meta.insert("kl_weight".to_string(), o.kl_weight(self.step.saturating_sub(1)).to_string());
+        let mut opts = self.opts.clone();
+        opts.lr = self.opt.lr;
+        let json = serde_json::to_string(&opts)
+            .map_err(|e| Error::Checkpoint { path: path.to_path_buf(), detail: e.to_string() })?;
+        meta.insert("options".to_string(), json);
         checkpoint::save(path, &self.gpu, &self.vae, Some(&self.opt), &meta)
     }
 }
@@ -600,22 +654,6 @@ pub fn append_jsonl(path: &Path, line: &str) -> Result<()> {
     let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(io)?;
     writeln!(f, "{line}").map_err(io)?;
     f.sync_data().map_err(io)
-}
-
-/// Writes `samples.png` (8x8 prior samples) and `reconstructions.png` (8 test inputs above their
-/// reconstructions) into `dir`.
-#[cfg(feature = "pictures")]
-pub fn write_pictures(
-    dir: &Path,
-    gpu: &Gpu,
-    vae: &Vae,
-    test: &crate::data::Images,
-    seed: u64,
-) -> Result<(PathBuf, PathBuf)> {
-    let (sp, rp) = (dir.join("samples.png"), dir.join("reconstructions.png"));
-    crate::pictures::sample_grid(gpu, vae, 64, seed, None)?.save(&sp)?;
-    crate::pictures::reconstruction_grid(gpu, vae, test, 8)?.save(&rp)?;
-    Ok((sp, rp))
 }
 
 /// The CVAE's one-hot labels of a batch as a tape input; `None` for other models (the data hands

@@ -203,6 +203,124 @@ fn same_seed_same_metrics() {
     std::fs::remove_dir_all(&b).ok();
 }
 
+/// A run directory's files never disagree: resume continues with the checkpoint's own options
+/// (non-default lr, batch and seed) and equals the uninterrupted run; a contradicting flag is
+/// refused unless `--override`, which is recorded; a fresh run will not write over another; a kill
+/// between the checkpoint and its metrics line, or after a metrics line whose checkpoint never
+/// landed, is repaired on resume; a killed writer's temporary file is removed.
+#[test]
+fn run_directory_stays_consistent() {
+    let (a, b) = (tmp("run-a"), tmp("run-b"));
+    let flags = ["--lr", "0.003", "--seed", "5"]; // and SMALL's --batch 256
+    train(&a, &[&flags[..], &["--epochs", "3"]].concat());
+    let want = metrics(&a);
+    train(&b, &[&flags[..], &["--epochs", "1"]].concat());
+    let ck = b.join("checkpoint.safetensors");
+    let c = ck.to_str().unwrap();
+
+    // A contradicting option is refused and changes nothing; so is a fresh run into the directory.
+    let (ck_before, m_before) = (std::fs::read(&ck).unwrap(), std::fs::read(b.join("metrics.jsonl")).unwrap());
+    fails(&wgvae(&["train", "--resume", c, "--lr", "0.01", "--epochs", "2"]), &["lr", "--override"]);
+    fails(&wgvae(&["train", "--out", b.to_str().unwrap(), "--epochs", "1"]), &["already holds a run", "--resume"]);
+    assert_eq!(std::fs::read(&ck).unwrap(), ck_before);
+    assert_eq!(std::fs::read(b.join("metrics.jsonl")).unwrap(), m_before);
+
+    // Epoch 2 as a run killed after the checkpoint but before its metrics line, plus a stale
+    // temporary file of a dead writer and a line of an epoch whose checkpoint never landed.
+    ok(&wgvae(&["train", "--resume", c, "--epochs", "2"]));
+    let lines: Vec<String> =
+        std::fs::read_to_string(b.join("metrics.jsonl")).unwrap().lines().map(String::from).collect();
+    assert_eq!(lines.len(), 2);
+    std::fs::write(b.join("metrics.jsonl"), format!("{}\n", lines[0])).unwrap();
+    let stale = b.join(".checkpoint.safetensors.tmp-4000000");
+    std::fs::write(&stale, b"half a checkpoint").unwrap();
+    ok(&wgvae(&["train", "--resume", c, "--epochs", "3"]));
+    assert!(!stale.exists(), "the dead writer's temporary file is removed on resume");
+    assert_eq!(metrics(&b), want, "resumed twice with the saved lr, batch and seed = the uninterrupted run");
+
+    let mut text = std::fs::read_to_string(b.join("metrics.jsonl")).unwrap();
+    text += &lines[1].replace("\"epoch\":2", "\"epoch\":4");
+    std::fs::write(b.join("metrics.jsonl"), text + "\n").unwrap();
+    let o = ok(&wgvae(&["train", "--resume", c, "--epochs", "4", "--lr", "0.001", "--override"]));
+    assert!(o.contains("override"), "the override is reported: {o}");
+    let text = std::fs::read_to_string(b.join("metrics.jsonl")).unwrap();
+    let epochs: Vec<u64> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["epoch"].as_u64().unwrap())
+        .collect();
+    assert_eq!(epochs, [1, 2, 3, 3, 4], "the orphan epoch-4 line is dropped, the override logged at epoch 3");
+    assert!(text.lines().nth(3).unwrap().contains("lr"), "the override line names the option: {text}");
+    for d in [a, b] {
+        std::fs::remove_dir_all(&d).ok();
+    }
+}
+
+/// The library's `fit`, `train --json` on stdout and `train`'s metrics.jsonl give the same figures
+/// for the same seed (timings aside); `--quiet` prints only the files.
+#[test]
+fn fit_json_and_metrics_file_agree() {
+    let (a, b, c) = (tmp("fit-a"), tmp("fit-b"), tmp("fit-c"));
+    train(&a, &["--epochs", "2", "--seed", "7"]);
+    let want = metrics(&a);
+    assert_eq!(want.len(), 2);
+
+    let out = train(&b, &["--epochs", "2", "--seed", "7", "--json"]);
+    let strip = |l: &str| {
+        let mut v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("`{l}`: {e}"));
+        let o = v.as_object_mut().unwrap();
+        o.remove("epoch_seconds");
+        o.remove("examples_per_second");
+        v
+    };
+    let printed: Vec<_> = out.lines().map(strip).collect();
+    assert_eq!(printed, want, "--json prints exactly the metrics.jsonl lines, and nothing else");
+    assert_eq!(metrics(&b), want);
+
+    use wgvae::train::{Control, FitOptions, TrainOptions, Trainer};
+    let config = wgvae::vae::VaeConfig { hidden: vec![64], latent: 4, ..wgvae::vae::VaeConfig::classic() };
+    let opts = TrainOptions { batch: 256, seed: 7, ..Default::default() };
+    let mut t = Trainer::new(common::gpu(), config, opts, &wgvae::data::sprites::sprites(0)).unwrap();
+    let mut calls = 0;
+    let fit = FitOptions { epochs: 2, run_dir: Some(c.clone()), ..Default::default() };
+    let got = t
+        .fit(&fit, &mut |_| {}, &mut |_| {
+            calls += 1;
+            Control::Continue
+        })
+        .unwrap();
+    assert_eq!(calls, 2);
+    let got: Vec<_> = got.iter().map(|m| strip(&m.to_json_line())).collect();
+    assert_eq!(got, want, "the library's fit gives the CLI's figures");
+    assert_eq!(metrics(&c), want, "and writes the same metrics.jsonl");
+
+    let q = tmp("fit-quiet");
+    let out = train(&q, &["--epochs", "1", "--quiet"]);
+    assert!(!out.contains("epoch 1") && !out.contains("loss"), "--quiet prints no progress or figures: {out}");
+    assert!(out.contains("checkpoint.safetensors"), "--quiet still lists the files: {out}");
+    for d in [a, b, c, q] {
+        std::fs::remove_dir_all(&d).ok();
+    }
+}
+
+/// Enum-like flags are checked by the parser: a bad value exits 2 (clap's convention for usage
+/// errors) and the message lists the possible values.
+#[test]
+fn bad_enum_values_exit_2_with_the_possible_values() {
+    for (flag, bad, good) in [
+        ("--activation", "swish", "relu"),
+        ("--likelihood", "poisson", "bernoulli"),
+        ("--reduction", "median", "sum"),
+        ("--kl-schedule", "cosine", "linear"),
+        ("--model", "gan", "cvae"),
+        ("--preset", "huge", "classic"),
+    ] {
+        let o = wgvae(&["train", flag, bad]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{flag} {bad}: exit code; stderr: {err}");
+        assert!(err.contains(bad) && err.contains(good), "{flag} {bad}: {err}");
+    }
+}
+
 #[test]
 fn nonsensical_flags_are_refused() {
     fails(&wgvae(&["train", "--batch", "0"]), &["--batch"]);

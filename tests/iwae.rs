@@ -9,9 +9,10 @@ use std::sync::OnceLock;
 use common::*;
 use wgvae::data::gpu::GpuImages;
 use wgvae::data::{sprites, Images};
+use wgvae::eval::iwae_log_likelihood;
 use wgvae::ops::Act;
 use wgvae::train::{evaluate, TrainOptions, Trainer};
-use wgvae::vae::iwae::{iwae_batch, iwae_batch_chunked, iwae_log_likelihood, IwaeResult, STREAM_IWAE};
+use wgvae::vae::iwae::{iwae_batch, iwae_batch_chunked, IwaeResult, STREAM_IWAE};
 use wgvae::vae::{Likelihood, ModelKind, Vae, VaeConfig};
 use wgvae::{rng, Error, Tensor};
 

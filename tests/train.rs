@@ -157,12 +157,13 @@ fn same_seed_same_losses_and_resume_equals_uninterrupted() {
     b_trainer.save(&path).unwrap();
     let ck = Checkpoint::load(&path).unwrap();
     assert_eq!(ck.config, small());
-    let mut c = Trainer::resume(gpu(), &ck, opts(999), &split).unwrap();
+    let mut c = Trainer::resume(gpu(), &ck, &split).unwrap();
     assert_eq!(
         (c.epoch, c.step, c.opts.seed),
         (1, b_trainer.step, 11),
         "epoch, step and seed come from the checkpoint"
     );
+    assert_eq!(c.opts, b_trainer.opts, "every training option comes from the checkpoint");
     let (tr, _) = c.train_epoch(&mut |_| {}).unwrap();
     let te = c.evaluate(&c.test).unwrap();
     assert_eq!((tr, te), a[1], "resumed epoch 2 equals the uninterrupted epoch 2");

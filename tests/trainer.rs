@@ -327,7 +327,7 @@ fn resume_reproduces_the_next_epochs_order_and_noise() {
     t.save(&path).unwrap();
     drop(t);
     let s = split();
-    let mut resumed = Trainer::resume(gpu(), &Checkpoint::load(&path).unwrap(), o.clone(), &s).unwrap();
+    let mut resumed = Trainer::resume(gpu(), &Checkpoint::load(&path).unwrap(), &s).unwrap();
     assert_eq!((resumed.epoch, resumed.step), (1, STEPS_PER_EPOCH as u64));
     let (tr, _) = resumed.train_epoch(&mut |_| {}).unwrap();
     let (rr, rk) = r.epoch(&s.train, &o);

@@ -128,6 +128,25 @@ pub struct AdapterReport {
     pub limits: std::collections::BTreeMap<String, u64>,
 }
 
+impl std::fmt::Display for AdapterReport {
+    /// The text `wgvae info` prints.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "adapter        {}", self.adapter)?;
+        writeln!(f, "backend        {}", self.backend)?;
+        writeln!(f, "device type    {}", self.device_type)?;
+        writeln!(f, "driver         {} {}", self.driver, self.driver_info)?;
+        writeln!(f, "matmul kernel  {}", self.matmul_variant)?;
+        let feats =
+            if self.features.is_empty() { "(none beyond WebGPU core)".into() } else { self.features.join(", ") };
+        writeln!(f, "features       {feats}")?;
+        writeln!(f, "limits")?;
+        for (k, v) in &self.limits {
+            writeln!(f, "  {k:<40} {v}")?;
+        }
+        Ok(())
+    }
+}
+
 /// Counters that show what the context has done (used by the pool-reuse test and `wgvae info`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GpuStats {
@@ -265,6 +284,43 @@ impl Gpu {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn with_options(opts: GpuOptions) -> Result<Self> {
         pollster::block_on(Self::with_options_async(opts))
+    }
+
+    /// [`Gpu::new`] for a program that owns its process, like the `wgvae` binary: while adapters
+    /// are probed, file descriptor 2 points at /dev/null, and `MESA_VK_IGNORE_CONFORMANCE_WARNING`
+    /// is set when unset, so that Mesa's conformance warning and EGL's "XDG_RUNTIME_DIR is invalid"
+    /// lines do not drown the program's output (`WGVAE_DRIVER_STDERR=1` keeps them). This changes
+    /// process-wide state; a library embedding wgvae should call [`Gpu::new`], which changes none.
+    #[cfg(all(feature = "cli", not(target_arch = "wasm32")))]
+    pub fn open_quietly() -> Result<Self> {
+        if std::env::var_os("WGVAE_DRIVER_STDERR").is_some() {
+            return Self::new();
+        }
+        if std::env::var_os("MESA_VK_IGNORE_CONFORMANCE_WARNING").is_none() {
+            // Set before any wgpu call of ours starts threads that read the environment.
+            std::env::set_var("MESA_VK_IGNORE_CONFORMANCE_WARNING", "1");
+        }
+        let opts = GpuOptions::from_env()?;
+        #[cfg(unix)]
+        // SAFETY: plain fd juggling; every fd opened here is closed, and fd 2 is restored.
+        unsafe {
+            let devnull = libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY);
+            let saved = libc::dup(2);
+            if devnull >= 0 && saved >= 0 {
+                libc::dup2(devnull, 2);
+                let r = Self::with_options(opts);
+                libc::dup2(saved, 2);
+                libc::close(saved);
+                libc::close(devnull);
+                return r;
+            }
+            for fd in [devnull, saved] {
+                if fd >= 0 {
+                    libc::close(fd);
+                }
+            }
+        }
+        Self::with_options(opts)
     }
 
     /// [`Gpu::new`] without blocking (the form a browser needs). In a browser the environment is

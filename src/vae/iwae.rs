@@ -21,7 +21,6 @@
 //! [`crate::rng::normals`]`(B·K·Z, seed, step, STREAM_IWAE)` — the values `random.wgsl`'s `normal`
 //! kernel would write for a \[B·K, Z\] tensor — whatever the chunking.
 
-use crate::data::gpu::GpuImages;
 use crate::error::{Error, Result};
 use crate::gpu::pipeline::{KernelKey, Module};
 use crate::gpu::Gpu;
@@ -36,14 +35,14 @@ pub const MAX_K: usize = 5000;
 pub const STREAM_IWAE: u32 = 2;
 /// Default decoder rows per chunk (B examples × S samples).
 pub const CHUNK_ROWS: usize = 1024;
-/// Fewest examples per evaluation batch of [`iwae_log_likelihood`] (more when K is small, so that
+/// Fewest examples per evaluation batch of [`crate::eval::iwae_log_likelihood`] (more when K is small, so that
 /// a chunk still has about [`CHUNK_ROWS`] rows).
-const MIN_BATCH: usize = 32;
+pub(crate) const MIN_BATCH: usize = 32;
 /// Most samples per example in one chunk: `lse_update` loops over them, and Mesa's llvmpipe aborts
 /// an invocation after 65535 loop iterations.
 const MAX_SAMPLES_PER_CHUNK: usize = 4096;
 
-/// The result of [`iwae_log_likelihood`].
+/// The result of [`crate::eval::iwae_log_likelihood`].
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct IwaeResult {
     /// Mean over the examples of the estimate L_K(x) of log p(x), in nats (higher is better; the
@@ -55,7 +54,7 @@ pub struct IwaeResult {
     pub examples: usize,
 }
 
-fn check(vae: &Vae, k: usize) -> Result<()> {
+pub(crate) fn check(vae: &Vae, k: usize) -> Result<()> {
     if !(1..=MAX_K).contains(&k) {
         return Err(Error::arg("iwae_k", format!("{k} importance samples: K must be in 1..={MAX_K}")));
     }
@@ -80,38 +79,11 @@ fn key(entry: &'static str, inputs: u32, outputs: u32) -> KernelKey {
     KernelKey { module: Module::Iwae, entry, defines: Vec::new(), inputs, outputs }
 }
 
-/// The mean IWAE estimate of log p(x) over every image of `images` (in order, unbinarized), with
-/// `k` importance samples per image (1..=5000). Batch i of the evaluation draws its eps from
-/// (seed, step = i, [`STREAM_IWAE`]) as the [module docs](self) describe; the batches hold
-/// max(32, 1024 / k) images (fewer in the last), so the result is a function of (model, images,
-/// k, seed) only.
-///
-/// Errors: `k` out of range and the plain autoencoder ([`crate::vae::ModelKind::Ae`], which has
-/// no q(z|x)) are [`Error::InvalidArgument`].
-pub fn iwae_log_likelihood(gpu: &Gpu, vae: &Vae, images: &GpuImages, k: usize, seed: u64) -> Result<IwaeResult> {
-    check(vae, k)?;
-    let n = images.n;
-    let z = vae.config.latent;
-    // Keep the Philox element index (b·K + k)·Z + j within u32.
-    let max_b = (u32::MAX as usize / (k * z)).max(1);
-    let b = (CHUNK_ROWS / k).max(MIN_BATCH).min(max_b).clamp(1, n);
-    let (_, order) = images.order(gpu, seed, 0, false)?;
-    let mut total = 0.0;
-    for (i, off) in (0..n).step_by(b).enumerate() {
-        let bs = b.min(n - off);
-        let mut tape = Tape::no_grad(gpu);
-        let x = images.batch(&mut tape, &order, off, bs, None)?;
-        let est = run_batch(tape, vae, &x, k, seed, i as u32, CHUNK_ROWS)?;
-        total += est.iter().sum::<f64>();
-    }
-    Ok(IwaeResult { log_likelihood: total / n as f64, k, examples: n })
-}
-
 /// The IWAE estimates L_K(x_b) of log p(x_b) for the rows of `x` \[B, D\] (pixels in \[0, 1\]), in
 /// nats, one per row, with eps drawn from (seed, step, [`STREAM_IWAE`]) as the
 /// [module docs](self) describe. Decodes chunks of about [`CHUNK_ROWS`] rows.
 ///
-/// Errors: as [`iwae_log_likelihood`], plus [`Error::Shape`] when `x` does not have the model's
+/// Errors: as [`crate::eval::iwae_log_likelihood`], plus [`Error::Shape`] when `x` does not have the model's
 /// input width and [`Error::InvalidArgument`] when B·K·Z reaches 2^32.
 pub fn iwae_batch(gpu: &Gpu, vae: &Vae, x: &Tensor, k: usize, seed: u64, step: u32) -> Result<Vec<f64>> {
     iwae_batch_chunked(gpu, vae, x, k, seed, step, CHUNK_ROWS)
@@ -137,7 +109,7 @@ pub fn iwae_batch_chunked(
 }
 
 /// Runs one batch, starting on `tape` (which may already hold the work that produced `x`).
-fn run_batch(
+pub(crate) fn run_batch(
     mut tape: Tape,
     vae: &Vae,
     x: &Tensor,

@@ -1,0 +1,436 @@
+//! A training run as a program (or the `wgvae train` command) describes it: where the data comes
+//! from, the model and objective, the options, and the run directory; and the rules that make a
+//! run directory trustworthy:
+//! * a resumed run continues with the options the checkpoint was trained with; a flag that
+//!   contradicts them is refused with the reason, unless `allow_override` says the change is
+//!   meant (it is then recorded in `metrics.jsonl`);
+//! * a fresh run never writes into a directory that holds another run;
+//! * on resume, `metrics.jsonl` is trimmed to the checkpoint's epoch and temporary files left by
+//!   killed writers are removed.
+
+use std::path::{Path, PathBuf};
+
+use crate::checkpoint::Checkpoint;
+use crate::data::{idx, sprites, Split};
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::ops::Act;
+use crate::train::{FitOptions, TrainOptions, Trainer, METRICS_FILE};
+use crate::vae::objective::{KlSchedule, Objective, Reduction};
+use crate::vae::{Likelihood, ModelKind, VaeConfig};
+
+/// KL schedule names (`--kl-schedule`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+pub enum ScheduleName {
+    /// No annealing.
+    Constant,
+    /// Linear over the warm-up.
+    Linear,
+    /// Logistic over the warm-up (Bowman et al. 2015).
+    Sigmoid,
+    /// Cycles over the run (Fu et al. 2019).
+    Cyclical,
+}
+
+/// Named architectures (`--preset`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+pub enum Preset {
+    /// 784-400-20-400-784, ReLU, Bernoulli (Kingma & Welling; PyTorch's example).
+    Classic,
+}
+
+#[cfg(feature = "cli")]
+fn parse<T: std::str::FromStr<Err = Error>>(s: &str) -> std::result::Result<T, String> {
+    s.parse().map_err(|e: Error| e.to_string())
+}
+
+/// Everything that defines a training run. Unset fields take their defaults for a fresh run and
+/// the checkpoint's values on resume. With the `cli` feature this is also the `wgvae train`
+/// argument parser (the doc comments are its help).
+#[derive(Clone, Debug, Default)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
+pub struct RunSpec {
+    /// MNIST-layout directory with train-/t10k- IDX files, raw or .gz (default: built-in sprites).
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub data: Option<PathBuf>,
+    /// Total epochs, with --resume until this many are done (default: 50 on sprites, 10 on --data).
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub epochs: Option<u64>,
+    /// Examples per step (default 128).
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub batch: Option<usize>,
+    /// Adam learning rate (default 0.001).
+    #[cfg_attr(feature = "cli", arg(long, allow_negative_numbers = true))]
+    pub lr: Option<f32>,
+    /// Latent dimension (default 20).
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub latent: Option<usize>,
+    /// Hidden layer sizes, comma separated (default 400).
+    #[cfg_attr(feature = "cli", arg(long, value_delimiter = ','))]
+    pub hidden: Option<Vec<usize>>,
+    /// Hidden activation: relu, leaky_relu or leaky_relu:SLOPE, tanh, sigmoid, elu or elu:ALPHA,
+    /// identity (default relu).
+    #[cfg_attr(feature = "cli", arg(long, value_parser = parse::<Act>))]
+    pub activation: Option<Act>,
+    /// Decoder likelihood: bernoulli, gaussian or gaussian:VARIANCE (fixed variance, default 1) or
+    /// gaussian:learned (a learned per-pixel variance), reported in nats (default bernoulli).
+    #[cfg_attr(feature = "cli", arg(long, visible_alias = "recon", value_parser = parse::<Likelihood>))]
+    pub likelihood: Option<Likelihood>,
+    /// A named architecture.
+    #[cfg_attr(feature = "cli", arg(long, value_enum))]
+    pub preset: Option<Preset>,
+    /// KL weight β (1: the ELBO).
+    #[cfg_attr(feature = "cli", arg(long, allow_negative_numbers = true))]
+    pub beta: Option<f32>,
+    /// How reconstruction and KL are reduced: sum (the ELBO), mean (reconstruction averaged over the
+    /// pixels too, so KL weighs D times more), normalized (reconstruction / D, KL / Z) (default sum).
+    #[cfg_attr(feature = "cli", arg(long, value_parser = parse::<Reduction>))]
+    pub reduction: Option<Reduction>,
+    /// KL annealing: constant, linear or sigmoid over --kl-warmup steps, cyclical with --kl-cycles.
+    #[cfg_attr(feature = "cli", arg(long, value_enum))]
+    pub kl_schedule: Option<ScheduleName>,
+    /// Steps over which linear or sigmoid annealing reaches the full KL weight.
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub kl_warmup: Option<u64>,
+    /// Cycles of the cyclical schedule over the run.
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub kl_cycles: Option<u64>,
+    /// Free bits: each latent dimension's KL counts at least this many nats (batch average).
+    #[cfg_attr(feature = "cli", arg(long, allow_negative_numbers = true))]
+    pub free_bits: Option<f32>,
+    /// BN-VAE (Zhu et al. 2020): batch-normalize the posterior mean so each dimension's expected KL
+    /// stays above tau/2 (tau from 0 to 1).
+    #[cfg_attr(feature = "cli", arg(long, allow_negative_numbers = true))]
+    pub bn_vae: Option<f32>,
+    /// vae; ae (deterministic autoencoder: no sampling, no KL); cvae (conditional VAE on the one-hot
+    /// label: IDX labels, the sprites' shape) (default vae).
+    #[cfg_attr(feature = "cli", arg(long, value_parser = parse::<ModelKind>))]
+    pub model: Option<ModelKind>,
+    /// Resample binary pixels x ~ Bernoulli(pixel) every step.
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub binarize: bool,
+    /// Seed of initialisation, shuffling and noise (default 1).
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub seed: Option<u64>,
+    /// Run directory (default: runs/DATE-TIME, or the checkpoint's directory with --resume).
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub out: Option<PathBuf>,
+    /// Continue from this checkpoint: weights, Adam state, step, epoch and every training option.
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub resume: Option<PathBuf>,
+    /// With --resume: accept options that differ from the checkpoint's (the change is recorded in
+    /// metrics.jsonl).
+    #[cfg_attr(feature = "cli", arg(long = "override"))]
+    pub allow_override: bool,
+    /// Steps between progress updates (default 10).
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub log_every: Option<usize>,
+}
+
+/// A run ready to train: the trainer, its data and what `Trainer::fit` needs.
+pub struct Run {
+    /// Model, optimizer and data on the GPU.
+    pub trainer: Trainer,
+    /// The data.
+    pub split: Split,
+    /// Epochs, run directory and checkpoint metadata.
+    pub fit: FitOptions,
+    /// The run directory.
+    pub out: PathBuf,
+    /// Options changed on resume with `allow_override`, as "name: old -> new".
+    pub overrides: Vec<String>,
+}
+
+fn timestamp() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + (m <= 2) as i64;
+    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem / 60 % 60, rem % 60)
+}
+
+impl RunSpec {
+    fn schedule(&self, total_steps: u64) -> Result<KlSchedule> {
+        let name = match self.kl_schedule.unwrap_or(ScheduleName::Constant) {
+            ScheduleName::Constant => "constant",
+            ScheduleName::Linear => "linear",
+            ScheduleName::Sigmoid => "sigmoid",
+            ScheduleName::Cyclical => "cyclical",
+        };
+        KlSchedule::from_name(name, self.kl_warmup.unwrap_or(0), self.kl_cycles.unwrap_or(0), total_steps)
+    }
+
+    /// The objective of a fresh run; KL options on a plain autoencoder are refused.
+    fn objective(&self, model: ModelKind, total_steps: u64) -> Result<Objective> {
+        if model == ModelKind::Ae {
+            let kl = [
+                ("beta", self.beta.is_some()),
+                ("kl_schedule", self.kl_schedule.is_some()),
+                ("free_bits", self.free_bits.is_some()),
+                ("kl_warmup", self.kl_warmup.is_some()),
+                ("kl_cycles", self.kl_cycles.is_some()),
+            ];
+            if let Some((name, _)) = kl.iter().find(|(_, given)| *given) {
+                return Err(Error::arg(*name, "the plain autoencoder (model ae) has no KL term to weigh or schedule"));
+            }
+        }
+        let o = Objective {
+            beta: self.beta.unwrap_or(1.0),
+            reduction: self.reduction.unwrap_or(Reduction::Sum),
+            schedule: self.schedule(total_steps)?,
+            free_bits: self.free_bits.unwrap_or(0.0),
+        };
+        o.validate()?;
+        Ok(o)
+    }
+
+    /// The architecture of a fresh run for data of `input_dim` values and `classes` labels.
+    pub fn config(&self, input_dim: usize, classes: usize) -> Result<VaeConfig> {
+        let mut c = match self.preset {
+            None | Some(Preset::Classic) => VaeConfig::classic(),
+        };
+        c.input_dim = input_dim;
+        c.model = self.model.unwrap_or(ModelKind::Vae);
+        c.bn_tau = self.bn_vae;
+        c.classes = if c.model == ModelKind::Cvae { classes } else { 0 };
+        c.latent = self.latent.unwrap_or(c.latent);
+        c.hidden = self.hidden.clone().unwrap_or(c.hidden);
+        c.activation = self.activation.unwrap_or(c.activation);
+        c.likelihood = self.likelihood.unwrap_or(c.likelihood);
+        c.validate()?;
+        Ok(c)
+    }
+
+    fn options(&self, base: TrainOptions) -> TrainOptions {
+        TrainOptions {
+            batch: self.batch.unwrap_or(base.batch),
+            lr: self.lr.unwrap_or(base.lr),
+            seed: self.seed.unwrap_or(base.seed),
+            binarize: self.binarize || base.binarize,
+            log_every: self.log_every.unwrap_or(base.log_every),
+            objective: base.objective,
+        }
+    }
+
+    /// Checks what can be checked without data or a device, loads the data (or the checkpoint's),
+    /// prepares the run directory and builds the trainer on the device `open` gives.
+    pub fn prepare(&self, open: impl FnOnce() -> Result<Gpu>) -> Result<Run> {
+        // Flags that need no data are refused before anything is loaded or written.
+        let model = self.model.unwrap_or(ModelKind::Vae);
+        if self.resume.is_none() {
+            self.objective(model, 1)?;
+            if model != ModelKind::Cvae {
+                self.config(1, 0)?;
+            }
+        }
+        self.options(TrainOptions::default()).validate()?;
+        if self.epochs == Some(0) {
+            return Err(Error::arg("epochs", "must be at least 1"));
+        }
+        match &self.resume {
+            Some(path) => self.prepare_resume(path, open),
+            None => self.prepare_fresh(open),
+        }
+    }
+
+    fn prepare_fresh(&self, open: impl FnOnce() -> Result<Gpu>) -> Result<Run> {
+        let split = match &self.data {
+            Some(d) => idx::load_dir(d)?,
+            None => sprites::sprites(0),
+        };
+        let config = self.config(split.train.dim(), split.train.num_classes())?;
+        let mut opts = self.options(TrainOptions::default());
+        let epochs = self.epochs.unwrap_or(if split.name == "sprites" { 50 } else { 10 });
+        let steps = epochs * split.train.n().div_ceil(opts.batch.min(split.train.n())) as u64;
+        opts.objective = self.objective(config.model, steps)?;
+        let out = self.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(timestamp()));
+        prepare_dir(&out)?;
+        crate::train::check_fresh_run_dir(&out)?;
+        let gpu = open()?;
+        let trainer = Trainer::new(&gpu, config, opts, &split)?;
+        let data = self.data.as_ref().map_or("sprites".to_string(), |d| d.display().to_string());
+        let fit = FitOptions { epochs, run_dir: Some(out.clone()), meta: [("data".to_string(), data)].into() };
+        Ok(Run { trainer, split, fit, out, overrides: vec![] })
+    }
+
+    fn prepare_resume(&self, path: &Path, open: impl FnOnce() -> Result<Gpu>) -> Result<Run> {
+        let ck = Checkpoint::load(path)?;
+        let c = &ck.config;
+        // The architecture cannot change.
+        let arch = [
+            ("latent", self.latent.map(|l| l.to_string()), c.latent.to_string()),
+            ("hidden", self.hidden.as_ref().map(|h| format!("{h:?}")), format!("{:?}", c.hidden)),
+            ("activation", self.activation.map(|x| x.to_string()), c.activation.to_string()),
+            ("likelihood", self.likelihood.map(|x| x.to_string()), c.likelihood.to_string()),
+            ("bn_vae", self.bn_vae.map(|t| t.to_string()), c.bn_tau.map_or("none".into(), |t| t.to_string())),
+            ("model", self.model.map(|m| m.to_string()), c.model.to_string()),
+        ];
+        if let Some((flag, Some(given), saved)) = arch.into_iter().find(|(_, g, s)| g.as_ref().is_some_and(|g| g != s))
+        {
+            let flag = format!("--{}", flag.replace('_', "-"));
+            return Err(Error::Checkpoint {
+                path: ck.path.clone(),
+                detail: format!(
+                    "it was trained with {flag} {saved} but {flag} {given} was given; drop the flag or start a new run"
+                ),
+            });
+        }
+        let split = ck.data(self.data.as_deref())?;
+        let stored = ck.train_options()?;
+        let epochs = self.epochs.unwrap_or(if split.name == "sprites" { 50 } else { 10 });
+        let mut wanted = self.options(stored.clone());
+        let steps = epochs * split.train.n().div_ceil(wanted.batch.min(split.train.n())) as u64;
+        let o = stored.objective;
+        wanted.objective = Objective {
+            beta: self.beta.unwrap_or(o.beta),
+            reduction: self.reduction.unwrap_or(o.reduction),
+            schedule: if self.kl_schedule.is_some() { self.schedule(steps)? } else { o.schedule },
+            free_bits: self.free_bits.unwrap_or(o.free_bits),
+        };
+        wanted.validate()?;
+        let overrides = differences(&stored, &wanted);
+        if !overrides.is_empty() && !self.allow_override {
+            return Err(Error::Checkpoint {
+                path: ck.path.clone(),
+                detail: format!(
+                    "it was trained with other options ({}); resume without those flags to continue the run \
+                     exactly, or add --override to change them",
+                    overrides.join(", ")
+                ),
+            });
+        }
+        let out = match &self.out {
+            Some(o) => o.clone(),
+            None => ck.path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf(),
+        };
+        prepare_dir(&out)?;
+        let epoch = ck.meta_parsed::<u64>("epoch")?.unwrap_or(0);
+        reconcile_metrics(&out.join(METRICS_FILE), epoch, ck.meta.get(crate::train::METRICS_META))?;
+        let gpu = open()?;
+        let mut trainer = Trainer::resume(&gpu, &ck, &split)?;
+        trainer.opts = wanted.clone();
+        trainer.opt.lr = wanted.lr;
+        if !overrides.is_empty() {
+            let line = serde_json::json!({"epoch": epoch, "override": overrides});
+            crate::train::append_jsonl(&out.join(METRICS_FILE), &line.to_string())?;
+        }
+        let data = match (&self.data, ck.meta.get("data")) {
+            (Some(d), _) => d.display().to_string(),
+            (None, Some(d)) => d.clone(),
+            (None, None) => "sprites".to_string(),
+        };
+        let fit = FitOptions { epochs, run_dir: Some(out.clone()), meta: [("data".to_string(), data)].into() };
+        Ok(Run { trainer, split, fit, out, overrides })
+    }
+}
+
+/// "name: old -> new" for every option that differs.
+fn differences(a: &TrainOptions, b: &TrainOptions) -> Vec<String> {
+    let pairs = [
+        ("lr", a.lr.to_string(), b.lr.to_string()),
+        ("batch", a.batch.to_string(), b.batch.to_string()),
+        ("seed", a.seed.to_string(), b.seed.to_string()),
+        ("binarize", a.binarize.to_string(), b.binarize.to_string()),
+        ("beta", a.objective.beta.to_string(), b.objective.beta.to_string()),
+        ("reduction", a.objective.reduction.to_string(), b.objective.reduction.to_string()),
+        ("kl_schedule", a.objective.schedule.to_string(), b.objective.schedule.to_string()),
+        ("free_bits", a.objective.free_bits.to_string(), b.objective.free_bits.to_string()),
+    ];
+    pairs.into_iter().filter(|(_, x, y)| x != y).map(|(n, x, y)| format!("{n}: {x} -> {y}")).collect()
+}
+
+/// Creates `dir`, checks it is writable, and removes temporary checkpoint files whose writer died.
+fn prepare_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
+    let probe = dir.join(".wgvae-write-test");
+    std::fs::write(&probe, b"").map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
+    let _ = std::fs::remove_file(&probe);
+    crate::checkpoint::remove_stale_temporaries(dir);
+    Ok(())
+}
+
+/// Keeps the lines of `metrics.jsonl` up to `epoch` (the checkpoint's): after a crash between the
+/// checkpoint and the metrics line, or after a resume from an older checkpoint, the file agrees
+/// with the checkpoint again. Lines that are not JSON objects with an `epoch` are kept.
+/// Makes `metrics.jsonl` end at the checkpoint's epoch: lines of later epochs (written by a run
+/// killed before its next checkpoint) are dropped, and the checkpoint's own line (`line`, stored
+/// in it) is appended when a kill came between the checkpoint and its metrics line.
+fn reconcile_metrics(path: &Path, epoch: u64, line: Option<&String>) -> Result<()> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let epoch_of = |l: &str| serde_json::from_str::<serde_json::Value>(l).ok()?.get("epoch")?.as_u64();
+    let mut keep: Vec<&str> = text.lines().filter(|l| epoch_of(l).is_none_or(|e| e <= epoch)).collect();
+    let last = keep.iter().rev().find_map(|l| epoch_of(l)).unwrap_or(0);
+    if let Some(line) = line.filter(|l| last < epoch && epoch_of(l) == Some(epoch)) {
+        keep.push(line);
+    }
+    let mut body = keep.join("\n");
+    if !body.is_empty() {
+        body.push('\n');
+    }
+    if body == text {
+        return Ok(());
+    }
+    crate::checkpoint::write_atomic(path, body.as_bytes())
+}
+
+impl Run {
+    /// What the run is: data, device, model, objective and where it writes (the lines
+    /// `wgvae train` prints first).
+    pub fn describe(&self) -> String {
+        let (tr, te) = (&self.split.train, &self.split.test);
+        let t = &self.trainer;
+        let c = &t.vae.config;
+        let a = t.gpu.adapter();
+        let mut s = format!(
+            "wgvae: {} ({} train / {} test examples of shape {:?}) on {} ({:?})\n",
+            self.split.name,
+            tr.n(),
+            te.n(),
+            tr.shape(),
+            a.name,
+            a.backend
+        );
+        let hidden: Vec<String> = c.hidden.iter().map(|h| h.to_string()).collect();
+        s += &format!(
+            "model: {} {}-{}-{} {} {}, batch {}, lr {}, seed {}\n",
+            c.model,
+            c.input_dim,
+            hidden.join("-"),
+            c.latent,
+            c.activation,
+            c.likelihood,
+            t.opts.batch,
+            t.opts.lr,
+            t.opts.seed
+        );
+        if c.model != ModelKind::Ae {
+            let o = &t.opts.objective;
+            let w = o.effective_kl_weight(c.input_dim, c.latent);
+            let fb = if o.free_bits > 0.0 { format!(", free bits {} nats/dim", o.free_bits) } else { String::new() };
+            let bn = c.bn_tau.map(|tau| format!(", BN-VAE tau {tau} (KL >= {:.2})", 0.5 * tau * c.latent as f32));
+            s += &format!(
+                "objective: recon + {} x KL, reduction {}, schedule {}{fb}{}: the KL term weighs {w} x its weight in the ELBO{}\n",
+                o.beta,
+                o.reduction,
+                o.schedule.describe(),
+                bn.unwrap_or_default(),
+                if w == 1.0 { " (the true ELBO)" } else { "" }
+            );
+        }
+        for o in &self.overrides {
+            s += &format!("override: {o}\n");
+        }
+        s += &format!("writing to {}", self.out.display());
+        s
+    }
+}

@@ -32,6 +32,11 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
+// NaN and ±Inf have every exponent bit set (a bit test: comparisons with NaN may be folded away).
+fn is_finite(x: f32) -> bool {
+    return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
+}
+
 fn eps_at(i: u32) -> f32 {
     let r = philox(vec4<u32>(i / 2u, p.step, p.stream, 0u), vec2<u32>(p.seed_lo, p.seed_hi));
     let z = box_muller(r.x, r.y);
@@ -151,7 +156,8 @@ fn recon_fused(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
 // acc_kl += kl (the epoch's sums, read back once per epoch). Every invocation adds a fixed strided
 // subset, then a fixed tree: the same inputs give the same bits.
 // Bindings: 1 partial | 2 kl_rows (partial again when nch = 0) | 3 recon[1] | 4 kl[1] | 5 total[1]
-//           | 6 acc_recon[1] | 7 acc_kl[1] (recon/kl again when flag = 0)
+//           | 6 acc_recon[1] | 7 acc_kl[1] or [4] with the non-finite guard (recon/kl again when
+//           flag = 0)
 @group(0) @binding(1) var<storage, read> lz_partial: array<f32>;
 @group(0) @binding(2) var<storage, read> lz_kl: array<f32>;
 @group(0) @binding(3) var<storage, read_write> lz_recon: array<f32>;
@@ -188,6 +194,45 @@ fn loss_finalize(@builtin(local_invocation_id) lid: vec3<u32>) {
         if (p.flag == 1u) {
             lz_acc_recon[0] += rs;
             lz_acc_kl[0] += ks;
+            // The non-finite guard, when the KL accumulator has room for it ([1, 4]):
+            // [1] steps accumulated, [2] the first (1-based) whose recon or KL sum was NaN or
+            // infinite, [3] which (1 recon, 2 KL, 3 both). Read with the running loss, so
+            // divergence is seen without a read-back per step.
+            if (arrayLength(&lz_acc_kl) >= 4u) {
+                let s = lz_acc_kl[1] + 1.0;
+                lz_acc_kl[1] = s;
+                let bad = select(0.0, 1.0, !is_finite(rs)) + select(0.0, 2.0, !is_finite(ks));
+                if (bad > 0.0 && lz_acc_kl[2] == 0.0) {
+                    lz_acc_kl[2] = s;
+                    lz_acc_kl[3] = bad;
+                }
+            }
+        }
+    }
+}
+
+// ---- accumulate_guarded: the epoch accumulators and non-finite guard of loss_finalize, for
+// losses computed by the unfused ops (free bits, BN-VAE, learned variance): acc_recon += recon,
+// acc_kl[0] += kl, and with acc_kl of 4 words the guard as in loss_finalize. One invocation.
+// Bindings: 1 recon[1] | 2 kl[1] | 3 acc_recon[1] | 4 acc_kl[1] or [4]
+@group(0) @binding(1) var<storage, read> ag_recon: array<f32>;
+@group(0) @binding(2) var<storage, read> ag_kl: array<f32>;
+@group(0) @binding(3) var<storage, read_write> ag_acc_recon: array<f32>;
+@group(0) @binding(4) var<storage, read_write> ag_acc_kl: array<f32>;
+
+@compute @workgroup_size(1)
+fn accumulate_guarded() {
+    let rs = ag_recon[0];
+    let ks = ag_kl[0];
+    ag_acc_recon[0] += rs;
+    ag_acc_kl[0] += ks;
+    if (arrayLength(&ag_acc_kl) >= 4u) {
+        let s = ag_acc_kl[1] + 1.0;
+        ag_acc_kl[1] = s;
+        let bad = select(0.0, 1.0, !is_finite(rs)) + select(0.0, 2.0, !is_finite(ks));
+        if (bad > 0.0 && ag_acc_kl[2] == 0.0) {
+            ag_acc_kl[2] = s;
+            ag_acc_kl[3] = bad;
         }
     }
 }

@@ -148,7 +148,7 @@ pub fn save(
     write_atomic(path, &bytes)
 }
 
-/// Writes `bytes` to `path` through a synced temporary file and a rename.
+/// Writes `bytes` to `path` through a synced temporary file, a rename and a synced directory.
 pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
     let path = path.as_ref();
     let io = |source| Error::Io { path: path.to_path_buf(), source };
@@ -159,7 +159,12 @@ pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        std::fs::rename(&tmp, path)?;
+        // The rename is durable only once the directory entry is: sync the directory too
+        // (Unix; elsewhere a directory cannot be opened as a file).
+        #[cfg(unix)]
+        std::fs::File::open(dir)?.sync_all()?;
+        Ok(())
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -194,6 +199,28 @@ pub fn remove_stale_temporaries(dir: &Path) {
     }
 }
 
+/// Checkpoint metadata naming a data directory: `data` (the path as text) and, for a path that
+/// is not valid UTF-8 (Unix), `data_path_hex` with its exact bytes, so that `eval` finds it later.
+pub fn data_meta(dir: &Path) -> Vec<(String, String)> {
+    let mut m = vec![("data".to_string(), dir.display().to_string())];
+    #[cfg(unix)]
+    if dir.to_str().is_none() {
+        use std::os::unix::ffi::OsStrExt;
+        let hex: String = dir.as_os_str().as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        m.push(("data_path_hex".to_string(), hex));
+    }
+    m
+}
+
+/// A numeric metadata value must parse (and be finite) when present: garbage is never silently
+/// replaced by a default.
+fn check_meta(path: &Path, meta: &HashMap<String, String>, key: &str, valid: fn(&str) -> bool) -> Result<()> {
+    match meta.get(key) {
+        Some(v) if !valid(v) => Err(ck_err(path, format!("metadata `{key}` is `{v}`, which is not a valid value"))),
+        _ => Ok(()),
+    }
+}
+
 impl Checkpoint {
     /// Reads and validates a checkpoint (format, config, every tensor f32 and finite-sized).
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
@@ -209,7 +236,26 @@ impl Checkpoint {
         let cfg = meta.get("config").ok_or_else(|| ck_err(path, "the `config` metadata is missing"))?;
         let config: VaeConfig =
             serde_json::from_str(cfg).map_err(|e| ck_err(path, format!("the `config` metadata is invalid: {e}")))?;
-        config.validate().map_err(|e| ck_err(path, e.to_string()))?;
+        // The config is checked against the file's own tensors before anything is built from it:
+        // a config claiming huge layers must not allocate them.
+        let shapes = config.state_shapes().map_err(|e| ck_err(path, format!("the `config` metadata: {e}")))?;
+        for (name, want) in &shapes {
+            let t = st.tensor(name).map_err(|_| {
+                ck_err(path, format!("tensor `{name}` {want:?}, which the `config` metadata implies, is missing"))
+            })?;
+            if t.shape() != want.as_slice() {
+                return Err(ck_err(
+                    path,
+                    format!("tensor `{name}` is {:?}, but the `config` metadata implies {want:?}", t.shape()),
+                ));
+            }
+        }
+        for key in ["step", "epoch", "seed", "adam_t", "data_seed", "batch"] {
+            check_meta(path, &meta, key, |v| v.parse::<u64>().is_ok())?;
+        }
+        for key in ["lr", "beta", "free_bits"] {
+            check_meta(path, &meta, key, |v| v.parse::<f32>().is_ok_and(f32::is_finite))?;
+        }
         let mut tensors = HashMap::new();
         for name in st.names() {
             let t = st.tensor(name).map_err(|e| ck_err(path, e.to_string()))?;
@@ -218,6 +264,16 @@ impl Checkpoint {
             }
             let data: Vec<f32> =
                 t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+                return Err(ck_err(
+                    path,
+                    format!(
+                        "tensor `{name}` holds a non-finite value ({} at index {i}): the run diverged before \
+                         this checkpoint was written; use an earlier checkpoint",
+                        data[i]
+                    ),
+                ));
+            }
             tensors.insert(name.to_string(), (t.shape().to_vec(), data));
         }
         Ok(Checkpoint { path: path.to_path_buf(), config, meta, tensors })
@@ -226,18 +282,42 @@ impl Checkpoint {
     /// The data the model was trained on: `data` when given, else what the checkpoint's `data`
     /// metadata names (`sprites`, with its `data_seed`, or an IDX directory).
     pub fn data(&self, data: Option<&Path>) -> Result<crate::data::Split> {
-        match (data, self.meta.get("data").map(String::as_str)) {
-            (Some(d), _) => crate::data::idx::load_dir(d),
-            (None, None) | (None, Some("sprites")) => {
-                Ok(crate::data::sprites::sprites(self.meta_u64("data_seed").unwrap_or(0)))
+        self.data_within(data, crate::data::idx::MAX_DATASET_BYTES)
+    }
+
+    /// [`Checkpoint::data`] refusing image files that announce more than `max_bytes` of pixels.
+    pub fn data_within(&self, data: Option<&Path>, max_bytes: u64) -> Result<crate::data::Split> {
+        use crate::data::idx::load_dir_within;
+        match (data, self.data_path()) {
+            (Some(d), _) => load_dir_within(d, max_bytes),
+            (None, None) => Ok(crate::data::sprites::sprites(self.meta_u64("data_seed").unwrap_or(0))),
+            (None, Some(d)) => load_dir_within(&d, max_bytes),
+        }
+    }
+
+    /// The data directory the run trained on (`None`: the built-in sprites). Paths that are not
+    /// UTF-8 are stored byte for byte in `data_path_hex` (see [`data_meta`]).
+    pub fn data_path(&self) -> Option<PathBuf> {
+        if let Some(hex) = self.meta.get("data_path_hex") {
+            let bytes: Option<Vec<u8>> =
+                (0..hex.len() / 2).map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()).collect();
+            #[cfg(unix)]
+            if let Some(b) = bytes {
+                use std::os::unix::ffi::OsStringExt;
+                return Some(PathBuf::from(std::ffi::OsString::from_vec(b)));
             }
-            (None, Some(d)) => crate::data::idx::load_dir(Path::new(d)),
+            #[cfg(not(unix))]
+            let _ = bytes;
+        }
+        match self.meta.get("data").map(String::as_str) {
+            None | Some("sprites") => None,
+            Some(d) => Some(PathBuf::from(d)),
         }
     }
 
     /// The model on `gpu` with the data it was trained on (or `data`), checked to fit each other.
     pub fn model_with_data(&self, gpu: &Gpu, data: Option<&Path>) -> Result<(Vae, crate::data::Split)> {
-        let split = self.data(data)?;
+        let split = self.data_within(data, gpu.max_tensor_elements() * 4)?;
         let vae = self.vae(gpu)?;
         if split.test.dim() != vae.config.input_dim {
             return Err(Error::arg(

@@ -82,6 +82,17 @@ pub enum Error {
         /// What is wrong.
         detail: String,
     },
+    /// Training diverged: a batch's loss term became NaN or infinite (seen by the GPU's
+    /// non-finite guard).
+    #[error("training diverged at step {step}: the {term} of the batch became NaN or infinite; {advice}")]
+    Diverged {
+        /// The 1-based training step whose loss was first non-finite.
+        step: u64,
+        /// `reconstruction term`, `KL term`, or both.
+        term: String,
+        /// What probably caused it and what to change.
+        advice: String,
+    },
     /// A picture could not be encoded (PNG).
     #[error("image: {0}")]
     Image(String),

@@ -124,6 +124,18 @@ pub struct RunSpec {
     /// metrics.jsonl).
     #[cfg_attr(feature = "cli", arg(long = "override"))]
     pub allow_override: bool,
+    /// When a step's loss becomes NaN or infinite: stop, or roll back to the start of the epoch,
+    /// halve the learning rate and go on (at most 3 times) (default rollback).
+    #[cfg_attr(feature = "cli", arg(long, value_enum))]
+    pub on_nan: Option<crate::train::OnNan>,
+    /// Also keep the checkpoints of the last N epochs (checkpoint-epoch-E.safetensors) besides
+    /// checkpoint.safetensors, the latest (default 1: the latest only).
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub keep: Option<usize>,
+    /// Also write the checkpoint every STEPS steps inside an epoch (long epochs); a resume from
+    /// it continues the epoch where it stopped, exactly.
+    #[cfg_attr(feature = "cli", arg(long, value_name = "STEPS", value_parser = clap::value_parser!(u64).range(1..)))]
+    pub checkpoint_every: Option<u64>,
     /// Steps between progress updates (default 10).
     #[cfg_attr(feature = "cli", arg(long))]
     pub log_every: Option<usize>,
@@ -211,6 +223,12 @@ impl RunSpec {
         Ok(c)
     }
 
+    fn fit_options(&self, epochs: u64, out: &Path, meta: std::collections::HashMap<String, String>) -> FitOptions {
+        let (on_nan, keep) = (self.on_nan.unwrap_or_default(), self.keep.unwrap_or(1));
+        let checkpoint_every = self.checkpoint_every;
+        FitOptions { epochs, run_dir: Some(out.to_path_buf()), meta, on_nan, keep, checkpoint_every }
+    }
+
     fn options(&self, base: TrainOptions) -> TrainOptions {
         TrainOptions {
             batch: self.batch.unwrap_or(base.batch),
@@ -244,8 +262,14 @@ impl RunSpec {
     }
 
     fn prepare_fresh(&self, open: impl FnOnce() -> Result<Gpu>) -> Result<Run> {
+        let out = self.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(timestamp()));
+        if self.out.is_some() {
+            crate::train::check_fresh_run_dir(&out)?;
+        }
+        // The device first: its limits bound what the data files may make us allocate.
+        let gpu = open()?;
         let split = match &self.data {
-            Some(d) => idx::load_dir(d)?,
+            Some(d) => idx::load_dir_within(d, gpu.max_tensor_elements() * 4)?,
             None => sprites::sprites(0),
         };
         let config = self.config(split.train.dim(), split.train.num_classes())?;
@@ -253,13 +277,11 @@ impl RunSpec {
         let epochs = self.epochs.unwrap_or(if split.name == "sprites" { 50 } else { 10 });
         let steps = epochs * split.train.n().div_ceil(opts.batch.min(split.train.n())) as u64;
         opts.objective = self.objective(config.model, steps)?;
-        let out = self.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(timestamp()));
         prepare_dir(&out)?;
         crate::train::check_fresh_run_dir(&out)?;
-        let gpu = open()?;
         let trainer = Trainer::new(&gpu, config, opts, &split)?;
-        let data = self.data.as_ref().map_or("sprites".to_string(), |d| d.display().to_string());
-        let fit = FitOptions { epochs, run_dir: Some(out.clone()), meta: [("data".to_string(), data)].into() };
+        let meta = data_meta(self.data.as_deref());
+        let fit = self.fit_options(epochs, &out, meta);
         Ok(Run { trainer, split, fit, out, overrides: vec![] })
     }
 
@@ -285,7 +307,8 @@ impl RunSpec {
                 ),
             });
         }
-        let split = ck.data(self.data.as_deref())?;
+        let gpu = open()?;
+        let split = ck.data_within(self.data.as_deref(), gpu.max_tensor_elements() * 4)?;
         let stored = ck.train_options()?;
         let epochs = self.epochs.unwrap_or(if split.name == "sprites" { 50 } else { 10 });
         let mut wanted = self.options(stored.clone());
@@ -316,7 +339,6 @@ impl RunSpec {
         prepare_dir(&out)?;
         let epoch = ck.meta_parsed::<u64>("epoch")?.unwrap_or(0);
         reconcile_metrics(&out.join(METRICS_FILE), epoch, ck.meta.get(crate::train::METRICS_META))?;
-        let gpu = open()?;
         let mut trainer = Trainer::resume(&gpu, &ck, &split)?;
         trainer.opts = wanted.clone();
         trainer.opt.lr = wanted.lr;
@@ -324,12 +346,8 @@ impl RunSpec {
             let line = serde_json::json!({"epoch": epoch, "override": overrides});
             crate::train::append_jsonl(&out.join(METRICS_FILE), &line.to_string())?;
         }
-        let data = match (&self.data, ck.meta.get("data")) {
-            (Some(d), _) => d.display().to_string(),
-            (None, Some(d)) => d.clone(),
-            (None, None) => "sprites".to_string(),
-        };
-        let fit = FitOptions { epochs, run_dir: Some(out.clone()), meta: [("data".to_string(), data)].into() };
+        let meta = data_meta(self.data.clone().or_else(|| ck.data_path()).as_deref());
+        let fit = self.fit_options(epochs, &out, meta);
         Ok(Run { trainer, split, fit, out, overrides })
     }
 }
@@ -365,6 +383,14 @@ fn prepare_dir(dir: &Path) -> Result<()> {
 /// Makes `metrics.jsonl` end at the checkpoint's epoch: lines of later epochs (written by a run
 /// killed before its next checkpoint) are dropped, and the checkpoint's own line (`line`, stored
 /// in it) is appended when a kill came between the checkpoint and its metrics line.
+/// The checkpoint metadata naming the data (`sprites` when `None`).
+fn data_meta(dir: Option<&Path>) -> std::collections::HashMap<String, String> {
+    match dir {
+        Some(d) => crate::checkpoint::data_meta(d).into_iter().collect(),
+        None => [("data".to_string(), "sprites".to_string())].into(),
+    }
+}
+
 fn reconcile_metrics(path: &Path, epoch: u64, line: Option<&String>) -> Result<()> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let epoch_of = |l: &str| serde_json::from_str::<serde_json::Value>(l).ok()?.get("epoch")?.as_u64();

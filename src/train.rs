@@ -20,7 +20,7 @@ use crate::tape::Tape;
 use crate::tensor::Tensor;
 use crate::vae::metrics::{active_units, kl_per_dim};
 use crate::vae::objective::Objective;
-use crate::vae::{Vae, VaeConfig, STREAM_EPS};
+use crate::vae::{Likelihood, Vae, VaeConfig, STREAM_EPS};
 
 /// Noise stream of dynamic binarization.
 const STREAM_BINARIZE: u32 = 1;
@@ -150,6 +150,9 @@ pub struct Progress {
     pub running_loss: f64,
     /// Training throughput so far this epoch.
     pub examples_per_second: f64,
+    /// Something the user should know now: the loss exploding, or a rollback after a
+    /// non-finite loss.
+    pub warning: Option<String>,
 }
 
 /// One epoch in progress (see [`Trainer::begin_epoch`]).
@@ -163,7 +166,12 @@ pub struct EpochState {
     pub batches: usize,
     /// Examples the epoch visits.
     pub n: usize,
+    /// The trainer's step count when the epoch began.
+    pub start_step: u64,
+    /// The first batch to train (not 0 when resuming from a mid-epoch checkpoint).
+    pub first_batch: usize,
     acc_recon: Tensor,
+    /// \[KL sum, steps, first non-finite step, which term\]: see `loss_finalize`'s guard.
     acc_kl: Tensor,
 }
 
@@ -191,6 +199,83 @@ pub struct FitOptions {
     pub run_dir: Option<PathBuf>,
     /// Extra checkpoint metadata (e.g. `data`: where the data came from).
     pub meta: HashMap<String, String>,
+    /// What to do when a step's loss becomes NaN or infinite.
+    pub on_nan: OnNan,
+    /// With `run_dir`: also write the checkpoint every this many steps inside an epoch (for long
+    /// epochs); a resume from it continues the epoch exactly where it stopped.
+    pub checkpoint_every: Option<u64>,
+    /// With `run_dir`: also keep the checkpoints of the last `keep` epochs as
+    /// `checkpoint-epoch-E.safetensors` (0 or 1: only `checkpoint.safetensors`, the latest).
+    pub keep: usize,
+}
+
+/// What [`Trainer::fit`] does when the GPU's guard sees a NaN or infinite loss.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+pub enum OnNan {
+    /// Return [`Error::Diverged`] at once.
+    Stop,
+    /// Go back to the state at the start of the epoch (weights, Adam, step), halve the learning
+    /// rate and train the epoch again; give up after [`MAX_ROLLBACKS`].
+    #[default]
+    Rollback,
+}
+
+/// Rollbacks [`OnNan::Rollback`] makes in one `fit` before it gives up.
+pub const MAX_ROLLBACKS: u32 = 3;
+
+/// A running loss this many times the first batch's (in absolute value) is reported as an
+/// explosion ([`Progress::warning`]) before it turns into NaN.
+pub const EXPLOSION_FACTOR: f64 = 100.0;
+
+/// Where a mid-epoch checkpoint ([`FitOptions::checkpoint_every`]) stopped: resuming from it
+/// continues the epoch at `batch` with the epoch's loss sums as they were, so the epoch's
+/// metrics equal the uninterrupted run's. Stored as JSON under the `partial_epoch` metadata key.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PartialEpoch {
+    /// The epoch in progress (1-based).
+    pub epoch: u64,
+    /// Batches of it done.
+    pub batch: usize,
+    /// Its reconstruction sum so far.
+    pub acc_recon: f32,
+    /// Its KL sum and non-finite guard so far (see `loss_finalize`).
+    pub acc_kl: [f32; 4],
+}
+
+/// Checkpoint metadata key of a mid-epoch checkpoint's [`PartialEpoch`].
+pub const PARTIAL_META: &str = "partial_epoch";
+
+/// The trained state at the start of an epoch, on the CPU (for [`OnNan::Rollback`]).
+struct Snapshot {
+    values: Vec<Vec<f32>>,
+    moments: Vec<Option<(Vec<f32>, Vec<f32>)>>,
+    buffers: Vec<Vec<f32>>,
+    adam_t: u64,
+    step: u64,
+    epoch: u64,
+    partial: Option<PartialEpoch>,
+}
+
+/// Copies the run's checkpoint to `checkpoint-epoch-E.safetensors` (atomically) and removes
+/// the epoch copies older than the last `keep`.
+fn keep_epoch_checkpoint(dir: &Path, epoch: u64, keep: usize) -> Result<()> {
+    let src = dir.join(CHECKPOINT_FILE);
+    let bytes = std::fs::read(&src).map_err(|source| Error::Io { path: src.clone(), source })?;
+    checkpoint::write_atomic(dir.join(format!("checkpoint-epoch-{epoch}.safetensors")), &bytes)?;
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let old = name
+            .strip_prefix("checkpoint-epoch-")
+            .and_then(|n| n.strip_suffix(".safetensors"))
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|k| k + keep as u64 <= epoch);
+        if old {
+            std::fs::remove_file(e.path()).map_err(|source| Error::Io { path: e.path(), source })?;
+        }
+    }
+    Ok(())
 }
 
 /// Checkpoint metadata key holding the `metrics.jsonl` line of the checkpoint's epoch.
@@ -203,7 +288,7 @@ pub fn check_fresh_run_dir(dir: &Path) -> Result<()> {
         return Err(Error::arg(
             "out",
             format!(
-                "{} already holds a run; continue it with --resume {} (Trainer::resume) or choose another directory",
+                "{} already holds a run: resume it from {} or choose another directory",
                 dir.display(),
                 dir.join(CHECKPOINT_FILE).display()
             ),
@@ -230,6 +315,15 @@ pub struct Trainer {
     pub step: u64,
     /// Epochs completed.
     pub epoch: u64,
+    /// The first batch's loss per example (the explosion warning's reference), and whether the
+    /// warning was given.
+    first_loss: Option<f64>,
+    warned: bool,
+    /// The epoch a mid-epoch checkpoint stopped in (set by `resume`, taken by `begin_epoch`).
+    partial: Option<PartialEpoch>,
+    /// Mid-epoch checkpoints while `fit` runs: every this many steps, into this file, with
+    /// this metadata.
+    mid_epoch: Option<(u64, PathBuf, HashMap<String, String>)>,
 }
 
 impl Trainer {
@@ -254,7 +348,20 @@ impl Trainer {
         ck.restore_adam(gpu, &vae, &mut opt)?;
         let step = ck.meta_u64("step").unwrap_or(0);
         let epoch = ck.meta_u64("epoch").unwrap_or(0);
-        Self::with_model(gpu, vae, opt, opts, split, step, epoch)
+        let mut t = Self::with_model(gpu, vae, opt, opts, split, step, epoch)?;
+        if let Some(p) = ck.meta.get(PARTIAL_META) {
+            let bad = |d: String| Error::Checkpoint { path: ck.path.clone(), detail: d };
+            let p: PartialEpoch =
+                serde_json::from_str(p).map_err(|e| bad(format!("the `{PARTIAL_META}` metadata is invalid: {e}")))?;
+            let batches = t.train.n.div_ceil(t.opts.batch.min(t.train.n));
+            if p.epoch != epoch + 1 || p.batch == 0 || p.batch >= batches || (p.batch as u64) > step {
+                return Err(bad(format!(
+                    "the `{PARTIAL_META}` metadata ({p:?}) does not fit epoch {epoch}, step {step}"
+                )));
+            }
+            t.partial = Some(p);
+        }
+        Ok(t)
     }
 
     fn with_model(
@@ -275,6 +382,10 @@ impl Trainer {
             opts,
             step,
             epoch,
+            first_loss: None,
+            warned: false,
+            partial: None,
+            mid_epoch: None,
         })
     }
 
@@ -290,29 +401,42 @@ impl Trainer {
     pub async fn train_epoch_async(&mut self, on_progress: &mut dyn FnMut(&Progress)) -> Result<(EvalLoss, f64)> {
         let mut e = self.begin_epoch()?;
         let start = Clock::now();
-        for i in 0..e.batches {
-            let report = (i + 1) % self.opts.log_every == 0 && i + 1 < e.batches;
+        for i in e.first_batch..e.batches {
+            // The very first step of a run is read back too: its loss is the reference of the
+            // explosion warning.
+            let first = self.first_loss.is_none() && i == 0;
+            let report = first || ((i + 1) % self.opts.log_every == 0 && i + 1 < e.batches);
             if let Some(seen_loss) = self.step_async(&mut e, i, report).await? {
                 let seen = ((i + 1) * e.batch).min(e.n) as f64;
                 let eps = seen / start.elapsed().max(1e-9);
+                let warning = self.explosion(seen_loss);
                 on_progress(&Progress {
                     epoch: e.epoch,
                     batch: i + 1,
                     batches: e.batches,
                     running_loss: seen_loss,
                     examples_per_second: eps,
+                    warning,
                 });
+            }
+            if let Some((every, path, meta)) = &self.mid_epoch {
+                if self.step.is_multiple_of(*every) && i + 1 < e.batches {
+                    let (path, meta) = (path.clone(), meta.clone());
+                    self.save_partial(&e, i + 1, &path, meta).await?;
+                }
             }
         }
         let (batches, n, epoch) = (e.batches, e.n, e.epoch);
         let loss = self.end_epoch_async(e).await?;
         let secs = start.elapsed();
+        let warning = self.explosion(loss.loss);
         on_progress(&Progress {
             epoch,
             batch: batches,
             batches,
             running_loss: loss.loss,
             examples_per_second: n as f64 / secs,
+            warning,
         });
         Ok((loss, secs))
     }
@@ -329,14 +453,25 @@ impl Trainer {
         // Batch normalization (BN-VAE) has no statistics for a lone example: drop such a tail.
         let batches = if self.vae.bn.is_some() && n % b == 1 && n > 1 { n / b } else { n.div_ceil(b) };
         let n = if batches * b < n { batches * b } else { n };
+        let (acc_recon, acc_kl) = (Tensor::zeros(&gpu, 1, 1)?, Tensor::zeros(&gpu, 1, 4)?);
+        let first_batch = match self.partial.take() {
+            Some(p) if p.epoch == epoch && p.batch < batches => {
+                acc_recon.write(&gpu, &[p.acc_recon])?;
+                acc_kl.write(&gpu, &p.acc_kl)?;
+                p.batch
+            }
+            _ => 0,
+        };
         Ok(EpochState {
             epoch,
             order,
             batch: b,
             batches,
             n,
-            acc_recon: Tensor::zeros(&gpu, 1, 1)?,
-            acc_kl: Tensor::zeros(&gpu, 1, 1)?,
+            start_step: self.step - first_batch as u64,
+            first_batch,
+            acc_recon,
+            acc_kl,
         })
     }
 
@@ -375,7 +510,9 @@ impl Trainer {
         match reads {
             Some((rr, rk)) => {
                 let seen = (off + bs) as f64;
-                Ok(Some((rr.get_async().await?[0] as f64 + rk.get_async().await?[0] as f64) / seen))
+                let kl = rk.get_async().await?;
+                self.check_guard(e, &kl)?;
+                Ok(Some((rr.get_async().await?[0] as f64 + kl[0] as f64) / seen))
             }
             None => Ok(None),
         }
@@ -391,7 +528,9 @@ impl Trainer {
     /// [`Trainer::end_epoch`] without blocking.
     pub async fn end_epoch_async(&mut self, e: EpochState) -> Result<EvalLoss> {
         let recon = e.acc_recon.to_vec_async(&self.gpu).await?[0] as f64 / e.n as f64;
-        let kl = e.acc_kl.to_vec_async(&self.gpu).await?[0] as f64 / e.n as f64;
+        let acc_kl = e.acc_kl.to_vec_async(&self.gpu).await?;
+        self.check_guard(&e, &acc_kl)?;
+        let kl = acc_kl[0] as f64 / e.n as f64;
         let loss = recon + kl;
         if !loss.is_finite() {
             return Err(Error::Gpu(format!(
@@ -401,6 +540,105 @@ impl Trainer {
         }
         self.epoch = e.epoch;
         Ok(EvalLoss { loss, recon, kl })
+    }
+
+    /// The explosion warning for running loss `loss`, once per trainer: when it is
+    /// [`EXPLOSION_FACTOR`] times the first batch's loss or more.
+    fn explosion(&mut self, loss: f64) -> Option<String> {
+        let first = *self.first_loss.get_or_insert(loss);
+        // NaN is not an explosion here (the non-finite guard reports it).
+        let exploded = loss.abs() >= EXPLOSION_FACTOR * first.abs().max(1e-3);
+        if self.warned || !exploded {
+            return None;
+        }
+        self.warned = true;
+        Some(format!(
+            "the training loss is exploding: {loss:.4e} per example, against {first:.4e} at the first step; \
+             the learning rate ({}) is probably too high",
+            self.opt.lr
+        ))
+    }
+
+    /// Writes a mid-epoch checkpoint: the state after `batch` batches of epoch `e`, with its
+    /// loss sums ([`PartialEpoch`]).
+    async fn save_partial(
+        &self,
+        e: &EpochState,
+        batch: usize,
+        path: &Path,
+        mut meta: HashMap<String, String>,
+    ) -> Result<()> {
+        let acc_recon = e.acc_recon.to_vec_async(&self.gpu).await?[0];
+        let kl = e.acc_kl.to_vec_async(&self.gpu).await?;
+        self.check_guard(e, &kl)?; // a diverged state is never saved
+        let p = PartialEpoch { epoch: e.epoch, batch, acc_recon, acc_kl: [kl[0], kl[1], kl[2], kl[3]] };
+        meta.insert(PARTIAL_META.to_string(), serde_json::to_string(&p).unwrap_or_default());
+        self.save_with(path, &meta)
+    }
+
+    /// Copies the trained state to the CPU (for a rollback).
+    async fn snapshot_async(&self) -> Result<Snapshot> {
+        let params = self.vae.params();
+        let mut values = Vec::new();
+        let mut moments = Vec::new();
+        for p in &params {
+            values.push(p.value().to_vec_async(&self.gpu).await?);
+            moments.push(match self.opt.moments(p) {
+                Some((m, v)) => Some((m.to_vec_async(&self.gpu).await?, v.to_vec_async(&self.gpu).await?)),
+                None => None,
+            });
+        }
+        let mut buffers = Vec::new();
+        for (_, t) in self.vae.buffers() {
+            buffers.push(t.to_vec_async(&self.gpu).await?);
+        }
+        let partial = self.partial.clone();
+        Ok(Snapshot { values, moments, buffers, adam_t: self.opt.t, step: self.step, epoch: self.epoch, partial })
+    }
+
+    /// Puts a [`Snapshot`] back, in place (no buffer is created).
+    fn restore(&mut self, s: &Snapshot) -> Result<()> {
+        let params = self.vae.params();
+        for (i, p) in params.iter().enumerate() {
+            p.value().write(&self.gpu, &s.values[i])?;
+            if let (Some((m, v)), Some((sm, sv))) = (self.opt.moments(p), &s.moments[i]) {
+                m.write(&self.gpu, sm)?;
+                v.write(&self.gpu, sv)?;
+            }
+        }
+        for ((_, t), b) in self.vae.buffers().into_iter().zip(&s.buffers) {
+            t.write(&self.gpu, b)?;
+        }
+        self.opt.t = s.adam_t;
+        self.step = s.step;
+        self.epoch = s.epoch;
+        self.partial = s.partial.clone();
+        Ok(())
+    }
+
+    /// Turns the GPU's non-finite guard (the KL accumulator's words 2 and 3) into
+    /// [`Error::Diverged`], naming the step, the term and the likely cause.
+    fn check_guard(&self, e: &EpochState, acc_kl: &[f32]) -> Result<()> {
+        let (first, which) = (acc_kl.get(2).copied().unwrap_or(0.0), acc_kl.get(3).copied().unwrap_or(0.0));
+        if first == 0.0 {
+            return Ok(());
+        }
+        let term = match which as u32 {
+            1 => "reconstruction term",
+            2 => "KL term",
+            _ => "reconstruction and KL terms",
+        };
+        let advice = match self.vae.config.likelihood {
+            Likelihood::Gaussian { variance: v } if which as u32 & 1 == 1 && v < 1e-3 => format!(
+                "the Gaussian likelihood's variance {v:e} is tiny, so squared errors divided by it overflow: use a \
+                 larger one (e.g. gaussian:0.1) or gaussian:learned"
+            ),
+            _ => format!(
+                "the updates were probably too large: lower the learning rate (now {}) or check the data",
+                self.opt.lr
+            ),
+        };
+        Err(Error::Diverged { step: e.start_step + first as u64, term: term.to_string(), advice })
     }
 
     /// The negative ELBO on `images` (one z sample per example from a fixed evaluation seed).
@@ -444,19 +682,80 @@ impl Trainer {
     ) -> Result<Vec<EpochMetrics>> {
         if let Some(dir) = &opts.run_dir {
             std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
-            if self.epoch == 0 {
+            if self.epoch == 0 && self.step == 0 {
                 check_fresh_run_dir(dir)?;
             }
         }
+        self.mid_epoch = match (&opts.run_dir, opts.checkpoint_every) {
+            (Some(dir), Some(k)) if k > 0 => Some((k, dir.join(CHECKPOINT_FILE), opts.meta.clone())),
+            _ => None,
+        };
+        let r = self.fit_epochs(opts, on_progress, on_epoch).await;
+        self.mid_epoch = None;
+        r
+    }
+
+    async fn fit_epochs(
+        &mut self,
+        opts: &FitOptions,
+        on_progress: &mut dyn FnMut(&Progress),
+        on_epoch: &mut dyn FnMut(&EpochMetrics) -> Control,
+    ) -> Result<Vec<EpochMetrics>> {
         let mut all = Vec::new();
+        let (mut rollbacks, lr0) = (0, self.opt.lr);
         while self.epoch < opts.epochs {
-            let m = self.epoch_with_metrics_async(on_progress).await?;
+            let snap = match opts.on_nan {
+                OnNan::Rollback => Some(self.snapshot_async().await?),
+                OnNan::Stop => None,
+            };
+            let m = match (self.epoch_with_metrics_async(on_progress).await, &snap) {
+                (Ok(m), _) => m,
+                (Err(Error::Diverged { step, term, advice }), Some(snap)) => {
+                    if rollbacks == MAX_ROLLBACKS {
+                        let advice = format!(
+                            "{advice} (gave up after {MAX_ROLLBACKS} rollbacks, which halved the learning rate from \
+                             {lr0} to {})",
+                            self.opt.lr
+                        );
+                        return Err(Error::Diverged { step, term, advice });
+                    }
+                    rollbacks += 1;
+                    self.restore(snap)?;
+                    self.opt.lr /= 2.0;
+                    self.opts.lr = self.opt.lr;
+                    let note = format!(
+                        "non-finite {term} at step {step}: rolled back to the start of epoch {}, learning rate halved \
+                         to {} (rollback {rollbacks} of {MAX_ROLLBACKS})",
+                        self.epoch + 1,
+                        self.opt.lr
+                    );
+                    if let Some(dir) = &opts.run_dir {
+                        // The lr as its shortest decimal (an f32 widened to f64 would print 0.0005000000237).
+                        let lr: f64 = self.opt.lr.to_string().parse().unwrap_or(f64::NAN);
+                        let line = serde_json::json!({"epoch": self.epoch, "rollback": {"step": step, "term": term, "lr": lr}});
+                        append_jsonl(&dir.join(METRICS_FILE), &line.to_string())?;
+                    }
+                    on_progress(&Progress {
+                        epoch: self.epoch + 1,
+                        batch: 0,
+                        batches: 0,
+                        running_loss: f64::NAN,
+                        examples_per_second: 0.0,
+                        warning: Some(note),
+                    });
+                    continue;
+                }
+                (Err(e), _) => return Err(e),
+            };
             if let Some(dir) = &opts.run_dir {
                 // The checkpoint carries its epoch's metrics line: a run killed between the two
                 // writes gets the line back on resume (see `run`), so the files never disagree.
                 let mut meta = opts.meta.clone();
                 meta.insert(METRICS_META.to_string(), m.to_json_line());
                 self.save_with(&dir.join(CHECKPOINT_FILE), &meta)?;
+                if opts.keep > 1 {
+                    keep_epoch_checkpoint(dir, self.epoch, opts.keep)?;
+                }
                 append_jsonl(&dir.join(METRICS_FILE), &m.to_json_line())?;
             }
             let control = on_epoch(&m);
@@ -519,6 +818,30 @@ impl Trainer {
 }
 
 fn check_split(config: &VaeConfig, split: &Split) -> Result<()> {
+    // A conditional VAE cannot learn a class it never sees: a stray label (a 255 in a 10-class
+    // label file) would otherwise silently make 256 classes, most of them empty.
+    if let (crate::vae::ModelKind::Cvae, Some(labels)) = (config.model, split.train.labels()) {
+        let mut seen = vec![false; config.classes];
+        for &l in labels {
+            if let Some(s) = seen.get_mut(l as usize) {
+                *s = true;
+            }
+        }
+        let missing: Vec<usize> = (0..config.classes).filter(|&c| !seen[c]).collect();
+        if let Some(first) = missing.first() {
+            let max = labels.iter().max().copied().unwrap_or(0);
+            return Err(Error::arg(
+                "labels",
+                format!(
+                    "{}: the training labels go up to {max}, so the conditional VAE would have {} classes, but {} of \
+                     them (the first: {first}) have no training example; check the label file for stray values",
+                    split.name,
+                    config.classes,
+                    missing.len()
+                ),
+            ));
+        }
+    }
     for imgs in [&split.train, &split.test] {
         if config.model == crate::vae::ModelKind::Cvae
             && (imgs.labels().is_none() || imgs.num_classes() != config.classes)

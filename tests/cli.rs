@@ -221,7 +221,10 @@ fn run_directory_stays_consistent() {
     // A contradicting option is refused and changes nothing; so is a fresh run into the directory.
     let (ck_before, m_before) = (std::fs::read(&ck).unwrap(), std::fs::read(b.join("metrics.jsonl")).unwrap());
     fails(&wgvae(&["train", "--resume", c, "--lr", "0.01", "--epochs", "2"]), &["lr", "--override"]);
-    fails(&wgvae(&["train", "--out", b.to_str().unwrap(), "--epochs", "1"]), &["already holds a run", "--resume"]);
+    fails(
+        &wgvae(&["train", "--out", b.to_str().unwrap(), "--epochs", "1"]),
+        &["already holds a run", "resume it from"],
+    );
     assert_eq!(std::fs::read(&ck).unwrap(), ck_before);
     assert_eq!(std::fs::read(b.join("metrics.jsonl")).unwrap(), m_before);
 
@@ -253,6 +256,170 @@ fn run_directory_stays_consistent() {
     for d in [a, b] {
         std::fs::remove_dir_all(&d).ok();
     }
+}
+
+/// SIGKILL at random moments (inside checkpoint writes too), then resume, until the run is done:
+/// every checkpoint left behind loads, and the finished run's metrics equal the uninterrupted
+/// run's. `WGVAE_KILLS` sets the number of kills (default 8; the long form is 20).
+#[cfg(unix)]
+#[test]
+fn killed_runs_resume_to_the_uninterrupted_result() {
+    use rand::{Rng, SeedableRng};
+    let kills: usize = std::env::var("WGVAE_KILLS").ok().and_then(|k| k.parse().ok()).unwrap_or(8);
+    let (a, b) = (tmp("kill-a"), tmp("kill-b"));
+    // Enough epochs that every kill lands while training (each restart makes some progress).
+    let epochs = (2 + kills).to_string();
+    let every = ["--epochs", epochs.as_str(), "--checkpoint-every", "5"];
+    train(&a, &every);
+    let want = metrics(&a);
+    let ck = b.join("checkpoint.safetensors");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let mut killed = 0;
+    for _ in 0..kills + 50 {
+        let mut args: Vec<&str> = if ck.exists() {
+            vec!["train", "--resume", ck.to_str().unwrap()]
+        } else {
+            let mut v = vec!["train", "--out", b.to_str().unwrap()];
+            v.extend(SMALL);
+            v
+        };
+        args.extend(every);
+        if killed == kills {
+            ok(&wgvae(&args));
+            break;
+        }
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wgvae"))
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(rng.random_range(100..1000)));
+        let done = child.try_wait().unwrap().is_some();
+        child.kill().ok();
+        let out = child.wait_with_output().unwrap();
+        assert!(!done || out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        if !done {
+            killed += 1;
+        }
+        if ck.exists() {
+            let c = wgvae::checkpoint::Checkpoint::load(&ck).unwrap_or_else(|e| panic!("after kill {killed}: {e}"));
+            let epoch: u64 = c.meta["epoch"].parse().unwrap();
+            let text = std::fs::read_to_string(b.join("metrics.jsonl")).unwrap_or_default();
+            let lines = text.lines().filter(|l| !l.is_empty()).count() as u64;
+            assert!(
+                lines == epoch || lines + 1 == epoch,
+                "after kill {killed}: checkpoint at epoch {epoch}, {lines} lines"
+            );
+        }
+        if done && metrics(&b).len() == 2 + kills {
+            break;
+        }
+    }
+    assert_eq!(killed, kills, "every planned kill landed while wgvae was running");
+    assert_eq!(metrics(&b), want, "killed {killed} times and resumed: the uninterrupted run's figures");
+    let left: Vec<_> = std::fs::read_dir(&b).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(!left.iter().any(|n| n.to_string_lossy().contains(".tmp-")), "temporary files left: {left:?}");
+    for d in [a, b] {
+        std::fs::remove_dir_all(&d).ok();
+    }
+}
+
+/// A full disk (simulated with a file-size limit, `ulimit -f`): the write fails with an error
+/// naming the file, the earlier checkpoint and metrics stay as they were and agree, no temporary
+/// file is left, and a resume with room finishes the run as if nothing had happened.
+#[cfg(unix)]
+#[test]
+fn a_full_disk_leaves_the_run_consistent() {
+    let (a, b) = (tmp("full-a"), tmp("full-b"));
+    train(&a, &["--epochs", "2"]);
+    train(&b, &["--epochs", "1"]);
+    let ck = b.join("checkpoint.safetensors");
+    let before = std::fs::read(&ck).unwrap();
+    let limit_kb = before.len() / 1024 / 2; // room for metrics.jsonl, not for a checkpoint
+    let cmd = format!(
+        "trap '' XFSZ; ulimit -f {limit_kb}; exec '{}' train --resume '{}' --epochs 2",
+        env!("CARGO_BIN_EXE_wgvae"),
+        ck.display()
+    );
+    let o = Command::new("bash").arg("-c").arg(&cmd).output().unwrap();
+    fails(&o, &["checkpoint.safetensors"]);
+    assert_eq!(std::fs::read(&ck).unwrap(), before, "the last good checkpoint is untouched");
+    assert_eq!(metrics(&b).len(), 1, "no metrics line for the epoch whose checkpoint failed");
+    let left: Vec<_> = std::fs::read_dir(&b).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(!left.iter().any(|n| n.to_string_lossy().contains(".tmp-")), "temporary files left: {left:?}");
+    ok(&wgvae(&["train", "--resume", ck.to_str().unwrap(), "--epochs", "2"]));
+    assert_eq!(metrics(&b), metrics(&a));
+    for d in [a, b] {
+        std::fs::remove_dir_all(&d).ok();
+    }
+}
+
+/// `--keep N` keeps the last N epochs' checkpoints beside the latest.
+#[test]
+fn keep_keeps_the_last_epochs_checkpoints() {
+    let d = tmp("keep");
+    train(&d, &["--epochs", "3", "--keep", "2"]);
+    for (e, exists) in [(1, false), (2, true), (3, true)] {
+        let p = d.join(format!("checkpoint-epoch-{e}.safetensors"));
+        assert_eq!(p.exists(), exists, "{}", p.display());
+        if exists {
+            let c = wgvae::checkpoint::Checkpoint::load(&p).unwrap();
+            assert_eq!(c.meta["epoch"], e.to_string());
+        }
+    }
+    std::fs::remove_dir_all(&d).ok();
+}
+
+/// Sizes from flags are checked before anything is allocated: an error naming the flag within
+/// seconds, no abort, no panic.
+#[test]
+fn huge_sizes_from_flags_are_refused_quickly() {
+    for args in [
+        &["train", "--hidden", "100000000"][..],
+        &["train", "--hidden", "10000000"],
+        &["train", "--latent", "100000000000"],
+        &["train", "--hidden", "18446744073709551615"],
+        &["sample", "--checkpoint", "x", "--n", "1000000000"],
+        &["interpolate", "--checkpoint", "x", "--steps", "1000000000"],
+        &["manifold", "--checkpoint", "x", "--n", "100000"],
+    ] {
+        let t0 = std::time::Instant::now();
+        let o = wgvae(args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && !err.contains("panicked") && o.status.code().is_some(), "{args:?}: {err}");
+        let flag = args.iter().rfind(|a| a.starts_with("--")).unwrap();
+        assert!(err.contains(flag.trim_start_matches('-')), "{args:?}: {err}");
+        assert!(t0.elapsed().as_secs_f64() < 10.0, "{args:?} took {:?}", t0.elapsed());
+    }
+}
+
+/// A data directory whose path is not UTF-8 is stored exactly, so `eval` finds it later.
+#[cfg(unix)]
+#[test]
+fn a_non_utf8_data_path_is_found_again_by_eval() {
+    use std::os::unix::ffi::OsStrExt;
+    let base = tmp("non-utf8");
+    let dir = base.join(std::ffi::OsStr::from_bytes(b"data-\xff\xfe"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let idx = |n: u32, seed: u8| {
+        let mut f: Vec<u8> = [0x803u32, n, 4, 4].iter().flat_map(|v| v.to_be_bytes()).collect();
+        f.extend((0..n * 16).map(|i| (i as u8).wrapping_mul(37).wrapping_add(seed)));
+        f
+    };
+    std::fs::write(dir.join("train-images-idx3-ubyte"), idx(40, 1)).unwrap();
+    std::fs::write(dir.join("t10k-images-idx3-ubyte"), idx(10, 2)).unwrap();
+    let run = base.join("run");
+    let o = Command::new(env!("CARGO_BIN_EXE_wgvae"))
+        .args(["train", "--epochs", "1", "--hidden", "8", "--latent", "2", "--batch", "8", "--out"])
+        .arg(&run)
+        .arg("--data")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    ok(&o);
+    ok(&wgvae(&["eval", "--checkpoint", run.join("checkpoint.safetensors").to_str().unwrap()]));
+    std::fs::remove_dir_all(&base).ok();
 }
 
 /// The library's `fit`, `train --json` on stdout and `train`'s metrics.jsonl give the same figures

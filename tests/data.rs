@@ -302,7 +302,15 @@ fn idx_huge_header_is_an_error_not_an_allocation() {
     for name in ["imgs", "imgs.gz"] {
         let p = dir.write(name, &f);
         let msg = data_error(idx::read_images(&p), &p);
-        assert_contains(&msg, &["4294967295 images of 28x28", "truncated"]);
+        assert_contains(&msg, &["4294967295 images of 28x28", "more than"]);
+    }
+    // A lie within the limit: read up to what the file holds, then refused as truncated.
+    let mut f = images_header(idx::IMAGES_MAGIC, 100_000, 28, 28);
+    f.extend_from_slice(&[0; 100]);
+    for name in ["imgs", "imgs.gz"] {
+        let p = dir.write(name, &f);
+        let msg = data_error(idx::read_images(&p), &p);
+        assert_contains(&msg, &["100000 images of 28x28", "truncated"]);
     }
     let mut f = images_header(idx::IMAGES_MAGIC, u32::MAX, u32::MAX, u32::MAX);
     f.extend_from_slice(&[0; 10]);

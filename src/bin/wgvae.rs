@@ -306,10 +306,16 @@ fn train(a: TrainArgs) -> Result<()> {
     let bar: RefCell<Option<indicatif::ProgressBar>> = RefCell::new(None);
     let steps = run.split.train.n().div_ceil(trainer.opts.batch.min(run.split.train.n()));
     let mut on_progress = |p: &wgvae::train::Progress| {
-        if !talk {
+        let mut b = bar.borrow_mut();
+        if let Some(w) = &p.warning {
+            match b.as_ref() {
+                Some(pb) => pb.suspend(|| eprintln!("warning: {w}")),
+                None => eprintln!("warning: {w}"),
+            }
+        }
+        if !talk || p.batches == 0 {
             return;
         }
-        let mut b = bar.borrow_mut();
         let pb = b.get_or_insert_with(|| {
             let style = "epoch {prefix} [{bar:30}] {pos}/{len} {msg} [{elapsed_precise}, ETA {eta}]";
             let pb = indicatif::ProgressBar::new(p.batches as u64).with_prefix(format!("{}/{epochs}", p.epoch));

@@ -31,8 +31,9 @@ pub const TEST_LABELS: &str = "t10k-labels-idx1-ubyte";
 const FASHION_HINT: &str = "Fashion-MNIST is packaged in Debian/Ubuntu as `dataset-fashion-mnist` \
      (`apt-get install dataset-fashion-mnist`), which installs it in /usr/share/datasets/fashion-mnist/";
 
-/// Reserve at most this much up front; larger payloads grow as the data actually arrives.
-const MAX_RESERVE: usize = 64 << 20;
+/// The most pixel bytes [`load_dir`] and [`read_images`] accept from one image file (2 GiB, the
+/// largest buffer most adapters allow); [`load_dir_within`] takes the device's own limit.
+pub const MAX_DATASET_BYTES: u64 = 2 << 30;
 
 fn data_err(path: &Path, detail: impl Into<String>) -> Error {
     Error::Data { path: path.to_path_buf(), detail: detail.into() }
@@ -140,7 +141,16 @@ impl<'a> Source<'a> {
         let len_usize = usize::try_from(len).map_err(|_| {
             data_err(self.path, format!("header says {describe} = {len} bytes, more than this machine can address"))
         })?;
-        let mut data = Vec::with_capacity(len_usize.min(MAX_RESERVE));
+        // Exactly the announced size (checked against the caller's limit before this), reserved
+        // once: growing by doubling would copy and hold up to three times the data at the peak.
+        // Pages of a reservation a lying header never fills are never touched.
+        let mut data = Vec::new();
+        data.try_reserve_exact(len_usize.saturating_add(1)).map_err(|_| {
+            data_err(
+                self.path,
+                format!("header says {describe} = {len} bytes, which do not fit in this machine's memory"),
+            )
+        })?;
         // Read at most one byte more than announced: enough to detect trailing data without
         // letting a lying header (or a gzip bomb) make us read or allocate more.
         let cap = len.saturating_add(1);
@@ -198,6 +208,12 @@ fn check_magic(path: &Path, found: u32, expected: u32, what: &str) -> Result<()>
 /// a file shorter or longer than its header announces, or corrupt gzip data; [`Error::Io`] if the
 /// file cannot be opened or read.
 pub fn read_images(path: &Path) -> Result<(usize, usize, usize, Vec<u8>)> {
+    read_images_within(path, MAX_DATASET_BYTES)
+}
+
+/// [`read_images`] refusing, before reading the pixels, a header that announces more than
+/// `max_bytes` of them.
+pub fn read_images_within(path: &Path, max_bytes: u64) -> Result<(usize, usize, usize, Vec<u8>)> {
     let mut src = Source::open(path)?;
     let h = src.header::<16>("image")?;
     check_magic(path, be32(&h[0..4]), IMAGES_MAGIC, "image")?;
@@ -216,6 +232,15 @@ pub fn read_images(path: &Path) -> Result<(usize, usize, usize, Vec<u8>)> {
     let describe = format!("{n} images of {rows}x{cols}");
     let len = u64::try_from(len)
         .map_err(|_| data_err(path, format!("header says {describe} = {len} bytes, which cannot be a real file")))?;
+    if len > max_bytes {
+        return Err(data_err(
+            path,
+            format!(
+                "header says {describe} = {len} bytes, more than the {max_bytes} bytes a dataset may take here \
+                 (the device's largest buffer, or wgvae's limit for IDX data); use fewer or smaller images"
+            ),
+        ));
+    }
     let pixels = src.payload(16, len, &describe)?;
     Ok((n as usize, rows as usize, cols as usize, pixels))
 }
@@ -232,18 +257,54 @@ pub fn read_labels(path: &Path) -> Result<Vec<u8>> {
     src.payload(8, u64::from(n), &format!("{n} labels of 1 byte"))
 }
 
-/// The file `base` or `base.gz` in `dir`, preferring the uncompressed one when both exist.
-fn find(dir: &Path, base: &str) -> Option<PathBuf> {
-    let raw = dir.join(base);
-    if raw.is_file() {
-        return Some(raw);
+/// What kind of non-regular file `t` is, for messages.
+fn kind_of(t: std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_fifo() {
+            return "a named pipe (FIFO)";
+        }
+        if t.is_char_device() || t.is_block_device() {
+            return "a device";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
     }
-    let gz = dir.join(format!("{base}.gz"));
-    gz.is_file().then_some(gz)
+    if t.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// The file `base` or `base.gz` in `dir`, preferring the uncompressed one when both exist. A name
+/// that exists but is no regular file (a FIFO, a device, a directory, a dangling symlink or a
+/// symlink loop) is an error naming it, never "missing".
+fn find(dir: &Path, base: &str) -> Result<Option<PathBuf>> {
+    for p in [dir.join(base), dir.join(format!("{base}.gz"))] {
+        match std::fs::metadata(&p) {
+            Ok(m) if m.is_file() => return Ok(Some(p)),
+            Ok(m) => {
+                return Err(data_err(
+                    &p,
+                    format!("is {}, not a regular file; an IDX file is needed here", kind_of(m.file_type())),
+                ))
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                if std::fs::symlink_metadata(&p).is_ok() {
+                    return Err(data_err(&p, "is a symbolic link to a file that does not exist"));
+                }
+            }
+            Err(source) => return Err(Error::Io { path: p, source }),
+        }
+    }
+    Ok(None)
 }
 
 fn required(dir: &Path, base: &str) -> Result<PathBuf> {
-    find(dir, base).ok_or_else(|| {
+    find(dir, base)?.ok_or_else(|| {
         data_err(
             &dir.join(base),
             format!(
@@ -257,10 +318,10 @@ fn required(dir: &Path, base: &str) -> Result<PathBuf> {
 }
 
 /// Images of one split plus, when the label file exists, its labels (checked to match in count).
-fn load_split(dir: &Path, images: &str, labels: &str) -> Result<(PathBuf, Images)> {
+fn load_split(dir: &Path, images: &str, labels: &str, max_bytes: u64) -> Result<(PathBuf, Images)> {
     let img_path = required(dir, images)?;
-    let (n, rows, cols, pixels) = read_images(&img_path)?;
-    let labels = match find(dir, labels) {
+    let (n, rows, cols, pixels) = read_images_within(&img_path, max_bytes)?;
+    let labels = match find(dir, labels)? {
         None => None,
         Some(lab_path) => {
             let l = read_labels(&lab_path)?;
@@ -295,6 +356,12 @@ fn load_split(dir: &Path, images: &str, labels: &str) -> Result<(PathBuf, Images
 /// (see [`read_images`], [`read_labels`]), if a label file's count differs from its image file's, or
 /// if training and test images differ in size.
 pub fn load_dir(dir: &Path) -> Result<Split> {
+    load_dir_within(dir, MAX_DATASET_BYTES)
+}
+
+/// [`load_dir`] refusing, before reading it, an image file whose header announces more than
+/// `max_bytes` of pixels (e.g. more than the device can bind: see [`crate::Gpu::max_tensor_elements`]).
+pub fn load_dir_within(dir: &Path, max_bytes: u64) -> Result<Split> {
     if !dir.is_dir() {
         return Err(data_err(
             dir,
@@ -305,8 +372,8 @@ pub fn load_dir(dir: &Path) -> Result<Split> {
             ),
         ));
     }
-    let (train_path, mut train) = load_split(dir, TRAIN_IMAGES, TRAIN_LABELS)?;
-    let (test_path, mut test) = load_split(dir, TEST_IMAGES, TEST_LABELS)?;
+    let (train_path, mut train) = load_split(dir, TRAIN_IMAGES, TRAIN_LABELS, max_bytes)?;
+    let (test_path, mut test) = load_split(dir, TEST_IMAGES, TEST_LABELS, max_bytes)?;
     if train.shape() != test.shape() {
         return Err(data_err(
             &test_path,

@@ -222,6 +222,25 @@ fn fused_key(entry: &'static str, inputs: u32, outputs: u32, like: FusedLikeliho
     }
 }
 
+/// Adds a batch's loss sums `recon`, `kl` (\[1, 1\] each) into the epoch accumulators: `acc_recon`
+/// \[1, 1\] and `acc_kl`, \[1, 1\] or \[1, 4\] with the non-finite guard of [`fused_objective`]
+/// (for losses built from the unfused ops). No gradient.
+pub fn accumulate_loss(
+    tape: &mut Tape,
+    recon: &Tensor,
+    kl: &Tensor,
+    acc_recon: &Tensor,
+    acc_kl: &Tensor,
+) -> Result<()> {
+    for (t, want) in [(recon, 1), (kl, 1), (acc_recon, 1), (acc_kl, acc_kl.len().max(1))] {
+        if t.shape() != [1, want] || !(want == 1 || want == 4) {
+            return Err(Error::shape("accumulate_loss", format!("{:?} is not a loss sum or accumulator", t.shape())));
+        }
+    }
+    let key = fused_key("accumulate_guarded", 2, 2, FusedLikelihood::Bernoulli, false);
+    tape.dispatch(&key, Params::new(), &[recon, kl, acc_recon, acc_kl], [1, 1, 1])
+}
+
 fn latent_params(n: usize, z: usize, noise: Noise, flag: u32, s0: f32) -> Params {
     let k = crate::rng::key(noise.seed);
     Params::new().u(n as u32).u(z as u32).u(0).u(k[0]).u(k[1]).u(noise.step).u(noise.stream).u(flag).f(s0).f(0.0)
@@ -278,7 +297,9 @@ pub struct FusedLoss {
 /// The negative ELBO of a batch in three kernels: the reconstruction term of `out` (decoder
 /// output \[B, D\]) against `target` with its gradient (one pass), then fixed-order sums of it and
 /// of `kl_rows` (from [`latent`]; `None` for the autoencoder), total = rs·recon + ks·kl, and with
-/// `acc` = (Σ recon, Σ kl) accumulators, the batch's sums added to them. The KL term's gradient
+/// `acc` = (Σ recon, Σ kl) accumulators, the batch's sums added to them (a \[1, 4\] KL accumulator
+/// also keeps the non-finite guard: \[1\] steps added, \[2\] the first, 1-based, whose recon or KL
+/// sum was NaN or infinite, \[3\] which: 1 recon, 2 KL, 3 both). The KL term's gradient
 /// flows to `head` (the posterior parameters \[B, 2Z\] the KL came from).
 ///
 /// Backward: d out = g·rs·∂nll (computed in the forward pass, for g = 1 as when the total is the

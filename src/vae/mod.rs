@@ -158,10 +158,25 @@ impl VaeConfig {
         }
     }
 
-    /// Checks that every size is usable.
+    /// Checks that every size is usable: each at least 1 and at most [`MAX_DIM`], at most
+    /// [`MAX_LAYERS`] hidden layers (so every product of sizes fits comfortably in a u64).
     pub fn validate(&self) -> Result<()> {
         if self.input_dim == 0 {
             return Err(Error::arg("input_dim", "must be at least 1"));
+        }
+        for (name, v) in [("input_dim", self.input_dim), ("latent", self.latent), ("classes", self.classes)]
+            .into_iter()
+            .chain(self.hidden.iter().map(|&h| ("hidden", h)))
+        {
+            if v > MAX_DIM {
+                return Err(Error::arg(name, format!("{v} is larger than the largest size wgvae takes, {MAX_DIM}")));
+            }
+        }
+        if self.hidden.len() > MAX_LAYERS {
+            return Err(Error::arg(
+                "hidden",
+                format!("{} hidden layers; at most {MAX_LAYERS} are supported", self.hidden.len()),
+            ));
         }
         if self.latent == 0 {
             return Err(Error::arg("latent", "the latent dimension must be at least 1"));
@@ -181,6 +196,104 @@ impl VaeConfig {
             }
         }
         Ok(())
+    }
+}
+
+/// The largest input, hidden, latent or class count a [`VaeConfig`] takes (kernels index with
+/// u32, and a weight matrix of two such sizes must still be countable).
+pub const MAX_DIM: usize = 1 << 24;
+/// The most hidden layers a [`VaeConfig`] takes.
+pub const MAX_LAYERS: usize = 64;
+
+impl VaeConfig {
+    /// The tensors a checkpoint of this model holds (PyTorch state-dict names and shapes; Adam's
+    /// moments aside), computed from the config alone: no weight is created. Errors as
+    /// [`VaeConfig::validate`].
+    pub fn state_shapes(&self) -> Result<Vec<(String, Vec<usize>)>> {
+        self.validate()?;
+        let cond = if self.model == ModelKind::Cvae { self.classes } else { 0 };
+        let mut out = Vec::new();
+        let layers = |name: &str, sizes: &[usize], out: &mut Vec<(String, Vec<usize>)>| {
+            for (i, w) in sizes.windows(2).enumerate() {
+                out.push((format!("{name}.{i}.weight"), vec![w[1], w[0]]));
+                out.push((format!("{name}.{i}.bias"), vec![w[1]]));
+            }
+        };
+        let mut enc = vec![self.input_dim + cond];
+        enc.extend(&self.hidden);
+        layers("encoder", &enc, &mut out);
+        let last = *enc.last().unwrap_or(&self.input_dim);
+        out.push(("fc_mu.weight".into(), vec![self.latent, last]));
+        out.push(("fc_mu.bias".into(), vec![self.latent]));
+        if self.model != ModelKind::Ae {
+            out.push(("fc_logvar.weight".into(), vec![self.latent, last]));
+            out.push(("fc_logvar.bias".into(), vec![self.latent]));
+        }
+        if self.bn_tau.is_some() {
+            out.push(("bn_mu.theta".into(), vec![1, self.latent]));
+        }
+        if self.likelihood == Likelihood::GaussianLearned {
+            out.push(("decoder.logvar".into(), vec![1, self.input_dim]));
+        }
+        let mut dec = vec![self.latent + cond];
+        dec.extend(self.hidden.iter().rev());
+        dec.push(self.input_dim);
+        layers("decoder", &dec, &mut out);
+        if self.bn_tau.is_some() {
+            out.push(("bn_mu.running_mean".into(), vec![self.latent]));
+            out.push(("bn_mu.running_var".into(), vec![self.latent]));
+        }
+        Ok(out)
+    }
+
+    /// Number of trained f32 values (weights, biases, BN-VAE's θ, a learned variance), with
+    /// checked arithmetic.
+    pub fn param_count(&self) -> Result<u64> {
+        let mut n = 0u64;
+        for (name, shape) in self.state_shapes()? {
+            if name.starts_with("bn_mu.running") {
+                continue;
+            }
+            let k = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64));
+            n = k.and_then(|k| n.checked_add(k)).ok_or_else(|| Error::arg("config", "the model's size overflows"))?;
+        }
+        Ok(n)
+    }
+
+    /// Checks, before anything is allocated, that the model's parameters fit the device: they
+    /// live in one packed buffer (and so do their gradients and Adam's two moments). The error
+    /// says the widest hidden layer that would fit.
+    pub fn check_fits(&self, gpu: &Gpu) -> Result<()> {
+        let limit = gpu.max_tensor_elements();
+        let n = self.param_count()?;
+        if n <= limit {
+            return Ok(());
+        }
+        let fits = |h: usize| {
+            let c = VaeConfig { hidden: self.hidden.iter().map(|&x| x.min(h)).collect(), ..self.clone() };
+            c.param_count().is_ok_and(|n| n <= limit)
+        };
+        let widest = self.hidden.iter().copied().max().unwrap_or(0);
+        let hint = if widest > 1 && fits(1) {
+            let (mut lo, mut hi) = (1usize, widest);
+            while hi - lo > 1 {
+                let mid = lo + (hi - lo) / 2;
+                if fits(mid) {
+                    lo = mid
+                } else {
+                    hi = mid
+                }
+            }
+            format!("; the widest hidden layer that fits is {lo}")
+        } else {
+            String::new()
+        };
+        Err(Error::DeviceLimit {
+            what: format!("the model's {n} parameters (one packed buffer{hint})"),
+            needed: n.saturating_mul(4),
+            limit: limit * 4,
+            limit_name: "max_storage_buffer_binding_size",
+        })
     }
 }
 
@@ -255,7 +368,7 @@ pub struct BnLayer {
 impl Vae {
     /// A freshly initialised VAE (PyTorch's `nn.Linear` initialisation, from `seed`).
     pub fn new(gpu: &Gpu, config: VaeConfig, seed: u64) -> Result<Self> {
-        config.validate()?;
+        config.check_fits(gpu)?; // before any weight is drawn on the CPU
         let act = config.activation;
         // The CVAE's encoder sees [x | one-hot y], its decoder [z | one-hot y].
         let cond = if config.model == ModelKind::Cvae { config.classes } else { 0 };
@@ -532,8 +645,7 @@ impl Vae {
         };
         if let Some((ar, ak)) = acc {
             let (r, k) = (tape.value(loss.recon).clone(), tape.value(loss.kl).clone());
-            ops::elementwise::axpy_inplace(tape, 1.0, &r, ar)?;
-            ops::elementwise::axpy_inplace(tape, 1.0, &k, ak)?;
+            ops::vae::accumulate_loss(tape, &r, &k, ar, ak)?;
         }
         Ok(loss)
     }

@@ -87,19 +87,29 @@ pub type StateEntry = (String, Vec<usize>, Vec<f32>);
 
 /// The model's weights as PyTorch would name and shape them (`nn.Linear` state-dict names, biases
 /// 1-D, `fc_mu` and `fc_logvar` as separate layers), in the order of [`Vae::params`]; BN-VAE
-/// running statistics last.
+/// running statistics last. Blocks; see [`state_dict_async`].
+#[cfg(not(target_arch = "wasm32"))]
 pub fn state_dict(gpu: &Gpu, vae: &Vae) -> Result<Vec<StateEntry>> {
+    pollster::block_on(state_dict_async(gpu, vae))
+}
+
+/// [`state_dict`] without blocking.
+pub async fn state_dict_async(gpu: &Gpu, vae: &Vae) -> Result<Vec<StateEntry>> {
     let params = vae.params();
-    let values = params.iter().map(|p| p.value().to_vec(gpu)).collect::<Result<Vec<_>>>()?;
+    let mut values = Vec::new();
+    for p in &params {
+        values.push(p.value().to_vec_async(gpu).await?);
+    }
     let mut out: Vec<_> =
         entries(&params).into_iter().map(|e| (e.name, e.shape, values[e.param][e.range].to_vec())).collect();
     for (name, t) in vae.buffers() {
-        out.push((name.to_string(), vec![t.len()], t.to_vec(gpu)?));
+        out.push((name.to_string(), vec![t.len()], t.to_vec_async(gpu).await?));
     }
     Ok(out)
 }
 
 /// Saves `vae` (and `opt`'s moments) with `meta` to `path`, atomically.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn save(
     path: impl AsRef<Path>,
     gpu: &Gpu,
@@ -108,20 +118,37 @@ pub fn save(
     meta: &HashMap<String, String>,
 ) -> Result<()> {
     let path = path.as_ref();
+    let bytes = pollster::block_on(to_bytes_async(gpu, vae, opt, meta)).map_err(|e| match e {
+        Error::Checkpoint { detail, .. } => ck_err(path, detail),
+        e => e,
+    })?;
+    write_atomic(path, &bytes)
+}
+
+/// The checkpoint file's bytes (what [`save`] writes): a browser offers them as a download, and
+/// [`Checkpoint::from_bytes`] reads them back.
+pub async fn to_bytes_async(
+    gpu: &Gpu,
+    vae: &Vae,
+    opt: Option<&Adam>,
+    meta: &HashMap<String, String>,
+) -> Result<Vec<u8>> {
+    let label = Path::new("(in memory)");
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for (name, t) in vae.buffers() {
-        let v = t.to_vec(gpu)?;
+        let v = t.to_vec_async(gpu).await?;
         tensors.push((name.to_string(), vec![t.len()], bytemuck::cast_slice(&v).to_vec()));
     }
     let params = vae.params();
-    let values = params.iter().map(|p| p.value().to_vec(gpu)).collect::<Result<Vec<_>>>()?;
-    let moments = params
-        .iter()
-        .map(|p| match opt.and_then(|o| o.moments(p)) {
-            Some((m, v)) => Ok(Some((m.to_vec(gpu)?, v.to_vec(gpu)?))),
-            None => Ok(None),
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let mut values = Vec::new();
+    let mut moments = Vec::new();
+    for p in &params {
+        values.push(p.value().to_vec_async(gpu).await?);
+        moments.push(match opt.and_then(|o| o.moments(p)) {
+            Some((m, v)) => Some((m.to_vec_async(gpu).await?, v.to_vec_async(gpu).await?)),
+            None => None,
+        });
+    }
     let mut push = |name: String, shape: &[usize], v: &[f32]| {
         tensors.push((name, shape.to_vec(), bytemuck::cast_slice(v).to_vec()));
     };
@@ -134,18 +161,17 @@ pub fn save(
     }
     let mut info = meta.clone();
     info.insert("format".into(), FORMAT.into());
-    info.insert("config".into(), serde_json::to_string(&vae.config).map_err(|e| ck_err(path, e.to_string()))?);
+    info.insert("config".into(), serde_json::to_string(&vae.config).map_err(|e| ck_err(label, e.to_string()))?);
     if let Some(o) = opt {
         info.insert("adam_t".into(), o.t.to_string());
     }
     let views = tensors
         .iter()
         .map(|(n, s, d)| {
-            Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), d).map_err(|e| ck_err(path, e.to_string()))?))
+            Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), d).map_err(|e| ck_err(label, e.to_string()))?))
         })
         .collect::<Result<Vec<_>>>()?;
-    let bytes = safetensors::serialize(views, Some(info)).map_err(|e| ck_err(path, e.to_string()))?;
-    write_atomic(path, &bytes)
+    safetensors::serialize(views, Some(info)).map_err(|e| ck_err(label, e.to_string()))
 }
 
 /// Writes `bytes` to `path` through a synced temporary file, a rename and a synced directory.
@@ -202,6 +228,7 @@ pub fn remove_stale_temporaries(dir: &Path) {
 /// Checkpoint metadata naming a data directory: `data` (the path as text) and, for a path that
 /// is not valid UTF-8 (Unix), `data_path_hex` with its exact bytes, so that `eval` finds it later.
 pub fn data_meta(dir: &Path) -> Vec<(String, String)> {
+    #[cfg_attr(not(unix), allow(unused_mut))]
     let mut m = vec![("data".to_string(), dir.display().to_string())];
     #[cfg(unix)]
     if dir.to_str().is_none() {
@@ -226,9 +253,16 @@ impl Checkpoint {
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
-        let st = safetensors::SafeTensors::deserialize(&bytes)
+        Self::from_bytes(&bytes, path)
+    }
+
+    /// Reads and validates a checkpoint from its bytes (a browser's upload, say); `path` names it
+    /// in errors and is kept as [`Checkpoint::path`].
+    pub fn from_bytes(bytes: &[u8], path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let st = safetensors::SafeTensors::deserialize(bytes)
             .map_err(|e| ck_err(path, format!("not a readable safetensors file ({e})")))?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| ck_err(path, e.to_string()))?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| ck_err(path, e.to_string()))?;
         let meta = header.metadata().clone().unwrap_or_default();
         if meta.get("format").map(String::as_str) != Some(FORMAT) {
             return Err(ck_err(path, format!("no `format: {FORMAT}` metadata: not a wgvae checkpoint")));

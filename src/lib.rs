@@ -35,6 +35,9 @@
 //! [wgpu]: https://wgpu.rs
 
 #![warn(missing_docs)]
+// WebGPU handles are single-threaded in a browser, so the Arcs that share them across threads
+// natively hold non-Send values there; one code path for both targets is worth the lint.
+#![cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
 
 /// Serializes a type through its `Display` and deserializes it through its `FromStr` (the config
 /// enums are written as the strings the CLI takes, e.g. `leaky_relu:0.2`).
@@ -56,11 +59,13 @@ macro_rules! string_serde {
 pub(crate) use string_serde;
 
 #[doc(hidden)]
+#[cfg(not(target_arch = "wasm32"))]
 pub mod bench;
 pub mod checkpoint;
 pub mod clock;
 pub mod data;
 pub mod error;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod eval;
 pub mod gpu;
 #[cfg(feature = "pictures")]
@@ -73,6 +78,7 @@ pub mod pictures;
 pub mod plot;
 #[doc(hidden)]
 pub mod rng;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod run;
 pub mod tape;
 pub mod tensor;

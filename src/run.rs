@@ -377,12 +377,6 @@ fn prepare_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Keeps the lines of `metrics.jsonl` up to `epoch` (the checkpoint's): after a crash between the
-/// checkpoint and the metrics line, or after a resume from an older checkpoint, the file agrees
-/// with the checkpoint again. Lines that are not JSON objects with an `epoch` are kept.
-/// Makes `metrics.jsonl` end at the checkpoint's epoch: lines of later epochs (written by a run
-/// killed before its next checkpoint) are dropped, and the checkpoint's own line (`line`, stored
-/// in it) is appended when a kill came between the checkpoint and its metrics line.
 /// The checkpoint metadata naming the data (`sprites` when `None`).
 fn data_meta(dir: Option<&Path>) -> std::collections::HashMap<String, String> {
     match dir {
@@ -391,6 +385,10 @@ fn data_meta(dir: Option<&Path>) -> std::collections::HashMap<String, String> {
     }
 }
 
+/// Makes `metrics.jsonl` end at the checkpoint's epoch: lines of later epochs (written by a run
+/// killed before its next checkpoint) are dropped, and the checkpoint's own line (`line`, stored
+/// in it) is appended when a kill came between the checkpoint and its metrics line. Lines that
+/// are not JSON objects with an `epoch` are kept.
 fn reconcile_metrics(path: &Path, epoch: u64, line: Option<&String>) -> Result<()> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let epoch_of = |l: &str| serde_json::from_str::<serde_json::Value>(l).ok()?.get("epoch")?.as_u64();

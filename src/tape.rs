@@ -73,7 +73,8 @@ pub(crate) struct Dispatch {
     params: Params,
     buffers: Vec<(Arc<PooledBuffer>, u64, u64)>,
     groups: [u32; 3],
-    /// Profile row (entry point and shape); only made while the device is profiling.
+    /// Profile row (entry point and shape); only made while the device is profiling (natively).
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     label: Option<String>,
 }
 
@@ -110,7 +111,22 @@ impl Readback {
     }
 }
 
+/// `Send` where threads exist. In a browser, GPU handles are not `Send` (WebGPU objects live on
+/// one JS thread), so neither are the backward rules that hold them.
+#[cfg(not(target_arch = "wasm32"))]
+pub trait MaybeSend: Send {}
+#[cfg(not(target_arch = "wasm32"))]
+impl<T: Send> MaybeSend for T {}
+/// `Send` where threads exist (see the native definition); nothing in a browser.
+#[cfg(target_arch = "wasm32")]
+pub trait MaybeSend {}
+#[cfg(target_arch = "wasm32")]
+impl<T> MaybeSend for T {}
+
+#[cfg(not(target_arch = "wasm32"))]
 type BackwardFn = Box<dyn FnOnce(&mut Tape, &Tensor, &[bool]) -> Result<Vec<Option<Tensor>>> + Send>;
+#[cfg(target_arch = "wasm32")]
+type BackwardFn = Box<dyn FnOnce(&mut Tape, &Tensor, &[bool]) -> Result<Vec<Option<Tensor>>>>;
 
 struct Node {
     inputs: Vec<usize>,
@@ -145,6 +161,9 @@ pub struct Tape {
     seed: Option<u64>,
     /// Gradient destinations of packed parameters' vars (see [`crate::nn::pack`]).
     dests: HashMap<usize, Tensor>,
+    /// Small buffers bound in place of output slots a kernel leaves unused (see
+    /// [`Tape::dispatch`]).
+    spares: Vec<Tensor>,
 }
 
 impl Tape {
@@ -162,6 +181,7 @@ impl Tape {
             kernels_run: BTreeMap::new(),
             seed: None,
             dests: HashMap::new(),
+            spares: Vec::new(),
         }
     }
 
@@ -245,8 +265,51 @@ impl Tape {
                 kernel.name
             )));
         }
-        let buffers = buffers.iter().map(|t| (t.buf.clone(), t.offset, t.bytes())).collect();
-        self.dispatches.push(Dispatch { kernel, params, buffers, groups, label });
+        // Kernels with optional outputs get an unused one as a repeat of another output (one
+        // layout per kernel). WebGPU forbids overlapping writable bindings, so such a repeat is
+        // bound to a spare buffer instead; any other overlap of two outputs is a bug.
+        let mut bound: Vec<(Arc<PooledBuffer>, u64, u64)> =
+            buffers.iter().map(|t| (t.buf.clone(), t.offset, t.bytes())).collect();
+        let first_out = key.inputs as usize;
+        let mut used_spares = 0;
+        for j in first_out + 1..bound.len() {
+            for i in first_out..j {
+                let (a, b) = (buffers[i], buffers[j]);
+                if !a.same_buffer(b) || a.offset + a.bytes() <= b.offset || b.offset + b.bytes() <= a.offset {
+                    continue;
+                }
+                if (a.offset, a.bytes()) != (b.offset, b.bytes()) {
+                    return Err(Error::Autograd(format!(
+                        "kernel {} would write overlapping ranges of one buffer (outputs {} and {})",
+                        kernel.name,
+                        i - first_out,
+                        j - first_out
+                    )));
+                }
+                if self.spares.len() == used_spares {
+                    self.spares.push(Tensor::empty(&self.gpu, 1, 4)?);
+                }
+                let s = &self.spares[used_spares];
+                used_spares += 1;
+                bound[j] = (s.buf.clone(), s.offset, s.bytes());
+                break;
+            }
+        }
+        // WebGPU's rule, checked here natively too (wgpu-core does not): no binding a kernel
+        // writes may overlap another binding, so what passes here also binds in a browser.
+        for (j, (bj, oj, nj)) in bound.iter().enumerate().skip(first_out) {
+            if bound
+                .iter()
+                .enumerate()
+                .any(|(i, (bi, oi, ni))| i != j && bi.id() == bj.id() && *oi < oj + nj && *oj < oi + ni)
+            {
+                return Err(Error::Autograd(format!(
+                    "kernel {}: binding {j} is written but overlaps another binding (WebGPU rejects this)",
+                    kernel.name
+                )));
+            }
+        }
+        self.dispatches.push(Dispatch { kernel, params, buffers: bound, groups, label });
         Ok(())
     }
 
@@ -365,25 +428,28 @@ impl Tape {
     fn record_profile(&self, dispatches: &[Dispatch], staging: &PooledBuffer, timed: usize) -> Result<()> {
         let bytes = self.gpu.map_read(staging, 8 * (timed as u64 + 1));
         // Profiling waits after every submission anyway (timestamp queries exist only natively).
-        #[cfg(not(target_arch = "wasm32"))]
-        let ticks: Vec<u64> = bytemuck::pod_collect_to_vec::<u8, u64>(&pollster::block_on(bytes)?);
         #[cfg(target_arch = "wasm32")]
-        let ticks: Vec<u64> = {
+        {
             drop(bytes);
-            return Err(Error::arg("--profile", "per-kernel profiles need a native adapter"));
-        };
-        let ns_per_tick = self.gpu.queue().get_timestamp_period() as f64;
-        let mut acc = self.gpu.inner.profile.lock().unwrap_or_else(|p| p.into_inner());
-        acc.submissions += 1;
-        acc.untimed += (dispatches.len() - timed) as u64;
-        for (i, d) in dispatches.iter().take(timed).enumerate() {
-            let ms = ticks[i + 1].saturating_sub(ticks[i]) as f64 * ns_per_tick * 1e-6;
-            let label = d.label.clone().unwrap_or_else(|| d.kernel.entry.to_string());
-            let row = acc.rows.entry(label).or_insert((0, 0.0));
-            row.0 += 1;
-            row.1 += ms;
+            let _ = (dispatches, timed);
+            Err(Error::arg("profile", "per-kernel profiles need a native adapter"))
         }
-        Ok(())
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let ticks: Vec<u64> = bytemuck::pod_collect_to_vec::<u8, u64>(&pollster::block_on(bytes)?);
+            let ns_per_tick = self.gpu.queue().get_timestamp_period() as f64;
+            let mut acc = self.gpu.inner.profile.lock().unwrap_or_else(|p| p.into_inner());
+            acc.submissions += 1;
+            acc.untimed += (dispatches.len() - timed) as u64;
+            for (i, d) in dispatches.iter().take(timed).enumerate() {
+                let ms = ticks[i + 1].saturating_sub(ticks[i]) as f64 * ns_per_tick * 1e-6;
+                let label = d.label.clone().unwrap_or_else(|| d.kernel.entry.to_string());
+                let row = acc.rows.entry(label).or_insert((0, 0.0));
+                row.0 += 1;
+                row.1 += ms;
+            }
+            Ok(())
+        }
     }
 
     // ---------------------------------------------------------------- the tape's own kernels
@@ -417,7 +483,8 @@ impl Tape {
         Ok(t)
     }
 
-    fn copy_into(&mut self, x: &Tensor, dst: &Tensor) -> Result<()> {
+    /// Records `dst = x` (same element count; shapes may differ).
+    pub fn copy_into(&mut self, x: &Tensor, dst: &Tensor) -> Result<()> {
         self.elementwise("affine", &[x], dst, 1.0, 0.0)
     }
 
@@ -532,7 +599,7 @@ impl Tape {
         &mut self,
         inputs: &[Var],
         value: Tensor,
-        backward: impl FnOnce(&mut Tape, &Tensor, &[bool]) -> Result<Vec<Option<Tensor>>> + Send + 'static,
+        backward: impl FnOnce(&mut Tape, &Tensor, &[bool]) -> Result<Vec<Option<Tensor>>> + MaybeSend + 'static,
     ) -> Var {
         let needs = self.grad_enabled && inputs.iter().any(|v| self.vars[v.0].requires_grad);
         for v in inputs {

@@ -573,7 +573,7 @@ impl Trainer {
         self.check_guard(e, &kl)?; // a diverged state is never saved
         let p = PartialEpoch { epoch: e.epoch, batch, acc_recon, acc_kl: [kl[0], kl[1], kl[2], kl[3]] };
         meta.insert(PARTIAL_META.to_string(), serde_json::to_string(&p).unwrap_or_default());
-        self.save_with(path, &meta)
+        checkpoint::write_atomic(path, &self.checkpoint_bytes_async(&meta).await?)
     }
 
     /// Copies the trained state to the CPU (for a rollback).
@@ -752,7 +752,8 @@ impl Trainer {
                 // writes gets the line back on resume (see `run`), so the files never disagree.
                 let mut meta = opts.meta.clone();
                 meta.insert(METRICS_META.to_string(), m.to_json_line());
-                self.save_with(&dir.join(CHECKPOINT_FILE), &meta)?;
+                let bytes = self.checkpoint_bytes_async(&meta).await?;
+                checkpoint::write_atomic(dir.join(CHECKPOINT_FILE), &bytes)?;
                 if opts.keep > 1 {
                     keep_epoch_checkpoint(dir, self.epoch, opts.keep)?;
                 }
@@ -790,12 +791,24 @@ impl Trainer {
     }
 
     /// Writes a checkpoint of the current state (atomic).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         self.save_with(path.as_ref(), &HashMap::new())
     }
 
     /// Like [`Trainer::save`] with extra metadata (e.g. `data`: where the data came from).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn save_with(&self, path: &Path, extra: &HashMap<String, String>) -> Result<()> {
+        let bytes = pollster::block_on(self.checkpoint_bytes_async(extra)).map_err(|e| match e {
+            Error::Checkpoint { detail, .. } => Error::Checkpoint { path: path.to_path_buf(), detail },
+            e => e,
+        })?;
+        checkpoint::write_atomic(path, &bytes)
+    }
+
+    /// The bytes of the checkpoint [`Trainer::save_with`] writes (weights, Adam, step, epoch and
+    /// every training option, plus `extra` metadata): what a browser offers as a download.
+    pub async fn checkpoint_bytes_async(&self, extra: &HashMap<String, String>) -> Result<Vec<u8>> {
         let mut meta = extra.clone();
         meta.insert("step".to_string(), self.step.to_string());
         meta.insert("epoch".to_string(), self.epoch.to_string());
@@ -811,9 +824,9 @@ impl Trainer {
         let mut opts = self.opts.clone();
         opts.lr = self.opt.lr;
         let json = serde_json::to_string(&opts)
-            .map_err(|e| Error::Checkpoint { path: path.to_path_buf(), detail: e.to_string() })?;
+            .map_err(|e| Error::Checkpoint { path: "(in memory)".into(), detail: e.to_string() })?;
         meta.insert("options".to_string(), json);
-        checkpoint::save(path, &self.gpu, &self.vae, Some(&self.opt), &meta)
+        checkpoint::to_bytes_async(&self.gpu, &self.vae, Some(&self.opt), &meta).await
     }
 }
 

@@ -442,7 +442,8 @@ impl Gpu {
         }
         let params_stride = (limits.min_uniform_buffer_offset_alignment as u64).max(pipeline::PARAMS_BYTES);
         let summary = AdapterSummary {
-            name: info.name.clone(),
+            // Browsers may withhold the adapter's description (wgpu maps only that field there).
+            name: if info.name.is_empty() { format!("unnamed {:?} adapter", info.backend) } else { info.name.clone() },
             backend: info.backend,
             device_type: info.device_type,
             driver: info.driver.clone(),
@@ -664,8 +665,9 @@ impl Gpu {
         self.map_read(&staging, bytes).await
     }
 
-    /// Returns (and clears) the first GPU error reported since the last check.
-    pub(crate) fn check_error(&self) -> Result<()> {
+    /// Returns (and clears) the first GPU error the device reported outside wgvae's error scopes
+    /// since the last check (in a browser, errors arrive after the call that caused them).
+    pub fn check_error(&self) -> Result<()> {
         match self.inner.device_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
             Some(e) => Err(Error::Gpu(e)),
             None => Ok(()),

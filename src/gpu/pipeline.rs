@@ -178,11 +178,17 @@ impl Gpu {
         }
         let dev = &self.inner.device;
         let name = key.describe();
+        #[cfg(not(target_arch = "wasm32"))]
         let scope = dev.push_error_scope(wgpu::ErrorFilter::Validation);
         let mkey = (key.module, key.defines.clone());
         if !cache.modules.contains_key(&mkey) {
-            // (Subgroup builtins need no `enable` directive in naga: the device feature suffices.)
             let mut src = String::new();
+            // naga takes subgroup builtins on the device feature alone and rejects the directive;
+            // a browser's compiler (Tint) requires it.
+            #[cfg(target_arch = "wasm32")]
+            if key.module.source().contains("subgroup") {
+                src.push_str("enable subgroups;\n");
+            }
             for (k, v) in &key.defines {
                 src.push_str(&format!("const {k} = {v};\n"));
             }
@@ -222,7 +228,14 @@ impl Gpu {
             },
             cache: None,
         });
-        if let Some(err) = pollster::block_on(scope.pop()) {
+        // Natively the scope's result is ready when the call returns. In a browser it arrives
+        // later and cannot be waited for here, so no scope is pushed: compile errors reach the
+        // page through the device's uncaptured-error handler instead.
+        #[cfg(target_arch = "wasm32")]
+        let popped: Option<wgpu::Error> = None;
+        #[cfg(not(target_arch = "wasm32"))]
+        let popped = pollster::block_on(scope.pop());
+        if let Some(err) = popped {
             // A broken module would fail every entry point; forget it so the error repeats
             // faithfully instead of surfacing later as an invalid-object error.
             cache.modules.remove(&mkey);

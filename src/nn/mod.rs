@@ -78,11 +78,13 @@ pub fn pack(gpu: &Gpu, params: &mut [&mut Param]) -> Result<()> {
             .checked_add(n.div_ceil(align) * align)
             .ok_or_else(|| Error::arg("pack", "the parameters' total size overflows"))?;
     }
-    let mut host = vec![0f32; total];
+    // Copied on the GPU (no read-back: in a browser none can block).
+    let values = Tensor::zeros(gpu, 1, total)?;
+    let mut tape = Tape::no_grad(gpu);
     for (p, &(_, start, n)) in params.iter().zip(&slots) {
-        host[start..start + n].copy_from_slice(&p.value.to_vec(gpu)?);
+        tape.copy_into(&p.value, &values.view(start, 1, n)?)?;
     }
-    let values = Tensor::from_slice(gpu, 1, total, &host)?;
+    tape.submit()?;
     let grads = Tensor::zeros(gpu, 1, total)?;
     let store = Arc::new(Store { id: NEXT_PARAM.fetch_add(1, Ordering::Relaxed), values, grads, slots });
     for (p, &(_, start, _)) in params.iter_mut().zip(&store.slots) {

@@ -6,6 +6,7 @@
 //! \[out, in\], `bias` \[out\]): `encoder.{i}` for the hidden layers, `fc_mu`, `fc_logvar`, then
 //! `decoder.{i}` from the latent up to the output layer.
 
+#[cfg(not(target_arch = "wasm32"))]
 pub mod iwae;
 pub mod metrics;
 pub mod objective;

@@ -11,19 +11,6 @@ use wgvae::{MatmulVariant, Tape};
 const SIZES: [(usize, usize, usize); 7] =
     [(1, 1, 1), (7, 3, 5), (33, 17, 65), (1, 130, 7), (65, 1, 129), (130, 785, 33), (257, 64, 67)];
 
-/// The kernel each variant must run for a shape (README, "Kernels and variants"): the vec4 paths
-/// need every vec4 they load to be a 16-byte aligned run within one row of a stored operand, and
-/// the subgroup kernel also stores C as vec4s.
-fn expected_kernel(v: MatmulVariant, m: usize, k: usize, n: usize, ta: bool, tb: bool) -> &'static str {
-    let vec4 = k.is_multiple_of(4) && (!ta || m.is_multiple_of(4)) && (tb || n.is_multiple_of(4));
-    match v {
-        MatmulVariant::Tiled => "matmul_tiled",
-        MatmulVariant::Subgroup if vec4 && n.is_multiple_of(4) => "matmul_subgroup",
-        MatmulVariant::Register | MatmulVariant::Subgroup if vec4 => "matmul_register4",
-        MatmulVariant::Register | MatmulVariant::Subgroup => "matmul_register",
-    }
-}
-
 fn matmul_case(v: MatmulVariant, m: usize, k: usize, n: usize, ta: bool, tb: bool, seed: u64) {
     matmul_case_acc(v, m, k, n, ta, tb, seed, false)
 }

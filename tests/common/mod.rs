@@ -4,7 +4,6 @@
 
 use std::sync::{Mutex, OnceLock};
 
-use rand::{Rng, SeedableRng};
 use wgvae::{Gpu, GpuOptions, MatmulVariant, Tensor};
 
 /// The test program quiets what Mesa prints while adapters are probed (the library itself never
@@ -114,61 +113,15 @@ extern "C" fn write_coverage() {
     let _ = std::fs::write(path, text);
 }
 
-/// Row-major f64 matrix.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Mat {
-    pub r: usize,
-    pub c: usize,
-    pub d: Vec<f64>,
-}
+mod oracle;
+pub use oracle::*;
 
 impl Mat {
-    pub fn new(r: usize, c: usize, d: Vec<f64>) -> Self {
-        assert_eq!(d.len(), r * c);
-        Mat { r, c, d }
-    }
-    pub fn zeros(r: usize, c: usize) -> Self {
-        Mat::new(r, c, vec![0.0; r * c])
-    }
-    /// Uniform(lo, hi) values from a seeded generator, rounded to f32 so the GPU sees the same.
-    pub fn rand(r: usize, c: usize, lo: f64, hi: f64, seed: u64) -> Self {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        Mat::new(r, c, (0..r * c).map(|_| rng.random_range(lo..hi) as f32 as f64).collect())
-    }
-    pub fn at(&self, i: usize, j: usize) -> f64 {
-        self.d[i * self.c + j]
-    }
-    pub fn t(&self) -> Mat {
-        let mut o = Mat::zeros(self.c, self.r);
-        for i in 0..self.r {
-            for j in 0..self.c {
-                o.d[j * self.r + i] = self.at(i, j);
-            }
-        }
-        o
-    }
-    pub fn map(&self, f: impl Fn(f64) -> f64) -> Mat {
-        Mat::new(self.r, self.c, self.d.iter().map(|&x| f(x)).collect())
-    }
-    pub fn zip(&self, o: &Mat, f: impl Fn(f64, f64) -> f64) -> Mat {
-        assert_eq!((self.r, self.c), (o.r, o.c));
-        Mat::new(self.r, self.c, self.d.iter().zip(&o.d).map(|(&a, &b)| f(a, b)).collect())
-    }
-    pub fn f32s(&self) -> Vec<f32> {
-        self.d.iter().map(|&x| x as f32).collect()
-    }
     pub fn upload(&self) -> Tensor {
         self.upload_to(gpu())
     }
     pub fn upload_to(&self, g: &Gpu) -> Tensor {
         Tensor::from_slice(g, self.r, self.c, &self.f32s()).expect("upload")
-    }
-    pub fn sum(&self) -> f64 {
-        self.d.iter().sum()
-    }
-    /// Σ self ⊙ o (a scalar loss whose gradient w.r.t. self is o).
-    pub fn dot(&self, o: &Mat) -> f64 {
-        self.d.iter().zip(&o.d).map(|(a, b)| a * b).sum()
     }
 }
 
@@ -178,138 +131,11 @@ pub fn download(t: &Tensor) -> Mat {
     Mat::new(t.rows(), t.cols(), v.into_iter().map(f64::from).collect())
 }
 
-/// op(A)·op(B) in f64.
-pub fn matmul(a: &Mat, b: &Mat, ta: bool, tb: bool) -> Mat {
-    let a = if ta { a.t() } else { a.clone() };
-    let b = if tb { b.t() } else { b.clone() };
-    assert_eq!(a.c, b.r);
-    let mut o = Mat::zeros(a.r, b.c);
-    for i in 0..a.r {
-        for k in 0..a.c {
-            let x = a.at(i, k);
-            for j in 0..b.c {
-                o.d[i * b.c + j] += x * b.d[k * b.c + j];
-            }
-        }
-    }
-    o
-}
-
-/// Adds a [1,N] row to every row.
-pub fn add_row(m: &Mat, row: &Mat) -> Mat {
-    let mut o = m.clone();
-    for i in 0..m.r {
-        for j in 0..m.c {
-            o.d[i * m.c + j] += row.d[j];
-        }
-    }
-    o
-}
-
-pub fn col_sum(m: &Mat) -> Mat {
-    let mut o = Mat::zeros(1, m.c);
-    for i in 0..m.r {
-        for j in 0..m.c {
-            o.d[j] += m.at(i, j);
-        }
-    }
-    o
-}
-
-pub fn row_sum(m: &Mat) -> Mat {
-    Mat::new(m.r, 1, (0..m.r).map(|i| (0..m.c).map(|j| m.at(i, j)).sum()).collect())
-}
-
-/// Activation ids as in shaders/common.wgsl.
-pub fn act_fwd(act: wgvae::ops::Act, x: f64) -> f64 {
-    use wgvae::ops::Act::*;
-    match act {
-        Identity => x,
-        Relu => x.max(0.0),
-        LeakyRelu(a) => {
-            if x > 0.0 {
-                x
-            } else {
-                a as f64 * x
-            }
-        }
-        Tanh => x.tanh(),
-        Sigmoid => 1.0 / (1.0 + (-x).exp()),
-        Elu(a) => {
-            if x > 0.0 {
-                x
-            } else {
-                a as f64 * x.exp_m1()
-            }
-        }
-    }
-}
-
-/// d act / dx at x (the reference uses the input, the GPU the output: they must agree).
-pub fn act_grad(act: wgvae::ops::Act, x: f64) -> f64 {
-    use wgvae::ops::Act::*;
-    match act {
-        Identity => 1.0,
-        Relu => (x > 0.0) as u8 as f64,
-        LeakyRelu(a) => {
-            if x > 0.0 {
-                1.0
-            } else {
-                a as f64
-            }
-        }
-        Tanh => 1.0 - x.tanh().powi(2),
-        Sigmoid => {
-            let s = 1.0 / (1.0 + (-x).exp());
-            s * (1.0 - s)
-        }
-        Elu(a) => {
-            if x > 0.0 {
-                1.0
-            } else {
-                a as f64 * x.exp()
-            }
-        }
-    }
-}
-
 /// Asserts |got − want| <= atol + rtol·|want| elementwise, reporting the worst element.
 pub fn assert_close(got: &Mat, want: &Mat, atol: f64, rtol: f64, what: &str) {
-    assert_eq!((got.r, got.c), (want.r, want.c), "{what}: shape");
-    let mut worst = (0.0f64, 0usize);
-    for (i, (&g, &w)) in got.d.iter().zip(&want.d).enumerate() {
-        assert!(g.is_finite(), "{what}: element {i} is {g}");
-        let excess = (g - w).abs() - (atol + rtol * w.abs());
-        if excess > worst.0 {
-            worst = (excess, i);
-        }
+    if let Err(e) = check_close(got, want, atol, rtol, what) {
+        panic!("{e}");
     }
-    if worst.0 > 0.0 {
-        let i = worst.1;
-        panic!(
-            "{what}: element {i} (row {}, col {}) is {} but the f64 reference says {} (atol {atol}, rtol {rtol})",
-            i / want.c,
-            i % want.c,
-            got.d[i],
-            want.d[i]
-        );
-    }
-}
-
-/// Central finite differences of a scalar function of `x`, in f64.
-pub fn fd_grad(x: &Mat, h: f64, f: impl Fn(&Mat) -> f64) -> Mat {
-    let mut g = Mat::zeros(x.r, x.c);
-    let mut xp = x.clone();
-    for i in 0..x.d.len() {
-        let x0 = x.d[i];
-        xp.d[i] = x0 + h;
-        let fp = f(&xp);
-        xp.d[i] = x0 - h;
-        let fm = f(&xp);
-        xp.d[i] = x0;
-        g.d[i] = (fp - fm) / (2.0 * h);
-    }
-    g
 }
 
 /// The weights of a one-hidden-layer VAE by their PyTorch names, in the order encoder.0, fc_mu,

@@ -186,6 +186,22 @@ def main():
         app_s = time.time() - t
         with open(os.path.join(a.out, "index.png"), "wb") as f:
             f.write(base64.b64decode(wd(base, "GET", f"/session/{sid}/screenshot")))
+        # "open checkpoint" with the one the native run wrote: the page samples a CLI model.
+        wd(base, "POST", f"/session/{sid}/execute/sync",
+           {"script": "document.getElementById('status').textContent = ''; return null", "args": []})
+        el = wd(base, "POST", f"/session/{sid}/element", {"using": "css selector", "value": "#open"})
+        eid = next(iter(el.values()))
+        wd(base, "POST", f"/session/{sid}/element/{eid}/value",
+           {"text": os.path.abspath(os.path.join(native_dir, "checkpoint.safetensors"))})
+        opened, t = None, time.time()
+        while time.time() - t < 120 and not opened:
+            opened = wd(base, "POST", f"/session/{sid}/execute/sync", {"script": """
+                const $ = (id) => document.getElementById(id);
+                if ($('error').textContent) return {error: $('error').textContent};
+                return $('status').textContent.startsWith('opened') && $('samples').width
+                    ? {status: $('status').textContent, sliders: document.querySelectorAll('#sliders input').length} : null;
+            """, "args": []})
+            time.sleep(1)
         try:
             logs = wd(base, "POST", f"/session/{sid}/se/log", {"type": "browser"}) or []
         except SystemExit:
@@ -242,6 +258,9 @@ def main():
     app = app or {}
     check(not app.get("error") and app.get("samples", 0) > 0 and app.get("sliders", 0) > 0 and app.get("download"),
           f"index.html trained an epoch through its controls in {app_s:.0f} s: {app}")
+    opened = opened or {}
+    check(not opened.get("error") and opened.get("sliders", 0) > 0,
+          f"index.html opened the native run's checkpoint and drew from it: {opened}")
     w, h, rows = png_pixels(shot)
     colours = {row[i:i + 4] for row in rows[::3] for i in range(0, len(row), 12)}
     inked = sum(1 for row in rows for i in range(0, len(row), 4) if row[i] < 200) / (w * h)

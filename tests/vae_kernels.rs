@@ -10,7 +10,7 @@ use wgvae::nn::{Adam, Param};
 use wgvae::ops::vae::{self as vops, Noise};
 use wgvae::ops::{self};
 use wgvae::Optimizer;
-use wgvae::{rng, Tape, Var};
+use wgvae::{rng, Tape};
 
 fn noise(step: u32, stream: u32) -> Noise {
     Noise { seed: 0xDEADBEEF12345, step, stream }
@@ -47,24 +47,6 @@ fn normals_match_the_cpu_mirror_and_have_the_right_statistics() {
     assert!(lag1.abs() < 0.01, "neighbours correlate: {lag1}");
     assert!(cross.abs() < 0.01, "steps 0 and 1 correlate: {cross}");
     assert!((kurt - 3.0).abs() < 0.1, "fourth moment {kurt} (normal: 3)");
-}
-
-/// GPU gradients of Σ upstream ⊙ build(leaves) (leaves all require grad).
-fn gpu_grads(
-    inputs: &[&Mat],
-    upstream: &Mat,
-    build: impl FnOnce(&mut Tape, &[Var]) -> wgvae::Result<Var>,
-) -> (Mat, Vec<Mat>) {
-    let mut tape = Tape::new(gpu());
-    let vars: Vec<Var> = inputs.iter().map(|m| tape.leaf(m.upload(), true)).collect();
-    let y = build(&mut tape, &vars).unwrap();
-    let yv = tape.value(y).clone();
-    let w = tape.input(upstream.upload());
-    let yw = ops::mul(&mut tape, y, w).unwrap();
-    let l = ops::sum(&mut tape, yw).unwrap();
-    tape.backward(l).unwrap();
-    tape.submit().unwrap();
-    (download(&yv), vars.iter().map(|v| download(tape.grad(*v).unwrap())).collect())
 }
 
 fn check_rule(

@@ -44,6 +44,9 @@ pub enum Module {
     BatchNorm,
     /// `iwae.wgsl`: importance-weighted log-likelihood (sampling, streaming logsumexp).
     Iwae,
+    /// `conv.wgsl`: 2-D convolution, its input and weight gradients (transposed convolution) as
+    /// implicit GEMMs.
+    Conv,
 }
 
 impl Module {
@@ -60,6 +63,7 @@ impl Module {
             Module::Data => "data.wgsl",
             Module::BatchNorm => "batchnorm.wgsl",
             Module::Iwae => "iwae.wgsl",
+            Module::Conv => "conv.wgsl",
         }
     }
     fn source(self) -> &'static str {
@@ -75,6 +79,7 @@ impl Module {
             Module::Data => include_str!("../../shaders/data.wgsl"),
             Module::BatchNorm => include_str!("../../shaders/batchnorm.wgsl"),
             Module::Iwae => include_str!("../../shaders/iwae.wgsl"),
+            Module::Conv => include_str!("../../shaders/conv.wgsl"),
         }
     }
 }

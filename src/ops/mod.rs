@@ -5,6 +5,7 @@
 
 pub mod batchnorm;
 pub mod concat;
+pub mod conv;
 pub mod elementwise;
 pub mod matmul;
 pub mod reduce;

@@ -4,7 +4,7 @@
 
 use std::sync::{Mutex, OnceLock};
 
-use wgvae::{Gpu, GpuOptions, MatmulVariant, Tensor};
+use wgvae::{ops, Gpu, GpuOptions, MatmulVariant, Tape, Tensor, Var};
 
 /// The test program quiets what Mesa prints while adapters are probed (the library itself never
 /// touches the environment): lavapipe's conformance warning, and EGL's complaint about a missing
@@ -152,4 +152,23 @@ pub fn vae_params(vae: &wgvae::vae::Vae) -> Vec<Mat> {
             Mat::new(r, c, v.iter().map(|&x| x as f64).collect())
         })
         .collect()
+}
+
+/// The GPU value of build(leaves) and the gradients of Σ upstream ⊙ build(leaves) (every leaf
+/// requires grad): how backward rules are checked against their references.
+pub fn gpu_grads(
+    inputs: &[&Mat],
+    upstream: &Mat,
+    build: impl FnOnce(&mut Tape, &[Var]) -> wgvae::Result<Var>,
+) -> (Mat, Vec<Mat>) {
+    let mut tape = Tape::new(gpu());
+    let vars: Vec<Var> = inputs.iter().map(|m| tape.leaf(m.upload(), true)).collect();
+    let y = build(&mut tape, &vars).unwrap();
+    let yv = tape.value(y).clone();
+    let w = tape.input(upstream.upload());
+    let yw = ops::mul(&mut tape, y, w).unwrap();
+    let l = ops::sum(&mut tape, yw).unwrap();
+    tape.backward(l).unwrap();
+    tape.submit().unwrap();
+    (download(&yv), vars.iter().map(|v| download(tape.grad(*v).unwrap())).collect())
 }

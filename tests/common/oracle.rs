@@ -221,3 +221,77 @@ pub fn expected_kernel(v: MatmulVariant, m: usize, k: usize, n: usize, ta: bool,
         MatmulVariant::Register | MatmulVariant::Subgroup => "matmul_register",
     }
 }
+
+/// Calls `f(n, out_index, in_index, co, w_col)` for every tap of convolution `s` over a batch of
+/// `batch`: output value (n, out_index) of channel co receives input value (n, in_index) times
+/// weight \[co, w_col\] (NCHW rows, zero padding: taps that fall in the padding are skipped).
+pub fn conv_taps(batch: usize, s: &wgvae::ops::conv::ConvShape, mut f: impl FnMut(usize, usize, usize, usize, usize)) {
+    let (oh, ow, k) = (s.out_height(), s.out_width(), s.kernel);
+    for n in 0..batch {
+        for co in 0..s.out_channels {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    for ci in 0..s.in_channels {
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let iy = (oy * s.stride + ky) as isize - s.padding as isize;
+                                let ix = (ox * s.stride + kx) as isize - s.padding as isize;
+                                if iy < 0 || ix < 0 || iy >= s.height as isize || ix >= s.width as isize {
+                                    continue;
+                                }
+                                let xi = (ci * s.height + iy as usize) * s.width + ix as usize;
+                                f(n, (co * oh + oy) * ow + ox, xi, co, (ci * k + ky) * k + kx);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Convolution `s` of x\[N, C_in·H·W\] by w\[C_out, C_in·K·K\] in f64: \[N, C_out·OH·OW\].
+pub fn conv2d_ref(x: &Mat, w: &Mat, s: &wgvae::ops::conv::ConvShape) -> Mat {
+    let mut y = Mat::zeros(x.r, s.out_len());
+    conv_taps(x.r, s, |n, o, i, co, wc| y.d[n * y.c + o] += x.at(n, i) * w.at(co, wc));
+    y
+}
+
+/// The adjoint of [`conv2d_ref`] in x: dx\[N, C_in·H·W\] from dy\[N, C_out·OH·OW\] (also the
+/// transposed convolution of dy by w).
+pub fn conv2d_input_grad_ref(dy: &Mat, w: &Mat, s: &wgvae::ops::conv::ConvShape) -> Mat {
+    let mut dx = Mat::zeros(dy.r, s.in_len());
+    conv_taps(dy.r, s, |n, o, i, co, wc| dx.d[n * dx.c + i] += dy.at(n, o) * w.at(co, wc));
+    dx
+}
+
+/// The adjoint of [`conv2d_ref`] in w: dw\[C_out, C_in·K·K\] from x and dy.
+pub fn conv2d_weight_grad_ref(x: &Mat, dy: &Mat, s: &wgvae::ops::conv::ConvShape) -> Mat {
+    let mut dw = Mat::zeros(s.out_channels, s.weight_cols());
+    conv_taps(x.r, s, |n, o, i, co, wc| dw.d[co * dw.c + wc] += dy.at(n, o) * x.at(n, i));
+    dw
+}
+
+/// Per-channel sums \[1, C\] of y\[N, C·P\].
+pub fn channel_sums_ref(y: &Mat, channels: usize) -> Mat {
+    let per = y.c / channels;
+    let mut s = Mat::zeros(1, channels);
+    for n in 0..y.r {
+        for j in 0..y.c {
+            s.d[j / per] += y.at(n, j);
+        }
+    }
+    s
+}
+
+/// Adds b\[1, C\] to every value of channel c of y\[N, C·P\].
+pub fn add_channel_bias(y: &Mat, b: &Mat) -> Mat {
+    let per = y.c / b.c;
+    let mut o = y.clone();
+    for n in 0..y.r {
+        for j in 0..y.c {
+            o.d[n * y.c + j] += b.d[j / per];
+        }
+    }
+    o
+}

@@ -7,7 +7,8 @@
 //! Covered: matmul in every layout at odd and vec4-aligned sizes for every variant the adapter
 //! can run (and accumulate mode), the Philox uniforms bit for bit against the CPU mirror,
 //! reparameterization, KL and BCE forward and backward, fused Adam (scalar and vec4 kernels), and
-//! the column, row and full reductions.
+//! the column, row and full reductions, and the convolution kernels (forward, both gradients,
+//! transposed).
 
 use serde::Serialize;
 use wgvae::ops::matmul::{matmul_accumulate, matmul_forward, MatmulOpts};
@@ -239,6 +240,62 @@ async fn adam(gpu: &Gpu) -> R {
     Ok("3 steps, scalar and vec4 kernels".into())
 }
 
+async fn convolutions(gpu: &Gpu) -> R {
+    use wgvae::ops::conv::{self, ConvShape, ConvTransposeShape};
+    let cases = [
+        ConvShape { in_channels: 3, out_channels: 5, height: 13, width: 11, kernel: 3, stride: 2, padding: 1 },
+        ConvShape { in_channels: 5, out_channels: 2, height: 13, width: 11, kernel: 5, stride: 1, padding: 2 },
+    ];
+    for (i, s) in cases.iter().enumerate() {
+        let x = Mat::rand(3, s.in_len(), -1.0, 1.0, 10 + i as u64);
+        let w = Mat::rand(s.out_channels, s.weight_cols(), -0.5, 0.5, 20 + i as u64);
+        let b = Mat::rand(1, s.out_channels, -0.5, 0.5, 30 + i as u64);
+        let mut tape = Tape::no_grad(gpu);
+        let y = conv::conv2d_forward(&mut tape, &up(gpu, &x)?, &up(gpu, &w)?, Some(&up(gpu, &b)?), s, ops::Act::Relu)
+            .map_err(e)?;
+        let dx = conv::conv2d_input_grad(&mut tape, &y, &up(gpu, &w)?, None, s, ops::Act::Identity).map_err(e)?;
+        let dw = conv::conv2d_weight_grad(&mut tape, &up(gpu, &x)?, &y, s, None).map_err(e)?;
+        tape.submit().map_err(e)?;
+        ran(&tape, "conv_gemm", "conv2d")?;
+        let yr = add_channel_bias(&conv2d_ref(&x, &w, s), &b).map(|v| v.max(0.0));
+        let atol = 1e-6 * (s.weight_cols() as f64).sqrt() * 4.0;
+        check_close(&down(gpu, &y).await?, &yr, atol, 1e-5, &format!("conv2d {s:?}"))?;
+        check_close(
+            &down(gpu, &dx).await?,
+            &conv2d_input_grad_ref(&yr, &w, s),
+            1e-4,
+            1e-4,
+            &format!("conv2d input gradient {s:?}"),
+        )?;
+        check_close(
+            &down(gpu, &dw).await?,
+            &conv2d_weight_grad_ref(&x, &yr, s),
+            1e-4,
+            1e-4,
+            &format!("conv2d weight gradient {s:?}"),
+        )?;
+    }
+    let t = ConvTransposeShape {
+        in_channels: 3,
+        out_channels: 5,
+        height: 7,
+        width: 6,
+        kernel: 3,
+        stride: 2,
+        padding: 1,
+        output_padding: 1,
+    };
+    let x = Mat::rand(3, t.in_channels * t.height * t.width, -1.0, 1.0, 40);
+    let w = Mat::rand(t.in_channels, t.out_channels * t.kernel * t.kernel, -0.5, 0.5, 50);
+    let mut tape = Tape::new(gpu);
+    let (xv, wv) = (tape.input(up(gpu, &x)?), tape.input(up(gpu, &w)?));
+    let y = conv::conv_transpose2d(&mut tape, xv, wv, None, t, ops::Act::Identity).map_err(e)?;
+    let yt = tape.value(y).clone();
+    tape.submit().map_err(e)?;
+    check_close(&down(gpu, &yt).await?, &conv2d_input_grad_ref(&x, &w, &t.as_conv()), 1e-5, 1e-5, "conv_transpose2d")?;
+    Ok("conv2d forward and both gradients at 13x11, conv_transpose2d with output padding".into())
+}
+
 async fn reductions(gpu: &Gpu) -> R {
     for &(r, c) in &[(1, 1), (7, 3), (129, 65), (1, 4097), (785, 130), (3, 70001)] {
         let x = Mat::rand(r, c, -1.0, 1.0, (r * c) as u64);
@@ -272,6 +329,7 @@ pub async fn run(gpu: &Gpu) -> Vec<Check> {
     record(&mut out, "BCE with logits".into(), bce(gpu).await);
     record(&mut out, "Adam".into(), adam(gpu).await);
     record(&mut out, "reductions".into(), reductions(gpu).await);
+    record(&mut out, "convolutions".into(), convolutions(gpu).await);
     // What no error scope caught reaches the device's handler (browsers report asynchronously).
     if let Err(err) = gpu.check_error() {
         record(&mut out, "no device errors".into(), Err(err.to_string()));

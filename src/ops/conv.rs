@@ -1,0 +1,351 @@
+//! 2-D convolution and transposed convolution (`shaders/conv.wgsl`): the kernel launches on
+//! tensors and the differentiable ops with their backward rules.
+//!
+//! Images are rows of a 2-D tensor in PyTorch's NCHW order: an example with C channels of H x W
+//! pixels is one row of C·H·W values (channel, then row, then column), so a conv layer's output
+//! flattens into a dense layer's input exactly as `torch.flatten(x, 1)` does. Weights use
+//! PyTorch's layouts: `Conv2d` \[C_out, C_in·K·K\] (= \[C_out, C_in, K, K\]) and `ConvTranspose2d`
+//! \[C_in, C_out·K·K\] (= \[C_in, C_out, K, K\]); biases \[1, C_out\].
+//!
+//! One implicit-GEMM kernel body computes the three products a layer needs (no im2col buffer):
+//! the convolution, its input gradient (which is also the transposed convolution) and its weight
+//! gradient; bias gradients are channel sums through the fixed-order reductions.
+
+use super::elementwise::act_backward;
+use super::reduce;
+use super::{val, Act};
+use crate::error::{Error, Result};
+use crate::gpu::pipeline::{KernelKey, Module};
+use crate::tape::{Params, Tape, Var};
+use crate::tensor::Tensor;
+
+/// Longest K range one invocation walks (llvmpipe's 65535-iteration cap; see `conv.wgsl`).
+const K_SLICE: usize = 2048;
+
+/// The geometry of a convolution: square kernel, equal stride and padding in both directions.
+/// `height` and `width` are the input's; the output is `out_height()` x `out_width()`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvShape {
+    /// Input channels.
+    pub in_channels: usize,
+    /// Output channels.
+    pub out_channels: usize,
+    /// Input rows.
+    pub height: usize,
+    /// Input columns.
+    pub width: usize,
+    /// Kernel size K (K x K).
+    pub kernel: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Zero padding on every side.
+    pub padding: usize,
+}
+
+impl ConvShape {
+    /// Output rows: ⌊(H + 2P − K) / S⌋ + 1.
+    pub fn out_height(&self) -> usize {
+        (self.height + 2 * self.padding - self.kernel) / self.stride + 1
+    }
+    /// Output columns.
+    pub fn out_width(&self) -> usize {
+        (self.width + 2 * self.padding - self.kernel) / self.stride + 1
+    }
+    /// Values per example of the input (C_in·H·W).
+    pub fn in_len(&self) -> usize {
+        self.in_channels * self.height * self.width
+    }
+    /// Values per example of the output (C_out·OH·OW).
+    pub fn out_len(&self) -> usize {
+        self.out_channels * self.out_height() * self.out_width()
+    }
+    /// Columns of the weight (C_in·K·K).
+    pub fn weight_cols(&self) -> usize {
+        self.in_channels * self.kernel * self.kernel
+    }
+    /// Every size at least 1 and the padded input at least one kernel wide.
+    pub fn validate(&self) -> Result<()> {
+        let sizes = [self.in_channels, self.out_channels, self.height, self.width, self.kernel, self.stride];
+        if sizes.contains(&0) {
+            return Err(Error::shape(
+                "conv2d",
+                format!("{self:?}: channels, sizes, kernel and stride must be at least 1"),
+            ));
+        }
+        if self.height + 2 * self.padding < self.kernel || self.width + 2 * self.padding < self.kernel {
+            return Err(Error::shape("conv2d", format!("{self:?}: the padded input is smaller than the kernel")));
+        }
+        if self.padding >= self.kernel {
+            return Err(Error::shape("conv2d", format!("{self:?}: padding must be smaller than the kernel")));
+        }
+        let big = [self.in_len(), self.out_len(), self.weight_cols() * self.out_channels];
+        if big.iter().any(|&n| n > u32::MAX as usize / 4) {
+            return Err(Error::shape("conv2d", format!("{self:?} is too large")));
+        }
+        Ok(())
+    }
+}
+
+/// The geometry of a transposed convolution (PyTorch's `ConvTranspose2d`): `height` and `width`
+/// are its input's; the output is (H − 1)·S − 2P + K + output_padding on each side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvTransposeShape {
+    /// Input channels.
+    pub in_channels: usize,
+    /// Output channels.
+    pub out_channels: usize,
+    /// Input rows.
+    pub height: usize,
+    /// Input columns.
+    pub width: usize,
+    /// Kernel size K.
+    pub kernel: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Padding (as in PyTorch: removed from the output).
+    pub padding: usize,
+    /// Extra rows and columns on one side of the output (less than the stride).
+    pub output_padding: usize,
+}
+
+impl ConvTransposeShape {
+    /// Output rows.
+    pub fn out_height(&self) -> usize {
+        ((self.height - 1) * self.stride + self.kernel + self.output_padding).saturating_sub(2 * self.padding)
+    }
+    /// Output columns.
+    pub fn out_width(&self) -> usize {
+        ((self.width - 1) * self.stride + self.kernel + self.output_padding).saturating_sub(2 * self.padding)
+    }
+    /// Values per example of the output.
+    pub fn out_len(&self) -> usize {
+        self.out_channels * self.out_height() * self.out_width()
+    }
+    /// The convolution whose input gradient this is: from the output back to the input.
+    pub fn as_conv(&self) -> ConvShape {
+        ConvShape {
+            in_channels: self.out_channels,
+            out_channels: self.in_channels,
+            height: self.out_height(),
+            width: self.out_width(),
+            kernel: self.kernel,
+            stride: self.stride,
+            padding: self.padding,
+        }
+    }
+    /// Sizes usable, output_padding below the stride, and the adjoint convolution consistent.
+    pub fn validate(&self) -> Result<()> {
+        if [self.in_channels, self.out_channels, self.height, self.width, self.kernel, self.stride].contains(&0) {
+            return Err(Error::shape("conv_transpose2d", format!("{self:?}: sizes must be at least 1")));
+        }
+        if self.output_padding >= self.stride {
+            return Err(Error::shape("conv_transpose2d", format!("{self:?}: output_padding must be below the stride")));
+        }
+        let c = self.as_conv();
+        if c.height == 0 || c.width == 0 {
+            return Err(Error::shape("conv_transpose2d", format!("{self:?}: the output would be empty")));
+        }
+        c.validate()?;
+        if (c.out_height(), c.out_width()) != (self.height, self.width) {
+            return Err(Error::shape("conv_transpose2d", format!("{self:?}: inconsistent geometry")));
+        }
+        Ok(())
+    }
+}
+
+/// The product `mode` of `conv.wgsl` (0 conv, 1 input gradient / transposed conv, 2 weight
+/// gradient) for convolution `s` over a batch of `n`, into `out` (added to it with `accum`).
+#[allow(clippy::too_many_arguments)]
+fn conv_gemm(
+    tape: &mut Tape,
+    mode: u32,
+    n: usize,
+    op1: &Tensor,
+    op2: &Tensor,
+    bias: Option<&Tensor>,
+    out: &Tensor,
+    s: &ConvShape,
+    act: Act,
+    accum: bool,
+) -> Result<()> {
+    let (oh, ow, kk) = (s.out_height(), s.out_width(), s.kernel * s.kernel);
+    let (rows, cols, k) = match mode {
+        0 => (n * oh * ow, s.out_channels, s.weight_cols()),
+        1 => (n * s.height * s.width, s.in_channels, s.out_channels * kk),
+        _ => (s.out_channels, s.weight_cols(), n * oh * ow),
+    };
+    if rows > u32::MAX as usize / 4 || k > u32::MAX as usize {
+        return Err(Error::shape("conv2d", format!("a batch of {n} is too large for {s:?}")));
+    }
+    let row_blocks = rows.div_ceil(32);
+    let gy = row_blocks.min(65535);
+    let groups = [cols.div_ceil(32) as u32, gy as u32, row_blocks.div_ceil(gy) as u32];
+    let slices = k.div_ceil(K_SLICE).max(1);
+    for sl in 0..slices {
+        let (k0, k1) = (sl * K_SLICE, ((sl + 1) * K_SLICE).min(k));
+        let last = sl + 1 == slices;
+        let slice_bias = if last { bias } else { None };
+        let slice_act = if last { act } else { Act::Identity };
+        let mut defines = vec![
+            ("MODE", format!("{mode}u")),
+            ("BIAS", slice_bias.is_some().to_string()),
+            ("ACCUM", (accum || sl > 0).to_string()),
+        ];
+        defines.extend(slice_act.defines());
+        let key = KernelKey { module: Module::Conv, entry: "conv_gemm", defines, inputs: 3, outputs: 1 };
+        let params = Params::new()
+            .u(n as u32)
+            .u(s.in_channels as u32)
+            .u(s.height as u32)
+            .u(s.width as u32)
+            .u(s.out_channels as u32)
+            .u(oh as u32)
+            .u(ow as u32)
+            .u(s.kernel as u32)
+            .u(s.kernel as u32)
+            .u(s.stride as u32)
+            .u(s.padding as u32)
+            .u(k0 as u32)
+            .u(k1 as u32)
+            .u(rows as u32)
+            .u(cols as u32)
+            .u(s.weight_cols() as u32);
+        tape.dispatch(&key, params, &[op1, op2, slice_bias.unwrap_or(op1), out], groups)?;
+    }
+    Ok(())
+}
+
+fn expect(op: &'static str, what: &str, t: &Tensor, shape: [usize; 2]) -> Result<()> {
+    if t.shape() != shape {
+        return Err(Error::shape(op, format!("{what} is {:?}, expected {shape:?}", t.shape())));
+    }
+    Ok(())
+}
+
+/// y\[N, C_out·OH·OW\] = act(conv(x\[N, C_in·H·W\], w\[C_out, C_in·K·K\]) + b\[1, C_out\]): one
+/// kernel, bias and activation fused.
+pub fn conv2d_forward(
+    tape: &mut Tape,
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    s: &ConvShape,
+    act: Act,
+) -> Result<Tensor> {
+    s.validate()?;
+    let n = x.rows();
+    expect("conv2d", "the input", x, [n, s.in_len()])?;
+    expect("conv2d", "the weight", w, [s.out_channels, s.weight_cols()])?;
+    if let Some(b) = bias {
+        expect("conv2d", "the bias", b, [1, s.out_channels])?;
+    }
+    let y = Tensor::empty(tape.gpu(), n, s.out_len())?;
+    conv_gemm(tape, 0, n, x, w, bias, &y, s, act, false)?;
+    Ok(y)
+}
+
+/// dx\[N, C_in·H·W\] of convolution `s` from dy\[N, C_out·OH·OW\] and w\[C_out, C_in·K·K\]; with a
+/// bias \[1, C_in\] and activation this is the transposed convolution's forward.
+pub fn conv2d_input_grad(
+    tape: &mut Tape,
+    dy: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    s: &ConvShape,
+    act: Act,
+) -> Result<Tensor> {
+    s.validate()?;
+    let n = dy.rows();
+    expect("conv2d input gradient", "dy", dy, [n, s.out_len()])?;
+    expect("conv2d input gradient", "the weight", w, [s.out_channels, s.weight_cols()])?;
+    if let Some(b) = bias {
+        expect("conv2d input gradient", "the bias", b, [1, s.in_channels])?;
+    }
+    let dx = Tensor::empty(tape.gpu(), n, s.in_len())?;
+    conv_gemm(tape, 1, n, dy, w, bias, &dx, s, act, false)?;
+    Ok(dx)
+}
+
+/// dw\[C_out, C_in·K·K\] of convolution `s` from its input x\[N, C_in·H·W\] and dy\[N, C_out·OH·OW\]
+/// (added into `into` when given).
+pub fn conv2d_weight_grad(
+    tape: &mut Tape,
+    x: &Tensor,
+    dy: &Tensor,
+    s: &ConvShape,
+    into: Option<&Tensor>,
+) -> Result<Tensor> {
+    s.validate()?;
+    let n = x.rows();
+    expect("conv2d weight gradient", "x", x, [n, s.in_len()])?;
+    expect("conv2d weight gradient", "dy", dy, [n, s.out_len()])?;
+    let dw = match into {
+        Some(t) => {
+            expect("conv2d weight gradient", "the destination", t, [s.out_channels, s.weight_cols()])?;
+            t.clone()
+        }
+        None => Tensor::empty(tape.gpu(), s.out_channels, s.weight_cols())?,
+    };
+    conv_gemm(tape, 2, n, x, dy, None, &dw, s, Act::Identity, into.is_some())?;
+    Ok(dw)
+}
+
+/// Per-channel sums \[1, C\] of y\[N, C·P\] (P values per channel): a conv layer's bias gradient.
+pub fn channel_sums(tape: &mut Tape, y: &Tensor, channels: usize) -> Result<Tensor> {
+    let n = y.rows();
+    if channels == 0 || !y.cols().is_multiple_of(channels) {
+        return Err(Error::shape("channel_sums", format!("{} columns are not {channels} channels", y.cols())));
+    }
+    let per = y.reshape(n * channels, y.cols() / channels)?;
+    let sums = reduce::row_sum(tape, &per, 1.0)?.reshape(n, channels)?;
+    reduce::col_sum(tape, &sums, 1.0)
+}
+
+/// Convolution layer (PyTorch's `Conv2d` followed by `act`): y\[N, C_out·OH·OW\] from
+/// x\[N, C_in·H·W\], w\[C_out, C_in·K·K\] and b\[1, C_out\].
+/// Backward: g = dy ⊙ act'(y); dx = conv input gradient of g; dw = weight gradient of (x, g);
+/// db = channel sums of g.
+pub fn conv2d(tape: &mut Tape, x: Var, w: Var, b: Option<Var>, s: ConvShape, act: Act) -> Result<Var> {
+    let (xv, wv) = (val(tape, x), val(tape, w));
+    let bv = b.map(|b| val(tape, b));
+    let y = conv2d_forward(tape, &xv, &wv, bv.as_ref(), &s, act)?;
+    let yk = y.clone();
+    let mut inputs = vec![x, w];
+    inputs.extend(b);
+    Ok(tape.record(&inputs, y, move |t, dy, needs| {
+        let g = act_backward(t, dy, &yk, act)?;
+        let dx = if needs[0] { Some(conv2d_input_grad(t, &g, &wv, None, &s, Act::Identity)?) } else { None };
+        let dw = if needs[1] { Some(conv2d_weight_grad(t, &xv, &g, &s, None)?) } else { None };
+        let db = if needs.len() > 2 && needs[2] { Some(channel_sums(t, &g, s.out_channels)?) } else { None };
+        Ok(vec![dx, dw, db])
+    }))
+}
+
+/// Transposed convolution layer (PyTorch's `ConvTranspose2d` followed by `act`):
+/// y\[N, C_out·OH·OW\] from x\[N, C_in·H·W\], w\[C_in, C_out·K·K\] and b\[1, C_out\].
+/// Backward: g = dy ⊙ act'(y); dx = the convolution of g by w; dw = the adjoint convolution's
+/// weight gradient with the roles of image and gradient swapped; db = channel sums of g.
+pub fn conv_transpose2d(
+    tape: &mut Tape,
+    x: Var,
+    w: Var,
+    b: Option<Var>,
+    s: ConvTransposeShape,
+    act: Act,
+) -> Result<Var> {
+    s.validate()?;
+    let c = s.as_conv();
+    let (xv, wv) = (val(tape, x), val(tape, w));
+    let bv = b.map(|b| val(tape, b));
+    let y = conv2d_input_grad(tape, &xv, &wv, bv.as_ref(), &c, act)?;
+    let yk = y.clone();
+    let mut inputs = vec![x, w];
+    inputs.extend(b);
+    Ok(tape.record(&inputs, y, move |t, dy, needs| {
+        let g = act_backward(t, dy, &yk, act)?;
+        let dx = if needs[0] { Some(conv2d_forward(t, &g, &wv, None, &c, Act::Identity)?) } else { None };
+        let dw = if needs[1] { Some(conv2d_weight_grad(t, &g, &xv, &c, None)?) } else { None };
+        let db = if needs.len() > 2 && needs[2] { Some(channel_sums(t, &g, s.out_channels)?) } else { None };
+        Ok(vec![dx, dw, db])
+    }))
+}

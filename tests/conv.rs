@@ -1,0 +1,235 @@
+//! Convolution and transposed convolution (`shaders/conv.wgsl`) against the f64 reference
+//! (`common::conv2d_ref` and its two adjoints): forward with fused bias and activation at odd
+//! sizes (13x11 images, 3 and 5 channels, batch 3, kernels 3, 4 and 5, strides 1-3, paddings
+//! 0-2, output paddings), each backward rule checked by f64 finite differences first and the GPU
+//! against it, the K-sliced weight gradient, the z-dimension grid, and bad geometry as errors.
+
+mod common;
+use common::*;
+use wgvae::ops::conv::{self, ConvShape, ConvTransposeShape};
+use wgvae::ops::Act;
+use wgvae::{Error, Tape};
+
+fn cs(
+    in_channels: usize,
+    out_channels: usize,
+    height: usize,
+    width: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> ConvShape {
+    ConvShape { in_channels, out_channels, height, width, kernel, stride, padding }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn ts(
+    in_channels: usize,
+    out_channels: usize,
+    height: usize,
+    width: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    output_padding: usize,
+) -> ConvTransposeShape {
+    ConvTransposeShape { in_channels, out_channels, height, width, kernel, stride, padding, output_padding }
+}
+
+/// Odd sizes: none a multiple of the kernel's 32x32 blocks or 4x4 register tiles.
+fn conv_cases() -> Vec<ConvShape> {
+    vec![
+        cs(3, 5, 13, 11, 3, 1, 1),
+        cs(5, 3, 13, 11, 3, 2, 1),
+        cs(3, 4, 13, 11, 4, 2, 1),
+        cs(5, 2, 13, 11, 5, 1, 2),
+        cs(1, 3, 9, 7, 5, 3, 0),
+        cs(2, 33, 7, 9, 3, 2, 0),
+    ]
+}
+
+fn transpose_cases() -> Vec<ConvTransposeShape> {
+    vec![
+        ts(3, 5, 7, 6, 3, 2, 1, 1),
+        ts(5, 3, 7, 6, 4, 2, 1, 0),
+        ts(2, 4, 5, 5, 5, 1, 2, 0),
+        ts(33, 1, 7, 7, 3, 1, 1, 0),
+        ts(4, 3, 6, 5, 3, 3, 0, 2),
+    ]
+}
+
+fn act_ref(act: Act, m: &Mat) -> Mat {
+    m.map(|v| act_fwd(act, v))
+}
+
+#[test]
+fn conv2d_forward_with_bias_and_activation() {
+    for (i, s) in conv_cases().into_iter().enumerate() {
+        let n = 3;
+        let x = Mat::rand(n, s.in_len(), -1.0, 1.0, 10 + i as u64);
+        let w = Mat::rand(s.out_channels, s.weight_cols(), -0.5, 0.5, 20 + i as u64);
+        let b = Mat::rand(1, s.out_channels, -0.5, 0.5, 30 + i as u64);
+        for act in [Act::Identity, Act::Relu, Act::Tanh] {
+            let mut tape = Tape::no_grad(gpu());
+            let y = conv::conv2d_forward(&mut tape, &x.upload(), &w.upload(), Some(&b.upload()), &s, act).unwrap();
+            tape.submit().unwrap();
+            assert_ran(&tape, "conv_gemm", "conv2d");
+            let want = act_ref(act, &add_channel_bias(&conv2d_ref(&x, &w, &s), &b));
+            let atol = 1e-6 * (s.weight_cols() as f64).sqrt() * 4.0;
+            assert_close(&download(&y), &want, atol, 1e-5, &format!("conv2d {s:?} {act:?}"));
+        }
+    }
+}
+
+#[test]
+fn conv_transpose2d_forward_with_bias_and_activation() {
+    for (i, t) in transpose_cases().into_iter().enumerate() {
+        let n = 3;
+        let c = t.as_conv();
+        let x = Mat::rand(n, t.in_channels * t.height * t.width, -1.0, 1.0, 40 + i as u64);
+        let w = Mat::rand(t.in_channels, t.out_channels * t.kernel * t.kernel, -0.5, 0.5, 50 + i as u64);
+        let b = Mat::rand(1, t.out_channels, -0.5, 0.5, 60 + i as u64);
+        for act in [Act::Identity, Act::Sigmoid] {
+            let mut tape = Tape::new(gpu());
+            let (xv, wv, bv) = (tape.input(x.upload()), tape.input(w.upload()), tape.input(b.upload()));
+            let y = conv::conv_transpose2d(&mut tape, xv, wv, Some(bv), t, act).unwrap();
+            let yt = tape.value(y).clone();
+            tape.submit().unwrap();
+            assert_eq!(yt.cols(), t.out_len(), "{t:?}: output size");
+            let want = act_ref(act, &add_channel_bias(&conv2d_input_grad_ref(&x, &w, &c), &b));
+            let atol = 1e-6 * ((t.in_channels * t.kernel * t.kernel) as f64).sqrt() * 4.0;
+            assert_close(&download(&yt), &want, atol, 1e-5, &format!("conv_transpose2d {t:?} {act:?}"));
+        }
+    }
+}
+
+/// The reference rules for Σ up ⊙ act(conv(x, w) + b) against f64 finite differences, then the
+/// GPU backward against the rules.
+#[test]
+fn conv2d_backward_matches_finite_differences() {
+    for (i, s) in [cs(2, 3, 6, 5, 3, 2, 1), cs(3, 2, 5, 7, 4, 1, 2), cs(1, 2, 7, 6, 5, 3, 0)].into_iter().enumerate() {
+        let n = 2;
+        let act = Act::Tanh;
+        let x = Mat::rand(n, s.in_len(), -1.0, 1.0, 70 + i as u64);
+        let w = Mat::rand(s.out_channels, s.weight_cols(), -0.5, 0.5, 71 + i as u64);
+        let b = Mat::rand(1, s.out_channels, -0.5, 0.5, 72 + i as u64);
+        let up = Mat::rand(n, s.out_len(), -1.0, 1.0, 73 + i as u64);
+        let f = |v: &[Mat]| act_ref(act, &add_channel_bias(&conv2d_ref(&v[0], &v[1], &s), &v[2]));
+        let pre = add_channel_bias(&conv2d_ref(&x, &w, &s), &b);
+        let g = up.zip(&pre, |u, p| u * act_grad(act, p));
+        let rules = [
+            conv2d_input_grad_ref(&g, &w, &s),
+            conv2d_weight_grad_ref(&x, &g, &s),
+            channel_sums_ref(&g, s.out_channels),
+        ];
+        let (val, got) = gpu_grads(&[&x, &w, &b], &up, |t, v| conv::conv2d(t, v[0], v[1], Some(v[2]), s, act));
+        assert_close(&val, &f(&[x.clone(), w.clone(), b.clone()]), 1e-5, 1e-5, &format!("conv2d forward {s:?}"));
+        let inputs = [&x, &w, &b];
+        for (j, m) in inputs.iter().enumerate() {
+            let fd = fd_grad(m, 1e-6, |mj| {
+                let mut all: Vec<Mat> = inputs.iter().map(|m| (*m).clone()).collect();
+                all[j] = mj.clone();
+                f(&all).dot(&up)
+            });
+            assert_close(
+                &rules[j],
+                &fd,
+                1e-6,
+                1e-6,
+                &format!("conv2d reference rule {j} vs finite differences, {s:?}"),
+            );
+            assert_close(&got[j], &rules[j], 1e-5, 1e-5, &format!("conv2d GPU backward {j} vs reference, {s:?}"));
+        }
+    }
+}
+
+#[test]
+fn conv_transpose2d_backward_matches_finite_differences() {
+    for (i, t) in
+        [ts(3, 2, 4, 3, 3, 2, 1, 1), ts(2, 3, 3, 4, 4, 2, 1, 0), ts(2, 1, 3, 3, 5, 1, 2, 0)].into_iter().enumerate()
+    {
+        let n = 2;
+        let act = Act::Sigmoid;
+        let c = t.as_conv();
+        let x = Mat::rand(n, t.in_channels * t.height * t.width, -1.0, 1.0, 80 + i as u64);
+        let w = Mat::rand(t.in_channels, t.out_channels * t.kernel * t.kernel, -0.5, 0.5, 81 + i as u64);
+        let b = Mat::rand(1, t.out_channels, -0.5, 0.5, 82 + i as u64);
+        let up = Mat::rand(n, t.out_len(), -1.0, 1.0, 83 + i as u64);
+        let f = |v: &[Mat]| act_ref(act, &add_channel_bias(&conv2d_input_grad_ref(&v[0], &v[1], &c), &v[2]));
+        let pre = add_channel_bias(&conv2d_input_grad_ref(&x, &w, &c), &b);
+        let g = up.zip(&pre, |u, p| u * act_grad(act, p));
+        // The transposed convolution's adjoints are the convolution's forward and weight gradient.
+        let rules = [conv2d_ref(&g, &w, &c), conv2d_weight_grad_ref(&g, &x, &c), channel_sums_ref(&g, t.out_channels)];
+        let (_, got) =
+            gpu_grads(&[&x, &w, &b], &up, |tp, v| conv::conv_transpose2d(tp, v[0], v[1], Some(v[2]), t, act));
+        let inputs = [&x, &w, &b];
+        for (j, m) in inputs.iter().enumerate() {
+            let fd = fd_grad(m, 1e-6, |mj| {
+                let mut all: Vec<Mat> = inputs.iter().map(|m| (*m).clone()).collect();
+                all[j] = mj.clone();
+                f(&all).dot(&up)
+            });
+            assert_close(
+                &rules[j],
+                &fd,
+                1e-6,
+                1e-6,
+                &format!("transposed reference rule {j} vs finite differences, {t:?}"),
+            );
+            assert_close(&got[j], &rules[j], 1e-5, 1e-5, &format!("transposed GPU backward {j} vs reference, {t:?}"));
+        }
+    }
+}
+
+/// A weight gradient whose K (batch x output pixels = 4805) spans three 2048-long slices, added
+/// into an existing gradient.
+#[test]
+fn long_weight_gradient_is_sliced_and_accumulates() {
+    let s = cs(2, 3, 31, 31, 3, 1, 1);
+    let n = 5;
+    let x = Mat::rand(n, s.in_len(), -1.0, 1.0, 90);
+    let dy = Mat::rand(n, s.out_len(), -1.0, 1.0, 91);
+    let d0 = Mat::rand(s.out_channels, s.weight_cols(), -1.0, 1.0, 92);
+    let mut tape = Tape::no_grad(gpu());
+    let (xg, dyg) = (x.upload(), dy.upload());
+    let fresh = conv::conv2d_weight_grad(&mut tape, &xg, &dyg, &s, None).unwrap();
+    let dw = d0.upload();
+    conv::conv2d_weight_grad(&mut tape, &xg, &dyg, &s, Some(&dw)).unwrap();
+    tape.submit().unwrap();
+    let want = conv2d_weight_grad_ref(&x, &dy, &s);
+    let atol = 1e-6 * ((n * s.out_height() * s.out_width()) as f64).sqrt() * 4.0;
+    assert_close(&download(&fresh), &want, atol, 1e-5, "sliced weight gradient");
+    let want = want.zip(&d0, |a, b| a + b);
+    assert_close(&download(&dw), &want, atol, 1e-5, "sliced weight gradient added into another");
+}
+
+/// More output rows than 65535 workgroups of 32 rows: the grid continues in z.
+#[test]
+fn very_many_output_rows_use_the_z_dimension() {
+    let s = cs(1, 1, 56, 56, 3, 1, 1);
+    let n = 700; // 700 x 3136 = 2.2M rows > 65535 x 32
+    let x = Mat::rand(n, s.in_len(), -1.0, 1.0, 93);
+    let w = Mat::rand(1, 9, -1.0, 1.0, 94);
+    let mut tape = Tape::no_grad(gpu());
+    let y = conv::conv2d_forward(&mut tape, &x.upload(), &w.upload(), None, &s, Act::Identity).unwrap();
+    tape.submit().unwrap();
+    assert_close(&download(&y), &conv2d_ref(&x, &w, &s), 1e-5, 1e-5, "2.2M-row convolution");
+}
+
+#[test]
+fn bad_geometry_is_a_typed_error() {
+    let x = Mat::rand(2, 3 * 13 * 11, -1.0, 1.0, 95).upload();
+    let w = Mat::rand(5, 27, -1.0, 1.0, 96).upload();
+    let mut tape = Tape::no_grad(gpu());
+    for (s, what) in [
+        (cs(3, 5, 13, 11, 3, 0, 1), "stride 0"),
+        (cs(3, 5, 13, 11, 3, 1, 3), "padding as large as the kernel"),
+        (cs(3, 5, 13, 12, 3, 1, 1), "input width that disagrees with the tensor"),
+        (cs(3, 5, 1, 1, 5, 1, 1), "kernel larger than the padded input"),
+    ] {
+        let r = conv::conv2d_forward(&mut tape, &x, &w, None, &s, Act::Identity);
+        assert!(matches!(r, Err(Error::Shape { .. })), "{what}: {r:?}");
+    }
+    let t = ts(5, 3, 4, 4, 3, 2, 1, 2);
+    assert!(matches!(t.validate(), Err(Error::Shape { .. })), "output_padding >= stride is refused");
+}

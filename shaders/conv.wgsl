@@ -47,73 +47,12 @@ struct Params {
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
-// The image value X[n, ci, y, x] with zero padding (y, x as signed offsets).
-fn image(n: u32, c: u32, y: i32, x: i32) -> f32 {
+// The image value X[n, ci, y, x] with zero padding: `base` is n's and ci's offset, (y, x) signed.
+fn image(base: u32, y: i32, x: i32) -> f32 {
     if (y < 0 || x < 0 || y >= i32(p.h) || x >= i32(p.w)) {
         return 0.0;
     }
-    return op1[((n * p.ci + c) * p.h + u32(y)) * p.w + u32(x)];
-}
-
-// GEMM operand A[row, kk].
-fn a_at(row: u32, kk: u32) -> f32 {
-    if (MODE == 0u) {
-        // row = (n, oy, ox), kk = (ci, ky, kx)
-        let ox = row % p.ow;
-        let oy = (row / p.ow) % p.oh;
-        let n = row / (p.ow * p.oh);
-        let kx = kk % p.kw;
-        let ky = (kk / p.kw) % p.kh;
-        let c = kk / (p.kw * p.kh);
-        return image(n, c, i32(oy * p.stride + ky) - i32(p.pad), i32(ox * p.stride + kx) - i32(p.pad));
-    } else if (MODE == 1u) {
-        // row = (n, iy, ix), kk = (co, ky, kx): DY[n, co, oy, ox] with iy = oy*S - P + ky.
-        let ix = row % p.w;
-        let iy = (row / p.w) % p.h;
-        let n = row / (p.w * p.h);
-        let kx = kk % p.kw;
-        let ky = (kk / p.kw) % p.kh;
-        let c = kk / (p.kw * p.kh);
-        let ty = i32(iy + p.pad) - i32(ky);
-        let tx = i32(ix + p.pad) - i32(kx);
-        if (ty < 0 || tx < 0) {
-            return 0.0;
-        }
-        let oy = u32(ty) / p.stride;
-        let ox = u32(tx) / p.stride;
-        if (oy * p.stride != u32(ty) || ox * p.stride != u32(tx) || oy >= p.oh || ox >= p.ow) {
-            return 0.0;
-        }
-        return op1[((n * p.co + c) * p.oh + oy) * p.ow + ox];
-    } else {
-        // row = co, kk = (n, oy, ox): DY[n, co, oy, ox]
-        let ox = kk % p.ow;
-        let oy = (kk / p.ow) % p.oh;
-        let n = kk / (p.ow * p.oh);
-        return op2[((n * p.co + row) * p.oh + oy) * p.ow + ox];
-    }
-}
-
-// GEMM operand B[kk, col].
-fn b_at(kk: u32, col: u32) -> f32 {
-    if (MODE == 0u) {
-        // W[col, kk]
-        return op2[col * p.kdim + kk];
-    } else if (MODE == 1u) {
-        // W[co, ci, ky, kx] with kk = (co, ky, kx), col = ci
-        let khw = p.kh * p.kw;
-        let co = kk / khw;
-        return op2[(co * p.ci + col) * khw + kk % khw];
-    } else {
-        // X[n, ci, oy*S-P+ky, ox*S-P+kx] with kk = (n, oy, ox), col = (ci, ky, kx)
-        let ox = kk % p.ow;
-        let oy = (kk / p.ow) % p.oh;
-        let n = kk / (p.ow * p.oh);
-        let kx = col % p.kw;
-        let ky = (col / p.kw) % p.kh;
-        let c = col / (p.kw * p.kh);
-        return image(n, c, i32(oy * p.stride + ky) - i32(p.pad), i32(ox * p.stride + kx) - i32(p.pad));
-    }
+    return op1[base + u32(y) * p.w + u32(x)];
 }
 
 // Where GEMM output [row, col] is stored.
@@ -128,6 +67,9 @@ fn out_index(row: u32, col: u32) -> u32 {
     return row * p.cols + col;
 }
 
+// The decoding of GEMM indices into (n, y, x) and (channel, ky, kx) is hoisted out of the K
+// loop: what is fixed for an invocation (its rows in modes 0 and 1, its columns in mode 2) is
+// decoded once, and the K index is stepped as a mixed-radix counter instead of divided.
 @compute @workgroup_size(8, 8, 1)
 fn conv_gemm(
     @builtin(global_invocation_id) gid: vec3<u32>,
@@ -140,17 +82,129 @@ fn conv_gemm(
     if (col0 >= p.cols || row0 >= p.rows) {
         return;
     }
+    let khw = p.kh * p.kw;
+    let hw = p.h * p.w;
+    let ohw = p.oh * p.ow;
     var acc: array<vec4<f32>, 4>;
-    for (var kk = p.k_begin; kk < p.k_end; kk++) {
-        var bv = vec4<f32>(0.0);
-        for (var j = 0u; j < 4u; j++) {
-            if (col0 + j < p.cols) {
-                bv[j] = b_at(kk, col0 + j);
+    var live: array<bool, 4>;
+    var base: array<u32, 4>;
+    var y0: array<i32, 4>;
+    var x0: array<i32, 4>;
+    var cols_live = vec4<bool>(false);
+    for (var j = 0u; j < 4u; j++) {
+        cols_live[j] = col0 + j < p.cols;
+    }
+    if (MODE == 0u) {
+        // Rows (n, oy, ox): the image of example n and the window's top-left corner.
+        for (var i = 0u; i < 4u; i++) {
+            let r = min(row0 + i, p.rows - 1u);
+            live[i] = row0 + i < p.rows;
+            base[i] = (r / ohw) * p.ci * hw;
+            y0[i] = i32(((r / p.ow) % p.oh) * p.stride) - i32(p.pad);
+            x0[i] = i32((r % p.ow) * p.stride) - i32(p.pad);
+        }
+        var kx = p.k_begin % p.kw;
+        var ky = (p.k_begin / p.kw) % p.kh;
+        var cb = (p.k_begin / khw) * hw;
+        for (var kk = p.k_begin; kk < p.k_end; kk++) {
+            var bv = vec4<f32>(0.0);
+            for (var j = 0u; j < 4u; j++) {
+                if (cols_live[j]) {
+                    bv[j] = op2[(col0 + j) * p.kdim + kk];
+                }
+            }
+            for (var i = 0u; i < 4u; i++) {
+                if (live[i]) {
+                    acc[i] += image(base[i] + cb, y0[i] + i32(ky), x0[i] + i32(kx)) * bv;
+                }
+            }
+            kx += 1u;
+            if (kx == p.kw) {
+                kx = 0u;
+                ky += 1u;
+                if (ky == p.kh) {
+                    ky = 0u;
+                    cb += hw;
+                }
             }
         }
+    } else if (MODE == 1u) {
+        // Rows (n, iy, ix), K (co, ky, kx): DY[n, co, oy, ox] where oy*S = iy + P - ky.
         for (var i = 0u; i < 4u; i++) {
-            if (row0 + i < p.rows) {
-                acc[i] += a_at(row0 + i, kk) * bv;
+            let r = min(row0 + i, p.rows - 1u);
+            live[i] = row0 + i < p.rows;
+            base[i] = (r / hw) * p.co * ohw;
+            y0[i] = i32((r / p.w) % p.h + p.pad);
+            x0[i] = i32(r % p.w + p.pad);
+        }
+        var kx = p.k_begin % p.kw;
+        var ky = (p.k_begin / p.kw) % p.kh;
+        var c = p.k_begin / khw;
+        for (var kk = p.k_begin; kk < p.k_end; kk++) {
+            var bv = vec4<f32>(0.0);
+            let tap = ky * p.kw + kx;
+            for (var j = 0u; j < 4u; j++) {
+                if (cols_live[j]) {
+                    bv[j] = op2[(c * p.ci + col0 + j) * khw + tap];
+                }
+            }
+            for (var i = 0u; i < 4u; i++) {
+                let ty = y0[i] - i32(ky);
+                let tx = x0[i] - i32(kx);
+                if (live[i] && ty >= 0 && tx >= 0) {
+                    let oy = u32(ty) / p.stride;
+                    let ox = u32(tx) / p.stride;
+                    if (oy * p.stride == u32(ty) && ox * p.stride == u32(tx) && oy < p.oh && ox < p.ow) {
+                        acc[i] += op1[base[i] + c * ohw + oy * p.ow + ox] * bv;
+                    }
+                }
+            }
+            kx += 1u;
+            if (kx == p.kw) {
+                kx = 0u;
+                ky += 1u;
+                if (ky == p.kh) {
+                    ky = 0u;
+                    c += 1u;
+                }
+            }
+        }
+    } else {
+        // Rows co, columns (ci, ky, kx) decoded once; K (n, oy, ox) stepped.
+        var cb: array<u32, 4>;
+        var cky: array<i32, 4>;
+        var ckx: array<i32, 4>;
+        for (var j = 0u; j < 4u; j++) {
+            let col = min(col0 + j, p.cols - 1u);
+            cb[j] = (col / khw) * hw;
+            cky[j] = i32((col / p.kw) % p.kh) - i32(p.pad);
+            ckx[j] = i32(col % p.kw) - i32(p.pad);
+        }
+        var ox = p.k_begin % p.ow;
+        var oy = (p.k_begin / p.ow) % p.oh;
+        var n = p.k_begin / ohw;
+        for (var kk = p.k_begin; kk < p.k_end; kk++) {
+            let ib = n * p.ci * hw;
+            var bv = vec4<f32>(0.0);
+            for (var j = 0u; j < 4u; j++) {
+                if (cols_live[j]) {
+                    bv[j] = image(ib + cb[j], i32(oy * p.stride) + cky[j], i32(ox * p.stride) + ckx[j]);
+                }
+            }
+            let db = n * p.co * ohw + oy * p.ow + ox;
+            for (var i = 0u; i < 4u; i++) {
+                if (row0 + i < p.rows) {
+                    acc[i] += op2[db + (row0 + i) * ohw] * bv;
+                }
+            }
+            ox += 1u;
+            if (ox == p.ow) {
+                ox = 0u;
+                oy += 1u;
+                if (oy == p.oh) {
+                    oy = 0u;
+                    n += 1u;
+                }
             }
         }
     }

@@ -13,14 +13,22 @@
 //
 // Shapes (row-major f32, one example per row, channels then rows then columns: PyTorch's NCHW
 // flattened): X [N, CI*H*W], W [CO, CI*KH*KW], Y and DY [N, CO*OH*OW], bias [CO] (MODE 0) or [CI]
-// (MODE 1), DW [CO, CI*KH*KW]. Defines: MODE: u32; BIAS, ACCUM: bool; ACT: u32; ALPHA: f32.
+// (MODE 1), DW [CO, CI*KH*KW]. Defines: MODE: u32; BIAS, ACCUM, NARROW: bool; ACT: u32; ALPHA: f32.
 //
 // Bindings: 0 params | 1 first operand (X in modes 0, 2 as the gathered image; DY in mode 1) |
 // 2 second operand (W in modes 0, 1; DY in mode 2) | 3 bias (bound to operand 1 when unused) |
 // 4 output.
 //
 // Each invocation computes a 4x4 block of the GEMM output (4 rows, 4 columns); a workgroup of
-// 8x8 invocations covers 32x32. Rows past 65535 workgroups continue in the z dimension.
+// 8x8 invocations covers 32 columns and 8 row blocks. Row blocks past 65535 workgroups continue in
+// the z dimension.
+//
+// MODE 1 visits only the taps that contribute. With stride S, output pixel iy receives tap ky only
+// when S divides iy + P − ky, i.e. for ky ≡ iy + P (mod S): its "phase". An invocation's four rows
+// are four pixels of one image row S apart (ix, ix+S, ix+2S, ix+3S), so they share both phases and
+// walk the same ⌈K/S⌉² taps, reading four consecutive DY columns. Its row blocks are numbered
+// (n, iy, x phase, block of 4 within the phase): `rows` holds their count and `kdim` the blocks per
+// image row, and K is sliced by output channel (k_begin..k_end are channels).
 
 struct Params {
     n: u32,
@@ -55,18 +63,6 @@ fn image(base: u32, y: i32, x: i32) -> f32 {
     return op1[base + u32(y) * p.w + u32(x)];
 }
 
-// Where GEMM output [row, col] is stored.
-fn out_index(row: u32, col: u32) -> u32 {
-    if (MODE == 0u) {
-        let sp = p.oh * p.ow;
-        return ((row / sp) * p.co + col) * sp + row % sp;
-    } else if (MODE == 1u) {
-        let sp = p.h * p.w;
-        return ((row / sp) * p.ci + col) * sp + row % sp;
-    }
-    return row * p.cols + col;
-}
-
 // The decoding of GEMM indices into (n, y, x) and (channel, ky, kx) is hoisted out of the K
 // loop: what is fixed for an invocation (its rows in modes 0 and 1, its columns in mode 2) is
 // decoded once, and the K index is stepped as a mixed-radix counter instead of divided.
@@ -77,9 +73,19 @@ fn conv_gemm(
     @builtin(local_invocation_id) lid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-    let col0 = gid.x * 4u;
-    let row0 = ((wid.z * nwg.y + wid.y) * 8u + lid.y) * 4u;
-    if (col0 >= p.cols || row0 >= p.rows) {
+    // NARROW (at most 4 columns): all 64 invocations of a workgroup take row blocks, instead of
+    // 7 in 8 finding no column to compute.
+    var col0 = gid.x * 4u;
+    var block = (wid.z * nwg.y + wid.y) * 8u + lid.y;
+    if (NARROW) {
+        col0 = 0u;
+        block = (wid.z * nwg.y + wid.y) * 64u + lid.y * 8u + lid.x;
+    }
+    let row0 = block * 4u;
+    if (col0 >= p.cols) {
+        return;
+    }
+    if ((MODE == 1u && block >= p.rows) || (MODE != 1u && row0 >= p.rows)) {
         return;
     }
     let khw = p.kh * p.kw;
@@ -87,6 +93,9 @@ fn conv_gemm(
     let ohw = p.oh * p.ow;
     var acc: array<vec4<f32>, 4>;
     var live: array<bool, 4>;
+    // Where row i's column 0 is stored, and the distance between consecutive columns.
+    var obase: array<u32, 4>;
+    var ostride = 1u;
     var base: array<u32, 4>;
     var y0: array<i32, 4>;
     var x0: array<i32, 4>;
@@ -102,7 +111,9 @@ fn conv_gemm(
             base[i] = (r / ohw) * p.ci * hw;
             y0[i] = i32(((r / p.ow) % p.oh) * p.stride) - i32(p.pad);
             x0[i] = i32((r % p.ow) * p.stride) - i32(p.pad);
+            obase[i] = (r / ohw) * p.co * ohw + r % ohw;
         }
+        ostride = ohw;
         var kx = p.k_begin % p.kw;
         var ky = (p.k_begin / p.kw) % p.kh;
         var cb = (p.k_begin / khw) * hw;
@@ -129,43 +140,57 @@ fn conv_gemm(
             }
         }
     } else if (MODE == 1u) {
-        // Rows (n, iy, ix), K (co, ky, kx): DY[n, co, oy, ox] where oy*S = iy + P - ky.
-        for (var i = 0u; i < 4u; i++) {
-            let r = min(row0 + i, p.rows - 1u);
-            live[i] = row0 + i < p.rows;
-            base[i] = (r / hw) * p.co * ohw;
-            y0[i] = i32((r / p.w) % p.h + p.pad);
-            x0[i] = i32(r % p.w + p.pad);
+        // Row block -> (n, iy, x phase, block within the phase).
+        let niy = block / p.kdim;
+        var b = block % p.kdim;
+        let n = niy / p.h;
+        let iy = niy % p.h;
+        var phase = 0u;
+        loop {
+            let count = select(0u, (p.w - phase + p.stride - 1u) / p.stride, phase < p.w);
+            let blocks = (count + 3u) / 4u;
+            if (b < blocks || phase + 1u >= p.stride) {
+                break;
+            }
+            b -= blocks;
+            phase += 1u;
         }
-        var kx = p.k_begin % p.kw;
-        var ky = (p.k_begin / p.kw) % p.kh;
-        var c = p.k_begin / khw;
-        for (var kk = p.k_begin; kk < p.k_end; kk++) {
-            var bv = vec4<f32>(0.0);
-            let tap = ky * p.kw + kx;
-            for (var j = 0u; j < 4u; j++) {
-                if (cols_live[j]) {
-                    bv[j] = op2[(c * p.ci + col0 + j) * khw + tap];
+        let ix0 = phase + p.stride * 4u * b;
+        for (var i = 0u; i < 4u; i++) {
+            live[i] = ix0 + p.stride * i < p.w;
+            obase[i] = n * p.ci * hw + iy * p.w + ix0 + p.stride * i;
+        }
+        ostride = hw;
+        // Taps ky = py + S·t reach oy = qy − t; kx = px + S·u reach ox = qx0 + i − u for row i.
+        let py = (iy + p.pad) % p.stride;
+        let qy = (iy + p.pad) / p.stride;
+        let px = (ix0 + p.pad) % p.stride;
+        let qx0 = (ix0 + p.pad) / p.stride;
+        let ty_n = select(0u, (p.kh - py + p.stride - 1u) / p.stride, py < p.kh);
+        let tx_n = select(0u, (p.kw - px + p.stride - 1u) / p.stride, px < p.kw);
+        for (var c = p.k_begin; c < p.k_end; c++) {
+            let dyb = (n * p.co + c) * ohw;
+            let wb = c * p.ci * khw;
+            for (var t = 0u; t < ty_n; t++) {
+                if (t > qy || qy - t >= p.oh) {
+                    continue;
                 }
-            }
-            for (var i = 0u; i < 4u; i++) {
-                let ty = y0[i] - i32(ky);
-                let tx = x0[i] - i32(kx);
-                if (live[i] && ty >= 0 && tx >= 0) {
-                    let oy = u32(ty) / p.stride;
-                    let ox = u32(tx) / p.stride;
-                    if (oy * p.stride == u32(ty) && ox * p.stride == u32(tx) && oy < p.oh && ox < p.ow) {
-                        acc[i] += op1[base[i] + c * ohw + oy * p.ow + ox] * bv;
+                let drow = dyb + (qy - t) * p.ow;
+                let ky = py + p.stride * t;
+                for (var u = 0u; u < tx_n; u++) {
+                    let kx = px + p.stride * u;
+                    var bv = vec4<f32>(0.0);
+                    for (var j = 0u; j < 4u; j++) {
+                        if (cols_live[j]) {
+                            bv[j] = op2[wb + (col0 + j) * khw + ky * p.kw + kx];
+                        }
                     }
-                }
-            }
-            kx += 1u;
-            if (kx == p.kw) {
-                kx = 0u;
-                ky += 1u;
-                if (ky == p.kh) {
-                    ky = 0u;
-                    c += 1u;
+                    for (var i = 0u; i < 4u; i++) {
+                        let q = qx0 + i;
+                        if (live[i] && q >= u && q - u < p.ow) {
+                            acc[i] += op1[drow + q - u] * bv;
+                        }
+                    }
                 }
             }
         }
@@ -180,6 +205,10 @@ fn conv_gemm(
             cky[j] = i32((col / p.kw) % p.kh) - i32(p.pad);
             ckx[j] = i32(col % p.kw) - i32(p.pad);
         }
+        for (var i = 0u; i < 4u; i++) {
+            live[i] = row0 + i < p.rows;
+            obase[i] = (row0 + i) * p.cols;
+        }
         var ox = p.k_begin % p.ow;
         var oy = (p.k_begin / p.ow) % p.oh;
         var n = p.k_begin / ohw;
@@ -193,7 +222,7 @@ fn conv_gemm(
             }
             let db = n * p.co * ohw + oy * p.ow + ox;
             for (var i = 0u; i < 4u; i++) {
-                if (row0 + i < p.rows) {
+                if (live[i]) {
                     acc[i] += op2[db + (row0 + i) * ohw] * bv;
                 }
             }
@@ -209,16 +238,15 @@ fn conv_gemm(
         }
     }
     for (var i = 0u; i < 4u; i++) {
-        let row = row0 + i;
-        if (row >= p.rows) {
-            break;
+        if (!live[i]) {
+            continue;
         }
         for (var j = 0u; j < 4u; j++) {
             let col = col0 + j;
             if (col >= p.cols) {
                 break;
             }
-            let o = out_index(row, col);
+            let o = obase[i] + col * ostride;
             var v = acc[i][j];
             if (ACCUM) {
                 v += out[o];

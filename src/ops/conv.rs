@@ -169,20 +169,32 @@ fn conv_gemm(
     accum: bool,
 ) -> Result<()> {
     let (oh, ow, kk) = (s.out_height(), s.out_width(), s.kernel * s.kernel);
-    let (rows, cols, k) = match mode {
-        0 => (n * oh * ow, s.out_channels, s.weight_cols()),
-        1 => (n * s.height * s.width, s.in_channels, s.out_channels * kk),
-        _ => (s.out_channels, s.weight_cols(), n * oh * ow),
+    // (GEMM rows or, in MODE 1, row blocks; columns; K; K per slice; `kdim`)
+    let (rows, cols, k, k_slice, kdim) = match mode {
+        0 => (n * oh * ow, s.out_channels, s.weight_cols(), K_SLICE, s.weight_cols()),
+        1 => {
+            // Row blocks: per image row, blocks of 4 pixels within each x phase (see conv.wgsl);
+            // K is sliced by output channel, each one at most K·K taps.
+            let st = s.stride;
+            let per_row: usize = (0..st.min(s.width)).map(|ph| (s.width - ph).div_ceil(st).div_ceil(4)).sum();
+            (n * s.height * per_row, s.in_channels, s.out_channels, (K_SLICE / kk).max(1), per_row)
+        }
+        _ => (s.out_channels, s.weight_cols(), n * oh * ow, K_SLICE, s.weight_cols()),
     };
     if rows > u32::MAX as usize / 4 || k > u32::MAX as usize {
         return Err(Error::shape("conv2d", format!("a batch of {n} is too large for {s:?}")));
     }
-    let row_blocks = rows.div_ceil(32);
-    let gy = row_blocks.min(65535);
-    let groups = [cols.div_ceil(32) as u32, gy as u32, row_blocks.div_ceil(gy) as u32];
-    let slices = k.div_ceil(K_SLICE).max(1);
+    let row_blocks = if mode == 1 { rows } else { rows.div_ceil(4) };
+    // At most 4 columns (one input channel, one output channel): every invocation of a workgroup
+    // takes its own row block (`NARROW` in conv.wgsl).
+    let narrow = cols <= 4;
+    let wg_rows = row_blocks.div_ceil(if narrow { 64 } else { 8 });
+    let gy = wg_rows.min(65535);
+    let gx = if narrow { 1 } else { cols.div_ceil(32) };
+    let groups = [gx as u32, gy as u32, wg_rows.div_ceil(gy) as u32];
+    let slices = k.div_ceil(k_slice).max(1);
     for sl in 0..slices {
-        let (k0, k1) = (sl * K_SLICE, ((sl + 1) * K_SLICE).min(k));
+        let (k0, k1) = (sl * k_slice, ((sl + 1) * k_slice).min(k));
         let last = sl + 1 == slices;
         let slice_bias = if last { bias } else { None };
         let slice_act = if last { act } else { Act::Identity };
@@ -190,6 +202,7 @@ fn conv_gemm(
             ("MODE", format!("{mode}u")),
             ("BIAS", slice_bias.is_some().to_string()),
             ("ACCUM", (accum || sl > 0).to_string()),
+            ("NARROW", narrow.to_string()),
         ];
         defines.extend(slice_act.defines());
         let key = KernelKey { module: Module::Conv, entry: "conv_gemm", defines, inputs: 3, outputs: 1 };
@@ -209,7 +222,7 @@ fn conv_gemm(
             .u(k1 as u32)
             .u(rows as u32)
             .u(cols as u32)
-            .u(s.weight_cols() as u32);
+            .u(kdim as u32);
         tape.dispatch(&key, params, &[op1, op2, slice_bias.unwrap_or(op1), out], groups)?;
     }
     Ok(())

@@ -22,6 +22,7 @@ fn main() -> wgvae::Result<()> {
         likelihood: Likelihood::Bernoulli,
         bn_tau: None,
         classes: 0,
+        conv: None,
     };
     let vae = Vae::new(&gpu, config, 0)?;
     let mut opt = Adam::new(1e-3)?;

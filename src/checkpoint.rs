@@ -37,6 +37,9 @@ fn ck_err(path: &Path, detail: impl Into<String>) -> Error {
 
 /// The shape a parameter has in the file (biases are 1-D there, \[1, n\] on the GPU).
 fn file_shape(p: &Param) -> Vec<usize> {
+    if let Some(s) = p.file_shape() {
+        return s.to_vec();
+    }
     let t = p.value();
     if p.name().ends_with(".bias") {
         vec![t.cols()]

@@ -39,6 +39,10 @@ pub enum ScheduleName {
 pub enum Preset {
     /// 784-400-20-400-784, ReLU, Bernoulli (Kingma & Welling; PyTorch's example).
     Classic,
+    /// Convolutional, for 28x28 grayscale: Conv2d(1,32,3,s2,p1)-ReLU-Conv2d(32,64,3,s2,p1)-ReLU-
+    /// flatten -> fc_mu/fc_logvar (Z 20); Linear(Z,32·7·7)-ReLU -> ConvTranspose2d(32,64,3,s2,p1,op1)-
+    /// ReLU-ConvTranspose2d(64,32,3,s2,p1,op1)-ReLU-ConvTranspose2d(32,1,3,s1,p1), Bernoulli.
+    Conv,
 }
 
 #[cfg(feature = "cli")]
@@ -210,6 +214,7 @@ impl RunSpec {
     pub fn config(&self, input_dim: usize, classes: usize) -> Result<VaeConfig> {
         let mut c = match self.preset {
             None | Some(Preset::Classic) => VaeConfig::classic(),
+            Some(Preset::Conv) => VaeConfig::conv(),
         };
         c.input_dim = input_dim;
         c.model = self.model.unwrap_or(ModelKind::Vae);
@@ -248,7 +253,12 @@ impl RunSpec {
         if self.resume.is_none() {
             self.objective(model, 1)?;
             if model != ModelKind::Cvae {
-                self.config(1, 0)?;
+                // Any input size will do for the dense presets; a conv preset fixes its image.
+                let probe = match self.preset {
+                    Some(Preset::Conv) => VaeConfig::conv().input_dim,
+                    _ => 1,
+                };
+                self.config(probe, 0)?;
             }
         }
         self.options(TrainOptions::default()).validate()?;
@@ -424,18 +434,23 @@ impl Run {
             a.name,
             a.backend
         );
-        let hidden: Vec<String> = c.hidden.iter().map(|h| h.to_string()).collect();
+        let layers = match &c.conv {
+            // conv: channels of each layer, e.g. conv 1x28x28-c32-c64-20-d32x7x7-t64-t32-t1
+            Some(net) => {
+                let [ch, h, w] = net.image;
+                let [dc, dh, dw] = net.decoder_start;
+                let enc: Vec<String> = net.encoder.iter().map(|l| format!("c{}", l.channels)).collect();
+                let dec: Vec<String> = net.decoder.iter().map(|l| format!("t{}", l.channels)).collect();
+                format!("conv {ch}x{h}x{w}-{}-{}-d{dc}x{dh}x{dw}-{}", enc.join("-"), c.latent, dec.join("-"))
+            }
+            None => {
+                let hidden: Vec<String> = c.hidden.iter().map(|h| h.to_string()).collect();
+                format!("{}-{}-{}", c.input_dim, hidden.join("-"), c.latent)
+            }
+        };
         s += &format!(
-            "model: {} {}-{}-{} {} {}, batch {}, lr {}, seed {}\n",
-            c.model,
-            c.input_dim,
-            hidden.join("-"),
-            c.latent,
-            c.activation,
-            c.likelihood,
-            t.opts.batch,
-            t.opts.lr,
-            t.opts.seed
+            "model: {} {} {} {}, batch {}, lr {}, seed {}\n",
+            c.model, layers, c.activation, c.likelihood, t.opts.batch, t.opts.lr, t.opts.seed
         );
         if c.model != ModelKind::Ae {
             let o = &t.opts.objective;

@@ -129,6 +129,7 @@ fn bn_vae_evaluation_uses_running_statistics_leaves_them_and_ignores_the_batch()
         likelihood: Likelihood::Bernoulli,
         bn_tau: Some(tau as f32),
         classes: 0,
+        conv: None,
     };
     let vae = Vae::new(g, cfg, 5).unwrap();
     let bn = vae.bn.as_ref().unwrap();

@@ -63,6 +63,7 @@ fn cfg(model: ModelKind, latent: usize) -> VaeConfig {
         likelihood: Likelihood::Bernoulli,
         bn_tau: None,
         classes: 0,
+        conv: None,
     }
 }
 

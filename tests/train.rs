@@ -46,6 +46,7 @@ fn vae_steps_match_f64_reference_trainer() {
         likelihood: Likelihood::Bernoulli,
         bn_tau: None,
         classes: 0,
+        conv: None,
     };
     let vae = Vae::new(g, cfg, 3).unwrap();
     let mut p: Vec<Mat> = vae_params(&vae);
@@ -108,6 +109,7 @@ fn small() -> VaeConfig {
         likelihood: Likelihood::Bernoulli,
         bn_tau: None,
         classes: 0,
+        conv: None,
     }
 }
 

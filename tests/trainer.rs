@@ -48,6 +48,7 @@ fn config() -> VaeConfig {
         likelihood: Likelihood::Bernoulli,
         bn_tau: None,
         classes: 0,
+        conv: None,
     }
 }
 

@@ -6,9 +6,14 @@ Classic VAE (Kingma & Welling; PyTorch's examples/vae): 784-400-20-400-784, ReLU
 likelihood on [0,1] pixels (BCE summed over pixels) + analytic KL, Adam(lr=1e-3), batch 128,
 reshuffled every epoch, the last partial batch kept. The test loss uses one sampled z per
 example, as the PyTorch example does. Prints one JSON object per epoch in wgvae's metrics.jsonl
-form (nats per example).
+form (nats per example). `--model conv` is `wgvae train --preset conv` (issue 11's network, with
+the module names wgvae's checkpoints use).
 
     python3 benches/peers/pytorch_vae.py --data /usr/share/datasets/fashion-mnist --epochs 10
+    python3 benches/peers/pytorch_vae.py --model conv --epochs 5
+
+`--load CHECKPOINT` instead loads a wgvae checkpoint into the module with
+`load_state_dict(strict=True)` (its model tensors: Adam's moments aside) and prints the test loss.
 
 Needs torch and numpy (`pip install torch numpy`).
 """
@@ -60,6 +65,59 @@ class VAE(nn.Module):
         return self.fc4(F.relu(self.fc3(z))), mu, logvar
 
 
+class ConvVAE(nn.Module):
+    """wgvae's `--preset conv`: the names are those of wgvae's checkpoints."""
+
+    def __init__(self, z=20):
+        super().__init__()
+        self.encoder = nn.Sequential(
+            nn.Conv2d(1, 32, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten())
+        self.fc_mu = nn.Linear(64 * 7 * 7, z)
+        self.fc_logvar = nn.Linear(64 * 7 * 7, z)
+        self.decoder_input = nn.Linear(z, 32 * 7 * 7)
+        self.decoder = nn.Sequential(
+            nn.ConvTranspose2d(32, 64, 3, stride=2, padding=1, output_padding=1), nn.ReLU(),
+            nn.ConvTranspose2d(64, 32, 3, stride=2, padding=1, output_padding=1), nn.ReLU(),
+            nn.ConvTranspose2d(32, 1, 3, stride=1, padding=1))
+
+    def forward(self, x):
+        h = self.encoder(x.view(-1, 1, 28, 28))
+        mu, logvar = self.fc_mu(h), self.fc_logvar(h)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        d = F.relu(self.decoder_input(z)).view(-1, 32, 7, 7)
+        return self.decoder(d).view(x.shape[0], -1), mu, logvar
+
+
+def read_safetensors(path):
+    """The tensors of a safetensors file (an 8-byte header length, a JSON header, raw data)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + n])
+    out = {}
+    for name, t in header.items():
+        if name == "__metadata__":
+            continue
+        assert t["dtype"] == "F32", f"{name}: {t['dtype']}"
+        b, e = t["data_offsets"]
+        arr = np.frombuffer(data[8 + n + b:8 + n + e], dtype="<f4").reshape(t["shape"])
+        out[name] = torch.from_numpy(arr.copy())
+    return out
+
+
+def evaluate(model, test):
+    er, ek = 0.0, 0.0
+    with torch.no_grad():
+        for i in range(0, test.shape[0], 1000):
+            x = test[i : i + 1000]
+            logits, mu, logvar = model(x)
+            r, k = loss_terms(logits, x, mu, logvar)
+            er += r.item()
+            ek += k.item()
+    return er / test.shape[0], ek / test.shape[0]
+
+
 def loss_terms(logits, x, mu, logvar):
     recon = F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
     kl = 0.5 * torch.sum(mu.pow(2) + logvar.exp() - 1 - logvar)
@@ -75,6 +133,8 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--model", choices=["classic", "conv"], default="classic")
+    ap.add_argument("--load", help="a wgvae checkpoint to load (strict) and evaluate instead of training")
     a = ap.parse_args()
     torch.manual_seed(a.seed)
     if a.threads:
@@ -82,7 +142,15 @@ def main():
     dev = torch.device(a.device)
     train = torch.from_numpy(read_idx(find(a.data, "train-images-idx3-ubyte")).astype(np.float32) / 255.0).to(dev)
     test = torch.from_numpy(read_idx(find(a.data, "t10k-images-idx3-ubyte")).astype(np.float32) / 255.0).to(dev)
-    model = VAE(train.shape[1]).to(dev)
+    model = (ConvVAE() if a.model == "conv" else VAE(train.shape[1])).to(dev)
+    if a.load:
+        sd = {k: v for k, v in read_safetensors(a.load).items() if not k.startswith("optimizer.")}
+        model.load_state_dict(sd, strict=True)
+        model.eval()
+        r, k = evaluate(model, test)
+        print(json.dumps({"checkpoint": a.load, "strict": True, "tensors": len(sd),
+                          "test_loss": r + k, "recon": r, "kl": k}), flush=True)
+        return
     opt = torch.optim.Adam(model.parameters(), lr=a.lr)
     n = train.shape[0]
     for epoch in range(1, a.epochs + 1):
@@ -105,19 +173,11 @@ def main():
             torch.cuda.synchronize()
         secs = time.perf_counter() - t0
         model.eval()
-        er, ek = 0.0, 0.0
-        with torch.no_grad():
-            for i in range(0, test.shape[0], 1000):
-                x = test[i : i + 1000]
-                logits, mu, logvar = model(x)
-                r, k = loss_terms(logits, x, mu, logvar)
-                er += r.item()
-                ek += k.item()
-        m = test.shape[0]
+        er, ek = evaluate(model, test)
         print(json.dumps({
-            "peer": f"pytorch {torch.__version__} {dev.type} threads={torch.get_num_threads()}",
+            "peer": f"pytorch {torch.__version__} {dev.type} threads={torch.get_num_threads()} model={a.model}",
             "epoch": epoch, "train_loss": (tr + tk) / n, "train_recon": tr / n, "train_kl": tk / n,
-            "test_loss": (er + ek) / m, "recon": er / m, "kl": ek / m,
+            "test_loss": er + ek, "recon": er, "kl": ek,
             "epoch_seconds": secs, "examples_per_second": n / secs,
         }), flush=True)
 

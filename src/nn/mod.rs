@@ -22,6 +22,9 @@ pub struct Param {
     id: u64,
     name: String,
     value: Tensor,
+    /// Its shape in checkpoints when that is not the tensor's \[rows, cols\] (a convolution's
+    /// 4-D weight).
+    file_shape: Option<Vec<usize>>,
     /// Where its gradient goes when it is packed ([`pack`]): a view of the store's gradient buffer.
     grad: Option<Tensor>,
     store: Option<Arc<Store>>,
@@ -99,7 +102,24 @@ pub fn pack(gpu: &Gpu, params: &mut [&mut Param]) -> Result<()> {
 impl Param {
     /// Wraps a tensor as a parameter.
     pub fn new(name: impl Into<String>, value: Tensor) -> Self {
-        Param { id: NEXT_PARAM.fetch_add(1, Ordering::Relaxed), name: name.into(), value, grad: None, store: None }
+        Param {
+            id: NEXT_PARAM.fetch_add(1, Ordering::Relaxed),
+            name: name.into(),
+            value,
+            file_shape: None,
+            grad: None,
+            store: None,
+        }
+    }
+    /// The same parameter stored in checkpoints with `shape` (same number of values), e.g. a
+    /// convolution's \[C_out, C_in, K, K\] weight kept as \[C_out, C_in·K·K\] on the GPU.
+    pub fn with_file_shape(mut self, shape: Vec<usize>) -> Self {
+        self.file_shape = Some(shape);
+        self
+    }
+    /// Its shape in checkpoints, when it differs from the tensor's.
+    pub fn file_shape(&self) -> Option<&[usize]> {
+        self.file_shape.as_deref()
     }
     /// Its var on `tape` (the same var for every use on one tape).
     pub fn var(&self, tape: &mut Tape) -> Var {

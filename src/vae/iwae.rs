@@ -168,7 +168,7 @@ pub(crate) fn run_batch(
             .u(STREAM_IWAE);
         tape.dispatch(&key("sample", 2, 2), p, &[&mu, &lv, &z, &lw], grid_1d(rows, 256))?;
         let zv = tape.input(z);
-        let out = vae.decoder.forward(&mut tape, zv)?;
+        let out = vae.decode_vars(&mut tape, zv)?;
         let nll = vae.recon_nll(&mut tape, out, &target)?;
         let nll = tape.value(nll).clone();
         let p = Params::new().u(b as u32).u(0).u(s as u32).u(0).u(0).u(0).u(0).u(0).u(0).u((k0 == 0) as u32);

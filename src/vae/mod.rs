@@ -4,12 +4,18 @@
 //!
 //! Parameter names (also the checkpoint's tensor names, PyTorch `nn.Linear` layout: `weight`
 //! \[out, in\], `bias` \[out\]): `encoder.{i}` for the hidden layers, `fc_mu`, `fc_logvar`, then
-//! `decoder.{i}` from the latent up to the output layer.
+//! `decoder.{i}` from the latent up to the output layer. A convolutional model ([`convnet`],
+//! `--preset conv`) has `encoder.{2i}` convolutions, `fc_mu`, `fc_logvar`, `decoder_input` and
+//! `decoder.{2i}` transposed convolutions instead, with PyTorch's 4-D weight shapes.
 
+pub mod convnet;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod iwae;
 pub mod metrics;
 pub mod objective;
+
+use convnet::ConvModules;
+pub use convnet::ConvNet;
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
@@ -141,6 +147,9 @@ pub struct VaeConfig {
     /// Label classes the CVAE conditions on (0 for the other models).
     #[serde(default)]
     pub classes: usize,
+    /// A convolutional encoder and decoder instead of the MLP (`hidden` is then empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conv: Option<ConvNet>,
 }
 
 impl VaeConfig {
@@ -156,7 +165,14 @@ impl VaeConfig {
             likelihood: Likelihood::Bernoulli,
             bn_tau: None,
             classes: 0,
+            conv: None,
         }
+    }
+
+    /// Issue 11's `--preset conv` for 28x28 grayscale (see [`ConvNet::preset_conv`]), Z = 20,
+    /// ReLU, Bernoulli.
+    pub fn conv() -> Self {
+        VaeConfig { hidden: vec![], conv: Some(ConvNet::preset_conv()), ..VaeConfig::classic() }
     }
 
     /// Checks that every size is usable: each at least 1 and at most [`MAX_DIM`], at most
@@ -187,6 +203,25 @@ impl VaeConfig {
         }
         if self.model == ModelKind::Cvae && self.classes < 2 {
             return Err(Error::arg("classes", "the conditional VAE needs labeled data with at least 2 classes"));
+        }
+        if let Some(net) = &self.conv {
+            net.validate()?;
+            let image: usize = net.image.iter().product();
+            if image != self.input_dim {
+                return Err(Error::arg(
+                    "conv",
+                    format!(
+                        "the conv model's image {:?} has {image} values but the data has {}",
+                        net.image, self.input_dim
+                    ),
+                ));
+            }
+            if !self.hidden.is_empty() {
+                return Err(Error::arg("hidden", "a conv model has no hidden dense layers"));
+            }
+            if self.model == ModelKind::Cvae {
+                return Err(Error::arg("model", "the conditional VAE is not available with conv models yet"));
+            }
         }
         if let Some(t) = self.bn_tau {
             if !(0.0..=1.0).contains(&t) {
@@ -222,8 +257,16 @@ impl VaeConfig {
         };
         let mut enc = vec![self.input_dim + cond];
         enc.extend(&self.hidden);
-        layers("encoder", &enc, &mut out);
-        let last = *enc.last().unwrap_or(&self.input_dim);
+        let last = match &self.conv {
+            Some(net) => {
+                out.extend(net.encoder_state_shapes()?);
+                net.flat_dim()?
+            }
+            None => {
+                layers("encoder", &enc, &mut out);
+                *enc.last().unwrap_or(&self.input_dim)
+            }
+        };
         out.push(("fc_mu.weight".into(), vec![self.latent, last]));
         out.push(("fc_mu.bias".into(), vec![self.latent]));
         if self.model != ModelKind::Ae {
@@ -236,10 +279,15 @@ impl VaeConfig {
         if self.likelihood == Likelihood::GaussianLearned {
             out.push(("decoder.logvar".into(), vec![1, self.input_dim]));
         }
-        let mut dec = vec![self.latent + cond];
-        dec.extend(self.hidden.iter().rev());
-        dec.push(self.input_dim);
-        layers("decoder", &dec, &mut out);
+        match &self.conv {
+            Some(net) => out.extend(net.decoder_state_shapes(self.latent)?),
+            None => {
+                let mut dec = vec![self.latent + cond];
+                dec.extend(self.hidden.iter().rev());
+                dec.push(self.input_dim);
+                layers("decoder", &dec, &mut out);
+            }
+        }
         if self.bn_tau.is_some() {
             out.push(("bn_mu.running_mean".into(), vec![self.latent]));
             out.push(("bn_mu.running_var".into(), vec![self.latent]));
@@ -353,6 +401,9 @@ pub struct Vae {
     pub bn: Option<BnLayer>,
     /// Learned per-pixel log-variance of the Gaussian likelihood (`decoder.logvar`, \[1, D\]).
     pub out_logvar: Option<Param>,
+    /// The convolutional encoder and decoder of a conv model (`encoder` and `decoder` are then
+    /// empty).
+    pub conv: Option<ConvModules>,
 }
 
 /// The BN-VAE layer: scaled batch normalization of the posterior mean.
@@ -381,7 +432,15 @@ impl Vae {
         dec_sizes.push(config.input_dim);
         use rand::SeedableRng;
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_add(0x5EED));
-        let encoder = if enc_sizes.len() > 1 {
+        let conv = match &config.conv {
+            Some(net) => Some(ConvModules::new(gpu, net, config.latent, act, &mut rng)?),
+            None => None,
+        };
+        let last = match &config.conv {
+            Some(net) => net.flat_dim()?,
+            None => last,
+        };
+        let encoder = if enc_sizes.len() > 1 && conv.is_none() {
             Mlp::new(gpu, "encoder", &enc_sizes, act, act, seed)?
         } else {
             Mlp { layers: vec![] }
@@ -399,7 +458,10 @@ impl Vae {
             }
             ModelKind::Ae => Linear::from_values(gpu, "fc_mu", last, z, &w, &b, Act::Identity)?,
         };
-        let decoder = Mlp::new(gpu, "decoder", &dec_sizes, act, Act::Identity, seed.wrapping_add(1))?;
+        let decoder = match conv {
+            Some(_) => Mlp { layers: vec![] },
+            None => Mlp::new(gpu, "decoder", &dec_sizes, act, Act::Identity, seed.wrapping_add(1))?,
+        };
         let bn = match config.bn_tau {
             Some(tau) => Some(BnLayer {
                 theta: Param::new("bn_mu.theta", Tensor::zeros(gpu, 1, config.latent)?),
@@ -412,7 +474,7 @@ impl Vae {
             Likelihood::GaussianLearned => Some(Param::new("decoder.logvar", Tensor::zeros(gpu, 1, config.input_dim)?)),
             _ => None,
         };
-        let mut vae = Vae { config, encoder, head, decoder, bn, out_logvar };
+        let mut vae = Vae { config, encoder, head, decoder, bn, out_logvar, conv };
         // One buffer for every parameter, one for every gradient: one Adam dispatch per step.
         crate::nn::pack(gpu, &mut vae.params_mut())?;
         Ok(vae)
@@ -420,7 +482,10 @@ impl Vae {
 
     /// Every parameter, mutably, in the order of [`Vae::params`].
     fn params_mut(&mut self) -> Vec<&mut Param> {
-        let mut p = self.encoder.params_mut();
+        let (mut p, mut dec) = match &mut self.conv {
+            Some(c) => c.params_mut_split(),
+            None => (self.encoder.params_mut(), self.decoder.params_mut()),
+        };
         p.extend(self.head.params_mut());
         if let Some(bn) = &mut self.bn {
             p.push(&mut bn.theta);
@@ -428,7 +493,7 @@ impl Vae {
         if let Some(lv) = &mut self.out_logvar {
             p.push(lv);
         }
-        p.extend(self.decoder.params_mut());
+        p.append(&mut dec);
         p
     }
 
@@ -439,7 +504,10 @@ impl Vae {
 
     /// Every parameter, in the order of the names in the module docs.
     pub fn params(&self) -> Vec<&Param> {
-        let mut p = self.encoder.params();
+        let (mut p, dec) = match &self.conv {
+            Some(c) => (c.encoder_params(), c.decoder_params()),
+            None => (self.encoder.params(), self.decoder.params()),
+        };
         p.extend(self.head.params());
         if let Some(bn) = &self.bn {
             p.push(&bn.theta);
@@ -447,8 +515,17 @@ impl Vae {
         if let Some(lv) = &self.out_logvar {
             p.push(lv);
         }
-        p.extend(self.decoder.params());
+        p.extend(dec);
         p
+    }
+
+    /// Records the decoder from its input (z, or \[z | one-hot y\] for the CVAE) to the output
+    /// logits or means.
+    pub fn decode_vars(&self, tape: &mut Tape, zin: Var) -> Result<Var> {
+        match &self.conv {
+            Some(c) => c.decode(tape, zin),
+            None => self.decoder.forward(tape, zin),
+        }
     }
 
     /// Non-trainable state saved with the weights (BN-VAE running statistics).
@@ -505,7 +582,10 @@ impl Vae {
             Some(y) => crate::ops::concat::concat_cols(tape, x, y)?,
             None => x,
         };
-        let h = self.encoder.forward(tape, x)?;
+        let h = match &self.conv {
+            Some(c) => c.encode(tape, x)?,
+            None => self.encoder.forward(tape, x)?,
+        };
         let head = self.head.forward(tape, h)?;
         let Some(bn) = &self.bn else { return Ok((head, None)) };
         // Batch statistics while training (a tape that records gradients), running ones otherwise.
@@ -568,7 +648,7 @@ impl Vae {
             Some(y) => crate::ops::concat::concat_cols(tape, zv, y)?,
             None => zv,
         };
-        let out = self.decoder.forward(tape, zin)?;
+        let out = self.decode_vars(tape, zin)?;
         Ok(VaeOutput { head, mu, logvar, z: zv, out, kl_rows })
     }
 
@@ -684,7 +764,7 @@ impl Vae {
             Some(y) => crate::ops::concat::concat_cols(&mut tape, zv, y)?,
             None => zv,
         };
-        let out = self.decoder.forward(&mut tape, zin)?;
+        let out = self.decode_vars(&mut tape, zin)?;
         let out = tape.value(out).clone();
         let px = match self.config.likelihood {
             Likelihood::Bernoulli => act_forward(&mut tape, &out, Act::Sigmoid)?,

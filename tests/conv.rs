@@ -124,22 +124,7 @@ fn conv2d_backward_matches_finite_differences() {
         ];
         let (val, got) = gpu_grads(&[&x, &w, &b], &up, |t, v| conv::conv2d(t, v[0], v[1], Some(v[2]), s, act));
         assert_close(&val, &f(&[x.clone(), w.clone(), b.clone()]), 1e-5, 1e-5, &format!("conv2d forward {s:?}"));
-        let inputs = [&x, &w, &b];
-        for (j, m) in inputs.iter().enumerate() {
-            let fd = fd_grad(m, 1e-6, |mj| {
-                let mut all: Vec<Mat> = inputs.iter().map(|m| (*m).clone()).collect();
-                all[j] = mj.clone();
-                f(&all).dot(&up)
-            });
-            assert_close(
-                &rules[j],
-                &fd,
-                1e-6,
-                1e-6,
-                &format!("conv2d reference rule {j} vs finite differences, {s:?}"),
-            );
-            assert_close(&got[j], &rules[j], 1e-5, 1e-5, &format!("conv2d GPU backward {j} vs reference, {s:?}"));
-        }
+        check_rule(&format!("conv2d {s:?}"), &[&x, &w, &b], &up, f, &rules, &got, 1e-5);
     }
 }
 
@@ -162,22 +147,7 @@ fn conv_transpose2d_backward_matches_finite_differences() {
         let rules = [conv2d_ref(&g, &w, &c), conv2d_weight_grad_ref(&g, &x, &c), channel_sums_ref(&g, t.out_channels)];
         let (_, got) =
             gpu_grads(&[&x, &w, &b], &up, |tp, v| conv::conv_transpose2d(tp, v[0], v[1], Some(v[2]), t, act));
-        let inputs = [&x, &w, &b];
-        for (j, m) in inputs.iter().enumerate() {
-            let fd = fd_grad(m, 1e-6, |mj| {
-                let mut all: Vec<Mat> = inputs.iter().map(|m| (*m).clone()).collect();
-                all[j] = mj.clone();
-                f(&all).dot(&up)
-            });
-            assert_close(
-                &rules[j],
-                &fd,
-                1e-6,
-                1e-6,
-                &format!("transposed reference rule {j} vs finite differences, {t:?}"),
-            );
-            assert_close(&got[j], &rules[j], 1e-5, 1e-5, &format!("transposed GPU backward {j} vs reference, {t:?}"));
-        }
+        check_rule(&format!("conv_transpose2d {t:?}"), &[&x, &w, &b], &up, f, &rules, &got, 1e-5);
     }
 }
 

@@ -49,26 +49,6 @@ fn normals_match_the_cpu_mirror_and_have_the_right_statistics() {
     assert!((kurt - 3.0).abs() < 0.1, "fourth moment {kurt} (normal: 3)");
 }
 
-fn check_rule(
-    name: &str,
-    inputs: &[&Mat],
-    up: &Mat,
-    f: impl Fn(&[Mat]) -> Mat,
-    reference: &[Mat],
-    got: &[Mat],
-    tol: f64,
-) {
-    for (i, x) in inputs.iter().enumerate() {
-        let fd = fd_grad(x, 1e-6, |xi| {
-            let mut all: Vec<Mat> = inputs.iter().map(|m| (*m).clone()).collect();
-            all[i] = xi.clone();
-            f(&all).dot(up)
-        });
-        assert_close(&reference[i], &fd, 1e-6, 1e-6, &format!("{name}: reference rule vs finite differences ({i})"));
-        assert_close(&got[i], &reference[i], tol, tol, &format!("{name}: GPU backward vs reference ({i})"));
-    }
-}
-
 #[test]
 fn kl_forward_and_backward() {
     let (b, z) = (7, 13);

@@ -172,3 +172,25 @@ pub fn gpu_grads(
     tape.submit().unwrap();
     (download(&yv), vars.iter().map(|v| download(tape.grad(*v).unwrap())).collect())
 }
+
+/// A backward rule checked twice: the analytic `reference` gradients of Σ up ⊙ f(inputs) against
+/// f64 central finite differences of `f`, then the GPU's gradients `got` against the reference.
+pub fn check_rule(
+    name: &str,
+    inputs: &[&Mat],
+    up: &Mat,
+    f: impl Fn(&[Mat]) -> Mat,
+    reference: &[Mat],
+    got: &[Mat],
+    tol: f64,
+) {
+    for (i, x) in inputs.iter().enumerate() {
+        let fd = fd_grad(x, 1e-6, |xi| {
+            let mut all: Vec<Mat> = inputs.iter().map(|m| (*m).clone()).collect();
+            all[i] = xi.clone();
+            f(&all).dot(up)
+        });
+        assert_close(&reference[i], &fd, 1e-6, 1e-6, &format!("{name}: reference rule vs finite differences ({i})"));
+        assert_close(&got[i], &reference[i], tol, tol, &format!("{name}: GPU backward vs reference ({i})"));
+    }
+}

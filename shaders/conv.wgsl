@@ -19,15 +19,15 @@
 // 2 second operand (W in modes 0, 1; DY in mode 2) | 3 bias (bound to operand 1 when unused) |
 // 4 output.
 //
-// Each invocation computes a 4x4 block of the GEMM output (4 rows, 4 columns); a workgroup of
+// Each invocation computes a block of RB rows by 4 columns of the GEMM output; a workgroup of
 // 8x8 invocations covers 32 columns and 8 row blocks. Row blocks past 65535 workgroups continue in
 // the z dimension.
 //
 // MODE 1 visits only the taps that contribute. With stride S, output pixel iy receives tap ky only
-// when S divides iy + P − ky, i.e. for ky ≡ iy + P (mod S): its "phase". An invocation's four rows
-// are four pixels of one image row S apart (ix, ix+S, ix+2S, ix+3S), so they share both phases and
-// walk the same ⌈K/S⌉² taps, reading four consecutive DY columns. Its row blocks are numbered
-// (n, iy, x phase, block of 4 within the phase): `rows` holds their count and `kdim` the blocks per
+// when S divides iy + P − ky, i.e. for ky ≡ iy + P (mod S): its "phase". An invocation's RB rows
+// are RB pixels of one image row S apart (ix, ix+S, ix+2S, ...), so they share both phases and
+// walk the same ⌈K/S⌉² taps, reading RB consecutive DY columns. Its row blocks are numbered
+// (n, iy, x phase, block of RB within the phase): `rows` holds their count and `kdim` the blocks per
 // image row, and K is sliced by output channel (k_begin..k_end are channels).
 
 struct Params {
@@ -48,6 +48,9 @@ struct Params {
     cols: u32,
     kdim: u32,
 }
+
+// Rows per invocation (the GEMM's register block is RB rows by 4 columns).
+const RB: u32 = 8u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> op1: array<f32>;
@@ -75,13 +78,14 @@ fn conv_gemm(
 ) {
     // NARROW (at most 4 columns): all 64 invocations of a workgroup take row blocks, instead of
     // 7 in 8 finding no column to compute.
+    let wg = wid.z * nwg.y + wid.y;
     var col0 = gid.x * 4u;
-    var block = (wid.z * nwg.y + wid.y) * 8u + lid.y;
+    var block = wg * 8u + lid.y;
     if (NARROW) {
         col0 = 0u;
-        block = (wid.z * nwg.y + wid.y) * 64u + lid.y * 8u + lid.x;
+        block = wg * 64u + lid.y * 8u + lid.x;
     }
-    let row0 = block * 4u;
+    let row0 = block * RB;
     if (col0 >= p.cols) {
         return;
     }
@@ -91,21 +95,21 @@ fn conv_gemm(
     let khw = p.kh * p.kw;
     let hw = p.h * p.w;
     let ohw = p.oh * p.ow;
-    var acc: array<vec4<f32>, 4>;
-    var live: array<bool, 4>;
+    var acc: array<vec4<f32>, RB>;
+    var live: array<bool, RB>;
     // Where row i's column 0 is stored, and the distance between consecutive columns.
-    var obase: array<u32, 4>;
+    var obase: array<u32, RB>;
     var ostride = 1u;
-    var base: array<u32, 4>;
-    var y0: array<i32, 4>;
-    var x0: array<i32, 4>;
+    var base: array<u32, RB>;
+    var y0: array<i32, RB>;
+    var x0: array<i32, RB>;
     var cols_live = vec4<bool>(false);
     for (var j = 0u; j < 4u; j++) {
         cols_live[j] = col0 + j < p.cols;
     }
     if (MODE == 0u) {
         // Rows (n, oy, ox): the image of example n and the window's top-left corner.
-        for (var i = 0u; i < 4u; i++) {
+        for (var i = 0u; i < RB; i++) {
             let r = min(row0 + i, p.rows - 1u);
             live[i] = row0 + i < p.rows;
             base[i] = (r / ohw) * p.ci * hw;
@@ -124,7 +128,7 @@ fn conv_gemm(
                     bv[j] = op2[(col0 + j) * p.kdim + kk];
                 }
             }
-            for (var i = 0u; i < 4u; i++) {
+            for (var i = 0u; i < RB; i++) {
                 if (live[i]) {
                     acc[i] += image(base[i] + cb, y0[i] + i32(ky), x0[i] + i32(kx)) * bv;
                 }
@@ -148,15 +152,15 @@ fn conv_gemm(
         var phase = 0u;
         loop {
             let count = select(0u, (p.w - phase + p.stride - 1u) / p.stride, phase < p.w);
-            let blocks = (count + 3u) / 4u;
+            let blocks = (count + RB - 1u) / RB;
             if (b < blocks || phase + 1u >= p.stride) {
                 break;
             }
             b -= blocks;
             phase += 1u;
         }
-        let ix0 = phase + p.stride * 4u * b;
-        for (var i = 0u; i < 4u; i++) {
+        let ix0 = phase + p.stride * RB * b;
+        for (var i = 0u; i < RB; i++) {
             live[i] = ix0 + p.stride * i < p.w;
             obase[i] = n * p.ci * hw + iy * p.w + ix0 + p.stride * i;
         }
@@ -185,7 +189,7 @@ fn conv_gemm(
                             bv[j] = op2[wb + (col0 + j) * khw + ky * p.kw + kx];
                         }
                     }
-                    for (var i = 0u; i < 4u; i++) {
+                    for (var i = 0u; i < RB; i++) {
                         let q = qx0 + i;
                         if (live[i] && q >= u && q - u < p.ow) {
                             acc[i] += op1[drow + q - u] * bv;
@@ -205,7 +209,7 @@ fn conv_gemm(
             cky[j] = i32((col / p.kw) % p.kh) - i32(p.pad);
             ckx[j] = i32(col % p.kw) - i32(p.pad);
         }
-        for (var i = 0u; i < 4u; i++) {
+        for (var i = 0u; i < RB; i++) {
             live[i] = row0 + i < p.rows;
             obase[i] = (row0 + i) * p.cols;
         }
@@ -221,7 +225,7 @@ fn conv_gemm(
                 }
             }
             let db = n * p.co * ohw + oy * p.ow + ox;
-            for (var i = 0u; i < 4u; i++) {
+            for (var i = 0u; i < RB; i++) {
                 if (live[i]) {
                     acc[i] += op2[db + (row0 + i) * ohw] * bv;
                 }
@@ -237,7 +241,7 @@ fn conv_gemm(
             }
         }
     }
-    for (var i = 0u; i < 4u; i++) {
+    for (var i = 0u; i < RB; i++) {
         if (!live[i]) {
             continue;
         }

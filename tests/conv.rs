@@ -173,17 +173,25 @@ fn long_weight_gradient_is_sliced_and_accumulates() {
     assert_close(&download(&dw), &want, atol, 1e-5, "sliced weight gradient added into another");
 }
 
-/// More output rows than 65535 workgroups of 32 rows: the grid continues in z.
+/// More row blocks than 65535 workgroups hold (8 invocations of 8 rows each per workgroup): the
+/// grid continues in z. The examples on both sides of the boundary are checked.
 #[test]
 fn very_many_output_rows_use_the_z_dimension() {
-    let s = cs(1, 1, 56, 56, 3, 1, 1);
-    let n = 700; // 700 x 3136 = 2.2M rows > 65535 x 32
+    let s = cs(1, 5, 64, 64, 3, 1, 1);
+    let n = 1070; // 1070 x 4096 = 4.38M rows > 65535 x 64
     let x = Mat::rand(n, s.in_len(), -1.0, 1.0, 93);
-    let w = Mat::rand(1, 9, -1.0, 1.0, 94);
+    let w = Mat::rand(5, 9, -1.0, 1.0, 94);
     let mut tape = Tape::no_grad(gpu());
     let y = conv::conv2d_forward(&mut tape, &x.upload(), &w.upload(), None, &s, Act::Identity).unwrap();
     tape.submit().unwrap();
-    assert_close(&download(&y), &conv2d_ref(&x, &w, &s), 1e-5, 1e-5, "2.2M-row convolution");
+    let y = download(&y);
+    // Row block 65535·8 starts at GEMM row 65535·64 = example 1023.98: check examples 0, 1023,
+    // 1024 and the last.
+    for e in [0, 1023, 1024, n - 1] {
+        let xe = Mat::new(1, x.c, x.d[e * x.c..(e + 1) * x.c].to_vec());
+        let ye = Mat::new(1, y.c, y.d[e * y.c..(e + 1) * y.c].to_vec());
+        assert_close(&ye, &conv2d_ref(&xe, &w, &s), 1e-5, 1e-5, &format!("example {e} of a 4.4M-row convolution"));
+    }
 }
 
 #[test]

@@ -19,6 +19,9 @@ use crate::gpu::pipeline::{KernelKey, Module};
 use crate::tape::{Params, Tape, Var};
 use crate::tensor::Tensor;
 
+/// GEMM rows per invocation (`RB` in conv.wgsl).
+const RB: usize = 8;
+
 /// Longest K range one invocation walks (llvmpipe's 65535-iteration cap; see `conv.wgsl`).
 const K_SLICE: usize = 2048;
 
@@ -176,7 +179,7 @@ fn conv_gemm(
             // Row blocks: per image row, blocks of 4 pixels within each x phase (see conv.wgsl);
             // K is sliced by output channel, each one at most K·K taps.
             let st = s.stride;
-            let per_row: usize = (0..st.min(s.width)).map(|ph| (s.width - ph).div_ceil(st).div_ceil(4)).sum();
+            let per_row: usize = (0..st.min(s.width)).map(|ph| (s.width - ph).div_ceil(st).div_ceil(RB)).sum();
             (n * s.height * per_row, s.in_channels, s.out_channels, (K_SLICE / kk).max(1), per_row)
         }
         _ => (s.out_channels, s.weight_cols(), n * oh * ow, K_SLICE, s.weight_cols()),
@@ -184,7 +187,7 @@ fn conv_gemm(
     if rows > u32::MAX as usize / 4 || k > u32::MAX as usize {
         return Err(Error::shape("conv2d", format!("a batch of {n} is too large for {s:?}")));
     }
-    let row_blocks = if mode == 1 { rows } else { rows.div_ceil(4) };
+    let row_blocks = if mode == 1 { rows } else { rows.div_ceil(RB) };
     // At most 4 columns (one input channel, one output channel): every invocation of a workgroup
     // takes its own row block (`NARROW` in conv.wgsl).
     let narrow = cols <= 4;

@@ -238,6 +238,35 @@ fn expect(op: &'static str, what: &str, t: &Tensor, shape: [usize; 2]) -> Result
     Ok(())
 }
 
+/// MODE 0 (`from` = the image side) or MODE 1 (`from` = the output side) into a new tensor of the
+/// other side, shapes checked: the two directions of one convolution.
+#[allow(clippy::too_many_arguments)]
+fn directed(
+    tape: &mut Tape,
+    op: &'static str,
+    mode: u32,
+    from: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    s: &ConvShape,
+    act: Act,
+) -> Result<Tensor> {
+    s.validate()?;
+    let n = from.rows();
+    let (from_len, to_len, to_channels) = match mode {
+        0 => (s.in_len(), s.out_len(), s.out_channels),
+        _ => (s.out_len(), s.in_len(), s.in_channels),
+    };
+    expect(op, "the input", from, [n, from_len])?;
+    expect(op, "the weight", w, [s.out_channels, s.weight_cols()])?;
+    if let Some(b) = bias {
+        expect(op, "the bias", b, [1, to_channels])?;
+    }
+    let to = Tensor::empty(tape.gpu(), n, to_len)?;
+    conv_gemm(tape, mode, n, from, w, bias, &to, s, act, false)?;
+    Ok(to)
+}
+
 /// y\[N, C_out·OH·OW\] = act(conv(x\[N, C_in·H·W\], w\[C_out, C_in·K·K\]) + b\[1, C_out\]): one
 /// kernel, bias and activation fused.
 pub fn conv2d_forward(
@@ -248,16 +277,7 @@ pub fn conv2d_forward(
     s: &ConvShape,
     act: Act,
 ) -> Result<Tensor> {
-    s.validate()?;
-    let n = x.rows();
-    expect("conv2d", "the input", x, [n, s.in_len()])?;
-    expect("conv2d", "the weight", w, [s.out_channels, s.weight_cols()])?;
-    if let Some(b) = bias {
-        expect("conv2d", "the bias", b, [1, s.out_channels])?;
-    }
-    let y = Tensor::empty(tape.gpu(), n, s.out_len())?;
-    conv_gemm(tape, 0, n, x, w, bias, &y, s, act, false)?;
-    Ok(y)
+    directed(tape, "conv2d", 0, x, w, bias, s, act)
 }
 
 /// dx\[N, C_in·H·W\] of convolution `s` from dy\[N, C_out·OH·OW\] and w\[C_out, C_in·K·K\]; with a
@@ -270,16 +290,7 @@ pub fn conv2d_input_grad(
     s: &ConvShape,
     act: Act,
 ) -> Result<Tensor> {
-    s.validate()?;
-    let n = dy.rows();
-    expect("conv2d input gradient", "dy", dy, [n, s.out_len()])?;
-    expect("conv2d input gradient", "the weight", w, [s.out_channels, s.weight_cols()])?;
-    if let Some(b) = bias {
-        expect("conv2d input gradient", "the bias", b, [1, s.in_channels])?;
-    }
-    let dx = Tensor::empty(tape.gpu(), n, s.in_len())?;
-    conv_gemm(tape, 1, n, dy, w, bias, &dx, s, act, false)?;
-    Ok(dx)
+    directed(tape, "conv2d input gradient", 1, dy, w, bias, s, act)
 }
 
 /// dw\[C_out, C_in·K·K\] of convolution `s` from its input x\[N, C_in·H·W\] and dy\[N, C_out·OH·OW\]

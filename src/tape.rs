@@ -67,11 +67,19 @@ impl Params {
     }
 }
 
+/// A bound range: buffer, offset and length in bytes.
+type Binding = (Arc<PooledBuffer>, u64, u64);
+
+/// Whether two bound ranges share bytes of one buffer.
+fn overlaps(a: &Binding, b: &Binding) -> bool {
+    a.0.id() == b.0.id() && a.1 < b.1 + b.2 && b.1 < a.1 + a.2
+}
+
 /// One recorded kernel launch.
 pub(crate) struct Dispatch {
     kernel: Arc<Kernel>,
     params: Params,
-    buffers: Vec<(Arc<PooledBuffer>, u64, u64)>,
+    buffers: Vec<Binding>,
     groups: [u32; 3],
     /// Profile row (entry point and shape); only made while the device is profiling (natively).
     #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
@@ -268,41 +276,30 @@ impl Tape {
         // Kernels with optional outputs get an unused one as a repeat of another output (one
         // layout per kernel). WebGPU forbids overlapping writable bindings, so such a repeat is
         // bound to a spare buffer instead; any other overlap of two outputs is a bug.
-        let mut bound: Vec<(Arc<PooledBuffer>, u64, u64)> =
-            buffers.iter().map(|t| (t.buf.clone(), t.offset, t.bytes())).collect();
+        let mut bound: Vec<Binding> = buffers.iter().map(|t| (t.buf.clone(), t.offset, t.bytes())).collect();
         let first_out = key.inputs as usize;
         let mut used_spares = 0;
         for j in first_out + 1..bound.len() {
-            for i in first_out..j {
-                let (a, b) = (buffers[i], buffers[j]);
-                if !a.same_buffer(b) || a.offset + a.bytes() <= b.offset || b.offset + b.bytes() <= a.offset {
-                    continue;
-                }
-                if (a.offset, a.bytes()) != (b.offset, b.bytes()) {
-                    return Err(Error::Autograd(format!(
-                        "kernel {} would write overlapping ranges of one buffer (outputs {} and {})",
-                        kernel.name,
-                        i - first_out,
-                        j - first_out
-                    )));
-                }
-                if self.spares.len() == used_spares {
-                    self.spares.push(Tensor::empty(&self.gpu, 1, 4)?);
-                }
-                let s = &self.spares[used_spares];
-                used_spares += 1;
-                bound[j] = (s.buf.clone(), s.offset, s.bytes());
-                break;
+            let Some(i) = (first_out..j).find(|&i| overlaps(&bound[i], &bound[j])) else { continue };
+            if (bound[i].1, bound[i].2) != (bound[j].1, bound[j].2) {
+                return Err(Error::Autograd(format!(
+                    "kernel {} would write overlapping ranges of one buffer (outputs {} and {})",
+                    kernel.name,
+                    i - first_out,
+                    j - first_out
+                )));
             }
+            if self.spares.len() == used_spares {
+                self.spares.push(Tensor::empty(&self.gpu, 1, 4)?);
+            }
+            let s = &self.spares[used_spares];
+            used_spares += 1;
+            bound[j] = (s.buf.clone(), s.offset, s.bytes());
         }
         // WebGPU's rule, checked here natively too (wgpu-core does not): no binding a kernel
         // writes may overlap another binding, so what passes here also binds in a browser.
-        for (j, (bj, oj, nj)) in bound.iter().enumerate().skip(first_out) {
-            if bound
-                .iter()
-                .enumerate()
-                .any(|(i, (bi, oi, ni))| i != j && bi.id() == bj.id() && *oi < oj + nj && *oj < oi + ni)
-            {
+        for j in first_out..bound.len() {
+            if (0..bound.len()).any(|i| i != j && overlaps(&bound[i], &bound[j])) {
                 return Err(Error::Autograd(format!(
                     "kernel {}: binding {j} is written but overlaps another binding (WebGPU rejects this)",
                     kernel.name

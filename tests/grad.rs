@@ -42,33 +42,6 @@ fn aligned_kernel(v: MatmulVariant) -> &'static str {
     }
 }
 
-/// Checks `reference` grads against finite differences of `f`, then `gpu` grads against `reference`.
-fn check(
-    name: &str,
-    inputs: &[&Mat],
-    upstream: &Mat,
-    f: impl Fn(&[Mat]) -> Mat,
-    reference: &[Mat],
-    gpu: &[Mat],
-    tol: f64,
-) {
-    for (i, x) in inputs.iter().enumerate() {
-        let fd = fd_grad(x, 1e-6, |xi| {
-            let mut all: Vec<Mat> = inputs.iter().map(|m| (*m).clone()).collect();
-            all[i] = xi.clone();
-            f(&all).dot(upstream)
-        });
-        assert_close(
-            &reference[i],
-            &fd,
-            1e-6,
-            1e-6,
-            &format!("{name}: reference rule vs finite differences, input {i}"),
-        );
-        assert_close(&gpu[i], &reference[i], tol, tol, &format!("{name}: GPU backward vs reference, input {i}"));
-    }
-}
-
 #[test]
 fn matmul_backward_every_layout_and_variant() {
     // 7x9x5 reaches only the scalar kernels; 12x16x20 (every dimension a multiple of 4) sends every
@@ -98,7 +71,7 @@ fn matmul_backward_every_layout_and_variant() {
                             tape.kernels_run()
                         );
                     }
-                    check(&name, &[&a, &b], &up, f, &reference, &got, 1e-5);
+                    check_rule(&name, &[&a, &b], &up, f, &reference, &got, 1e-5);
                 }
             }
         }
@@ -126,7 +99,7 @@ fn linear_backward_every_activation_variant_with_and_without_bias() {
                 if bsz % 4 == 0 {
                     assert_ran(&tape, aligned_kernel(v), &name(format!("linear {act:?}")));
                 }
-                check(&name(format!("linear {act:?}")), &[&x, &w, &b], &up, f, &reference, &got, 1e-5);
+                check_rule(&name(format!("linear {act:?}")), &[&x, &w, &b], &up, f, &reference, &got, 1e-5);
             }
             // Without bias.
             let pre = matmul(&x, &w, false, true);
@@ -134,7 +107,7 @@ fn linear_backward_every_activation_variant_with_and_without_bias() {
             let reference = [matmul(&g, &w, false, false), matmul(&g, &x, true, false)];
             let f = |v: &[Mat]| matmul(&v[0], &v[1], false, true).map(|p| act_fwd(Act::Relu, p));
             let (got, _) = gpu_grads_on(dev, &[&x, &w], &up, |t, v| ops::linear(t, v[0], v[1], None, Act::Relu));
-            check(&name("linear relu, no bias".into()), &[&x, &w], &up, f, &reference, &got, 1e-5);
+            check_rule(&name("linear relu, no bias".into()), &[&x, &w], &up, f, &reference, &got, 1e-5);
         }
     }
 }
@@ -198,7 +171,15 @@ fn activation_backward_every_activation() {
     for act in Act::ALL.into_iter().chain([Act::LeakyRelu(0.2), Act::Elu(0.5)]) {
         let reference = [up.zip(&x, |u, v| u * act_grad(act, v))];
         let got = gpu_grads(&[&x], &up, |t, v| ops::activation(t, v[0], act));
-        check(&format!("activation {act:?}"), &[&x], &up, |v| v[0].map(|p| act_fwd(act, p)), &reference, &got, 1e-5);
+        check_rule(
+            &format!("activation {act:?}"),
+            &[&x],
+            &up,
+            |v| v[0].map(|p| act_fwd(act, p)),
+            &reference,
+            &got,
+            1e-5,
+        );
     }
 }
 
@@ -208,17 +189,17 @@ fn elementwise_backward() {
     let b = Mat::rand(5, 17, -2.0, 2.0, 11);
     let up = Mat::rand(5, 17, -1.0, 1.0, 12);
     let got = gpu_grads(&[&a, &b], &up, |t, v| ops::add(t, v[0], v[1]));
-    check("add", &[&a, &b], &up, |v| v[0].zip(&v[1], |x, y| x + y), &[up.clone(), up.clone()], &got, 1e-6);
+    check_rule("add", &[&a, &b], &up, |v| v[0].zip(&v[1], |x, y| x + y), &[up.clone(), up.clone()], &got, 1e-6);
     let got = gpu_grads(&[&a, &b], &up, |t, v| ops::sub(t, v[0], v[1]));
-    check("sub", &[&a, &b], &up, |v| v[0].zip(&v[1], |x, y| x - y), &[up.clone(), up.map(|u| -u)], &got, 1e-6);
+    check_rule("sub", &[&a, &b], &up, |v| v[0].zip(&v[1], |x, y| x - y), &[up.clone(), up.map(|u| -u)], &got, 1e-6);
     let got = gpu_grads(&[&a, &b], &up, |t, v| ops::mul(t, v[0], v[1]));
     let reference = [up.zip(&b, |u, y| u * y), up.zip(&a, |u, x| u * x)];
-    check("mul", &[&a, &b], &up, |v| v[0].zip(&v[1], |x, y| x * y), &reference, &got, 1e-6);
+    check_rule("mul", &[&a, &b], &up, |v| v[0].zip(&v[1], |x, y| x * y), &reference, &got, 1e-6);
     let got = gpu_grads(&[&a], &up, |t, v| ops::scale(t, v[0], -0.3));
-    check("scale", &[&a], &up, |v| v[0].map(|x| -0.3 * x), &[up.map(|u| -0.3 * u)], &got, 1e-6);
+    check_rule("scale", &[&a], &up, |v| v[0].map(|x| -0.3 * x), &[up.map(|u| -0.3 * u)], &got, 1e-6);
     // The same var used twice: gradients accumulate (d(a*a) = 2a).
     let got = gpu_grads(&[&a], &up, |t, v| ops::mul(t, v[0], v[0]));
-    check("mul(a, a)", &[&a], &up, |v| v[0].map(|x| x * x), &[up.zip(&a, |u, x| 2.0 * u * x)], &got, 1e-5);
+    check_rule("mul(a, a)", &[&a], &up, |v| v[0].map(|x| x * x), &[up.zip(&a, |u, x| 2.0 * u * x)], &got, 1e-5);
 }
 
 #[test]
@@ -226,17 +207,25 @@ fn reduction_backward() {
     let x = Mat::rand(6, 9, -1.0, 1.0, 13);
     let up1 = Mat::rand(1, 1, -1.0, 1.0, 14);
     let got = gpu_grads(&[&x], &up1, |t, v| ops::sum(t, v[0]));
-    check("sum", &[&x], &up1, |v| Mat::new(1, 1, vec![v[0].sum()]), &[x.map(|_| up1.d[0])], &got, 1e-6);
+    check_rule("sum", &[&x], &up1, |v| Mat::new(1, 1, vec![v[0].sum()]), &[x.map(|_| up1.d[0])], &got, 1e-6);
     let got = gpu_grads(&[&x], &up1, |t, v| ops::mean(t, v[0]));
-    check("mean", &[&x], &up1, |v| Mat::new(1, 1, vec![v[0].sum() / 54.0]), &[x.map(|_| up1.d[0] / 54.0)], &got, 1e-6);
+    check_rule(
+        "mean",
+        &[&x],
+        &up1,
+        |v| Mat::new(1, 1, vec![v[0].sum() / 54.0]),
+        &[x.map(|_| up1.d[0] / 54.0)],
+        &got,
+        1e-6,
+    );
     let upc = Mat::rand(1, 9, -1.0, 1.0, 15);
     let got = gpu_grads(&[&x], &upc, |t, v| ops::sum_cols(t, v[0]));
     let reference = Mat::new(6, 9, (0..54).map(|i| upc.d[i % 9]).collect());
-    check("sum_cols", &[&x], &upc, |v| col_sum(&v[0]), &[reference], &got, 1e-6);
+    check_rule("sum_cols", &[&x], &upc, |v| col_sum(&v[0]), &[reference], &got, 1e-6);
     let upr = Mat::rand(6, 1, -1.0, 1.0, 16);
     let got = gpu_grads(&[&x], &upr, |t, v| ops::sum_rows(t, v[0]));
     let reference = Mat::new(6, 9, (0..54).map(|i| upr.d[i / 9]).collect());
-    check("sum_rows", &[&x], &upr, |v| row_sum(&v[0]), &[reference], &got, 1e-6);
+    check_rule("sum_rows", &[&x], &upr, |v| row_sum(&v[0]), &[reference], &got, 1e-6);
 }
 
 // ------------------------------------------------------------------------------ a 2-layer MLP

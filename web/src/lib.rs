@@ -50,8 +50,6 @@ struct Inner {
     opened: Option<Vae>,
     /// The last epoch's metrics (its KL per dimension orders the sliders).
     last: Option<EpochMetrics>,
-    /// The metadata an opened checkpoint carried.
-    opened_meta: HashMap<String, String>,
 }
 
 impl Inner {
@@ -111,14 +109,7 @@ impl Session {
     /// and generates the sprites (no download).
     pub async fn open() -> Result<Session, JsValue> {
         let gpu = Gpu::new_async().await.map_err(js_err)?;
-        let inner = Inner {
-            gpu,
-            split: sprites(SPLIT_SEED),
-            trainer: None,
-            opened: None,
-            last: None,
-            opened_meta: HashMap::new(),
-        };
+        let inner = Inner { gpu, split: sprites(SPLIT_SEED), trainer: None, opened: None, last: None };
         Ok(Session { inner: Rc::new(RefCell::new(inner)) })
     }
 
@@ -273,7 +264,6 @@ impl Session {
         }
         let vae = ck.vae(&s.gpu).map_err(js_err)?;
         let info = serde_json::json!({"config": ck.config, "meta": ck.meta});
-        s.opened_meta = ck.meta.clone();
         s.opened = Some(vae);
         s.trainer = None;
         s.last = ck.meta.get(wgvae::train::METRICS_META).and_then(|l| serde_json::from_str::<EpochMetrics>(l).ok());

@@ -42,6 +42,9 @@ pub enum Module {
     Data,
     /// `batchnorm.wgsl`: scaled batch normalization (BN-VAE).
     BatchNorm,
+    /// `batchnorm2d.wgsl`: per-channel batch normalization of conv layers (BatchNorm2d) with the
+    /// activation fused.
+    BatchNorm2d,
     /// `iwae.wgsl`: importance-weighted log-likelihood (sampling, streaming logsumexp).
     Iwae,
     /// `conv.wgsl`: 2-D convolution, its input and weight gradients (transposed convolution) as
@@ -62,6 +65,7 @@ impl Module {
             Module::Optim => "optim.wgsl",
             Module::Data => "data.wgsl",
             Module::BatchNorm => "batchnorm.wgsl",
+            Module::BatchNorm2d => "batchnorm2d.wgsl",
             Module::Iwae => "iwae.wgsl",
             Module::Conv => "conv.wgsl",
         }
@@ -78,6 +82,7 @@ impl Module {
             Module::Optim => include_str!("../../shaders/optim.wgsl"),
             Module::Data => include_str!("../../shaders/data.wgsl"),
             Module::BatchNorm => include_str!("../../shaders/batchnorm.wgsl"),
+            Module::BatchNorm2d => include_str!("../../shaders/batchnorm2d.wgsl"),
             Module::Iwae => include_str!("../../shaders/iwae.wgsl"),
             Module::Conv => include_str!("../../shaders/conv.wgsl"),
         }

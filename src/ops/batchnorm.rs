@@ -92,3 +92,89 @@ pub fn scaled_batch_norm(
         Ok(vec![Some(dx), Some(dtheta)])
     }))
 }
+
+/// The most values per channel ([`batch_norm2d`]'s B·H·W): each of a channel's 256 invocations
+/// walks at most 30,000 of them, far below llvmpipe's 65,535-iteration cap.
+pub const BN2D_MAX_VALUES: usize = 256 * 30_000;
+
+fn key2d(entry: &'static str, inputs: u32, outputs: u32) -> KernelKey {
+    KernelKey { module: Module::BatchNorm2d, entry, defines: Vec::new(), inputs, outputs }
+}
+
+/// Per-channel batch normalization of NCHW rows (PyTorch's `BatchNorm2d`, ε = 1e-5, momentum 0.1)
+/// with the activation after it fused:
+/// x\[B, C·HW\] -> y = act(γ_c (x − mean_c)/√(var_c + ε) + β_c), γ, β \[1, C\].
+///
+/// Training (`training`) normalises with the batch statistics over the B·HW values of each
+/// channel (biased variance) and updates `running` (unbiased variance, as PyTorch); evaluation
+/// uses `running` and records no backward. Backward, with g = dy·act'(y) and x̂ the normalised
+/// input: dβ = Σ g, dγ = Σ g·x̂, dx = γ/√(var + ε)·(g − dβ/N − x̂·dγ/N), N = B·HW.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm2d(
+    tape: &mut Tape,
+    x: Var,
+    gamma: Var,
+    beta: Var,
+    channels: usize,
+    running: &BnRunning,
+    training: bool,
+    act: crate::ops::Act,
+) -> Result<Var> {
+    let (xv, gv, bv) = (val(tape, x), val(tape, gamma), val(tape, beta));
+    let (b, cols) = (xv.rows(), xv.cols());
+    if channels == 0 || cols % channels != 0 {
+        return Err(Error::shape(
+            "batch_norm2d",
+            format!("x is {:?}: its rows are not {channels} channels of equal size", xv.shape()),
+        ));
+    }
+    let hw = cols / channels;
+    for (what, t) in [("gamma", &gv), ("beta", &bv), ("running mean", &running.mean), ("running var", &running.var)] {
+        if t.len() != channels {
+            return Err(Error::shape("batch_norm2d", format!("{what} is {:?}, expected [1, {channels}]", t.shape())));
+        }
+    }
+    if training && (b * hw < 2 || b * hw > BN2D_MAX_VALUES) {
+        return Err(Error::arg(
+            "batch",
+            format!(
+                "batch normalization needs 2..={BN2D_MAX_VALUES} values per channel (batch x pixels), got {b} x {hw}"
+            ),
+        ));
+    }
+    let p = Params::new()
+        .u(b as u32)
+        .u(channels as u32)
+        .u(hw as u32)
+        .u(act.id())
+        .f(act.alpha())
+        .f(BN_EPS)
+        .f(running.momentum)
+        .u(0);
+    let stats = Tensor::empty(tape.gpu(), 2, channels)?;
+    if training {
+        tape.dispatch(
+            &key2d("bn2d_stats", 1, 3),
+            p,
+            &[&xv, &stats, &running.mean, &running.var],
+            [channels as u32, 1, 1],
+        )?;
+    } else {
+        let grid = [channels.div_ceil(64) as u32, 1, 1];
+        tape.dispatch(&key2d("bn2d_eval_stats", 2, 1), p, &[&running.mean, &running.var, &stats], grid)?;
+    }
+    let y = Tensor::empty(tape.gpu(), b, cols)?;
+    let n = b * cols;
+    tape.dispatch(&key2d("bn2d_forward", 4, 1), p, &[&xv, &stats, &gv, &bv, &y], grid_1d(n, 256))?;
+    if !training {
+        return Ok(tape.input(y));
+    }
+    let yk = y.clone();
+    Ok(tape.record(&[x, gamma, beta], y, move |t, dy, _| {
+        let (dg, db) = (Tensor::empty(t.gpu(), 1, channels)?, Tensor::empty(t.gpu(), 1, channels)?);
+        t.dispatch(&key2d("bn2d_backward_sums", 4, 2), p, &[dy, &yk, &xv, &stats, &dg, &db], [channels as u32, 1, 1])?;
+        let dx = Tensor::empty(t.gpu(), b, cols)?;
+        t.dispatch(&key2d("bn2d_backward_dx", 7, 1), p, &[dy, &yk, &xv, &stats, &gv, &dg, &db, &dx], grid_1d(n, 256))?;
+        Ok(vec![Some(dx), Some(dg), Some(db)])
+    }))
+}

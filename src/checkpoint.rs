@@ -317,7 +317,7 @@ impl Checkpoint {
     }
 
     /// The data the model was trained on: `data` when given, else what the checkpoint's `data`
-    /// metadata names (`sprites`, with its `data_seed`, or an IDX directory).
+    /// metadata names (`sprites` or `shapes`, with its `data_seed`, or an IDX directory).
     pub fn data(&self, data: Option<&Path>) -> Result<crate::data::Split> {
         self.data_within(data, crate::data::idx::MAX_DATASET_BYTES)
     }
@@ -327,12 +327,16 @@ impl Checkpoint {
         use crate::data::idx::load_dir_within;
         match (data, self.data_path()) {
             (Some(d), _) => load_dir_within(d, max_bytes),
-            (None, None) => Ok(crate::data::sprites::sprites(self.meta_u64("data_seed").unwrap_or(0))),
+            (None, None) => {
+                let name = self.meta.get("data").map_or("sprites", String::as_str);
+                let seed = self.meta_u64("data_seed").unwrap_or(0);
+                Ok(crate::data::builtin(name, seed).expect("data_path names every other dataset"))
+            }
             (None, Some(d)) => load_dir_within(&d, max_bytes),
         }
     }
 
-    /// The data directory the run trained on (`None`: the built-in sprites). Paths that are not
+    /// The data directory the run trained on (`None`: the built-in sprites or shapes). Paths that are not
     /// UTF-8 are stored byte for byte in `data_path_hex` (see [`data_meta`]).
     pub fn data_path(&self) -> Option<PathBuf> {
         if let Some(hex) = self.meta.get("data_path_hex") {
@@ -347,7 +351,7 @@ impl Checkpoint {
             let _ = bytes;
         }
         match self.meta.get("data").map(String::as_str) {
-            None | Some("sprites") => None,
+            None | Some("sprites") | Some("shapes") => None,
             Some(d) => Some(PathBuf::from(d)),
         }
     }
@@ -443,7 +447,7 @@ impl Checkpoint {
         }
         for (name, t) in vae.buffers() {
             let (shape, data) =
-                self.tensors.get(name).ok_or_else(|| ck_err(&self.path, format!("tensor `{name}` is missing")))?;
+                self.tensors.get(&name).ok_or_else(|| ck_err(&self.path, format!("tensor `{name}` is missing")))?;
             if *shape != [t.len()] {
                 return Err(ck_err(&self.path, format!("tensor `{name}` is {shape:?}, the model needs [{}]", t.len())));
             }

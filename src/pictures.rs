@@ -109,13 +109,16 @@ pub fn by_activity(activity: &[f64]) -> Vec<usize> {
     dims
 }
 
-/// A picture ready to save: `n` images of `h` x `w` pixels in \[0, 1\], laid out in `cols` columns.
+/// A picture ready to save: `n` images of `c` channels (1 grey, 3 RGB) of `h` x `w` pixels in
+/// \[0, 1\], laid out in `cols` columns.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Grid {
-    /// Row-major pixels, image after image.
+    /// Pixels, image after image, each channel after channel (NCHW), row-major.
     pub pixels: Vec<f32>,
     /// Number of images.
     pub n: usize,
+    /// Channels per image.
+    pub c: usize,
     /// Image height.
     pub h: usize,
     /// Image width.
@@ -127,21 +130,30 @@ pub struct Grid {
 impl Grid {
     /// The grid as PNG bytes (2-pixel borders, as PyTorch's `save_image`).
     pub fn png(&self) -> Result<Vec<u8>> {
-        crate::image::grid_png(&self.pixels, self.n, self.h, self.w, self.cols)
+        crate::image::grid_png(&self.pixels, self.n, [self.c, self.h, self.w], self.cols)
     }
     /// Writes the PNG to `path`, atomically.
     pub fn save(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
-        crate::image::save_grid(path.as_ref(), &self.pixels, self.n, self.h, self.w, self.cols)
+        crate::image::save_grid(path.as_ref(), &self.pixels, self.n, [self.c, self.h, self.w], self.cols)
     }
 }
 
-fn square_side(vae: &Vae) -> Result<usize> {
+/// The model's image: a conv model's own, else a square grey image.
+fn image_of(vae: &Vae) -> Result<[usize; 3]> {
+    if let Some(net) = &vae.config.conv {
+        return Ok(net.image);
+    }
     let d = vae.config.input_dim;
     let side = (d as f64).sqrt().round() as usize;
     if side * side != d {
         return Err(Error::arg("model", format!("its {d} inputs are not a square image")));
     }
-    Ok(side)
+    Ok([1, side, side])
+}
+
+/// A grid of `n` images of `test`'s shape.
+fn test_grid(test: &Images, pixels: Vec<f32>, n: usize, cols: usize) -> Grid {
+    Grid { pixels, n, c: test.channels(), h: test.rows(), w: test.cols(), cols }
 }
 
 fn test_example(test: &Images, i: usize, what: &str) -> Result<Vec<f32>> {
@@ -158,7 +170,7 @@ fn test_label(test: &Images, i: usize) -> Label {
 /// `n` decodings of prior draws z ~ N(0, I) (seeded), as a square-ish grid. A conditional VAE
 /// draws class `label`, or one class per grid row when `label` is `None`.
 pub fn sample_grid(gpu: &Gpu, vae: &Vae, n: usize, seed: u64, label: Label) -> Result<Grid> {
-    let side = square_side(vae)?;
+    let [c, h, w] = image_of(vae)?;
     let cols = ((n as f64).sqrt().ceil() as usize).max(1);
     let y = match (vae.config.model, label) {
         (crate::vae::ModelKind::Cvae, l) => {
@@ -175,7 +187,7 @@ pub fn sample_grid(gpu: &Gpu, vae: &Vae, n: usize, seed: u64, label: Label) -> R
         (_, None) => None,
     };
     let pixels = vae.sample_cond(gpu, n, seed, y.as_ref())?.to_vec(gpu)?;
-    Ok(Grid { pixels, n, h: side, w: side, cols })
+    Ok(Grid { pixels, n, c, h, w, cols })
 }
 
 /// The first `n` test images (top row) above their reconstructions through the posterior mean.
@@ -195,7 +207,7 @@ pub fn reconstruction_grid(gpu: &Gpu, vae: &Vae, test: &Images, n: usize) -> Res
     };
     let mut pixels = inputs;
     pixels.extend(vae.reconstruct_cond(gpu, &x, y.as_ref())?.to_vec(gpu)?);
-    Ok(Grid { pixels, n: 2 * k, h: test.rows(), w: test.cols(), cols: k })
+    Ok(test_grid(test, pixels, 2 * k, k))
 }
 
 /// Test images `from` and `to` framing `steps` decodings along the line between their codes (a
@@ -208,7 +220,7 @@ pub fn interpolation_grid(gpu: &Gpu, vae: &Vae, test: &Images, from: usize, to: 
     let mut pixels = xa;
     pixels.extend(interpolation(gpu, vae, &za, &zb, steps, la)?);
     pixels.extend(xb);
-    Ok(Grid { pixels, n: steps + 2, h: test.rows(), w: test.cols(), cols: steps + 2 })
+    Ok(test_grid(test, pixels, steps + 2, steps + 2))
 }
 
 /// Every latent dimension swept over \[−range, range\] around test image `index`'s code, one row
@@ -237,7 +249,7 @@ pub fn traversal_grid(
     let dims = by_activity(&activity);
     let pixels = traversal(gpu, vae, &base, &dims, range, steps, label)?;
     let order = dims.iter().map(|&d| (d, activity[d])).collect();
-    Ok((Grid { pixels, n: dims.len() * steps, h: test.rows(), w: test.cols(), cols: steps }, order))
+    Ok((test_grid(test, pixels, dims.len() * steps, steps), order))
 }
 
 /// For a 2-D latent space: the decoded n x n manifold over \[−range, range\]² (class 0 for a
@@ -252,7 +264,7 @@ pub fn manifold_pictures(
 ) -> Result<(Grid, Vec<u8>)> {
     let label = (vae.config.model == crate::vae::ModelKind::Cvae).then_some(0);
     let pixels = manifold(gpu, vae, n, range, label)?;
-    let grid = Grid { pixels, n: n * n, h: test.rows(), w: test.cols(), cols: n };
+    let grid = test_grid(test, pixels, n * n, n);
     let gi = crate::data::gpu::GpuImages::upload(gpu, test)?;
     let r = crate::train::evaluate_full(gpu, vae, &gi, batch, seed)?;
     let pts: Vec<(f32, f32)> = r.mu.chunks_exact(2).map(|c| (c[0], c[1])).collect();

@@ -11,13 +11,13 @@
 use std::path::{Path, PathBuf};
 
 use crate::checkpoint::Checkpoint;
-use crate::data::{idx, sprites, Split};
+use crate::data::{idx, Split};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::ops::Act;
 use crate::train::{FitOptions, TrainOptions, Trainer, METRICS_FILE};
 use crate::vae::objective::{KlSchedule, Objective, Reduction};
-use crate::vae::{Likelihood, ModelKind, VaeConfig};
+use crate::vae::{ConvNet, Likelihood, ModelKind, VaeConfig};
 
 /// KL schedule names (`--kl-schedule`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +43,10 @@ pub enum Preset {
     /// flatten -> fc_mu/fc_logvar (Z 20); Linear(Z,32·7·7)-ReLU -> ConvTranspose2d(32,64,3,s2,p1,op1)-
     /// ReLU-ConvTranspose2d(64,32,3,s2,p1,op1)-ReLU-ConvTranspose2d(32,1,3,s1,p1), Bernoulli.
     Conv,
+    /// Convolutional, the common CelebA VAE for 64x64 colour (default data: the built-in shapes):
+    /// channels 32-64-128-256-512, 3x3 stride-2 convolutions each with BatchNorm2d and LeakyReLU,
+    /// mirrored transposed convolutions, Z 128; on other images the same stack fitted to their size.
+    Conv64,
 }
 
 #[cfg(feature = "cli")]
@@ -56,10 +60,13 @@ fn parse<T: std::str::FromStr<Err = Error>>(s: &str) -> std::result::Result<T, S
 #[derive(Clone, Debug, Default)]
 #[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct RunSpec {
-    /// MNIST-layout directory with train-/t10k- IDX files, raw or .gz (default: built-in sprites).
+    /// MNIST-layout directory with train-/t10k- IDX files, raw or .gz, or a built-in dataset:
+    /// `sprites` (28x28 grey) or `shapes` (64x64 colour) (default: shapes with --preset conv64,
+    /// sprites otherwise).
     #[cfg_attr(feature = "cli", arg(long))]
     pub data: Option<PathBuf>,
-    /// Total epochs, with --resume until this many are done (default: 50 on sprites, 10 on --data).
+    /// Total epochs, with --resume until this many are done (default: 50 on sprites, 5 on shapes,
+    /// 10 on --data).
     #[cfg_attr(feature = "cli", arg(long))]
     pub epochs: Option<u64>,
     /// Examples per step (default 128).
@@ -85,6 +92,14 @@ pub struct RunSpec {
     /// A named architecture.
     #[cfg_attr(feature = "cli", arg(long, value_enum))]
     pub preset: Option<Preset>,
+    /// A convolutional model for image data: output channels of each stride-2 convolution, comma
+    /// separated (e.g. 32,64,128), mirrored by the decoder, with BatchNorm2d (none with --preset
+    /// conv, whose network has none).
+    #[cfg_attr(feature = "cli", arg(long, value_delimiter = ','))]
+    pub channels: Option<Vec<usize>>,
+    /// Kernel size of the convolutions built by --channels or --preset conv64 (default 3).
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub kernel: Option<usize>,
     /// KL weight β (1: the ELBO).
     #[cfg_attr(feature = "cli", arg(long, allow_negative_numbers = true))]
     pub beta: Option<f32>,
@@ -210,13 +225,33 @@ impl RunSpec {
         Ok(o)
     }
 
-    /// The architecture of a fresh run for data of `input_dim` values and `classes` labels.
-    pub fn config(&self, input_dim: usize, classes: usize) -> Result<VaeConfig> {
+    /// The architecture of a fresh run for examples of `shape` (`[d]`, `[h, w]` or `[c, h, w]`)
+    /// and `classes` labels.
+    pub fn config(&self, shape: &[usize], classes: usize) -> Result<VaeConfig> {
         let mut c = match self.preset {
             None | Some(Preset::Classic) => VaeConfig::classic(),
             Some(Preset::Conv) => VaeConfig::conv(),
+            Some(Preset::Conv64) => VaeConfig::conv64(),
         };
-        c.input_dim = input_dim;
+        if self.preset == Some(Preset::Conv64) || self.channels.is_some() || self.kernel.is_some() {
+            let image = match *shape {
+                [h, w] => [1, h, w],
+                [ch, h, w] => [ch, h, w],
+                _ => {
+                    return Err(Error::arg(
+                        "channels",
+                        format!("a convolutional model needs images; the data's examples have shape {shape:?}"),
+                    ))
+                }
+            };
+            let base = c.conv.clone().unwrap_or_else(ConvNet::preset_conv64);
+            let channels = self.channels.clone().unwrap_or_else(|| base.encoder_channels());
+            let kernel = self.kernel.unwrap_or(3);
+            let batch_norm = self.preset != Some(Preset::Conv);
+            c.conv = Some(ConvNet::from_channels(image, &channels, kernel, batch_norm)?);
+            c.hidden = vec![];
+        }
+        c.input_dim = shape.iter().product();
         c.model = self.model.unwrap_or(ModelKind::Vae);
         c.bn_tau = self.bn_vae;
         c.classes = if c.model == ModelKind::Cvae { classes } else { 0 };
@@ -252,13 +287,18 @@ impl RunSpec {
         let model = self.model.unwrap_or(ModelKind::Vae);
         if self.resume.is_none() {
             self.objective(model, 1)?;
-            if model != ModelKind::Cvae {
-                // Any input size will do for the dense presets; a conv preset fixes its image.
-                let probe = match self.preset {
-                    Some(Preset::Conv) => VaeConfig::conv().input_dim,
-                    _ => 1,
-                };
-                self.config(probe, 0)?;
+            // Any input size will do for the dense presets; a conv preset fixes its image, and
+            // convolutions built for the data are checked on the default 64x64 colour images
+            // (other data is checked once loaded).
+            let probe: Option<&[usize]> = match self.preset {
+                Some(Preset::Conv) => Some(&[1, 28, 28]),
+                _ if self.preset == Some(Preset::Conv64) || self.channels.is_some() || self.kernel.is_some() => {
+                    self.data.is_none().then_some(&[3, 64, 64])
+                }
+                _ => Some(&[1]),
+            };
+            if let (true, Some(shape)) = (model != ModelKind::Cvae, probe) {
+                self.config(shape, 0)?;
             }
         }
         self.options(TrainOptions::default()).validate()?;
@@ -278,19 +318,21 @@ impl RunSpec {
         }
         // The device first: its limits bound what the data files may make us allocate.
         let gpu = open()?;
-        let split = match &self.data {
-            Some(d) => idx::load_dir_within(d, gpu.max_tensor_elements() * 4)?,
-            None => sprites::sprites(0),
+        let split = match self.data.as_deref().map(builtin_name) {
+            Some(Ok(d)) => idx::load_dir_within(d, gpu.max_tensor_elements() * 4)?,
+            Some(Err(name)) => crate::data::builtin(name, 0).expect("a built-in name"),
+            None if self.preset == Some(Preset::Conv64) => crate::data::shapes::shapes(0),
+            None => crate::data::sprites::sprites(0),
         };
-        let config = self.config(split.train.dim(), split.train.num_classes())?;
+        let config = self.config(split.train.shape(), split.train.num_classes())?;
         let mut opts = self.options(TrainOptions::default());
-        let epochs = self.epochs.unwrap_or(if split.name == "sprites" { 50 } else { 10 });
+        let epochs = self.epochs.unwrap_or(default_epochs(&split.name));
         let steps = epochs * split.train.n().div_ceil(opts.batch.min(split.train.n())) as u64;
         opts.objective = self.objective(config.model, steps)?;
         prepare_dir(&out)?;
         crate::train::check_fresh_run_dir(&out)?;
         let trainer = Trainer::new(&gpu, config, opts, &split)?;
-        let meta = data_meta(self.data.as_deref());
+        let meta = data_meta(self.data.as_deref().and_then(|d| builtin_name(d).ok()), &split.name);
         let fit = self.fit_options(epochs, &out, meta);
         Ok(Run { trainer, split, fit, out, overrides: vec![] })
     }
@@ -306,6 +348,16 @@ impl RunSpec {
             ("likelihood", self.likelihood.map(|x| x.to_string()), c.likelihood.to_string()),
             ("bn_vae", self.bn_vae.map(|t| t.to_string()), c.bn_tau.map_or("none".into(), |t| t.to_string())),
             ("model", self.model.map(|m| m.to_string()), c.model.to_string()),
+            (
+                "channels",
+                self.channels.as_ref().map(|v| format!("{v:?}")),
+                c.conv.as_ref().map_or("none".into(), |n| format!("{:?}", n.encoder_channels())),
+            ),
+            (
+                "kernel",
+                self.kernel.map(|k| k.to_string()),
+                c.conv.as_ref().and_then(|n| n.encoder.first()).map_or("none".into(), |l| l.kernel.to_string()),
+            ),
         ];
         if let Some((flag, Some(given), saved)) = arch.into_iter().find(|(_, g, s)| g.as_ref().is_some_and(|g| g != s))
         {
@@ -318,9 +370,14 @@ impl RunSpec {
             });
         }
         let gpu = open()?;
-        let split = ck.data_within(self.data.as_deref(), gpu.max_tensor_elements() * 4)?;
+        let given = self.data.as_deref().map(builtin_name);
+        let split = match given {
+            Some(Err(name)) => crate::data::builtin(name, 0).expect("a built-in name"),
+            Some(Ok(d)) => ck.data_within(Some(d), gpu.max_tensor_elements() * 4)?,
+            None => ck.data_within(None, gpu.max_tensor_elements() * 4)?,
+        };
         let stored = ck.train_options()?;
-        let epochs = self.epochs.unwrap_or(if split.name == "sprites" { 50 } else { 10 });
+        let epochs = self.epochs.unwrap_or(default_epochs(&split.name));
         let mut wanted = self.options(stored.clone());
         let steps = epochs * split.train.n().div_ceil(wanted.batch.min(split.train.n())) as u64;
         let o = stored.objective;
@@ -356,7 +413,12 @@ impl RunSpec {
             let line = serde_json::json!({"epoch": epoch, "override": overrides});
             crate::train::append_jsonl(&out.join(METRICS_FILE), &line.to_string())?;
         }
-        let meta = data_meta(self.data.clone().or_else(|| ck.data_path()).as_deref());
+        let dir = match given {
+            Some(Ok(d)) => Some(d.to_path_buf()),
+            Some(Err(_)) => None,
+            None => ck.data_path(),
+        };
+        let meta = data_meta(dir.as_deref(), &split.name);
         let fit = self.fit_options(epochs, &out, meta);
         Ok(Run { trainer, split, fit, out, overrides })
     }
@@ -387,11 +449,32 @@ fn prepare_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The checkpoint metadata naming the data (`sprites` when `None`).
-fn data_meta(dir: Option<&Path>) -> std::collections::HashMap<String, String> {
+/// The checkpoint metadata naming the data: the directory, or the built-in dataset's name.
+fn data_meta(dir: Option<&Path>, name: &str) -> std::collections::HashMap<String, String> {
     match dir {
         Some(d) => crate::checkpoint::data_meta(d).into_iter().collect(),
-        None => [("data".to_string(), "sprites".to_string())].into(),
+        None => [("data".to_string(), name.to_string())].into(),
+    }
+}
+
+/// `--data`: a directory (`Ok`), or the name of a built-in dataset (`Err`) when no such
+/// directory exists.
+fn builtin_name(d: &Path) -> std::result::Result<&Path, &'static str> {
+    for name in ["sprites", "shapes"] {
+        if d == Path::new(name) && !d.exists() {
+            return Err(name);
+        }
+    }
+    Ok(d)
+}
+
+/// Epochs when `--epochs` is not given: many on the small sprites, few on the 64x64 shapes
+/// (each epoch is costly on a CPU adapter), 10 on files.
+fn default_epochs(data: &str) -> u64 {
+    match data {
+        "sprites" => 50,
+        "shapes" => 5,
+        _ => 10,
     }
 }
 
@@ -441,7 +524,8 @@ impl Run {
                 let [dc, dh, dw] = net.decoder_start;
                 let enc: Vec<String> = net.encoder.iter().map(|l| format!("c{}", l.channels)).collect();
                 let dec: Vec<String> = net.decoder.iter().map(|l| format!("t{}", l.channels)).collect();
-                format!("conv {ch}x{h}x{w}-{}-{}-d{dc}x{dh}x{dw}-{}", enc.join("-"), c.latent, dec.join("-"))
+                let bn = if net.batch_norm { " (batch norm)" } else { "" };
+                format!("conv {ch}x{h}x{w}-{}-{}-d{dc}x{dh}x{dw}-{}{bn}", enc.join("-"), c.latent, dec.join("-"))
             }
             None => {
                 let hidden: Vec<String> = c.hidden.iter().map(|h| h.to_string()).collect();

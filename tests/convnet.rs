@@ -6,6 +6,8 @@
 mod common;
 use common::*;
 use wgvae::data::sprites::sprites;
+use wgvae::data::Split;
+use wgvae::ops::Act;
 use wgvae::train::{TrainOptions, Trainer};
 use wgvae::vae::convnet::ConvLayer;
 use wgvae::vae::{ConvNet, ModelKind, Vae, VaeConfig};
@@ -22,6 +24,7 @@ fn tiny() -> VaeConfig {
         encoder: vec![layer(4, 2, 0)],
         decoder_start: [4, 7, 7],
         decoder: vec![layer(4, 2, 1), layer(1, 2, 1)],
+        batch_norm: false,
     };
     VaeConfig { latent: 6, conv: Some(net), ..VaeConfig::conv() }
 }
@@ -157,4 +160,229 @@ fn encode_and_decode_match_an_f64_forward_of_the_state_dict() {
     let want = logits.map(|v| 1.0 / (1.0 + (-v).exp()));
     let got = vae.decode_values(gpu(), &z.f32s()).unwrap();
     assert_close(&Mat::new(3, 784, got.into_iter().map(f64::from).collect()), &want, 1e-5, 1e-4, "decoded pixels");
+}
+
+#[test]
+fn the_conv64_preset_has_the_celeba_layout() {
+    let c = VaeConfig::conv64();
+    let shapes = c.state_shapes().unwrap();
+    let get = |n: &str| shapes.iter().find(|(name, _)| name == n).map(|(_, s)| s.clone());
+    for (name, want) in [
+        ("encoder.0.0.weight", Some(vec![32, 3, 3, 3])),
+        ("encoder.0.0.bias", Some(vec![32])),
+        ("encoder.0.1.weight", Some(vec![32])),
+        ("encoder.0.1.bias", Some(vec![32])),
+        ("encoder.0.1.running_mean", Some(vec![32])),
+        ("encoder.0.1.running_var", Some(vec![32])),
+        ("encoder.4.0.weight", Some(vec![512, 256, 3, 3])),
+        ("encoder.4.1.running_var", Some(vec![512])),
+        ("fc_mu.weight", Some(vec![128, 2048])),
+        ("fc_logvar.weight", Some(vec![128, 2048])),
+        ("decoder_input.weight", Some(vec![2048, 128])),
+        ("decoder.0.0.weight", Some(vec![512, 256, 3, 3])),
+        ("decoder.0.1.weight", Some(vec![256])),
+        ("decoder.3.0.weight", Some(vec![64, 32, 3, 3])),
+        ("decoder.4.0.weight", Some(vec![32, 32, 3, 3])),
+        ("decoder.4.1.running_mean", Some(vec![32])),
+        ("decoder.5.0.weight", Some(vec![32, 3, 3, 3])),
+        ("decoder.5.0.bias", Some(vec![3])),
+        ("decoder.5.1.weight", None),
+        ("encoder.0.weight", None),
+    ] {
+        assert_eq!(get(name), want, "{name}");
+    }
+    // 5 encoder blocks and 5 decoder blocks of 6 tensors, the output layer, 2 heads, decoder_input.
+    assert_eq!(shapes.len(), 5 * 6 + 4 + 2 + 5 * 6 + 2);
+    let net = c.conv.as_ref().unwrap();
+    assert_eq!((net.image, net.decoder_start, net.batch_norm), ([3, 64, 64], [512, 2, 2], true));
+    assert_eq!((c.latent, c.activation), (128, Act::LeakyRelu(0.01)));
+    // The built model holds exactly these tensors, and its trained count leaves out the statistics.
+    let vae = Vae::new(gpu(), c.clone(), 1).unwrap();
+    let sd = wgvae::checkpoint::state_dict(gpu(), &vae).unwrap();
+    let mut got: Vec<(String, Vec<usize>)> = sd.into_iter().map(|(n, s, _)| (n, s)).collect();
+    let mut want = shapes.clone();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "the state dict of a built conv64 model");
+    let trained: usize = shapes
+        .iter()
+        .filter(|(n, _)| !n.ends_with("running_mean") && !n.ends_with("running_var"))
+        .map(|(_, s)| s.iter().product::<usize>())
+        .sum();
+    assert_eq!(c.param_count().unwrap(), trained as u64);
+}
+
+#[test]
+fn from_channels_mirrors_the_image_size() {
+    for (image, kernel) in [([3, 64, 64], 3), ([1, 28, 28], 3), ([1, 28, 28], 4), ([3, 13, 13], 5), ([2, 16, 24], 4)] {
+        let net = ConvNet::from_channels(image, &[8, 16, 32], kernel, true)
+            .unwrap_or_else(|e| panic!("{image:?} kernel {kernel}: {e}"));
+        net.validate().unwrap(); // the decoder ends at the image
+        assert_eq!(net.decoder.len(), 4, "three up-samplings and the output layer");
+        let last = net.decoder.last().unwrap();
+        assert_eq!((last.stride, last.channels), (1, image[0]));
+        let ups: Vec<usize> = net.decoder.iter().map(|l| l.channels).collect();
+        assert_eq!(ups, vec![16, 8, 8, image[0]], "the encoder's channels in reverse, then the image's");
+    }
+    // 13 rows come back from 2 with output padding 1, 11 columns with 0: one padding cannot do both.
+    let e = ConvNet::from_channels([3, 13, 11], &[8, 16, 32], 5, true).unwrap_err();
+    assert!(e.to_string().contains("cannot mirror"), "{e}");
+    let e = ConvNet::from_channels([1, 28, 28], &[], 3, true).unwrap_err();
+    assert!(e.to_string().contains("channel"), "{e}");
+    let e = ConvNet::from_channels([1, 28, 28], &[8], 1, true).unwrap_err();
+    assert!(e.to_string().contains("kernel"), "{e}");
+}
+
+/// A batch-norm conv model on sprites: one epoch lowers the test loss; evaluation uses the
+/// running statistics (an example's code does not depend on the rest of its batch), the encoder
+/// matches an f64 forward of the state dict (conv -> batch norm with the running statistics ->
+/// LeakyReLU), and a checkpoint brings the statistics back.
+#[test]
+fn a_batch_norm_conv_vae_trains_and_evaluates_with_running_statistics() {
+    let net = ConvNet::from_channels([1, 28, 28], &[4, 8], 3, true).unwrap();
+    let config = VaeConfig { latent: 6, activation: Act::LeakyRelu(0.01), conv: Some(net), ..VaeConfig::conv() };
+    let split = sprites(0);
+    let opts = TrainOptions { batch: 64, lr: 3e-3, ..Default::default() };
+    let mut t = Trainer::new(gpu(), config, opts, &split).unwrap();
+    let before = t.evaluate(&t.test).unwrap().loss;
+    t.train_epoch(&mut |_| {}).unwrap();
+    let after = t.evaluate(&t.test).unwrap().loss;
+    assert!(after.is_finite() && after < 0.5 * before, "test loss {before:.2} -> {after:.2} after one epoch");
+
+    let vae = &t.vae;
+    let x = split.test.examples(3);
+    let (mu3, _) = vae.encode_values(gpu(), &x).unwrap();
+    let (mu1, _) = vae.encode_values(gpu(), &x[..784]).unwrap();
+    assert_eq!(mu1[..6], mu3[..6], "evaluation must not use the batch's statistics");
+
+    let sd = wgvae::checkpoint::state_dict(gpu(), vae).unwrap();
+    let get = |name: &str, r: usize| -> Mat {
+        let (_, _, v) = sd.iter().find(|(n, _, _)| n == name).unwrap_or_else(|| panic!("{name}"));
+        Mat::new(r, v.len() / r, v.iter().map(|&x| x as f64).collect())
+    };
+    let rm = get("encoder.0.1.running_mean", 1);
+    assert!(rm.d.iter().any(|&m| m.abs() > 1e-3), "the running mean moved: {:?}", rm.d);
+    let leaky = |v: f64| if v > 0.0 { v } else { 0.01 * v };
+    let block = |x: &Mat, i: usize, shape: wgvae::ops::conv::ConvShape| -> Mat {
+        let conv = add_channel_bias(
+            &conv2d_ref(x, &get(&format!("encoder.{i}.0.weight"), shape.out_channels), &shape),
+            &get(&format!("encoder.{i}.0.bias"), 1),
+        );
+        let bn = |n: &str| get(&format!("encoder.{i}.1.{n}"), 1);
+        let (g, b, m, v) = (bn("weight"), bn("bias"), bn("running_mean"), bn("running_var"));
+        let hw = conv.c / shape.out_channels;
+        Mat::new(
+            conv.r,
+            conv.c,
+            (0..conv.r * conv.c)
+                .map(|k| {
+                    let ch = (k % conv.c) / hw;
+                    leaky(g.d[ch] * (conv.d[k] - m.d[ch]) / (v.d[ch] + 1e-5).sqrt() + b.d[ch])
+                })
+                .collect(),
+        )
+    };
+    let shapes = vae.config.conv.as_ref().unwrap().encoder_shapes().unwrap();
+    let xm = Mat::new(3, 784, x.iter().map(|&v| v as f64).collect());
+    let h = block(&block(&xm, 0, shapes[0]), 1, shapes[1]);
+    let mu = add_row(&matmul(&h, &get("fc_mu.weight", 6), false, true), &get("fc_mu.bias", 1));
+    assert_close(&Mat::new(3, 6, mu3.iter().map(|&v| v as f64).collect()), &mu, 1e-4, 1e-4, "posterior mean");
+
+    let dir = std::env::temp_dir().join(format!("wgvae-convnet-bn-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bn.safetensors");
+    wgvae::checkpoint::save(&path, gpu(), vae, None, &Default::default()).unwrap();
+    let back = wgvae::checkpoint::Checkpoint::load(&path).unwrap().vae(gpu()).unwrap();
+    assert_eq!(back.encode_values(gpu(), &x).unwrap().0, mu3, "posterior means after the round trip");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Colour end to end: a small batch-norm model trains on the built-in 64x64 shapes (a slice of
+/// them) and writes RGB pictures whose top row of reconstructions.png is the test images.
+#[test]
+fn colour_images_train_and_make_colour_pictures() {
+    let all = wgvae::data::shapes::shapes(0);
+    let split = Split { name: "shapes".into(), train: all.train.head(256), test: all.test.head(16) };
+    let net = ConvNet::from_channels([3, 64, 64], &[4, 8], 3, true).unwrap();
+    let config = VaeConfig {
+        input_dim: 3 * 64 * 64,
+        latent: 8,
+        activation: Act::LeakyRelu(0.01),
+        conv: Some(net),
+        ..VaeConfig::conv()
+    };
+    let opts = TrainOptions { batch: 64, lr: 3e-3, ..Default::default() };
+    let mut t = Trainer::new(gpu(), config, opts, &split).unwrap();
+    let before = t.evaluate(&t.test).unwrap().loss;
+    t.train_epoch(&mut |_| {}).unwrap();
+    let after = t.evaluate(&t.test).unwrap().loss;
+    assert!(after.is_finite() && after < before, "test loss {before:.2} -> {after:.2}");
+
+    let dir = std::env::temp_dir().join(format!("wgvae-colour-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (sp, rp) = wgvae::pictures::write_pictures(&dir, gpu(), &t.vae, &split.test, 1).unwrap();
+    let read = |p: &std::path::Path| {
+        let mut r = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(p).unwrap())).read_info().unwrap();
+        let mut px = vec![0; r.output_buffer_size().unwrap()];
+        let info = r.next_frame(&mut px).unwrap();
+        assert_eq!(info.color_type, png::ColorType::Rgb, "{}", p.display());
+        (info.width as usize, info.height as usize, px)
+    };
+    let (w, h, _) = read(&sp);
+    assert_eq!((w, h), (8 * 66 + 2, 8 * 66 + 2), "8x8 samples of 64x64 with 2-pixel borders");
+    let (w, h, px) = read(&rp);
+    assert_eq!((w, h), (8 * 66 + 2, 2 * 66 + 2));
+    // The top row is the test images: channel k of pixel (y, x) of image i at plane k of the row.
+    let mut worst = 0i32;
+    for i in 0..8 {
+        let img = split.test.example(i);
+        for k in 0..3 {
+            for y in 0..64 {
+                for x in 0..64 {
+                    let want = (img[(k * 64 + y) * 64 + x] * 255.0).round() as i32;
+                    let got = px[((2 + y) * w + 2 + i * 66 + x) * 3 + k] as i32;
+                    worst = worst.max((got - want).abs());
+                }
+            }
+        }
+    }
+    assert!(worst <= 1, "the test images in reconstructions.png differ by {worst} levels");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// What `wgvae train --preset conv64 / --channels / --kernel` build, and the data conv64 picks.
+#[test]
+fn run_specs_build_conv_models_for_the_data() {
+    use wgvae::run::{Preset, RunSpec};
+    let spec = |preset: Option<Preset>, channels: Option<Vec<usize>>, kernel: Option<usize>| RunSpec {
+        preset,
+        channels,
+        kernel,
+        ..Default::default()
+    };
+    assert_eq!(spec(Some(Preset::Conv64), None, None).config(&[3, 64, 64], 0).unwrap(), VaeConfig::conv64());
+    // On 28x28 grey images the same stack, fitted: 28-14-7-4-2-1.
+    let c = spec(Some(Preset::Conv64), None, None).config(&[28, 28], 0).unwrap();
+    let net = c.conv.unwrap();
+    assert_eq!((net.image, net.decoder_start, net.batch_norm), ([1, 28, 28], [512, 1, 1], true));
+    // --channels alone: batch norm, the rest of the classic defaults.
+    let c = spec(None, Some(vec![16, 32]), Some(4)).config(&[1, 28, 28], 0).unwrap();
+    let net = c.conv.unwrap();
+    assert_eq!((net.encoder_channels(), net.encoder[0].kernel, net.batch_norm), (vec![16, 32], 4, true));
+    assert_eq!((c.latent, c.activation, c.hidden.len()), (20, Act::Relu, 0));
+    // --preset conv keeps its network's lack of batch norm.
+    let net = spec(Some(Preset::Conv), Some(vec![8, 16]), None).config(&[1, 28, 28], 0).unwrap().conv.unwrap();
+    assert!(!net.batch_norm);
+    let e = spec(None, Some(vec![8]), None).config(&[784], 0).unwrap_err();
+    assert!(e.to_string().contains("needs images"), "{e}");
+
+    // conv64 without --data trains on the built-in 64x64 colour shapes.
+    let out = std::env::temp_dir().join(format!("wgvae-conv64-run-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let s = RunSpec { out: Some(out.clone()), channels: Some(vec![4]), ..spec(Some(Preset::Conv64), None, None) };
+    let run = s.prepare(|| Ok(gpu().clone())).unwrap();
+    assert_eq!((run.split.name.as_str(), run.split.train.shape()), ("shapes", &[3usize, 64, 64][..]));
+    assert_eq!(run.fit.epochs, 5);
+    assert!(run.describe().contains("(batch norm)"), "{}", run.describe());
+    let _ = std::fs::remove_dir_all(&out);
 }

@@ -545,6 +545,63 @@ fn sprites_factors_move_and_grow_the_shape() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Shapes (64x64 colour)
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn shapes_sizes_factors_and_determinism() {
+    use wgvae::data::shapes;
+    let s = shapes::shapes(0);
+    assert_eq!(shapes::FACTOR_SIZES.iter().product::<usize>(), shapes::TOTAL);
+    assert_eq!((s.train.n(), s.test.n()), (shapes::TRAIN_LEN, shapes::TEST_LEN));
+    assert_eq!(s.name, "shapes");
+    assert_eq!(s.train.shape(), &[3, 64, 64]);
+    assert_eq!((s.train.channels(), s.train.rows(), s.train.cols()), (3, 64, 64));
+    assert_eq!(s.train.factor_names(), shapes::FACTOR_NAMES.map(String::from).to_vec());
+    assert_eq!(s.train.num_classes(), 4);
+    let mut all = all_factors(&s);
+    let rows: HashSet<Vec<u8>> = all.iter().cloned().collect();
+    assert_eq!(rows.len(), shapes::TOTAL, "every combination exactly once");
+    for (f, &l) in s.train.factors().unwrap().iter().zip(s.train.labels().unwrap()) {
+        assert_eq!(l, f[4] as u32, "the label is the shape");
+    }
+    let again = shapes::shapes(0);
+    assert_eq!(again.train, s.train, "same seed, same data");
+    let mut other = all_factors(&shapes::shapes(1));
+    assert_ne!(other, all, "another seed shuffles differently");
+    other.sort();
+    all.sort();
+    assert_eq!(other, all);
+
+    // Every factor changes the picture, and each hue factor changes the colour where it rules:
+    // the floor at the bottom centre, the wall at the top centre.
+    let by: std::collections::HashMap<Vec<u8>, usize> =
+        s.train.factors().unwrap().iter().enumerate().map(|(i, f)| (f.clone(), i)).collect();
+    let base = s.train.factors().unwrap()[0].clone();
+    let px = |f: &Vec<u8>| by.get(f).map(|&i| u8s(&s.train, i));
+    let rgb = |p: &[u8], y: usize, x: usize| [p[y * 64 + x], p[4096 + y * 64 + x], p[8192 + y * 64 + x]];
+    for k in 0..6 {
+        let mut f = base.clone();
+        f[k] = (f[k] + 1) % shapes::FACTOR_SIZES[k] as u8;
+        let (Some(a), Some(b)) = (px(&base), px(&f)) else { continue }; // one of them is a test image
+        assert_ne!(a, b, "factor {} changes the image", shapes::FACTOR_NAMES[k]);
+        if k == 0 {
+            assert_ne!(rgb(&a, 62, 32), rgb(&b, 62, 32), "floor hue at the floor");
+            assert_eq!(rgb(&a, 1, 32), rgb(&b, 1, 32), "floor hue leaves the wall");
+        }
+        if k == 1 {
+            assert_ne!(rgb(&a, 1, 32), rgb(&b, 1, 32), "wall hue at the wall");
+            assert_eq!(rgb(&a, 62, 32), rgb(&b, 62, 32), "wall hue leaves the floor");
+        }
+    }
+    // The images are in colour: red, green and blue differ somewhere in every image.
+    for i in 0..s.test.n() {
+        let p = u8s(&s.test, i);
+        assert!((0..4096).any(|j| p[j] != p[4096 + j] || p[j] != p[8192 + j]), "image {i} is grey");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Fashion-MNIST (Debian package `dataset-fashion-mnist`), when installed
 // ---------------------------------------------------------------------------------------------
 

@@ -1,9 +1,20 @@
 //! Datasets: IDX files (MNIST / Fashion-MNIST layout, raw or `.gz`), the built-in procedural
-//! sprites, and their GPU-resident form with on-GPU batch gathering.
+//! sprites (28x28 grey) and shapes (64x64 colour), and their GPU-resident form with on-GPU batch
+//! gathering.
 
 pub mod gpu;
 pub mod idx;
+pub mod shapes;
 pub mod sprites;
+
+/// The built-in dataset called `name` (`sprites` or `shapes`), split by `seed`.
+pub fn builtin(name: &str, seed: u64) -> Option<Split> {
+    match name {
+        "sprites" => Some(sprites::sprites(seed)),
+        "shapes" => Some(shapes::shapes(seed)),
+        _ => None,
+    }
+}
 
 use crate::error::{Error, Result};
 
@@ -174,6 +185,14 @@ impl Images {
     /// Values per example.
     pub fn dim(&self) -> usize {
         self.shape.iter().product()
+    }
+    /// Channels (the first of three dimensions; 1 for grey images and vectors).
+    pub fn channels(&self) -> usize {
+        if self.shape.len() == 3 {
+            self.shape[0]
+        } else {
+            1
+        }
     }
     /// Image height (1 for vectors).
     pub fn rows(&self) -> usize {

@@ -49,7 +49,7 @@ const POS_STEP: f32 = 2.0;
 const SS: usize = 4;
 
 /// Whether the point `(u, v)` of the shape's own frame (circumradius 1, `v` pointing up) is inside.
-fn inside(shape: usize, u: f32, v: f32) -> bool {
+pub(crate) fn inside(shape: usize, u: f32, v: f32) -> bool {
     match shape {
         // Square inscribed in the unit circle.
         0 => u.abs() <= std::f32::consts::FRAC_1_SQRT_2 && v.abs() <= std::f32::consts::FRAC_1_SQRT_2,

@@ -175,6 +175,19 @@ impl VaeConfig {
         VaeConfig { hidden: vec![], conv: Some(ConvNet::preset_conv()), ..VaeConfig::classic() }
     }
 
+    /// Issue 11's `--preset conv64` for 64x64 RGB (see [`ConvNet::preset_conv64`]): batch norm,
+    /// LeakyReLU (slope 0.01), Z = 128, Bernoulli.
+    pub fn conv64() -> Self {
+        VaeConfig {
+            input_dim: 3 * 64 * 64,
+            hidden: vec![],
+            latent: 128,
+            activation: Act::LeakyRelu(0.01),
+            conv: Some(ConvNet::preset_conv64()),
+            ..VaeConfig::classic()
+        }
+    }
+
     /// Checks that every size is usable: each at least 1 and at most [`MAX_DIM`], at most
     /// [`MAX_LAYERS`] hidden layers (so every product of sizes fits comfortably in a u64).
     pub fn validate(&self) -> Result<()> {
@@ -300,7 +313,7 @@ impl VaeConfig {
     pub fn param_count(&self) -> Result<u64> {
         let mut n = 0u64;
         for (name, shape) in self.state_shapes()? {
-            if name.starts_with("bn_mu.running") {
+            if convnet::is_running_statistic(&name) {
                 continue;
             }
             let k = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64));
@@ -528,12 +541,18 @@ impl Vae {
         }
     }
 
-    /// Non-trainable state saved with the weights (BN-VAE running statistics).
-    pub fn buffers(&self) -> Vec<(&'static str, &Tensor)> {
-        match &self.bn {
-            Some(bn) => vec![("bn_mu.running_mean", &bn.running.mean), ("bn_mu.running_var", &bn.running.var)],
+    /// Non-trainable state saved with the weights (running statistics of conv batch norms and the
+    /// BN-VAE layer).
+    pub fn buffers(&self) -> Vec<(String, &Tensor)> {
+        let mut out = match &self.conv {
+            Some(c) => c.buffers(),
             None => vec![],
+        };
+        if let Some(bn) = &self.bn {
+            out.push(("bn_mu.running_mean".into(), &bn.running.mean));
+            out.push(("bn_mu.running_var".into(), &bn.running.var));
         }
+        out
     }
 
     fn check_input(&self, x: &Tensor) -> Result<()> {

@@ -23,6 +23,14 @@
 // 8x8 invocations covers 32 columns and 8 row blocks. Row blocks past 65535 workgroups continue in
 // the z dimension.
 //
+// SG (the `conv_gemm_subgroup` entry of conv_subgroup.wgsl, for adapters with 8-lane subgroups:
+// llvmpipe): the 8 invocations of a workgroup row are one subgroup and share their RB = 8 GEMM
+// rows, so instead of each loading all 8 row operands per K step, lane l loads row l's and
+// `share_row` hands them round with subgroupBroadcast (a register extract on llvmpipe, where every
+// storage load is a loop over the lanes). Lanes whose columns are past the end still load and
+// share their row. Not with NARROW (there each invocation has its own rows). The entry points
+// (`conv_gemm` in conv_plain.wgsl, `conv_gemm_subgroup`) call `conv_body` below.
+//
 // MODE 1 visits only the taps that contribute. With stride S, output pixel iy receives tap ky only
 // when S divides iy + P − ky, i.e. for ky ≡ iy + P (mod S): its "phase". An invocation's RB rows
 // are RB pixels of one image row S apart (ix, ix+S, ix+2S, ...), so they share both phases and
@@ -49,7 +57,8 @@ struct Params {
     kdim: u32,
 }
 
-// Rows per invocation (the GEMM's register block is RB rows by 4 columns).
+// Rows per invocation (the GEMM's register block is RB rows by 4 columns). With SG it is also the
+// subgroup width (one row per lane). 16 rows per invocation measured slower on llvmpipe (spills).
 const RB: u32 = 8u;
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -69,13 +78,8 @@ fn image(base: u32, y: i32, x: i32) -> f32 {
 // The decoding of GEMM indices into (n, y, x) and (channel, ky, kx) is hoisted out of the K
 // loop: what is fixed for an invocation (its rows in modes 0 and 1, its columns in mode 2) is
 // decoded once, and the K index is stepped as a mixed-radix counter instead of divided.
-@compute @workgroup_size(8, 8, 1)
-fn conv_gemm(
-    @builtin(global_invocation_id) gid: vec3<u32>,
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(local_invocation_id) lid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
+// `lane`: the subgroup lane (SG only; it picks the row this invocation loads for the subgroup).
+fn conv_body(gid: vec3<u32>, wid: vec3<u32>, lid: vec3<u32>, nwg: vec3<u32>, lane: u32) {
     // NARROW (at most 4 columns): all 64 invocations of a workgroup take row blocks, instead of
     // 7 in 8 finding no column to compute.
     let wg = wid.z * nwg.y + wid.y;
@@ -86,9 +90,11 @@ fn conv_gemm(
         block = wg * 64u + lid.y * 8u + lid.x;
     }
     let row0 = block * RB;
-    if (col0 >= p.cols) {
+    // With SG every lane stays: its row operand is shared with the others.
+    if (col0 >= p.cols && !SG) {
         return;
     }
+    let me = lane % RB;
     if ((MODE == 1u && block >= p.rows) || (MODE != 1u && row0 >= p.rows)) {
         return;
     }
@@ -128,9 +134,14 @@ fn conv_gemm(
                     bv[j] = op2[(col0 + j) * p.kdim + kk];
                 }
             }
-            for (var i = 0u; i < RB; i++) {
-                if (live[i]) {
-                    acc[i] += image(base[i] + cb, y0[i] + i32(ky), x0[i] + i32(kx)) * bv;
+            if (SG) {
+                let v = image(base[me] + cb, y0[me] + i32(ky), x0[me] + i32(kx));
+                share_row(&acc, select(0.0, v, live[me]), bv);
+            } else {
+                for (var i = 0u; i < RB; i++) {
+                    if (live[i]) {
+                        acc[i] += image(base[i] + cb, y0[i] + i32(ky), x0[i] + i32(kx)) * bv;
+                    }
                 }
             }
             kx += 1u;
@@ -189,10 +200,19 @@ fn conv_gemm(
                             bv[j] = op2[wb + (col0 + j) * khw + ky * p.kw + kx];
                         }
                     }
-                    for (var i = 0u; i < RB; i++) {
-                        let q = qx0 + i;
-                        if (live[i] && q >= u && q - u < p.ow) {
-                            acc[i] += op1[drow + q - u] * bv;
+                    if (SG) {
+                        let q = qx0 + me;
+                        var v = 0.0;
+                        if (live[me] && q >= u && q - u < p.ow) {
+                            v = op1[drow + q - u];
+                        }
+                        share_row(&acc, v, bv);
+                    } else {
+                        for (var i = 0u; i < RB; i++) {
+                            let q = qx0 + i;
+                            if (live[i] && q >= u && q - u < p.ow) {
+                                acc[i] += op1[drow + q - u] * bv;
+                            }
                         }
                     }
                 }
@@ -225,9 +245,14 @@ fn conv_gemm(
                 }
             }
             let db = n * p.co * ohw + oy * p.ow + ox;
-            for (var i = 0u; i < RB; i++) {
-                if (live[i]) {
-                    acc[i] += op2[db + (row0 + i) * ohw] * bv;
+            if (SG) {
+                let v = op2[db + min(row0 + me, p.rows - 1u) * ohw];
+                share_row(&acc, select(0.0, v, live[me]), bv);
+            } else {
+                for (var i = 0u; i < RB; i++) {
+                    if (live[i]) {
+                        acc[i] += op2[db + (row0 + i) * ohw] * bv;
+                    }
                 }
             }
             ox += 1u;

@@ -3,12 +3,32 @@
 //! sizes (13x11 images, 3 and 5 channels, batch 3, kernels 3, 4 and 5, strides 1-3, paddings
 //! 0-2, output paddings), each backward rule checked by f64 finite differences first and the GPU
 //! against it, the K-sliced weight gradient, the z-dimension grid, and bad geometry as errors.
+//! Everything runs on a device per matmul variant: the `subgroup` one runs `conv_gemm_subgroup`
+//! (row operands shared by 8-lane subgroups) wherever a product has more than 4 columns, the
+//! others `conv_gemm`; each test checks which ran.
 
 mod common;
 use common::*;
 use wgvae::ops::conv::{self, ConvShape, ConvTransposeShape};
 use wgvae::ops::Act;
-use wgvae::{Error, Tape};
+use wgvae::{Error, Gpu, MatmulVariant, Tape};
+
+/// A device per matmul variant the adapter runs, with the conv entry point it uses for products
+/// of more than 4 columns.
+fn devices() -> Vec<(&'static Gpu, &'static str)> {
+    variants()
+        .into_iter()
+        .map(|v| (gpu_for(v), if v == MatmulVariant::Subgroup { "conv_gemm_subgroup" } else { "conv_gemm" }))
+        .collect()
+}
+
+/// Asserts that the wide entry point `entry` ran (and the subgroup one only when meant).
+fn assert_entry(ran: &std::collections::BTreeMap<&'static str, u64>, entry: &str, what: &str) {
+    assert!(ran.get(entry).copied().unwrap_or(0) > 0, "{what}: expected `{entry}` to run; ran {ran:?}");
+    if entry != "conv_gemm_subgroup" {
+        assert!(!ran.contains_key("conv_gemm_subgroup"), "{what}: the subgroup kernel ran on {ran:?}");
+    }
+}
 
 fn cs(
     in_channels: usize,
@@ -64,41 +84,49 @@ fn act_ref(act: Act, m: &Mat) -> Mat {
 
 #[test]
 fn conv2d_forward_with_bias_and_activation() {
-    for (i, s) in conv_cases().into_iter().enumerate() {
-        let n = 3;
-        let x = Mat::rand(n, s.in_len(), -1.0, 1.0, 10 + i as u64);
-        let w = Mat::rand(s.out_channels, s.weight_cols(), -0.5, 0.5, 20 + i as u64);
-        let b = Mat::rand(1, s.out_channels, -0.5, 0.5, 30 + i as u64);
-        for act in [Act::Identity, Act::Relu, Act::Tanh] {
-            let mut tape = Tape::no_grad(gpu());
-            let y = conv::conv2d_forward(&mut tape, &x.upload(), &w.upload(), Some(&b.upload()), &s, act).unwrap();
-            tape.submit().unwrap();
-            assert_ran(&tape, "conv_gemm", "conv2d");
-            let want = act_ref(act, &add_channel_bias(&conv2d_ref(&x, &w, &s), &b));
-            let atol = 1e-6 * (s.weight_cols() as f64).sqrt() * 4.0;
-            assert_close(&download(&y), &want, atol, 1e-5, &format!("conv2d {s:?} {act:?}"));
+    for (g, entry) in devices() {
+        for (i, s) in conv_cases().into_iter().enumerate() {
+            let n = 3;
+            let x = Mat::rand(n, s.in_len(), -1.0, 1.0, 10 + i as u64);
+            let w = Mat::rand(s.out_channels, s.weight_cols(), -0.5, 0.5, 20 + i as u64);
+            let b = Mat::rand(1, s.out_channels, -0.5, 0.5, 30 + i as u64);
+            for act in [Act::Identity, Act::Relu, Act::Tanh] {
+                let mut tape = Tape::no_grad(g);
+                let (xg, wg, bg) = (x.upload_to(g), w.upload_to(g), b.upload_to(g));
+                let y = conv::conv2d_forward(&mut tape, &xg, &wg, Some(&bg), &s, act).unwrap();
+                tape.submit().unwrap();
+                let wide = if s.out_channels > 4 { entry } else { "conv_gemm" };
+                assert_entry(tape.kernels_run(), wide, "conv2d");
+                let want = act_ref(act, &add_channel_bias(&conv2d_ref(&x, &w, &s), &b));
+                let atol = 1e-6 * (s.weight_cols() as f64).sqrt() * 4.0;
+                assert_close(&download(&y), &want, atol, 1e-5, &format!("conv2d {s:?} {act:?} ({entry})"));
+            }
         }
     }
 }
 
 #[test]
 fn conv_transpose2d_forward_with_bias_and_activation() {
-    for (i, t) in transpose_cases().into_iter().enumerate() {
-        let n = 3;
-        let c = t.as_conv();
-        let x = Mat::rand(n, t.in_channels * t.height * t.width, -1.0, 1.0, 40 + i as u64);
-        let w = Mat::rand(t.in_channels, t.out_channels * t.kernel * t.kernel, -0.5, 0.5, 50 + i as u64);
-        let b = Mat::rand(1, t.out_channels, -0.5, 0.5, 60 + i as u64);
-        for act in [Act::Identity, Act::Sigmoid] {
-            let mut tape = Tape::new(gpu());
-            let (xv, wv, bv) = (tape.input(x.upload()), tape.input(w.upload()), tape.input(b.upload()));
-            let y = conv::conv_transpose2d(&mut tape, xv, wv, Some(bv), t, act).unwrap();
-            let yt = tape.value(y).clone();
-            tape.submit().unwrap();
-            assert_eq!(yt.cols(), t.out_len(), "{t:?}: output size");
-            let want = act_ref(act, &add_channel_bias(&conv2d_input_grad_ref(&x, &w, &c), &b));
-            let atol = 1e-6 * ((t.in_channels * t.kernel * t.kernel) as f64).sqrt() * 4.0;
-            assert_close(&download(&yt), &want, atol, 1e-5, &format!("conv_transpose2d {t:?} {act:?}"));
+    for (g, entry) in devices() {
+        for (i, t) in transpose_cases().into_iter().enumerate() {
+            let n = 3;
+            let c = t.as_conv();
+            let x = Mat::rand(n, t.in_channels * t.height * t.width, -1.0, 1.0, 40 + i as u64);
+            let w = Mat::rand(t.in_channels, t.out_channels * t.kernel * t.kernel, -0.5, 0.5, 50 + i as u64);
+            let b = Mat::rand(1, t.out_channels, -0.5, 0.5, 60 + i as u64);
+            for act in [Act::Identity, Act::Sigmoid] {
+                let mut tape = Tape::new(g);
+                let (xv, wv, bv) = (tape.input(x.upload_to(g)), tape.input(w.upload_to(g)), tape.input(b.upload_to(g)));
+                let y = conv::conv_transpose2d(&mut tape, xv, wv, Some(bv), t, act).unwrap();
+                let yt = tape.value(y).clone();
+                tape.submit().unwrap();
+                let wide = if t.out_channels > 4 { entry } else { "conv_gemm" };
+                assert_entry(tape.kernels_run(), wide, "conv_transpose2d");
+                assert_eq!(yt.cols(), t.out_len(), "{t:?}: output size");
+                let want = act_ref(act, &add_channel_bias(&conv2d_input_grad_ref(&x, &w, &c), &b));
+                let atol = 1e-6 * ((t.in_channels * t.kernel * t.kernel) as f64).sqrt() * 4.0;
+                assert_close(&download(&yt), &want, atol, 1e-5, &format!("conv_transpose2d {t:?} {act:?} ({entry})"));
+            }
         }
     }
 }
@@ -122,9 +150,14 @@ fn conv2d_backward_matches_finite_differences() {
             conv2d_weight_grad_ref(&x, &g, &s),
             channel_sums_ref(&g, s.out_channels),
         ];
-        let (val, got) = gpu_grads(&[&x, &w, &b], &up, |t, v| conv::conv2d(t, v[0], v[1], Some(v[2]), s, act));
-        assert_close(&val, &f(&[x.clone(), w.clone(), b.clone()]), 1e-5, 1e-5, &format!("conv2d forward {s:?}"));
-        check_rule(&format!("conv2d {s:?}"), &[&x, &w, &b], &up, f, &rules, &got, 1e-5);
+        for (g, entry) in devices() {
+            let ((val, got), ran) =
+                gpu_grads_on(g, &[&x, &w, &b], &up, |t, v| conv::conv2d(t, v[0], v[1], Some(v[2]), s, act));
+            // The weight gradient has C_in·K·K > 4 columns.
+            assert_entry(&ran, entry, "conv2d backward");
+            assert_close(&val, &f(&[x.clone(), w.clone(), b.clone()]), 1e-5, 1e-5, &format!("conv2d forward {s:?}"));
+            check_rule(&format!("conv2d {s:?} ({entry})"), &[&x, &w, &b], &up, f, &rules, &got, 1e-5);
+        }
     }
 }
 
@@ -145,9 +178,12 @@ fn conv_transpose2d_backward_matches_finite_differences() {
         let g = up.zip(&pre, |u, p| u * act_grad(act, p));
         // The transposed convolution's adjoints are the convolution's forward and weight gradient.
         let rules = [conv2d_ref(&g, &w, &c), conv2d_weight_grad_ref(&g, &x, &c), channel_sums_ref(&g, t.out_channels)];
-        let (_, got) =
-            gpu_grads(&[&x, &w, &b], &up, |tp, v| conv::conv_transpose2d(tp, v[0], v[1], Some(v[2]), t, act));
-        check_rule(&format!("conv_transpose2d {t:?}"), &[&x, &w, &b], &up, f, &rules, &got, 1e-5);
+        for (g, entry) in devices() {
+            let ((_, got), ran) =
+                gpu_grads_on(g, &[&x, &w, &b], &up, |tp, v| conv::conv_transpose2d(tp, v[0], v[1], Some(v[2]), t, act));
+            assert_entry(&ran, entry, "conv_transpose2d backward");
+            check_rule(&format!("conv_transpose2d {t:?} ({entry})"), &[&x, &w, &b], &up, f, &rules, &got, 1e-5);
+        }
     }
 }
 
@@ -160,17 +196,20 @@ fn long_weight_gradient_is_sliced_and_accumulates() {
     let x = Mat::rand(n, s.in_len(), -1.0, 1.0, 90);
     let dy = Mat::rand(n, s.out_len(), -1.0, 1.0, 91);
     let d0 = Mat::rand(s.out_channels, s.weight_cols(), -1.0, 1.0, 92);
-    let mut tape = Tape::no_grad(gpu());
-    let (xg, dyg) = (x.upload(), dy.upload());
-    let fresh = conv::conv2d_weight_grad(&mut tape, &xg, &dyg, &s, None).unwrap();
-    let dw = d0.upload();
-    conv::conv2d_weight_grad(&mut tape, &xg, &dyg, &s, Some(&dw)).unwrap();
-    tape.submit().unwrap();
     let want = conv2d_weight_grad_ref(&x, &dy, &s);
     let atol = 1e-6 * ((n * s.out_height() * s.out_width()) as f64).sqrt() * 4.0;
-    assert_close(&download(&fresh), &want, atol, 1e-5, "sliced weight gradient");
-    let want = want.zip(&d0, |a, b| a + b);
-    assert_close(&download(&dw), &want, atol, 1e-5, "sliced weight gradient added into another");
+    for (g, entry) in devices() {
+        let mut tape = Tape::no_grad(g);
+        let (xg, dyg) = (x.upload_to(g), dy.upload_to(g));
+        let fresh = conv::conv2d_weight_grad(&mut tape, &xg, &dyg, &s, None).unwrap();
+        let dw = d0.upload_to(g);
+        conv::conv2d_weight_grad(&mut tape, &xg, &dyg, &s, Some(&dw)).unwrap();
+        tape.submit().unwrap();
+        assert_entry(tape.kernels_run(), entry, "sliced weight gradient");
+        assert_close(&download(&fresh), &want, atol, 1e-5, &format!("sliced weight gradient ({entry})"));
+        let want = want.zip(&d0, |a, b| a + b);
+        assert_close(&download(&dw), &want, atol, 1e-5, &format!("sliced weight gradient added ({entry})"));
+    }
 }
 
 /// More row blocks than 65535 workgroups hold (8 invocations of 8 rows each per workgroup): the
@@ -181,16 +220,20 @@ fn very_many_output_rows_use_the_z_dimension() {
     let n = 1070; // 1070 x 4096 = 4.38M rows > 65535 x 64
     let x = Mat::rand(n, s.in_len(), -1.0, 1.0, 93);
     let w = Mat::rand(5, 9, -1.0, 1.0, 94);
-    let mut tape = Tape::no_grad(gpu());
-    let y = conv::conv2d_forward(&mut tape, &x.upload(), &w.upload(), None, &s, Act::Identity).unwrap();
-    tape.submit().unwrap();
-    let y = download(&y);
-    // Row block 65535·8 starts at GEMM row 65535·64 = example 1023.98: check examples 0, 1023,
-    // 1024 and the last.
-    for e in [0, 1023, 1024, n - 1] {
-        let xe = Mat::new(1, x.c, x.d[e * x.c..(e + 1) * x.c].to_vec());
-        let ye = Mat::new(1, y.c, y.d[e * y.c..(e + 1) * y.c].to_vec());
-        assert_close(&ye, &conv2d_ref(&xe, &w, &s), 1e-5, 1e-5, &format!("example {e} of a 4.4M-row convolution"));
+    for (g, entry) in devices() {
+        let mut tape = Tape::no_grad(g);
+        let y = conv::conv2d_forward(&mut tape, &x.upload_to(g), &w.upload_to(g), None, &s, Act::Identity).unwrap();
+        tape.submit().unwrap();
+        assert_entry(tape.kernels_run(), entry, "z grid");
+        let y = download(&y);
+        // Row block 65535·8 starts at GEMM row 65535·64 = example 1023.98: check examples 0, 1023,
+        // 1024 and the last.
+        for e in [0, 1023, 1024, n - 1] {
+            let xe = Mat::new(1, x.c, x.d[e * x.c..(e + 1) * x.c].to_vec());
+            let ye = Mat::new(1, y.c, y.d[e * y.c..(e + 1) * y.c].to_vec());
+            let what = format!("example {e} of a 4.4M-row convolution ({entry})");
+            assert_close(&ye, &conv2d_ref(&xe, &w, &s), 1e-5, 1e-5, &what);
+        }
     }
 }
 

@@ -48,8 +48,11 @@ pub enum Module {
     /// `iwae.wgsl`: importance-weighted log-likelihood (sampling, streaming logsumexp).
     Iwae,
     /// `conv.wgsl`: 2-D convolution, its input and weight gradients (transposed convolution) as
-    /// implicit GEMMs.
+    /// implicit GEMMs (`conv.wgsl` + `conv_plain.wgsl`: the `conv_gemm` entry point).
     Conv,
+    /// `conv.wgsl` + `conv_subgroup.wgsl`: the same with row operands shared by 8-lane subgroups
+    /// (`conv_gemm_subgroup`, llvmpipe).
+    ConvSubgroup,
 }
 
 impl Module {
@@ -68,23 +71,32 @@ impl Module {
             Module::BatchNorm2d => "batchnorm2d.wgsl",
             Module::Iwae => "iwae.wgsl",
             Module::Conv => "conv.wgsl",
+            Module::ConvSubgroup => "conv_subgroup.wgsl",
         }
     }
-    fn source(self) -> &'static str {
+    /// Whether the module uses subgroup operations (a browser needs `enable subgroups;`).
+    #[cfg(target_arch = "wasm32")]
+    fn needs_subgroups(self) -> bool {
+        matches!(self, Module::MatmulSubgroup | Module::ConvSubgroup)
+    }
+    /// The source, in parts concatenated in order.
+    fn source(self) -> &'static [&'static str] {
+        const CONV: &str = include_str!("../../shaders/conv.wgsl");
         match self {
-            Module::Matmul => include_str!("../../shaders/matmul.wgsl"),
-            Module::MatmulSubgroup => include_str!("../../shaders/matmul_subgroup.wgsl"),
-            Module::Elementwise => include_str!("../../shaders/elementwise.wgsl"),
-            Module::Reduce => include_str!("../../shaders/reduce.wgsl"),
-            Module::Random => include_str!("../../shaders/random.wgsl"),
-            Module::Vae => include_str!("../../shaders/vae.wgsl"),
-            Module::VaeFused => include_str!("../../shaders/vae_fused.wgsl"),
-            Module::Optim => include_str!("../../shaders/optim.wgsl"),
-            Module::Data => include_str!("../../shaders/data.wgsl"),
-            Module::BatchNorm => include_str!("../../shaders/batchnorm.wgsl"),
-            Module::BatchNorm2d => include_str!("../../shaders/batchnorm2d.wgsl"),
-            Module::Iwae => include_str!("../../shaders/iwae.wgsl"),
-            Module::Conv => include_str!("../../shaders/conv.wgsl"),
+            Module::Matmul => &[include_str!("../../shaders/matmul.wgsl")],
+            Module::MatmulSubgroup => &[include_str!("../../shaders/matmul_subgroup.wgsl")],
+            Module::Elementwise => &[include_str!("../../shaders/elementwise.wgsl")],
+            Module::Reduce => &[include_str!("../../shaders/reduce.wgsl")],
+            Module::Random => &[include_str!("../../shaders/random.wgsl")],
+            Module::Vae => &[include_str!("../../shaders/vae.wgsl")],
+            Module::VaeFused => &[include_str!("../../shaders/vae_fused.wgsl")],
+            Module::Optim => &[include_str!("../../shaders/optim.wgsl")],
+            Module::Data => &[include_str!("../../shaders/data.wgsl")],
+            Module::BatchNorm => &[include_str!("../../shaders/batchnorm.wgsl")],
+            Module::BatchNorm2d => &[include_str!("../../shaders/batchnorm2d.wgsl")],
+            Module::Iwae => &[include_str!("../../shaders/iwae.wgsl")],
+            Module::Conv => &[CONV, include_str!("../../shaders/conv_plain.wgsl")],
+            Module::ConvSubgroup => &[CONV, include_str!("../../shaders/conv_subgroup.wgsl")],
         }
     }
 }
@@ -196,7 +208,7 @@ impl Gpu {
             // naga takes subgroup builtins on the device feature alone and rejects the directive;
             // a browser's compiler (Tint) requires it.
             #[cfg(target_arch = "wasm32")]
-            if key.module.source().contains("subgroup") {
+            if key.module.needs_subgroups() {
                 src.push_str("enable subgroups;\n");
             }
             for (k, v) in &key.defines {
@@ -204,7 +216,10 @@ impl Gpu {
             }
             src.push_str(COMMON);
             src.push('\n');
-            src.push_str(key.module.source());
+            for part in key.module.source() {
+                src.push_str(part);
+                src.push('\n');
+            }
             let m = dev.create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(key.module.file()),
                 source: wgpu::ShaderSource::Wgsl(src.into()),

@@ -19,7 +19,7 @@ use crate::gpu::pipeline::{KernelKey, Module};
 use crate::tape::{Params, Tape, Var};
 use crate::tensor::Tensor;
 
-/// GEMM rows per invocation (`RB` in conv.wgsl).
+/// GEMM rows per invocation (`RB` in conv.wgsl), with or without subgroups.
 const RB: usize = 8;
 
 /// Longest K range one invocation walks (llvmpipe's 65535-iteration cap; see `conv.wgsl`).
@@ -172,25 +172,35 @@ fn conv_gemm(
     accum: bool,
 ) -> Result<()> {
     let (oh, ow, kk) = (s.out_height(), s.out_width(), s.kernel * s.kernel);
-    // (GEMM rows or, in MODE 1, row blocks; columns; K; K per slice; `kdim`)
-    let (rows, cols, k, k_slice, kdim) = match mode {
-        0 => (n * oh * ow, s.out_channels, s.weight_cols(), K_SLICE, s.weight_cols()),
+    let cols = match mode {
+        0 => s.out_channels,
+        1 => s.in_channels,
+        _ => s.weight_cols(),
+    };
+    // At most 4 columns (one input channel, one output channel): every invocation of a workgroup
+    // takes its own row block (`NARROW` in conv.wgsl).
+    let narrow = cols <= 4;
+    // Row operands shared by 8-lane subgroups where the device runs the subgroup matmul (the
+    // same adapters: llvmpipe); not with NARROW, whose invocations have rows of their own.
+    let sg = !narrow && tape.gpu().matmul_variant() == crate::MatmulVariant::Subgroup;
+    let (module, entry) = if sg { (Module::ConvSubgroup, "conv_gemm_subgroup") } else { (Module::Conv, "conv_gemm") };
+    let rb = RB;
+    // (GEMM rows or, in MODE 1, row blocks; K; K per slice; `kdim`)
+    let (rows, k, k_slice, kdim) = match mode {
+        0 => (n * oh * ow, s.weight_cols(), K_SLICE, s.weight_cols()),
         1 => {
-            // Row blocks: per image row, blocks of 4 pixels within each x phase (see conv.wgsl);
+            // Row blocks: per image row, blocks of RB pixels within each x phase (see conv.wgsl);
             // K is sliced by output channel, each one at most K·K taps.
             let st = s.stride;
-            let per_row: usize = (0..st.min(s.width)).map(|ph| (s.width - ph).div_ceil(st).div_ceil(RB)).sum();
-            (n * s.height * per_row, s.in_channels, s.out_channels, (K_SLICE / kk).max(1), per_row)
+            let per_row: usize = (0..st.min(s.width)).map(|ph| (s.width - ph).div_ceil(st).div_ceil(rb)).sum();
+            (n * s.height * per_row, s.out_channels, (K_SLICE / kk).max(1), per_row)
         }
-        _ => (s.out_channels, s.weight_cols(), n * oh * ow, K_SLICE, s.weight_cols()),
+        _ => (s.out_channels, n * oh * ow, K_SLICE, s.weight_cols()),
     };
     if rows > u32::MAX as usize / 4 || k > u32::MAX as usize {
         return Err(Error::shape("conv2d", format!("a batch of {n} is too large for {s:?}")));
     }
-    let row_blocks = if mode == 1 { rows } else { rows.div_ceil(RB) };
-    // At most 4 columns (one input channel, one output channel): every invocation of a workgroup
-    // takes its own row block (`NARROW` in conv.wgsl).
-    let narrow = cols <= 4;
+    let row_blocks = if mode == 1 { rows } else { rows.div_ceil(rb) };
     let wg_rows = row_blocks.div_ceil(if narrow { 64 } else { 8 });
     let gy = wg_rows.min(65535);
     let gx = if narrow { 1 } else { cols.div_ceil(32) };
@@ -206,9 +216,10 @@ fn conv_gemm(
             ("BIAS", slice_bias.is_some().to_string()),
             ("ACCUM", (accum || sl > 0).to_string()),
             ("NARROW", narrow.to_string()),
+            ("SG", sg.to_string()),
         ];
         defines.extend(slice_act.defines());
-        let key = KernelKey { module: Module::Conv, entry: "conv_gemm", defines, inputs: 3, outputs: 1 };
+        let key = KernelKey { module, entry, defines, inputs: 3, outputs: 1 };
         let params = Params::new()
             .u(n as u32)
             .u(s.in_channels as u32)

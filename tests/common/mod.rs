@@ -161,16 +161,26 @@ pub fn gpu_grads(
     upstream: &Mat,
     build: impl FnOnce(&mut Tape, &[Var]) -> wgvae::Result<Var>,
 ) -> (Mat, Vec<Mat>) {
-    let mut tape = Tape::new(gpu());
-    let vars: Vec<Var> = inputs.iter().map(|m| tape.leaf(m.upload(), true)).collect();
+    gpu_grads_on(gpu(), inputs, upstream, build).0
+}
+
+/// [`gpu_grads`] on device `g`, also returning the kernels the tape ran.
+pub fn gpu_grads_on(
+    g: &Gpu,
+    inputs: &[&Mat],
+    upstream: &Mat,
+    build: impl FnOnce(&mut Tape, &[Var]) -> wgvae::Result<Var>,
+) -> ((Mat, Vec<Mat>), std::collections::BTreeMap<&'static str, u64>) {
+    let mut tape = Tape::new(g);
+    let vars: Vec<Var> = inputs.iter().map(|m| tape.leaf(m.upload_to(g), true)).collect();
     let y = build(&mut tape, &vars).unwrap();
     let yv = tape.value(y).clone();
-    let w = tape.input(upstream.upload());
+    let w = tape.input(upstream.upload_to(g));
     let yw = ops::mul(&mut tape, y, w).unwrap();
     let l = ops::sum(&mut tape, yw).unwrap();
     tape.backward(l).unwrap();
     tape.submit().unwrap();
-    (download(&yv), vars.iter().map(|v| download(tape.grad(*v).unwrap())).collect())
+    ((download(&yv), vars.iter().map(|v| download(tape.grad(*v).unwrap())).collect()), tape.kernels_run().clone())
 }
 
 /// A backward rule checked twice: the analytic `reference` gradients of Σ up ⊙ f(inputs) against

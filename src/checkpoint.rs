@@ -287,7 +287,7 @@ impl Checkpoint {
                 ));
             }
         }
-        for key in ["step", "epoch", "seed", "adam_t", "data_seed", "batch"] {
+        for key in ["step", "epoch", "seed", "adam_t", "data_seed", "batch", "image_size"] {
             check_meta(path, &meta, key, |v| v.parse::<u64>().is_ok())?;
         }
         for key in ["lr", "beta", "free_bits"] {
@@ -317,19 +317,21 @@ impl Checkpoint {
     }
 
     /// The data the model was trained on: `data` when given, else what the checkpoint's `data`
-    /// metadata names (`sprites` or `shapes`, with its `data_seed`, or an IDX directory).
+    /// metadata names (`sprites` or `shapes`, with its `data_seed`, or an IDX directory or image
+    /// folder, read with the run's `image_size`).
     pub fn data(&self, data: Option<&Path>) -> Result<crate::data::Split> {
         self.data_within(data, crate::data::idx::MAX_DATASET_BYTES)
     }
 
     /// [`Checkpoint::data`] refusing image files that announce more than `max_bytes` of pixels.
     pub fn data_within(&self, data: Option<&Path>, max_bytes: u64) -> Result<crate::data::Split> {
-        use crate::data::idx::load_dir_within;
+        let size = self.meta_u64("image_size").map(|s| s as usize);
+        let seed = self.meta_u64("data_seed").unwrap_or(0);
+        let load_dir_within = |d: &Path, max| crate::data::load_dir(d, size, seed, max);
         match (data, self.data_path()) {
             (Some(d), _) => load_dir_within(d, max_bytes),
             (None, None) => {
                 let name = self.meta.get("data").map_or("sprites", String::as_str);
-                let seed = self.meta_u64("data_seed").unwrap_or(0);
                 Ok(crate::data::builtin(name, seed).expect("data_path names every other dataset"))
             }
             (None, Some(d)) => load_dir_within(&d, max_bytes),

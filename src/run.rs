@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::checkpoint::Checkpoint;
-use crate::data::{idx, Split};
+use crate::data::Split;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::ops::Act;
@@ -60,11 +60,16 @@ fn parse<T: std::str::FromStr<Err = Error>>(s: &str) -> std::result::Result<T, S
 #[derive(Clone, Debug, Default)]
 #[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct RunSpec {
-    /// MNIST-layout directory with train-/t10k- IDX files, raw or .gz, or a built-in dataset:
+    /// MNIST-layout directory with train-/t10k- IDX files, raw or .gz; an image folder (PNG/JPEG,
+    /// one subfolder per class, optional train/ and test/ subfolders); or a built-in dataset:
     /// `sprites` (28x28 grey) or `shapes` (64x64 colour) (default: shapes with --preset conv64,
     /// sprites otherwise).
     #[cfg_attr(feature = "cli", arg(long))]
     pub data: Option<PathBuf>,
+    /// For an image folder given as --data: resize each image's shorter side to S pixels and
+    /// centre-crop it to S x S (default: every image must already have one size).
+    #[cfg_attr(feature = "cli", arg(long, value_name = "S"))]
+    pub image_size: Option<usize>,
     /// Total epochs, with --resume until this many are done (default: 50 on sprites, 5 on shapes,
     /// 10 on --data).
     #[cfg_attr(feature = "cli", arg(long))]
@@ -319,7 +324,7 @@ impl RunSpec {
         // The device first: its limits bound what the data files may make us allocate.
         let gpu = open()?;
         let split = match self.data.as_deref().map(builtin_name) {
-            Some(Ok(d)) => idx::load_dir_within(d, gpu.max_tensor_elements() * 4)?,
+            Some(Ok(d)) => crate::data::load_dir(d, self.image_size, 0, gpu.max_tensor_elements() * 4)?,
             Some(Err(name)) => crate::data::builtin(name, 0).expect("a built-in name"),
             None if self.preset == Some(Preset::Conv64) => crate::data::shapes::shapes(0),
             None => crate::data::sprites::sprites(0),
@@ -332,7 +337,10 @@ impl RunSpec {
         prepare_dir(&out)?;
         crate::train::check_fresh_run_dir(&out)?;
         let trainer = Trainer::new(&gpu, config, opts, &split)?;
-        let meta = data_meta(self.data.as_deref().and_then(|d| builtin_name(d).ok()), &split.name);
+        let mut meta = data_meta(self.data.as_deref().and_then(|d| builtin_name(d).ok()), &split.name);
+        if let Some(size) = self.image_size {
+            meta.insert("image_size".into(), size.to_string());
+        }
         let fit = self.fit_options(epochs, &out, meta);
         Ok(Run { trainer, split, fit, out, overrides: vec![] })
     }
@@ -366,6 +374,15 @@ impl RunSpec {
                 path: ck.path.clone(),
                 detail: format!(
                     "it was trained with {flag} {saved} but {flag} {given} was given; drop the flag or start a new run"
+                ),
+            });
+        }
+        let saved_size = ck.meta.get("image_size").map(String::as_str).unwrap_or("none");
+        if let Some(size) = self.image_size.filter(|s| s.to_string() != saved_size) {
+            return Err(Error::Checkpoint {
+                path: ck.path.clone(),
+                detail: format!(
+                    "it was trained with --image-size {saved_size} but --image-size {size} was given; drop the flag"
                 ),
             });
         }
@@ -418,7 +435,10 @@ impl RunSpec {
             Some(Err(_)) => None,
             None => ck.data_path(),
         };
-        let meta = data_meta(dir.as_deref(), &split.name);
+        let mut meta = data_meta(dir.as_deref(), &split.name);
+        if let Some(size) = ck.meta.get("image_size") {
+            meta.insert("image_size".into(), size.clone());
+        }
         let fit = self.fit_options(epochs, &out, meta);
         Ok(Run { trainer, split, fit, out, overrides })
     }

@@ -2,10 +2,38 @@
 //! sprites (28x28 grey) and shapes (64x64 colour), and their GPU-resident form with on-GPU batch
 //! gathering.
 
+#[cfg(feature = "images")]
+pub mod folder;
 pub mod gpu;
 pub mod idx;
 pub mod shapes;
 pub mod sprites;
+
+/// Loads a data directory: an MNIST-layout IDX directory (`train-images-idx3-ubyte[.gz]`, ...)
+/// or, with the `images` feature, an image folder ([`folder`]: `image_size` resizes and
+/// centre-crops, `seed` splits when there is no `train/` + `test/`). Refuses data larger than
+/// `max_bytes`.
+pub fn load_dir(dir: &std::path::Path, image_size: Option<usize>, seed: u64, max_bytes: u64) -> Result<Split> {
+    let idx_files = std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok()).any(|e| e.file_name().to_string_lossy().starts_with("train-images")))
+        .unwrap_or(false);
+    if idx_files || !dir.is_dir() {
+        if image_size.is_some() {
+            return Err(Error::arg("image_size", "--image-size is for image folders, not IDX files"));
+        }
+        return idx::load_dir_within(dir, max_bytes);
+    }
+    #[cfg(feature = "images")]
+    return folder::load_folder(dir, image_size, seed, max_bytes);
+    #[cfg(not(feature = "images"))]
+    {
+        let _ = seed;
+        Err(Error::Data {
+            path: dir.to_path_buf(),
+            detail: "no IDX files here; image folders need wgvae's `images` feature".into(),
+        })
+    }
+}
 
 /// The built-in dataset called `name` (`sprites` or `shapes`), split by `seed`.
 pub fn builtin(name: &str, seed: u64) -> Option<Split> {

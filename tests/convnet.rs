@@ -104,7 +104,6 @@ fn impossible_conv_configs_are_refused_with_the_reason() {
     };
     check(VaeConfig { hidden: vec![100], ..VaeConfig::conv() }, "hidden layers", "hidden");
     check(VaeConfig { input_dim: 100, ..VaeConfig::conv() }, "image of another size", "100");
-    check(VaeConfig { model: ModelKind::Cvae, classes: 4, ..VaeConfig::conv() }, "conditional", "conditional");
     let mut net = ConvNet::preset_conv();
     net.decoder[2].stride = 2; // ends at 55x55
     check(VaeConfig { conv: Some(net), ..VaeConfig::conv() }, "decoder ending elsewhere", "the decoder ends");
@@ -385,4 +384,34 @@ fn run_specs_build_conv_models_for_the_data() {
     assert_eq!(run.fit.epochs, 5);
     assert!(run.describe().contains("(batch norm)"), "{}", run.describe());
     let _ = std::fs::remove_dir_all(&out);
+}
+
+/// The conditional conv VAE takes the one-hot label at its dense layers: fc_mu / fc_logvar read
+/// [flattened features | y], decoder_input reads [z | y]. It trains on the sprites' shapes, and the
+/// label changes what the decoder draws.
+#[test]
+fn a_conditional_conv_vae_conditions_at_the_dense_layers() {
+    let config = VaeConfig { model: ModelKind::Cvae, classes: 4, ..tiny() };
+    let shapes = config.state_shapes().unwrap();
+    let get = |n: &str| shapes.iter().find(|(name, _)| name == n).map(|(_, s)| s.clone()).unwrap();
+    assert_eq!(get("encoder.0.weight"), vec![4, 1, 3, 3], "the image alone enters the convolutions");
+    assert_eq!(get("fc_mu.weight"), vec![6, 4 * 14 * 14 + 4]);
+    assert_eq!(get("fc_logvar.weight"), vec![6, 4 * 14 * 14 + 4]);
+    assert_eq!(get("decoder_input.weight"), vec![4 * 7 * 7, 6 + 4]);
+    let split = sprites(0);
+    let opts = TrainOptions { batch: 64, lr: 3e-3, ..Default::default() };
+    let mut t = Trainer::new(gpu(), config, opts, &split).unwrap();
+    let before = t.evaluate(&t.test).unwrap().loss;
+    t.train_epoch(&mut |_| {}).unwrap();
+    let after = t.evaluate(&t.test).unwrap().loss;
+    assert!(after.is_finite() && after < 0.5 * before, "test loss {before:.2} -> {after:.2}");
+    // The same z decoded as a square and as a heart.
+    let z = wgvae::Tensor::zeros(gpu(), 1, 6).unwrap();
+    let draw = |label: usize| {
+        let y = wgvae::data::gpu::onehot_rows(gpu(), &[label], 4).unwrap();
+        t.vae.decode_cond(gpu(), &z, Some(&y)).unwrap().to_vec(gpu()).unwrap()
+    };
+    let (a, b) = (draw(0), draw(3));
+    let diff: f32 = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32;
+    assert!(diff > 0.01, "the label should change the drawing (mean difference {diff})");
 }

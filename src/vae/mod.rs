@@ -232,9 +232,6 @@ impl VaeConfig {
             if !self.hidden.is_empty() {
                 return Err(Error::arg("hidden", "a conv model has no hidden dense layers"));
             }
-            if self.model == ModelKind::Cvae {
-                return Err(Error::arg("model", "the conditional VAE is not available with conv models yet"));
-            }
         }
         if let Some(t) = self.bn_tau {
             if !(0.0..=1.0).contains(&t) {
@@ -271,9 +268,11 @@ impl VaeConfig {
         let mut enc = vec![self.input_dim + cond];
         enc.extend(&self.hidden);
         let last = match &self.conv {
+            // A conditional conv model takes the one-hot label at its dense layers: after the
+            // flatten (into fc_mu / fc_logvar) and with z (into decoder_input).
             Some(net) => {
                 out.extend(net.encoder_state_shapes()?);
-                net.flat_dim()?
+                net.flat_dim()? + cond
             }
             None => {
                 layers("encoder", &enc, &mut out);
@@ -293,7 +292,7 @@ impl VaeConfig {
             out.push(("decoder.logvar".into(), vec![1, self.input_dim]));
         }
         match &self.conv {
-            Some(net) => out.extend(net.decoder_state_shapes(self.latent)?),
+            Some(net) => out.extend(net.decoder_state_shapes(self.latent + cond)?),
             None => {
                 let mut dec = vec![self.latent + cond];
                 dec.extend(self.hidden.iter().rev());
@@ -446,11 +445,11 @@ impl Vae {
         use rand::SeedableRng;
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_add(0x5EED));
         let conv = match &config.conv {
-            Some(net) => Some(ConvModules::new(gpu, net, config.latent, act, &mut rng)?),
+            Some(net) => Some(ConvModules::new(gpu, net, config.latent + cond, act, &mut rng)?),
             None => None,
         };
         let last = match &config.conv {
-            Some(net) => net.flat_dim()?,
+            Some(net) => net.flat_dim()? + cond,
             None => last,
         };
         let encoder = if enc_sizes.len() > 1 && conv.is_none() {
@@ -597,13 +596,22 @@ impl Vae {
     fn encode_head(&self, tape: &mut Tape, x: Var, y: Option<Var>) -> Result<(Var, Option<Var>)> {
         self.check_input(tape.value(x))?;
         let rows = tape.value(x).rows();
-        let x = match self.condition(tape, rows, y)? {
-            Some(y) => crate::ops::concat::concat_cols(tape, x, y)?,
-            None => x,
+        let y = self.condition(tape, rows, y)?;
+        let cat = |tape: &mut Tape, a: Var| match y {
+            Some(y) => crate::ops::concat::concat_cols(tape, a, y),
+            None => Ok(a),
         };
+        // The MLP sees [x | y]; a conv encoder sees the image and the label joins its flattened
+        // features.
         let h = match &self.conv {
-            Some(c) => c.encode(tape, x)?,
-            None => self.encoder.forward(tape, x)?,
+            Some(c) => {
+                let h = c.encode(tape, x)?;
+                cat(tape, h)?
+            }
+            None => {
+                let x = cat(tape, x)?;
+                self.encoder.forward(tape, x)?
+            }
         };
         let head = self.head.forward(tape, h)?;
         let Some(bn) = &self.bn else { return Ok((head, None)) };

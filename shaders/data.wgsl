@@ -5,8 +5,12 @@
 // epoch, and batch b takes images order[offset .. offset+B). Optional dynamic binarization draws
 // x ~ Bernoulli(pixel/255) with the Philox stream of random.wgsl (counter (i, step, stream, 0)).
 //
+// A dataset larger than one storage binding is split into shards of whole images; `data` is then
+// one shard, holding images first .. first+count (packed from its own byte 0), and a gather writes
+// only the batch rows whose image lies in it: one dispatch per shard fills the batch.
+//
 // x[B,D] f32 in [0, 1]. Parameter block: n = B*D, d = D, offset, binarize (0/1), seed_lo,
-// seed_hi, step, stream. Bindings: 0 params | 1 data (u32) | 2 order (u32) | 3 x
+// seed_hi, step, stream, first, count. Bindings: 0 params | 1 data (u32) | 2 order (u32) | 3 x
 // Dispatch: 1-D grid over n (flat_index), workgroup 256.
 
 struct Params {
@@ -18,6 +22,14 @@ struct Params {
     seed_hi: u32,
     step: u32,
     stream: u32,
+    first: u32,
+    count: u32,
+}
+
+// The image of batch row `row` as an index into this shard, or count when it lies elsewhere.
+fn shard_image(row: u32) -> u32 {
+    let img = order[p.offset + row];
+    return select(p.count, img - p.first, img >= p.first && img - p.first < p.count);
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -31,7 +43,9 @@ fn gather(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     if (i >= p.n) { return; }
     let row = i / p.d;
     let col = i % p.d;
-    let byte = order[p.offset + row] * p.d + col;
+    let img = shard_image(row);
+    if (img == p.count) { return; }
+    let byte = img * p.d + col;
     let v = f32((data[byte / 4u] >> (8u * (byte % 4u))) & 0xffu) / 255.0;
     if (p.binarize == 1u) {
         let u = u01(philox(vec4<u32>(i, p.step, p.stream, 0u), vec2<u32>(p.seed_lo, p.seed_hi)).x);
@@ -53,7 +67,9 @@ fn gather4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     if (i >= p.n) { return; }
     let q = p.d / 4u;
     let row = i / q;
-    let word = data[order[p.offset + row] * q + i % q];
+    let img = shard_image(row);
+    if (img == p.count) { return; }
+    let word = data[img * q + i % q];
     var v = vec4<f32>(f32(word & 0xffu), f32((word >> 8u) & 0xffu), f32((word >> 16u) & 0xffu), f32(word >> 24u)) / 255.0;
     if (p.binarize == 1u) {
         let key = vec2<u32>(p.seed_lo, p.seed_hi);
@@ -73,7 +89,9 @@ fn gather4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
 fn gather_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = flat_index(wid, lid.x, nwg.x, 256u);
     if (i >= p.n) { return; }
-    let v = data_f32[order[p.offset + i / p.d] * p.d + i % p.d];
+    let img = shard_image(i / p.d);
+    if (img == p.count) { return; }
+    let v = data_f32[img * p.d + i % p.d];
     if (p.binarize == 1u) {
         let u = u01(philox(vec4<u32>(i, p.step, p.stream, 0u), vec2<u32>(p.seed_lo, p.seed_hi)).x);
         x[i] = select(0.0, 1.0, u < v);

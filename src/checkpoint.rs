@@ -320,7 +320,7 @@ impl Checkpoint {
     /// metadata names (`sprites` or `shapes`, with its `data_seed`, or an IDX directory or image
     /// folder, read with the run's `image_size`).
     pub fn data(&self, data: Option<&Path>) -> Result<crate::data::Split> {
-        self.data_within(data, crate::data::idx::MAX_DATASET_BYTES)
+        self.data_within(data, crate::data::MAX_DATASET_BYTES)
     }
 
     /// [`Checkpoint::data`] refusing image files that announce more than `max_bytes` of pixels.
@@ -360,7 +360,7 @@ impl Checkpoint {
 
     /// The model on `gpu` with the data it was trained on (or `data`), checked to fit each other.
     pub fn model_with_data(&self, gpu: &Gpu, data: Option<&Path>) -> Result<(Vae, crate::data::Split)> {
-        let split = self.data_within(data, gpu.max_tensor_elements() * 4)?;
+        let split = self.data_within(data, crate::data::MAX_DATASET_BYTES)?;
         let vae = self.vae(gpu)?;
         if split.test.dim() != vae.config.input_dim {
             return Err(Error::arg(

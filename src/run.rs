@@ -324,7 +324,7 @@ impl RunSpec {
         // The device first: its limits bound what the data files may make us allocate.
         let gpu = open()?;
         let split = match self.data.as_deref().map(builtin_name) {
-            Some(Ok(d)) => crate::data::load_dir(d, self.image_size, 0, gpu.max_tensor_elements() * 4)?,
+            Some(Ok(d)) => crate::data::load_dir(d, self.image_size, 0, crate::data::MAX_DATASET_BYTES)?,
             Some(Err(name)) => crate::data::builtin(name, 0).expect("a built-in name"),
             None if self.preset == Some(Preset::Conv64) => crate::data::shapes::shapes(0),
             None => crate::data::sprites::sprites(0),
@@ -390,8 +390,8 @@ impl RunSpec {
         let given = self.data.as_deref().map(builtin_name);
         let split = match given {
             Some(Err(name)) => crate::data::builtin(name, 0).expect("a built-in name"),
-            Some(Ok(d)) => ck.data_within(Some(d), gpu.max_tensor_elements() * 4)?,
-            None => ck.data_within(None, gpu.max_tensor_elements() * 4)?,
+            Some(Ok(d)) => ck.data_within(Some(d), crate::data::MAX_DATASET_BYTES)?,
+            None => ck.data_within(None, crate::data::MAX_DATASET_BYTES)?,
         };
         let stored = ck.train_options()?;
         let epochs = self.epochs.unwrap_or(default_epochs(&split.name));

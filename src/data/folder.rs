@@ -230,7 +230,7 @@ fn load_images(files: &[(PathBuf, u32)], classes: usize, image_size: Option<usiz
         return Err(bad(
             &files[0].0,
             format!(
-                "the {} images take {total} bytes, more than the {max_bytes} one device buffer holds here; \
+                "the {} images take {total} bytes, more than the {max_bytes} a dataset may take; \
                  use a smaller --image-size or fewer images",
                 files.len()
             ),
@@ -258,7 +258,7 @@ fn load_images(files: &[(PathBuf, u32)], classes: usize, image_size: Option<usiz
 
 /// Loads an image folder (see the module docs) as a train/test split: `train/` and `test/`
 /// subfolders when present (with the same classes), else a seeded tenth held out for testing.
-/// Refuses data of more than `max_bytes` (what one device buffer holds).
+/// Refuses data of more than `max_bytes`.
 pub fn load_folder(dir: &Path, image_size: Option<usize>, seed: u64, max_bytes: u64) -> Result<Split> {
     if image_size == Some(0) {
         return Err(Error::arg("image_size", "must be at least 1"));

@@ -14,9 +14,12 @@ use crate::ops::vae::Noise;
 use crate::tape::{Params, Tape};
 use crate::tensor::Tensor;
 
-/// Images uploaded once; batches are gathered on the GPU.
+/// Images uploaded once; batches are gathered on the GPU. A dataset larger than one storage
+/// binding is held in shards of whole images (each within the device's binding limit; memory is
+/// then the only limit), and a batch is gathered with one dispatch per shard.
 pub struct GpuImages {
-    data: Tensor,
+    /// (first image, images, values) of each shard, in order.
+    shards: Vec<(usize, usize, Tensor)>,
     /// Whether `data` holds f32 values (else u8 packed four to a word).
     f32_values: bool,
     /// Labels as u32 on the GPU (one per image), for the CVAE's one-hot gather.
@@ -32,24 +35,42 @@ pub struct GpuImages {
 }
 
 impl GpuImages {
-    /// Uploads `images`: 8-bit values packed four to a u32 word, f32 values as they are.
+    /// Uploads `images`: 8-bit values packed four to a u32 word, f32 values as they are, in as
+    /// many shards as the device's storage-binding limit needs.
     pub fn upload(gpu: &Gpu, images: &Images) -> Result<Self> {
-        let (data, f32_values) = match images.pixels() {
-            Pixels::U8(bytes) => {
-                let mut words = vec![0u32; bytes.len().div_ceil(4)];
-                for (i, &b) in bytes.iter().enumerate() {
-                    words[i / 4] |= (b as u32) << (8 * (i % 4));
+        Self::upload_sharded(gpu, images, gpu.max_tensor_elements().saturating_mul(4))
+    }
+
+    /// [`GpuImages::upload`] with shards of at most `shard_bytes` bytes (at least one image each).
+    pub fn upload_sharded(gpu: &Gpu, images: &Images, shard_bytes: u64) -> Result<Self> {
+        let dim = images.dim();
+        let f32_values = matches!(images.pixels(), Pixels::F32(_));
+        // Bytes one image takes in a shard (u8 images are packed from the shard's byte 0).
+        let per_image = if f32_values { 4 * dim as u64 } else { dim as u64 };
+        let per_shard = ((shard_bytes.saturating_sub(3)) / per_image).max(1) as usize;
+        let mut shards = Vec::new();
+        for first in (0..images.n()).step_by(per_shard) {
+            let count = per_shard.min(images.n() - first);
+            let (a, b) = (first * dim, (first + count) * dim);
+            let t = match images.pixels() {
+                Pixels::U8(bytes) => {
+                    let bytes = &bytes[a..b];
+                    let mut words = vec![0u32; bytes.len().div_ceil(4)];
+                    for (i, &v) in bytes.iter().enumerate() {
+                        words[i / 4] |= (v as u32) << (8 * (i % 4));
+                    }
+                    Tensor::from_u32(gpu, 1, words.len(), &words)?
                 }
-                (Tensor::from_u32(gpu, 1, words.len(), &words)?, false)
-            }
-            Pixels::F32(v) => (Tensor::from_slice(gpu, 1, v.len(), v)?, true),
-        };
+                Pixels::F32(v) => Tensor::from_slice(gpu, 1, b - a, &v[a..b])?,
+            };
+            shards.push((first, count, t));
+        }
         let labels_gpu = match images.labels() {
             Some(l) => Some(Tensor::from_u32(gpu, 1, l.len(), l)?),
             None => None,
         };
         Ok(GpuImages {
-            data,
+            shards,
             f32_values,
             labels_gpu,
             num_classes: images.num_classes(),
@@ -100,22 +121,31 @@ impl GpuImages {
             (false, true) => ("gather4", n / 4),
             (false, false) => ("gather", n),
         };
-        let p = Params::new()
-            .u(invocations as u32)
-            .u(self.dim as u32)
-            .u(offset as u32)
-            .u(bin)
-            .u(k[0])
-            .u(k[1])
-            .u(noise.step)
-            .u(noise.stream);
         let key = KernelKey { module: Module::Data, entry, defines: Vec::new(), inputs: 2, outputs: 1 };
-        tape.dispatch(&key, p, &[&self.data, order, &x], grid_1d(invocations, 256))?;
+        for (first, count, data) in &self.shards {
+            let p = Params::new()
+                .u(invocations as u32)
+                .u(self.dim as u32)
+                .u(offset as u32)
+                .u(bin)
+                .u(k[0])
+                .u(k[1])
+                .u(noise.step)
+                .u(noise.stream)
+                .u(*first as u32)
+                .u(*count as u32);
+            tape.dispatch(&key, p, &[data, order, &x], grid_1d(invocations, 256))?;
+        }
         Ok(x)
     }
 }
 
 impl GpuImages {
+    /// Number of shards the images are held in.
+    pub fn shards(&self) -> usize {
+        self.shards.len()
+    }
+
     /// y\[B, C\] = one-hot labels of images order[offset .. offset+B), C = `classes`.
     pub fn onehot(&self, tape: &mut Tape, order: &Tensor, offset: usize, b: usize, classes: usize) -> Result<Tensor> {
         let Some(labels) = &self.labels_gpu else {

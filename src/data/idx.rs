@@ -237,7 +237,7 @@ pub fn read_images_within(path: &Path, max_bytes: u64) -> Result<(usize, usize, 
             path,
             format!(
                 "header says {describe} = {len} bytes, more than the {max_bytes} bytes a dataset may take here \
-                 (the device's largest buffer, or wgvae's limit for IDX data); use fewer or smaller images"
+                 (wgvae's limit for a dataset); use fewer or smaller images"
             ),
         ));
     }

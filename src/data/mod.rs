@@ -9,6 +9,11 @@ pub mod idx;
 pub mod shapes;
 pub mod sprites;
 
+/// The most pixel bytes a run loads (64 GiB): the data lives in host memory and, sharded into
+/// buffers within the device's binding limit, on the device ([`gpu::GpuImages`]), so memory is
+/// the real limit; this bound only stops a lying file header from asking for absurd amounts.
+pub const MAX_DATASET_BYTES: u64 = 64 << 30;
+
 /// Loads a data directory: an MNIST-layout IDX directory (`train-images-idx3-ubyte[.gz]`, ...)
 /// or, with the `images` feature, an image folder ([`folder`]: `image_size` resizes and
 /// centre-crops, `seed` splits when there is no `train/` + `test/`). Refuses data larger than

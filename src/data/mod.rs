@@ -40,6 +40,63 @@ pub fn load_dir(dir: &std::path::Path, image_size: Option<usize>, seed: u64, max
     }
 }
 
+/// A built-in procedural dataset: every combination of the factor levels `sizes` exactly once
+/// (the last factor varying fastest), shuffled by `seed` (Fisher-Yates written out, so the order
+/// depends only on StdRng's stream), the last `test_len` of them the test split. `render` draws
+/// one image of `shape` from its factor levels; the label is factor `label`.
+pub(crate) struct Factorial<'a> {
+    pub name: &'a str,
+    pub names: &'a [&'a str],
+    pub sizes: &'a [usize],
+    pub shape: &'a [usize],
+    pub label: usize,
+    pub test_len: usize,
+    pub render: &'a dyn Fn(&[u8], &mut [u8]),
+}
+
+impl Factorial<'_> {
+    pub(crate) fn split(&self, seed: u64) -> Split {
+        use rand::{Rng, SeedableRng};
+        let total: usize = self.sizes.iter().product();
+        let mut all: Vec<Vec<u8>> = Vec::with_capacity(total);
+        let mut f = vec![0u8; self.sizes.len()];
+        for _ in 0..total {
+            all.push(f.clone());
+            // Odometer: the last factor fastest.
+            for k in (0..f.len()).rev() {
+                f[k] += 1;
+                if (f[k] as usize) < self.sizes[k] {
+                    break;
+                }
+                f[k] = 0;
+            }
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        for i in (1..all.len()).rev() {
+            let j = rng.random_range(0..=i);
+            all.swap(i, j);
+        }
+        let test = all.split_off(total - self.test_len);
+        Split { name: self.name.to_string(), train: self.images(all), test: self.images(test) }
+    }
+
+    fn images(&self, factors: Vec<Vec<u8>>) -> Images {
+        let dim: usize = self.shape.iter().product();
+        let mut pixels = vec![0u8; factors.len() * dim];
+        for (f, out) in factors.iter().zip(pixels.chunks_exact_mut(dim)) {
+            (self.render)(f, out);
+        }
+        let labels = factors.iter().map(|f| f[self.label] as u32).collect();
+        let names = self.names.iter().map(|s| s.to_string()).collect();
+        let n = factors.len();
+        // The sizes are consistent by construction.
+        Images::from_u8(pixels, n, self.shape)
+            .and_then(|i| i.with_labels_of(labels, self.sizes[self.label]))
+            .and_then(|i| i.with_factors(factors, names))
+            .expect("a procedural dataset is consistent")
+    }
+}
+
 /// The built-in dataset called `name` (`sprites` or `shapes`), split by `seed`.
 pub fn builtin(name: &str, seed: u64) -> Option<Split> {
     match name {

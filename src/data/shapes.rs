@@ -20,11 +20,8 @@
 //! shuffles it deterministically from the seed and holds out [`TEST_LEN`] = 384 (10%) as the test
 //! split, leaving [`TRAIN_LEN`] = 3456 for training. Labels are the shape.
 
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-
 use super::sprites::inside;
-use super::{Images, Split};
+use super::Split;
 
 /// Names of the generating factors, in the order of [`Images::factors`] rows.
 pub const FACTOR_NAMES: [&str; 6] = ["floor_hue", "wall_hue", "object_hue", "scale", "shape", "orientation"];
@@ -103,46 +100,19 @@ fn render(f: [u8; 6], out: &mut [u8]) {
     }
 }
 
-fn images(factors: Vec<[u8; 6]>) -> Images {
-    let dim = 3 * SIZE * SIZE;
-    let mut pixels = vec![0u8; factors.len() * dim];
-    for (f, out) in factors.iter().zip(pixels.chunks_exact_mut(dim)) {
-        render(*f, out);
-    }
-    let labels = factors.iter().map(|f| f[4] as u32).collect();
-    let names = FACTOR_NAMES.iter().map(|s| s.to_string()).collect();
-    let rows: Vec<Vec<u8>> = factors.iter().map(|f| f.to_vec()).collect();
-    let n = factors.len();
-    Images::from_u8(pixels, n, &[3, SIZE, SIZE])
-        .and_then(|i| i.with_labels_of(labels, FACTOR_SIZES[4]))
-        .and_then(|i| i.with_factors(rows, names))
-        .expect("shapes are consistent")
-}
-
 /// The shapes dataset (see the [module docs](self)): every factor combination exactly once,
 /// shuffled by `seed`, split into [`TRAIN_LEN`] training and [`TEST_LEN`] test images.
 pub fn shapes(seed: u64) -> Split {
-    let mut all = Vec::with_capacity(TOTAL);
-    for a in 0..4u8 {
-        for b in 0..4u8 {
-            for c in 0..4u8 {
-                for d in 0..3u8 {
-                    for e in 0..4u8 {
-                        for g in 0..5u8 {
-                            all.push([a, b, c, d, e, g]);
-                        }
-                    }
-                }
-            }
-        }
+    super::Factorial {
+        name: "shapes",
+        names: &FACTOR_NAMES,
+        sizes: &FACTOR_SIZES,
+        shape: &[3, SIZE, SIZE],
+        label: 4,
+        test_len: TEST_LEN,
+        render: &|f, out| render([f[0], f[1], f[2], f[3], f[4], f[5]], out),
     }
-    let mut rng = StdRng::seed_from_u64(seed);
-    for i in (1..all.len()).rev() {
-        let j = rng.random_range(0..=i);
-        all.swap(i, j);
-    }
-    let test = all.split_off(TRAIN_LEN);
-    Split { name: "shapes".to_string(), train: images(all), test: images(test) }
+    .split(seed)
 }
 
 #[cfg(test)]

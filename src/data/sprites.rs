@@ -18,10 +18,7 @@
 //! shuffles it deterministically from the seed and holds out [`TEST_LEN`] = 627 images (10%) as the
 //! test split, leaving [`TRAIN_LEN`] = 5645 for training.
 
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-
-use super::{Images, Split};
+use super::Split;
 
 /// Names of the generating factors, in the order of [`Images::factors`] rows.
 pub const FACTOR_NAMES: [&str; 5] = ["shape", "scale", "rotation", "x", "y"];
@@ -103,47 +100,20 @@ fn render(f: [u8; 5], out: &mut [u8]) {
     }
 }
 
-fn images(factors: Vec<[u8; 5]>) -> Images {
-    let dim = SIZE * SIZE;
-    let mut pixels = vec![0u8; factors.len() * dim];
-    for (f, out) in factors.iter().zip(pixels.chunks_exact_mut(dim)) {
-        render(*f, out);
-    }
-    let labels = factors.iter().map(|f| f[0] as u32).collect();
-    let names = FACTOR_NAMES.iter().map(|s| s.to_string()).collect();
-    let rows: Vec<Vec<u8>> = factors.iter().map(|f| f.to_vec()).collect();
-    let n = factors.len();
-    // The sizes are consistent by construction.
-    Images::from_u8(pixels, n, &[SIZE, SIZE])
-        .and_then(|i| i.with_labels_of(labels, FACTOR_SIZES[0]))
-        .and_then(|i| i.with_factors(rows, names))
-        .expect("sprites are consistent")
-}
-
 /// The sprites dataset (see the [module docs](self)): every factor combination exactly once,
 /// shuffled by `seed`, split into [`TRAIN_LEN`] training and [`TEST_LEN`] test images.
 ///
 /// Labels are the shape index (`num_classes` = 4) and `factors` holds each image's five factor
 /// levels in the order of [`FACTOR_NAMES`]. The same seed always gives the same split.
 pub fn sprites(seed: u64) -> Split {
-    let mut all = Vec::with_capacity(TOTAL);
-    for shape in 0..FACTOR_SIZES[0] {
-        for scale in 0..FACTOR_SIZES[1] {
-            for rot in 0..FACTOR_SIZES[2] {
-                for x in 0..FACTOR_SIZES[3] {
-                    for y in 0..FACTOR_SIZES[4] {
-                        all.push([shape as u8, scale as u8, rot as u8, x as u8, y as u8]);
-                    }
-                }
-            }
-        }
+    super::Factorial {
+        name: "sprites",
+        names: &FACTOR_NAMES,
+        sizes: &FACTOR_SIZES,
+        shape: &[SIZE, SIZE],
+        label: 0,
+        test_len: TEST_LEN,
+        render: &|f, out| render([f[0], f[1], f[2], f[3], f[4]], out),
     }
-    // Fisher-Yates, written out so the order depends only on StdRng's stream.
-    let mut rng = StdRng::seed_from_u64(seed);
-    for i in (1..all.len()).rev() {
-        let j = rng.random_range(0..=i);
-        all.swap(i, j);
-    }
-    let test = all.split_off(TRAIN_LEN);
-    Split { name: "sprites".to_string(), train: images(all), test: images(test) }
+    .split(seed)
 }

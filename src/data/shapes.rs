@@ -23,7 +23,7 @@
 use super::sprites::inside;
 use super::Split;
 
-/// Names of the generating factors, in the order of [`Images::factors`] rows.
+/// Names of the generating factors, in the order of [`super::Images::factors`] rows.
 pub const FACTOR_NAMES: [&str; 6] = ["floor_hue", "wall_hue", "object_hue", "scale", "shape", "orientation"];
 /// Number of levels of each factor (same order as [`FACTOR_NAMES`]).
 pub const FACTOR_SIZES: [usize; 6] = [4, 4, 4, 3, 4, 5];

@@ -20,7 +20,7 @@
 
 use super::Split;
 
-/// Names of the generating factors, in the order of [`Images::factors`] rows.
+/// Names of the generating factors, in the order of [`super::Images::factors`] rows.
 pub const FACTOR_NAMES: [&str; 5] = ["shape", "scale", "rotation", "x", "y"];
 /// Number of levels of each factor (same order as [`FACTOR_NAMES`]).
 pub const FACTOR_SIZES: [usize; 5] = [4, 4, 8, 7, 7];

@@ -115,7 +115,7 @@ pub fn evaluate_split(gpu: &Gpu, vae: &Vae, split: &Split, o: &EvalOptions) -> R
         let (Some(trf), Some(tf)) = (split.train.factors(), split.test.factors()) else {
             return Err(Error::arg(
                 "disentanglement",
-                format!("{} has no known generating factors; the built-in sprites do", split.name),
+                format!("{} has no known generating factors; the built-in sprites and shapes do", split.name),
             ));
         };
         // Codes of every example (train and test): MIG's histograms need thousands of samples.

@@ -136,7 +136,7 @@ struct EvalArgs {
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     batch: Option<u64>,
     /// Also the Mutual Information Gap (Chen et al. 2018) of the posterior means against the data's
-    /// known generating factors (the built-in sprites).
+    /// known generating factors (the built-in sprites and shapes).
     #[arg(long)]
     disentanglement: bool,
     /// Also log p(x) estimated with K importance samples per example (Burda et al. 2016), K up to 5000.

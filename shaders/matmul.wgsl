@@ -10,8 +10,8 @@
 //   B stored [K,N] (TB=false) or [N,K] (TB=true, op(B) = Bᵀ)
 //   bias [N] (read only when BIAS), Y [M,N] (read only when GRAD_ACT != 0), C [M,N], S [M]
 // Defines prepended by src/ops/matmul.rs: TA, TB, BIAS, ACCUM, COLSUM: bool; ACT, GRAD_ACT: u32;
-// ALPHA, GRAD_ALPHA: f32; for the register variant also RM (rows per workgroup) and WG
-// (invocations per workgroup).
+// ALPHA, GRAD_ALPHA: f32; TILE_M, TILE_N, TILE_K: u32 (the tiled variant's tile); for the register
+// variant also RM (rows per workgroup) and WG (invocations per workgroup).
 //
 // Bindings: 0 params | 1 A | 2 B | 3 bias | 4 Y | 5 C (read_write) | 6 S (read_write); unused
 // inputs are bound to A again and an unused S to C.
@@ -61,72 +61,81 @@ fn store_colsum(row: u32, v: f32) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Variant `tiled` (discrete/integrated GPUs): a 16x16 workgroup computes a 64x64 tile of C, each
-// invocation a 4x4 register block at rows ty+16i, cols tx+16j (strided, so shared-memory reads are
-// conflict-free and stores coalesce). K advances in slabs of 16 staged in workgroup memory.
-// Dispatch: (ceil(N/64), ceil(M/64), 1).
-const TS: u32 = 64u;
-const BK: u32 = 16u;
-var<workgroup> tile_a: array<f32, 1024>; // [BK][TS]: tile_a[kk*TS + row]
-var<workgroup> tile_b: array<f32, 1024>; // [BK][TS]: tile_b[kk*TS + col]
+// Variant `tiled` (discrete/integrated GPUs): a 16x16 workgroup computes a TILE_M x TILE_N tile of
+// C, each invocation a (TILE_M/16) x (TILE_N/16) register block at rows ty+16i, cols tx+16j
+// (strided, so shared-memory reads are conflict-free and stores coalesce). K advances in slabs of
+// TILE_K staged in workgroup memory. TILE_M, TILE_N (multiples of 16) and TILE_K are defines
+// (src/ops/matmul.rs, `TileConfig`): small tiles give small products enough workgroups to fill a
+// GPU, large ones reuse each staged value more; `wgvae tune` measures which wins where.
+// Needs TILE_M*TILE_K and TILE_N*TILE_K to be multiples of 256 (each invocation stages the same
+// number of elements). Dispatch: (ceil(N/TILE_N), ceil(M/TILE_M), 1).
+const TRM: u32 = TILE_M / 16u; // rows per invocation
+const TRN: u32 = TILE_N / 16u; // columns per invocation
+const STAGE_A: u32 = TILE_M * TILE_K / 256u; // elements of A each invocation stages per slab
+const STAGE_B: u32 = TILE_N * TILE_K / 256u;
+var<workgroup> tile_a: array<f32, TILE_M * TILE_K>; // [TILE_K][TILE_M]: tile_a[kk*TILE_M + row]
+var<workgroup> tile_b: array<f32, TILE_N * TILE_K>; // [TILE_K][TILE_N]: tile_b[kk*TILE_N + col]
 
 @compute @workgroup_size(16, 16, 1)
 fn matmul_tiled(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let tx = lid.x;
     let ty = lid.y;
     let t = ty * 16u + tx;
-    let row0 = wid.y * TS;
-    let col0 = wid.x * TS;
-    var acc: array<array<f32, 4>, 4>;
-    for (var i = 0u; i < 4u; i++) { for (var j = 0u; j < 4u; j++) { acc[i][j] = 0.0; } }
-    var rsum: array<f32, 4>;
-    for (var i = 0u; i < 4u; i++) { rsum[i] = 0.0; }
+    let row0 = wid.y * TILE_M;
+    let col0 = wid.x * TILE_N;
+    var acc: array<array<f32, TRN>, TRM>;
+    for (var i = 0u; i < TRM; i++) { for (var j = 0u; j < TRN; j++) { acc[i][j] = 0.0; } }
+    var rsum: array<f32, TRM>;
+    for (var i = 0u; i < TRM; i++) { rsum[i] = 0.0; }
 
-    for (var k0 = p.k_begin; k0 < p.k_end; k0 += BK) {
-        // Each of the 256 invocations stages 4 elements of each tile; consecutive invocations
-        // read consecutive addresses of the stored layout (coalesced) and zero-fill the edges.
-        for (var s = 0u; s < 4u; s++) {
+    for (var k0 = p.k_begin; k0 < p.k_end; k0 += TILE_K) {
+        // Each of the 256 invocations stages STAGE_A elements of A's slab and STAGE_B of B's;
+        // consecutive invocations read consecutive addresses of the stored layout (coalesced) and
+        // zero-fill the edges.
+        for (var s = 0u; s < STAGE_A; s++) {
             let e = t + 256u * s;
             var ra: u32; var ka: u32;
-            if (TA) { ka = e / TS; ra = e % TS; } else { ra = e / BK; ka = e % BK; }
+            if (TA) { ka = e / TILE_M; ra = e % TILE_M; } else { ra = e / TILE_K; ka = e % TILE_K; }
             let gr = row0 + ra;
             let gk = k0 + ka;
             var va = 0.0;
             if (gr < p.m && gk < p.k_end) { va = a_at(gr, gk); }
-            tile_a[ka * TS + ra] = va;
-
+            tile_a[ka * TILE_M + ra] = va;
+        }
+        for (var s = 0u; s < STAGE_B; s++) {
+            let e = t + 256u * s;
             var cb: u32; var kb: u32;
-            if (TB) { cb = e / BK; kb = e % BK; } else { kb = e / TS; cb = e % TS; }
+            if (TB) { cb = e / TILE_K; kb = e % TILE_K; } else { kb = e / TILE_N; cb = e % TILE_N; }
             let gc = col0 + cb;
             let gkb = k0 + kb;
             var vb = 0.0;
             if (gc < p.n && gkb < p.k_end) { vb = b_at(gkb, gc); }
-            tile_b[kb * TS + cb] = vb;
+            tile_b[kb * TILE_N + cb] = vb;
         }
         workgroupBarrier();
-        for (var kk = 0u; kk < BK; kk++) {
-            var ar: array<f32, 4>;
-            var br: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) { ar[i] = tile_a[kk * TS + ty + 16u * i]; }
-            for (var j = 0u; j < 4u; j++) { br[j] = tile_b[kk * TS + tx + 16u * j]; }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) { acc[i][j] = fma(ar[i], br[j], acc[i][j]); }
+        for (var kk = 0u; kk < TILE_K; kk++) {
+            var ar: array<f32, TRM>;
+            var br: array<f32, TRN>;
+            for (var i = 0u; i < TRM; i++) { ar[i] = tile_a[kk * TILE_M + ty + 16u * i]; }
+            for (var j = 0u; j < TRN; j++) { br[j] = tile_b[kk * TILE_N + tx + 16u * j]; }
+            for (var i = 0u; i < TRM; i++) {
+                for (var j = 0u; j < TRN; j++) { acc[i][j] = fma(ar[i], br[j], acc[i][j]); }
             }
-            if (COLSUM) { for (var i = 0u; i < 4u; i++) { rsum[i] += ar[i]; } }
+            if (COLSUM) { for (var i = 0u; i < TRM; i++) { rsum[i] += ar[i]; } }
         }
         workgroupBarrier();
     }
     // Row sums: the first column block's tx == 0 invocations own rows ty + 16i.
     if (COLSUM && wid.x == 0u && tx == 0u) {
-        for (var i = 0u; i < 4u; i++) {
+        for (var i = 0u; i < TRM; i++) {
             let row = row0 + ty + 16u * i;
             if (row < p.m) { store_colsum(row, rsum[i]); }
         }
     }
-    for (var i = 0u; i < 4u; i++) {
+    for (var i = 0u; i < TRM; i++) {
         let row = row0 + ty + 16u * i;
         if (row >= p.m) { continue; }
-        for (var j = 0u; j < 4u; j++) {
+        for (var j = 0u; j < TRN; j++) {
             let col = col0 + tx + 16u * j;
             if (col < p.n) { store(row, col, acc[i][j]); }
         }

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, MatmulVariant};
+use crate::gpu::{Gpu, KernelChoice, MatmulVariant};
 use crate::nn::Optimizer;
 use crate::ops::matmul::{matmul_forward, MatmulOpts};
 use crate::tape::Tape;
@@ -87,8 +87,23 @@ pub fn run_matmul(
     variant: MatmulVariant,
     reps: usize,
 ) -> Result<()> {
+    run_matmul_with(gpu, a, b, shape, KernelChoice::of(variant), reps)
+}
+
+/// [`run_matmul`] with a kernel choice (the tiled variant's tile too).
+pub fn run_matmul_with(
+    gpu: &Gpu,
+    a: &Tensor,
+    b: &Tensor,
+    shape: &MatmulShape,
+    kernel: KernelChoice,
+    reps: usize,
+) -> Result<()> {
     let mut tape = Tape::no_grad(gpu);
-    let o = MatmulOpts::nn().trans(shape.ta, shape.tb).variant(variant);
+    let mut o = MatmulOpts::nn().trans(shape.ta, shape.tb).variant(kernel.variant);
+    if kernel.variant == MatmulVariant::Tiled {
+        o = o.tile(kernel.tile);
+    }
     for _ in 0..reps {
         let _c = matmul_forward(&mut tape, a, b, None, o)?;
     }
@@ -108,19 +123,29 @@ pub struct MatmulResult {
 /// Times `variant` on `shape`: a warm-up (compiles the pipeline), then batches of products per
 /// submission until `budget` is spent; reports the median batch.
 pub fn time_matmul(gpu: &Gpu, shape: &MatmulShape, variant: MatmulVariant, budget: Duration) -> Result<MatmulResult> {
+    time_matmul_with(gpu, shape, KernelChoice::of(variant), budget)
+}
+
+/// [`time_matmul`] with a kernel choice (the tiled variant's tile too).
+pub fn time_matmul_with(
+    gpu: &Gpu,
+    shape: &MatmulShape,
+    kernel: KernelChoice,
+    budget: Duration,
+) -> Result<MatmulResult> {
     let (a, b) = operands(gpu, shape)?;
-    run_matmul(gpu, &a, &b, shape, variant, 1)?;
+    run_matmul_with(gpu, &a, &b, shape, kernel, 1)?;
     // Enough products per submission that the submit/wait round trip (~0.3 ms on llvmpipe)
     // stays small against the kernels.
     let t0 = Instant::now();
-    run_matmul(gpu, &a, &b, shape, variant, 1)?;
+    run_matmul_with(gpu, &a, &b, shape, kernel, 1)?;
     let one = t0.elapsed().as_secs_f64().max(1e-6);
     let reps = ((0.05 / one).ceil() as usize).clamp(1, 64);
     let mut times = Vec::new();
     let start = Instant::now();
     while times.len() < 3 || (start.elapsed() < budget && times.len() < 50) {
         let t = Instant::now();
-        run_matmul(gpu, &a, &b, shape, variant, reps)?;
+        run_matmul_with(gpu, &a, &b, shape, kernel, reps)?;
         times.push(t.elapsed().as_secs_f64() / reps as f64);
     }
     times.sort_by(f64::total_cmp);

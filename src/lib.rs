@@ -83,10 +83,12 @@ pub mod run;
 pub mod tape;
 pub mod tensor;
 pub mod train;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod tune;
 pub mod vae;
 
 pub use error::{Error, Result};
-pub use gpu::{Gpu, GpuOptions, MatmulVariant};
+pub use gpu::{Gpu, GpuOptions, KernelChoice, MatmulPlan, MatmulVariant, TileConfig};
 pub use nn::Optimizer;
 pub use tape::{Tape, Var};
 pub use tensor::Tensor;

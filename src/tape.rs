@@ -165,6 +165,8 @@ pub struct Tape {
     grad_enabled: bool,
     params: HashMap<u64, Var>,
     kernels_run: BTreeMap<&'static str, u64>,
+    /// The same per compiled kernel (entry point and defines, [`Kernel::name`]).
+    kernel_names_run: BTreeMap<String, u64>,
     /// Buffer of the ones that seeded the last backward (see [`Tape::is_seed`]).
     seed: Option<u64>,
     /// Gradient destinations of packed parameters' vars (see [`crate::nn::pack`]).
@@ -187,6 +189,7 @@ impl Tape {
             grad_enabled: true,
             params: HashMap::new(),
             kernels_run: BTreeMap::new(),
+            kernel_names_run: BTreeMap::new(),
             seed: None,
             dests: HashMap::new(),
             spares: Vec::new(),
@@ -219,6 +222,12 @@ impl Tape {
     /// variants) really ran, for tests and profiles.
     pub fn kernels_run(&self) -> &BTreeMap<&'static str, u64> {
         &self.kernels_run
+    }
+
+    /// [`Tape::kernels_run`] per compiled kernel, named `file:entry[DEFINE=value,...]`: which
+    /// configuration of a kernel ran (e.g. the tiled matmul's `TILE_M`, `TILE_N`, `TILE_K`).
+    pub fn kernel_names_run(&self) -> &BTreeMap<String, u64> {
+        &self.kernel_names_run
     }
 
     // ---------------------------------------------------------------- recording GPU work
@@ -406,6 +415,13 @@ impl Tape {
         for d in &dispatches {
             d.kernel.dispatched.fetch_add(1, Ordering::Relaxed);
             *self.kernels_run.entry(d.kernel.entry).or_insert(0) += 1;
+            // No allocation once a kernel has been seen: steady-state steps stay allocation-free.
+            match self.kernel_names_run.get_mut(&d.kernel.name) {
+                Some(c) => *c += 1,
+                None => {
+                    self.kernel_names_run.insert(d.kernel.name.clone(), 1);
+                }
+            }
         }
         {
             let mut s = self.gpu.stats_mut();

@@ -7,8 +7,20 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The binary, with a plan cache of its own (empty unless a test fills it), so that a plan the
+/// developer measured with `wgvae tune` does not change what the tests run.
+fn wgvae_cmd() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_wgvae"));
+    c.env("WGVAE_CACHE_DIR", cache_dir());
+    c
+}
+
+fn cache_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("wgvae-cli-cache-{}", std::process::id()))
+}
+
 fn wgvae(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wgvae")).args(args).output().expect("run wgvae")
+    wgvae_cmd().args(args).output().expect("run wgvae")
 }
 
 fn tmp(name: &str) -> PathBuf {
@@ -288,7 +300,7 @@ fn killed_runs_resume_to_the_uninterrupted_result() {
             ok(&wgvae(&args));
             break;
         }
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wgvae"))
+        let mut child = wgvae_cmd()
             .args(&args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
@@ -342,7 +354,7 @@ fn a_full_disk_leaves_the_run_consistent() {
         env!("CARGO_BIN_EXE_wgvae"),
         ck.display()
     );
-    let o = Command::new("bash").arg("-c").arg(&cmd).output().unwrap();
+    let o = Command::new("bash").env("WGVAE_CACHE_DIR", cache_dir()).arg("-c").arg(&cmd).output().unwrap();
     fails(&o, &["checkpoint.safetensors"]);
     assert_eq!(std::fs::read(&ck).unwrap(), before, "the last good checkpoint is untouched");
     assert_eq!(metrics(&b).len(), 1, "no metrics line for the epoch whose checkpoint failed");
@@ -410,7 +422,7 @@ fn a_non_utf8_data_path_is_found_again_by_eval() {
     std::fs::write(dir.join("train-images-idx3-ubyte"), idx(40, 1)).unwrap();
     std::fs::write(dir.join("t10k-images-idx3-ubyte"), idx(10, 2)).unwrap();
     let run = base.join("run");
-    let o = Command::new(env!("CARGO_BIN_EXE_wgvae"))
+    let o = wgvae_cmd()
         .args(["train", "--epochs", "1", "--hidden", "8", "--latent", "2", "--batch", "8", "--out"])
         .arg(&run)
         .arg("--data")
@@ -722,4 +734,39 @@ fn bench_step_smoke_allocates_nothing_after_warm_up() {
     assert!(v["dispatches_per_step"].as_f64().unwrap() >= 10.0, "{v}");
     assert!(v["ms_per_step"].as_f64().unwrap() > 0.0);
     fails(&wgvae(&["bench", "step", "--batch", "0"]), &["--batch"]);
+}
+
+#[test]
+fn tune_measures_and_caches_a_plan_that_later_commands_use_unless_told_not_to() {
+    let dir = tmp("tune");
+    let run = |args: &[&str], matmul: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_wgvae"));
+        c.env("WGVAE_CACHE_DIR", &dir).env_remove("WGVAE_MATMUL");
+        if let Some(v) = matmul {
+            c.env("WGVAE_MATMUL", v);
+        }
+        c.args(args).output().unwrap()
+    };
+    // Every tile too (--all), on the three batch-128 products.
+    let out = ok(&run(&["tune", "--all", "--filter", "batch 128", "--seconds", "0.01"], None));
+    assert!(out.contains("plan: ") && out.contains("tiled 128x128x8") && out.contains("saved to"), "{out}");
+    let cache: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("matmul-plans.json")).unwrap()).unwrap();
+    let plans = cache["plans"].as_array().unwrap();
+    assert_eq!(plans.len(), 1);
+    let kernels = 5 + 1 + usize::from(common::gpu().has_subgroups_of_8());
+    assert_eq!(plans[0]["measurements"].as_array().unwrap().len(), 3 * kernels, "{cache}");
+    let plan = plans[0]["plan"]["rules"][0]["kernel"].as_str().unwrap().to_string();
+    // Later commands install it; --no-tune and a forced variant do not.
+    let info = ok(&run(&["info"], None));
+    assert!(info.contains(&format!("matmul kernel  tuned: {plan}")), "{info}");
+    assert!(!ok(&run(&["--no-tune", "info"], None)).contains("tuned"));
+    assert!(ok(&run(&["info"], Some("register"))).contains("matmul kernel  register"));
+    // A damaged cache is a warning, not a failure.
+    std::fs::write(dir.join("matmul-plans.json"), "{").unwrap();
+    let o = run(&["info"], None);
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("warning: matmul plan not used"), "{o:?}");
+    fails(&run(&["tune", "--filter", "no such product"], None), &["--filter", "no such product"]);
+    let _ = std::fs::remove_dir_all(&dir);
 }

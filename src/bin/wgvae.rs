@@ -18,6 +18,10 @@ use wgvae::{Error, Gpu, MatmulVariant, Result};
 #[derive(Parser)]
 #[command(name = "wgvae", version, about = "Train variational autoencoders on any GPU with WGSL compute shaders")]
 struct Cli {
+    /// Ignore the measured matmul plan (`wgvae tune`) and measure none: the adapter's default
+    /// kernel runs.
+    #[arg(long, global = true)]
+    no_tune: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -93,6 +97,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Measure which matmul kernel (variant and tile) is fastest for which product size on this
+    /// adapter, and cache the plan (`train` and `bench step` measure it on their own on GPUs).
+    Tune(TuneArgs),
     /// Benchmarks: matmul GFLOP/s per kernel variant (`bench`, `bench matmul`) or the classic VAE's
     /// whole training step (`bench step`).
     Bench(BenchArgs),
@@ -181,6 +188,25 @@ struct Source {
 }
 
 #[derive(Args)]
+struct TuneArgs {
+    /// Also try the tiled kernels on a CPU adapter (slow there; GPUs always try them).
+    #[arg(long)]
+    all: bool,
+    /// Seconds per (product, kernel).
+    #[arg(long, default_value = "0.15", value_parser = parse_seconds)]
+    seconds: Duration,
+    /// Only products whose name contains this (e.g. `batch 128`).
+    #[arg(long, default_value = "")]
+    filter: String,
+    /// Measure and print, but leave the cache as it is.
+    #[arg(long)]
+    no_save: bool,
+    /// Print the report (measurements and plan) as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
 #[command(args_conflicts_with_subcommands = true)]
 struct BenchArgs {
     #[command(subcommand)]
@@ -233,8 +259,46 @@ struct StepBenchArgs {
     json: bool,
 }
 
+thread_local! {
+    /// `--no-tune`, for [`open_gpu`].
+    static NO_TUNE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Opens the adapter and installs its measured matmul plan from the cache (`wgvae tune`). With
+/// `measure`, on a GPU without a cached plan, measures one first (seconds, once per adapter and
+/// driver). `--no-tune` or `WGVAE_MATMUL` leave the adapter's default kernel.
+fn open_gpu(measure: bool) -> Result<Gpu> {
+    let gpu = Gpu::open_quietly()?;
+    let forced = std::env::var_os("WGVAE_MATMUL").is_some_and(|v| !v.is_empty());
+    let Some(path) = wgvae::tune::PlanCache::default_path().filter(|_| !forced && !NO_TUNE.get()) else {
+        return Ok(gpu);
+    };
+    let search = measure && wgvae::tune::searches_by_default(&gpu);
+    let name = gpu.adapter().name.clone();
+    let mut say = |p: wgvae::tune::TuneProgress| {
+        if let wgvae::tune::TuneProgress::Starting { kernels, products } = p {
+            eprintln!(
+                "measuring {kernels} matmul kernels on {products} products on {name}, once per adapter and driver \
+                 (cached in {}; --no-tune skips)",
+                path.display()
+            );
+        }
+    };
+    match wgvae::tune::use_plan(&gpu, &path, search, &mut say) {
+        Ok(wgvae::tune::PlanSource::Measured(_)) => {
+            eprintln!("matmul plan: {}", gpu.matmul_plan().map(|p| p.to_string()).unwrap_or_default())
+        }
+        Ok(_) => {}
+        // A damaged cache must not stop training: the default kernel is correct, only slower.
+        Err(e) => eprintln!("warning: matmul plan not used: {e}"),
+    }
+    Ok(gpu)
+}
+
 fn main() -> ExitCode {
-    let r = match Cli::parse().cmd {
+    let cli = Cli::parse();
+    NO_TUNE.set(cli.no_tune);
+    let r = match cli.cmd {
         Cmd::Train(a) => train(*a),
         Cmd::Eval(a) => eval(&a),
         Cmd::Sample(a) => sample(&a),
@@ -257,6 +321,7 @@ fn main() -> ExitCode {
             wgvae::plot::plot_metrics_file(&metrics, out.as_deref()).map(|p| println!("wrote {}", p.display()))
         }
         Cmd::Info { json } => info(json),
+        Cmd::Tune(a) => tune(&a),
         Cmd::Bench(b) => match b.what {
             Some(BenchWhat::Step(a)) => bench_step(&a),
             Some(BenchWhat::Matmul(m)) => bench_matmul(&m),
@@ -289,7 +354,7 @@ fn with_flags(e: Error) -> String {
 }
 
 fn train(a: TrainArgs) -> Result<()> {
-    let mut run = a.run.prepare(Gpu::open_quietly)?;
+    let mut run = a.run.prepare(|| open_gpu(true))?;
     let talk = !(a.quiet || a.json);
     if talk {
         println!("{}", run.describe());
@@ -364,7 +429,7 @@ struct Loaded {
 
 fn load(a: &Source) -> Result<Loaded> {
     let ck = Checkpoint::load(&a.checkpoint)?;
-    let gpu = Gpu::open_quietly()?;
+    let gpu = open_gpu(false)?;
     let (vae, split) = ck.model_with_data(&gpu, a.data.as_deref())?;
     Ok(Loaded { gpu, vae, split, ck })
 }
@@ -378,7 +443,7 @@ impl Loaded {
 
 fn eval(a: &EvalArgs) -> Result<()> {
     let ck = Checkpoint::load(&a.checkpoint)?;
-    let gpu = Gpu::open_quietly()?;
+    let gpu = open_gpu(false)?;
     let o = wgvae::eval::EvalOptions {
         batch: 0,
         seed: 0,
@@ -393,7 +458,7 @@ fn eval(a: &EvalArgs) -> Result<()> {
 
 fn sample(a: &SampleArgs) -> Result<()> {
     let ck = Checkpoint::load(&a.checkpoint)?;
-    let gpu = Gpu::open_quietly()?;
+    let gpu = open_gpu(false)?;
     let vae = ck.vae(&gpu)?;
     let out = a.out.clone().unwrap_or_else(|| a.checkpoint.with_file_name(format!("samples-{}.png", a.seed)));
     pictures::sample_grid(&gpu, &vae, a.n as usize, a.seed, a.label)?.save(&out)?;
@@ -424,7 +489,7 @@ fn manifold(a: &Source, n: usize, range: f32) -> Result<()> {
 }
 
 fn info(json: bool) -> Result<()> {
-    let r = Gpu::open_quietly()?.report();
+    let r = open_gpu(false)?.report();
     let text = if json { serde_json::to_string_pretty(&r).unwrap_or_default() + "\n" } else { r.to_string() };
     print!("{text}");
     Ok(())
@@ -450,7 +515,7 @@ fn bench_matmul(a: &MatmulBenchArgs) -> Result<()> {
 }
 
 fn bench_step(a: &StepBenchArgs) -> Result<()> {
-    let gpu = Gpu::open_quietly()?;
+    let gpu = open_gpu(true)?;
     let r = gpu.report();
     if !a.json {
         println!(
@@ -473,6 +538,52 @@ fn bench_step(a: &StepBenchArgs) -> Result<()> {
                 println!("    {line}");
             }
         }
+    }
+    Ok(())
+}
+
+fn tune(a: &TuneArgs) -> Result<()> {
+    let gpu = Gpu::open_quietly()?;
+    let mut o = wgvae::tune::TuneOptions::for_gpu(&gpu, a.all);
+    o.seconds = a.seconds;
+    o.shapes.retain(|s| s.name.contains(&a.filter));
+    if o.shapes.is_empty() {
+        return Err(Error::InvalidArgument {
+            name: "filter".into(),
+            detail: format!("no product's name contains `{}`", a.filter),
+        });
+    }
+    let talk = !a.json;
+    let report = wgvae::tune::search(&gpu, &o, &mut |p| match p {
+        wgvae::tune::TuneProgress::Starting { kernels, products } if talk => println!(
+            "timing {kernels} matmul kernels on {products} products on {} ({:?}, {:?})",
+            gpu.adapter().name,
+            gpu.adapter().backend,
+            gpu.adapter().device_type
+        ),
+        wgvae::tune::TuneProgress::Measured(m) if talk => println!("  {m}"),
+        _ => {}
+    })?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+    } else {
+        println!("plan: {}", report.plan);
+    }
+    if a.no_save {
+        return Ok(());
+    }
+    let path = wgvae::tune::PlanCache::default_path().ok_or_else(|| Error::InvalidArgument {
+        name: "tune".into(),
+        detail: "no cache directory: set WGVAE_CACHE_DIR, XDG_CACHE_HOME or HOME".into(),
+    })?;
+    let mut cache = wgvae::tune::PlanCache::open(&path).unwrap_or_else(|e| {
+        eprintln!("warning: replacing the unreadable cache: {e}");
+        wgvae::tune::PlanCache::empty(&path)
+    });
+    cache.put(report);
+    cache.save()?;
+    if talk {
+        println!("saved to {} (train, eval, bench step use it on this adapter; --no-tune ignores it)", path.display());
     }
     Ok(())
 }

@@ -82,6 +82,165 @@ impl std::str::FromStr for MatmulVariant {
     }
 }
 
+/// The tile of the [`MatmulVariant::Tiled`] kernel: a workgroup of 16x16 invocations computes
+/// `m` x `n` outputs, each invocation (`m`/16) x (`n`/16), staging slabs of `k` along the contracted
+/// dimension in workgroup memory. Small tiles give small products enough workgroups to fill a GPU;
+/// large ones reuse each staged value more. `wgvae tune` measures which wins for which size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TileConfig {
+    /// Rows of C per workgroup (a multiple of 16).
+    pub m: u32,
+    /// Columns of C per workgroup (a multiple of 16).
+    pub n: u32,
+    /// Slab depth along K.
+    pub k: u32,
+}
+
+impl TileConfig {
+    /// The tile used when nothing was measured: 64x64, slabs of 16.
+    pub const DEFAULT: TileConfig = TileConfig { m: 64, n: 64, k: 16 };
+    /// The tiles the tuner measures (and the tests prove against the f64 reference).
+    pub const ALL: [TileConfig; 5] = [
+        TileConfig { m: 32, n: 32, k: 16 },
+        TileConfig::DEFAULT,
+        TileConfig { m: 128, n: 64, k: 16 },
+        TileConfig { m: 64, n: 128, k: 16 },
+        TileConfig { m: 128, n: 128, k: 8 },
+    ];
+
+    /// Refuses tiles the kernel cannot run: sides that are not multiples of 16 (up to 256), slabs
+    /// that 256 invocations cannot stage evenly, or more workgroup memory than `max_shared` bytes.
+    pub fn check(self, max_shared: u32) -> Result<()> {
+        let bad = |why: String| Err(Error::arg("matmul tile", format!("{self}: {why}")));
+        if self.m == 0 || self.n == 0 || self.k == 0 || !self.m.is_multiple_of(16) || !self.n.is_multiple_of(16) {
+            return bad("rows and columns must be positive multiples of 16".into());
+        }
+        if self.m > 256 || self.n > 256 || self.k > 64 {
+            return bad("at most 256x256 with slabs of 64".into());
+        }
+        if !(self.m * self.k).is_multiple_of(256) || !(self.n * self.k).is_multiple_of(256) {
+            return bad("rows x slab and columns x slab must be multiples of 256".into());
+        }
+        let shared = (self.m + self.n) * self.k * 4;
+        if shared > max_shared {
+            return bad(format!("needs {shared} bytes of workgroup memory, the device has {max_shared}"));
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for TileConfig {
+    /// `MxNxK`, e.g. `64x64x16`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{}x{}", self.m, self.n, self.k)
+    }
+}
+
+impl std::str::FromStr for TileConfig {
+    type Err = Error;
+    /// Parses `MxNxK`.
+    fn from_str(s: &str) -> Result<Self> {
+        let v: Vec<u32> = s.split('x').filter_map(|p| p.trim().parse().ok()).collect();
+        match v[..] {
+            [m, n, k] if s.split('x').count() == 3 => Ok(TileConfig { m, n, k }),
+            _ => Err(Error::arg("matmul tile", format!("`{s}` is not MxNxK (e.g. 64x64x16)"))),
+        }
+    }
+}
+
+/// A matmul kernel: a variant and, for [`MatmulVariant::Tiled`], its tile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct KernelChoice {
+    /// The variant.
+    pub variant: MatmulVariant,
+    /// The tile (used by the tiled variant only).
+    pub tile: TileConfig,
+}
+
+impl KernelChoice {
+    /// `variant` with the default tile.
+    pub fn of(variant: MatmulVariant) -> Self {
+        KernelChoice { variant, tile: TileConfig::DEFAULT }
+    }
+    /// The tiled kernel with `tile`.
+    pub fn tiled(tile: TileConfig) -> Self {
+        KernelChoice { variant: MatmulVariant::Tiled, tile }
+    }
+}
+
+impl std::fmt::Display for KernelChoice {
+    /// `tiled 64x64x16`, `register`, `subgroup`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.variant {
+            MatmulVariant::Tiled => write!(f, "tiled {}", self.tile),
+            v => f.write_str(v.name()),
+        }
+    }
+}
+
+impl std::str::FromStr for KernelChoice {
+    type Err = Error;
+    /// Parses what [`KernelChoice`]'s `Display` prints (`tiled` alone is the default tile).
+    fn from_str(s: &str) -> Result<Self> {
+        let mut parts = s.split_whitespace();
+        let variant: MatmulVariant = parts.next().unwrap_or("").parse()?;
+        let tile = match parts.next() {
+            Some(t) if variant == MatmulVariant::Tiled => t.parse()?,
+            Some(t) => return Err(Error::arg("matmul kernel", format!("`{t}`: only `tiled` takes a tile"))),
+            None => TileConfig::DEFAULT,
+        };
+        match parts.next() {
+            Some(extra) => Err(Error::arg("matmul kernel", format!("unexpected `{extra}` in `{s}`"))),
+            None => Ok(KernelChoice { variant, tile }),
+        }
+    }
+}
+
+crate::string_serde!(KernelChoice);
+
+/// Which matmul kernel runs for which product size, chosen by measurement ([`crate::tune`]): rule
+/// `i` covers products with fewer than `rules[i].below` outputs (M·N) not covered by an earlier
+/// rule; the last rule (`below: None`) covers the rest.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MatmulPlan {
+    /// Size classes in increasing order.
+    pub rules: Vec<PlanRule>,
+}
+
+/// One size class of a [`MatmulPlan`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PlanRule {
+    /// Exclusive upper bound on M·N (`None`: no bound).
+    pub below: Option<u64>,
+    /// The kernel for this class.
+    pub kernel: KernelChoice,
+}
+
+impl MatmulPlan {
+    /// The kernel for an M x N product.
+    pub fn choose(&self, m: usize, n: usize) -> Option<KernelChoice> {
+        let outputs = m as u64 * n as u64;
+        self.rules.iter().find(|r| r.below.is_none_or(|b| outputs < b)).map(|r| r.kernel)
+    }
+}
+
+impl std::fmt::Display for MatmulPlan {
+    /// `tiled 32x32x16 below 131072 outputs, tiled 64x64x16 below 1048576, tiled 128x128x8 above`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, r) in self.rules.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            match r.below {
+                Some(b) => write!(f, "{} below {b} outputs", r.kernel)?,
+                None if i == 0 => write!(f, "{}", r.kernel)?,
+                None => write!(f, "{} above", r.kernel)?,
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Description of the chosen adapter, as printed by `wgvae info`.
 #[derive(Clone, Debug)]
 pub struct AdapterSummary {
@@ -120,7 +279,7 @@ pub struct AdapterReport {
     pub vendor: String,
     /// PCI device id, hex.
     pub device: String,
-    /// The matmul variant used by default.
+    /// The matmul variant used by default, or the measured plan (`tuned: ...`) when one is set.
     pub matmul_variant: String,
     /// Optional features enabled on the device.
     pub features: Vec<String>,
@@ -173,6 +332,8 @@ pub(crate) struct GpuInner {
     pub limits: wgpu::Limits,
     pub features: wgpu::Features,
     pub variant: Mutex<MatmulVariant>,
+    /// Measured per-size kernel choices (see [`Gpu::set_matmul_plan`]).
+    pub plan: Mutex<Option<Arc<MatmulPlan>>>,
     pub pool: Mutex<Pool>,
     pub pipelines: Mutex<pipeline::PipelineCache>,
     pub stats: Mutex<GpuStats>,
@@ -460,6 +621,7 @@ impl Gpu {
                 limits,
                 features,
                 variant: Mutex::new(variant),
+                plan: Mutex::new(None),
                 pool: Mutex::default(),
                 pipelines: Mutex::default(),
                 stats: Mutex::default(),
@@ -517,7 +679,10 @@ impl Gpu {
             driver_info: a.driver_info.clone(),
             vendor: format!("0x{:04x}", a.vendor),
             device: format!("0x{:04x}", a.device),
-            matmul_variant: self.matmul_variant().to_string(),
+            matmul_variant: match self.matmul_plan() {
+                Some(p) => format!("tuned: {p}"),
+                None => self.matmul_variant().to_string(),
+            },
             features: self.inner.features.iter_names().map(|(n, _)| n.to_string()).collect(),
             limits: limits.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
         }
@@ -559,6 +724,31 @@ impl Gpu {
         self.check_variant(v)?;
         *self.inner.variant.lock().unwrap_or_else(|p| p.into_inner()) = v;
         Ok(())
+    }
+
+    /// Installs (or with `None` removes) a measured plan of which matmul kernel runs for which
+    /// product size ([`crate::tune`]). Ops that name no variant follow the plan; ops that name
+    /// one, and devices without a plan, use [`Gpu::matmul_variant`]. Refuses kernels this adapter
+    /// cannot run.
+    pub fn set_matmul_plan(&self, plan: Option<MatmulPlan>) -> Result<()> {
+        if let Some(p) = &plan {
+            if p.rules.is_empty() || p.rules.last().is_some_and(|r| r.below.is_some()) {
+                return Err(Error::arg("matmul plan", "the last rule must cover every size (`below: None`)"));
+            }
+            for r in &p.rules {
+                self.check_variant(r.kernel.variant)?;
+                if r.kernel.variant == MatmulVariant::Tiled {
+                    r.kernel.tile.check(self.inner.limits.max_compute_workgroup_storage_size)?;
+                }
+            }
+        }
+        *self.inner.plan.lock().unwrap_or_else(|p| p.into_inner()) = plan.map(Arc::new);
+        Ok(())
+    }
+
+    /// The installed plan, if any (see [`Gpu::set_matmul_plan`]).
+    pub fn matmul_plan(&self) -> Option<Arc<MatmulPlan>> {
+        self.inner.plan.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Whether this adapter can run `v` (only [`MatmulVariant::Subgroup`] has a requirement).

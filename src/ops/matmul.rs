@@ -8,7 +8,7 @@ use super::elementwise::act_backward;
 use super::{val, Act};
 use crate::error::{Error, Result};
 use crate::gpu::pipeline::{KernelKey, Module};
-use crate::gpu::MatmulVariant;
+use crate::gpu::{MatmulVariant, TileConfig};
 use crate::tape::{Params, Tape, Var};
 use crate::tensor::Tensor;
 
@@ -21,13 +21,16 @@ pub struct MatmulOpts {
     pub trans_b: bool,
     /// Activation applied in the epilogue (after the bias).
     pub act: Act,
-    /// Kernel variant; `None` uses the device's choice ([`crate::Gpu::matmul_variant`]).
+    /// Kernel variant; `None` uses the device's choice: its measured plan
+    /// ([`crate::Gpu::set_matmul_plan`]) or else [`crate::Gpu::matmul_variant`].
     pub variant: Option<MatmulVariant>,
+    /// The tiled variant's tile when `variant` is forced (default [`TileConfig::DEFAULT`]).
+    pub tile: Option<TileConfig>,
 }
 
 impl Default for MatmulOpts {
     fn default() -> Self {
-        MatmulOpts { trans_a: false, trans_b: false, act: Act::Identity, variant: None }
+        MatmulOpts { trans_a: false, trans_b: false, act: Act::Identity, variant: None, tile: None }
     }
 }
 
@@ -50,6 +53,12 @@ impl MatmulOpts {
     /// Forces a variant.
     pub fn variant(mut self, v: MatmulVariant) -> Self {
         self.variant = Some(v);
+        self
+    }
+    /// Forces the tiled variant with `tile`.
+    pub fn tile(mut self, tile: TileConfig) -> Self {
+        self.variant = Some(MatmulVariant::Tiled);
+        self.tile = Some(tile);
         self
     }
 }
@@ -120,12 +129,21 @@ fn launch(
             return Err(Error::shape("matmul", format!("row sums are {:?}, expected {m} values", s.shape())));
         }
     }
-    let variant = o.variant.unwrap_or_else(|| tape.gpu().matmul_variant());
+    let (variant, tile) = match o.variant {
+        Some(v) => (v, o.tile.unwrap_or(TileConfig::DEFAULT)),
+        None => match tape.gpu().matmul_plan().and_then(|p| p.choose(m, n)) {
+            Some(c) => (c.variant, c.tile),
+            None => (tape.gpu().matmul_variant(), TileConfig::DEFAULT),
+        },
+    };
     tape.gpu().check_variant(variant)?;
+    if variant == MatmulVariant::Tiled {
+        tile.check(tape.gpu().limits().max_compute_workgroup_storage_size)?;
+    }
     let aligned = vec4_aligned(m, k, n, o.trans_a, o.trans_b);
     // (entry, module, rows per workgroup, columns per workgroup)
     let (entry, module, rows, cols) = match variant {
-        MatmulVariant::Tiled => ("matmul_tiled", Module::Matmul, 64, 64),
+        MatmulVariant::Tiled => ("matmul_tiled", Module::Matmul, tile.m as usize, tile.n as usize),
         // The subgroup kernel also stores C (and reads the bias) as vec4s: N % 4 == 0. Other
         // shapes take the register kernels (documented on MatmulVariant::Subgroup).
         MatmulVariant::Subgroup if aligned && n.is_multiple_of(4) => {
@@ -154,6 +172,11 @@ fn launch(
             ("RM", format!("{REG_RM}u")),
             ("WG", format!("{REG_WG}u")),
             ("CN", format!("{REG4_CN}u")),
+            // The register kernels share the module: they get the default tile, so one compiled
+            // module serves them whatever tile the tiled kernel uses.
+            ("TILE_M", format!("{}u", if variant == MatmulVariant::Tiled { tile.m } else { TileConfig::DEFAULT.m })),
+            ("TILE_N", format!("{}u", if variant == MatmulVariant::Tiled { tile.n } else { TileConfig::DEFAULT.n })),
+            ("TILE_K", format!("{}u", if variant == MatmulVariant::Tiled { tile.k } else { TileConfig::DEFAULT.k })),
             ("GRAD_ACT", format!("{}u", grad_act.id())),
             ("GRAD_ALPHA", super::wgsl_f32(grad_act.alpha())),
         ];
@@ -163,7 +186,11 @@ fn launch(
         // Without a bias the slot is filled with A (read-only twice is allowed) to keep one layout.
         let label = tape.gpu().profiling().then(|| {
             let layout = format!("{}{}", if o.trans_a { "T" } else { "N" }, if o.trans_b { "T" } else { "N" });
-            format!("{entry} {layout} {m}x{k}x{n}{}", if slices > 1 { format!(" k-slice {s}") } else { String::new() })
+            let tiled = if variant == MatmulVariant::Tiled { format!(" {tile}") } else { String::new() };
+            format!(
+                "{entry}{tiled} {layout} {m}x{k}x{n}{}",
+                if slices > 1 { format!(" k-slice {s}") } else { String::new() }
+            )
         });
         // Unused inputs are A again (read-only twice is allowed), unused row sums C again.
         let y = ep.grad_act.as_ref().filter(|_| last).map(|(_, y)| y).unwrap_or(a);

@@ -1,0 +1,404 @@
+//! Which matmul kernel to run for which product size, chosen by measurement once per adapter and
+//! driver and cached on disk.
+//!
+//! The fastest kernel depends on the device and on the size of the product: on a GPU a small
+//! product (a VAE layer at batch 128 has 50-100k outputs) needs small tiles to give every core a
+//! workgroup, while a large one (4096 x 4096) runs best with large tiles that reuse each staged
+//! value more; on a CPU adapter the `subgroup` and `register` kernels are the candidates.
+//! [`search`] times every candidate kernel ([`TuneOptions::candidates`]) on representative products
+//! of each size class ([`SIZE_CLASSES`], by M·N) and picks, per class, the kernel with the least
+//! total time: a [`MatmulPlan`] for [`Gpu::set_matmul_plan`].
+//!
+//! [`PlanCache`] keeps plans in a JSON file keyed by the adapter (name, backend, type, PCI ids,
+//! driver and its version) and by a hash of the matmul kernels' source, so that a new driver or a
+//! changed kernel is measured again. The library writes nothing by itself: [`use_plan`] (what the
+//! `wgvae` binary calls) loads a cached plan and, when asked, measures and saves a missing one.
+//!
+//! ```no_run
+//! # fn main() -> wgvae::Result<()> {
+//! let gpu = wgvae::Gpu::new()?;
+//! let report = wgvae::tune::search(&gpu, &wgvae::tune::TuneOptions::for_gpu(&gpu, false), &mut |_| {})?;
+//! println!("{}", report.plan);
+//! gpu.set_matmul_plan(Some(report.plan))?;
+//! # Ok(()) }
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::bench::{time_matmul_with, MatmulShape};
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, KernelChoice, MatmulPlan, MatmulVariant, PlanRule, TileConfig};
+
+/// Exclusive upper bounds on a product's outputs (M·N) that separate the size classes: below
+/// 2^17 (a VAE layer at batch 128), below 2^20 (batch 1024), below 2^22 (batch 4096, 1024²), and
+/// the rest (2048² and up).
+pub const SIZE_CLASSES: [u64; 3] = [1 << 17, 1 << 20, 1 << 22];
+
+const fn shape(name: &'static str, m: usize, k: usize, n: usize, ta: bool, tb: bool) -> MatmulShape {
+    MatmulShape { name, m, k, n, ta, tb }
+}
+
+/// The classic VAE's three products of its large layer (forward X·Wᵀ, dX = dY·W, dW = dYᵀ·X) at
+/// batch 128, 1024 and 4096, and square products: what [`TuneOptions::for_gpu`] measures on GPUs.
+pub const GPU_SHAPES: [MatmulShape; 12] = [
+    shape("fc 784->400 fwd, batch 128", 128, 784, 400, false, true),
+    shape("fc 400->784 dX, batch 128", 128, 784, 400, false, false),
+    shape("fc 400->784 dW, batch 128", 784, 128, 400, true, false),
+    shape("fc 784->400 fwd, batch 1024", 1024, 784, 400, false, true),
+    shape("fc 400->784 dX, batch 1024", 1024, 784, 400, false, false),
+    shape("fc 400->784 dW, batch 1024", 784, 1024, 400, true, false),
+    shape("fc 784->400 fwd, batch 4096", 4096, 784, 400, false, true),
+    shape("fc 400->784 dX, batch 4096", 4096, 784, 400, false, false),
+    shape("fc 400->784 dW, batch 4096", 784, 4096, 400, true, false),
+    shape("square 1024", 1024, 1024, 1024, false, false),
+    shape("square 2048", 2048, 2048, 2048, false, false),
+    shape("square 4096", 4096, 4096, 4096, false, false),
+];
+
+/// What [`TuneOptions::for_gpu`] measures on CPU adapters: [`GPU_SHAPES`] without the products a
+/// CPU takes seconds over (batch 4096, squares above 1024). The largest class then takes the
+/// choice of the class below it.
+pub const CPU_SHAPES: [MatmulShape; 7] = [
+    shape("fc 784->400 fwd, batch 128", 128, 784, 400, false, true),
+    shape("fc 400->784 dX, batch 128", 128, 784, 400, false, false),
+    shape("fc 400->784 dW, batch 128", 784, 128, 400, true, false),
+    shape("fc 784->400 fwd, batch 1024", 1024, 784, 400, false, true),
+    shape("fc 400->784 dX, batch 1024", 1024, 784, 400, false, false),
+    shape("fc 400->784 dW, batch 1024", 784, 1024, 400, true, false),
+    shape("square 1024", 1024, 1024, 1024, false, false),
+];
+
+/// What [`search`] measures.
+#[derive(Clone, Debug)]
+pub struct TuneOptions {
+    /// The kernels to compare.
+    pub candidates: Vec<KernelChoice>,
+    /// The products to time them on.
+    pub shapes: Vec<MatmulShape>,
+    /// Exclusive upper bounds on M·N between size classes, increasing (see [`SIZE_CLASSES`]).
+    pub classes: Vec<u64>,
+    /// Timing budget per (product, kernel); at least three timed rounds run whatever it says.
+    pub seconds: Duration,
+}
+
+impl TuneOptions {
+    /// The search `wgvae tune` runs on `gpu`: on GPUs every tile of [`TileConfig::ALL`] the device
+    /// has workgroup memory for, and the `register` kernel, on [`GPU_SHAPES`]; on CPU adapters the
+    /// `subgroup` (where it runs) and `register` kernels, plus every tile with `all`, on
+    /// [`CPU_SHAPES`].
+    pub fn for_gpu(gpu: &Gpu, all: bool) -> Self {
+        let cpu = gpu.adapter().device_type == wgpu::DeviceType::Cpu;
+        let shared = gpu.limits().max_compute_workgroup_storage_size;
+        let tiles = TileConfig::ALL.into_iter().filter(|t| t.check(shared).is_ok()).map(KernelChoice::tiled);
+        let mut candidates = Vec::new();
+        if !cpu || all {
+            candidates.extend(tiles);
+        }
+        for v in [MatmulVariant::Subgroup, MatmulVariant::Register] {
+            if gpu.check_variant(v).is_ok() {
+                candidates.push(KernelChoice::of(v));
+            }
+        }
+        let shapes = if cpu { CPU_SHAPES.to_vec() } else { GPU_SHAPES.to_vec() };
+        TuneOptions { candidates, shapes, classes: SIZE_CLASSES.to_vec(), seconds: Duration::from_millis(150) }
+    }
+}
+
+/// One timed (product, kernel) of a search.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Measurement {
+    /// What the product is.
+    pub shape: String,
+    /// Rows of C.
+    pub m: usize,
+    /// Contracted dimension.
+    pub k: usize,
+    /// Columns of C.
+    pub n: usize,
+    /// `NN`, `NT`, `TN` or `TT`.
+    pub layout: String,
+    /// The kernel.
+    pub kernel: KernelChoice,
+    /// Median milliseconds per product.
+    pub ms: f64,
+    /// GFLOP/s at the median.
+    pub gflops: f64,
+}
+
+impl std::fmt::Display for Measurement {
+    /// One row: product, kernel, ms, GFLOP/s.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = format!("{} ({}x{}x{} {})", self.shape, self.m, self.k, self.n, self.layout);
+        write!(f, "{what:<46} {:<18} {:>10.4} ms {:>9.1} GFLOP/s", self.kernel.to_string(), self.ms, self.gflops)
+    }
+}
+
+/// What [`search`] reports while it runs.
+#[derive(Clone, Copy, Debug)]
+pub enum TuneProgress<'a> {
+    /// About to time `kernels` candidates on `products` products.
+    Starting {
+        /// Candidate kernels.
+        kernels: usize,
+        /// Products per kernel.
+        products: usize,
+    },
+    /// One (product, kernel) was timed.
+    Measured(&'a Measurement),
+}
+
+/// What [`search`] found: every measurement and the plan made of them, for one adapter.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TuneReport {
+    /// [`adapter_key`] of the device measured.
+    pub adapter: String,
+    /// [`kernels_key`] of the kernels measured.
+    pub kernels: String,
+    /// The wgvae version that measured.
+    pub wgvae: String,
+    /// The chosen kernel per size class.
+    pub plan: MatmulPlan,
+    /// Every (product, kernel) timed.
+    pub measurements: Vec<Measurement>,
+}
+
+/// Times every candidate on every product of `o` and returns the plan that picks, per size class,
+/// the candidate with the least total time over the class's products. `progress` hears when the
+/// timing starts and sees each measurement as it is made. A class with no product takes the choice of the nearest measured
+/// class below it (above it for the first).
+pub fn search(gpu: &Gpu, o: &TuneOptions, progress: &mut dyn FnMut(TuneProgress)) -> Result<TuneReport> {
+    if o.candidates.is_empty() || o.shapes.is_empty() {
+        return Err(Error::arg("tune", "needs at least one candidate kernel and one product"));
+    }
+    if !o.classes.windows(2).all(|w| w[0] < w[1]) {
+        return Err(Error::arg("tune", "size class bounds must increase"));
+    }
+    for c in &o.candidates {
+        gpu.check_variant(c.variant)?;
+        if c.variant == MatmulVariant::Tiled {
+            c.tile.check(gpu.limits().max_compute_workgroup_storage_size)?;
+        }
+    }
+    progress(TuneProgress::Starting { kernels: o.candidates.len(), products: o.shapes.len() });
+    let mut measurements = Vec::new();
+    for s in &o.shapes {
+        for &c in &o.candidates {
+            let r = time_matmul_with(gpu, s, c, o.seconds)?;
+            let m = Measurement {
+                shape: s.name.to_string(),
+                m: s.m,
+                k: s.k,
+                n: s.n,
+                layout: s.layout().to_string(),
+                kernel: c,
+                ms: r.seconds * 1e3,
+                gflops: r.gflops,
+            };
+            progress(TuneProgress::Measured(&m));
+            measurements.push(m);
+        }
+    }
+    let plan = plan_from(&o.classes, &o.candidates, &measurements)?;
+    Ok(TuneReport {
+        adapter: adapter_key(gpu),
+        kernels: kernels_key(),
+        wgvae: env!("CARGO_PKG_VERSION").to_string(),
+        plan,
+        measurements,
+    })
+}
+
+/// The plan that [`search`] makes of `measurements`: per size class (bounds `classes`), the
+/// candidate with the least total time over the class's products (the earlier candidate on a
+/// tie); classes without products take the nearest measured class's choice, and neighbouring
+/// classes with the same kernel merge into one rule.
+pub fn plan_from(classes: &[u64], candidates: &[KernelChoice], measurements: &[Measurement]) -> Result<MatmulPlan> {
+    let class_of =
+        |m: &Measurement| classes.iter().position(|&b| (m.m as u64 * m.n as u64) < b).unwrap_or(classes.len());
+    let mut best: Vec<Option<KernelChoice>> = vec![None; classes.len() + 1];
+    for (i, slot) in best.iter_mut().enumerate() {
+        let total = |c: &KernelChoice| -> Option<f64> {
+            let ms: Vec<f64> =
+                measurements.iter().filter(|m| class_of(m) == i && m.kernel == *c).map(|m| m.ms).collect();
+            (!ms.is_empty()).then(|| ms.iter().sum())
+        };
+        let mut winner: Option<(KernelChoice, f64)> = None;
+        for c in candidates {
+            if let Some(t) = total(c) {
+                if winner.is_none_or(|(_, w)| t < w) {
+                    winner = Some((*c, t));
+                }
+            }
+        }
+        *slot = winner.map(|(c, _)| c);
+    }
+    // Fill unmeasured classes from below, then the leading ones from above.
+    for i in 1..best.len() {
+        if best[i].is_none() {
+            best[i] = best[i - 1];
+        }
+    }
+    let first = best.iter().flatten().next().copied().ok_or_else(|| Error::arg("tune", "nothing was measured"))?;
+    let mut rules: Vec<PlanRule> = Vec::new();
+    for (i, b) in best.iter().enumerate() {
+        let kernel = b.unwrap_or(first);
+        let below = classes.get(i).copied();
+        match rules.last_mut() {
+            Some(last) if last.kernel == kernel => last.below = below,
+            _ => rules.push(PlanRule { below, kernel }),
+        }
+    }
+    Ok(MatmulPlan { rules })
+}
+
+/// Identifies an adapter and its driver for the cache: name, backend, type, PCI vendor and device
+/// ids, driver and driver version.
+pub fn adapter_key(gpu: &Gpu) -> String {
+    let a = gpu.adapter();
+    format!(
+        "{} | {:?} {:?} | {:04x}:{:04x} | {} {}",
+        a.name, a.backend, a.device_type, a.vendor, a.device, a.driver, a.driver_info
+    )
+}
+
+/// A hash (FNV-1a, 64 bits) of the matmul kernels' source: a changed kernel invalidates the plans
+/// measured with the old one.
+pub fn kernels_key() -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for src in [
+        include_str!("../shaders/common.wgsl"),
+        include_str!("../shaders/matmul.wgsl"),
+        include_str!("../shaders/matmul_subgroup.wgsl"),
+    ] {
+        for b in src.bytes() {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct CacheFile {
+    /// Format version of the file.
+    version: u32,
+    plans: Vec<TuneReport>,
+}
+
+const CACHE_VERSION: u32 = 1;
+
+/// Plans measured on this machine, one per (adapter, kernels), in a JSON file.
+#[derive(Debug)]
+pub struct PlanCache {
+    path: PathBuf,
+    file: CacheFile,
+}
+
+impl PlanCache {
+    /// `matmul-plans.json` in `$WGVAE_CACHE_DIR`, else `$XDG_CACHE_HOME/wgvae`, else
+    /// `$HOME/.cache/wgvae`; `None` when none of them is set.
+    pub fn default_path() -> Option<PathBuf> {
+        let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let dir = var("WGVAE_CACHE_DIR")
+            .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("wgvae")))
+            .or_else(|| var("HOME").map(|d| d.join(".cache").join("wgvae")))?;
+        Some(dir.join("matmul-plans.json"))
+    }
+
+    /// Reads the cache at `path`; a missing file is an empty cache. An unreadable or malformed file
+    /// is an error naming it (delete it, or run `wgvae tune` to rewrite it).
+    pub fn open(path: &Path) -> Result<Self> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::empty(path)),
+            Err(source) => return Err(Error::Io { path: path.to_path_buf(), source }),
+        };
+        let bad = |why: String| Error::arg("matmul plan cache", format!("{}: {why}", path.display()));
+        let file: CacheFile = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        if file.version != CACHE_VERSION {
+            return Err(bad(format!("format version {} (this wgvae writes {CACHE_VERSION})", file.version)));
+        }
+        Ok(PlanCache { path: path.to_path_buf(), file })
+    }
+
+    /// An empty cache that [`PlanCache::save`] writes to `path` (replacing what is there).
+    pub fn empty(path: &Path) -> Self {
+        PlanCache { path: path.to_path_buf(), file: CacheFile { version: CACHE_VERSION, plans: vec![] } }
+    }
+
+    /// Where the cache lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The plan measured on `gpu`'s adapter and driver with the current kernels, if any.
+    pub fn get(&self, gpu: &Gpu) -> Option<&TuneReport> {
+        let (adapter, kernels) = (adapter_key(gpu), kernels_key());
+        self.file.plans.iter().find(|p| p.adapter == adapter && p.kernels == kernels)
+    }
+
+    /// Every cached report (all adapters).
+    pub fn reports(&self) -> &[TuneReport] {
+        &self.file.plans
+    }
+
+    /// Adds `report`, replacing any earlier one for its adapter (whatever kernels it measured).
+    pub fn put(&mut self, report: TuneReport) {
+        self.file.plans.retain(|p| p.adapter != report.adapter);
+        self.file.plans.push(report);
+    }
+
+    /// Writes the cache (creating its directory), atomically.
+    pub fn save(&self) -> Result<()> {
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
+        }
+        let text =
+            serde_json::to_string_pretty(&self.file).map_err(|e| Error::arg("matmul plan cache", e.to_string()))?;
+        crate::checkpoint::write_atomic(&self.path, text.as_bytes())
+    }
+}
+
+/// Where the plan [`use_plan`] installed came from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PlanSource {
+    /// Read from the cache at this path.
+    Cached(PathBuf),
+    /// Measured now and saved to the cache at this path.
+    Measured(PathBuf),
+    /// No plan: the device's default variant runs.
+    Default,
+}
+
+/// Installs the plan cached for `gpu` at `path`; when there is none and `search_if_missing`,
+/// measures one with [`TuneOptions::for_gpu`] (telling `progress` as [`search`] does), saves it and
+/// installs it. Without a cached plan and without a search, the device keeps its default variant.
+pub fn use_plan(
+    gpu: &Gpu,
+    path: &Path,
+    search_if_missing: bool,
+    progress: &mut dyn FnMut(TuneProgress),
+) -> Result<PlanSource> {
+    let mut cache = PlanCache::open(path)?;
+    if let Some(r) = cache.get(gpu) {
+        gpu.set_matmul_plan(Some(r.plan.clone()))?;
+        return Ok(PlanSource::Cached(path.to_path_buf()));
+    }
+    if !search_if_missing {
+        return Ok(PlanSource::Default);
+    }
+    let report = search(gpu, &TuneOptions::for_gpu(gpu, false), progress)?;
+    gpu.set_matmul_plan(Some(report.plan.clone()))?;
+    cache.put(report);
+    cache.save()?;
+    Ok(PlanSource::Measured(path.to_path_buf()))
+}
+
+/// Whether the `wgvae` binary measures a plan on its own when none is cached: on GPUs, where the
+/// tile matters and a search takes seconds; not on CPU adapters, whose default (`subgroup` or
+/// `register`) is the measured best there and where a search takes minutes (`wgvae tune` runs it
+/// on request).
+pub fn searches_by_default(gpu: &Gpu) -> bool {
+    gpu.adapter().device_type != wgpu::DeviceType::Cpu
+}

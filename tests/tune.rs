@@ -1,0 +1,284 @@
+//! The tiled matmul in every tile the tuner may pick, against the f64 reference (on the CI adapter,
+//! although a CPU adapter would never pick them); the tuner's choice, the plan's effect on which
+//! kernel runs, and the plan cache.
+
+mod common;
+use common::*;
+use std::time::Duration;
+use wgvae::bench::MatmulShape;
+use wgvae::ops::matmul::{matmul_accumulate, matmul_forward, matmul_fused, Epilogue, MatmulOpts};
+use wgvae::ops::Act;
+use wgvae::tune::{self, Measurement, PlanCache, PlanSource, TuneOptions};
+use wgvae::{KernelChoice, MatmulPlan, MatmulVariant, Tape, TileConfig};
+
+/// Asserts that the tiled kernel with `tile` (its defines) ran on `tape`.
+fn assert_tile_ran(tape: &Tape, tile: TileConfig, what: &str) {
+    let defines = format!("TILE_M={}u,TILE_N={}u,TILE_K={}u", tile.m, tile.n, tile.k);
+    let ran = tape.kernel_names_run();
+    assert!(
+        ran.keys().any(|k| k.contains("matmul_tiled[") && k.contains(&defines)),
+        "{what}: expected matmul_tiled with {defines}; ran {ran:?}"
+    );
+}
+
+/// (M, K, N): ones, primes, one past the tiles (16, 32, 64, 128), a long K (three K slices).
+const SIZES: [(usize, usize, usize); 7] =
+    [(1, 1, 1), (7, 3, 5), (33, 17, 65), (129, 9, 17), (17, 40, 257), (130, 785, 33), (20, 6144, 36)];
+
+#[test]
+fn tiled_matmul_every_tile_layout_and_odd_size() {
+    for tile in TileConfig::ALL {
+        for (i, &(m, k, n)) in SIZES.iter().enumerate() {
+            for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+                let seed = 500 + i as u64;
+                let a = if ta { Mat::rand(k, m, -1.0, 1.0, seed) } else { Mat::rand(m, k, -1.0, 1.0, seed) };
+                let b = if tb { Mat::rand(n, k, -1.0, 1.0, seed + 1) } else { Mat::rand(k, n, -1.0, 1.0, seed + 1) };
+                let c0 = Mat::rand(m, n, -1.0, 1.0, seed + 2);
+                let mut tape = Tape::no_grad(gpu());
+                let o = MatmulOpts::nn().trans(ta, tb).tile(tile);
+                let c = matmul_forward(&mut tape, &a.upload(), &b.upload(), None, o).unwrap();
+                let acc = c0.upload();
+                matmul_accumulate(&mut tape, &a.upload(), &b.upload(), &acc, o).unwrap();
+                tape.submit().unwrap();
+                let what = format!("tiled {tile} matmul {m}x{k}x{n} ta={ta} tb={tb}");
+                assert_tile_ran(&tape, tile, &what);
+                let want = matmul(&a, &b, ta, tb);
+                let atol = 1e-6 * (k as f64).sqrt() * 4.0;
+                assert_close(&download(&c), &want, atol, 1e-5, &what);
+                assert_close(&download(&acc), &want.zip(&c0, |x, y| x + y), atol, 1e-5, &format!("{what} accumulate"));
+            }
+        }
+    }
+}
+
+#[test]
+fn tiled_matmul_every_tile_with_bias_activation_derivative_and_row_sums() {
+    for tile in TileConfig::ALL {
+        for (i, &(m, k, n)) in [(37, 29, 70), (130, 6144, 20)].iter().enumerate() {
+            let seed = 700 + i as u64;
+            // Forward with bias and activation.
+            let x = Mat::rand(m, k, -2.0, 2.0, seed);
+            let w = Mat::rand(n, k, -1.0, 1.0, seed + 1);
+            let bias = Mat::rand(1, n, -1.0, 1.0, seed + 2);
+            let mut tape = Tape::no_grad(gpu());
+            let o = MatmulOpts::nn().trans(false, true).act(Act::Tanh).tile(tile);
+            let y = matmul_forward(&mut tape, &x.upload(), &w.upload(), Some(&bias.upload()), o).unwrap();
+            // dW-shaped product with the activation derivative and the row sums (bias gradient).
+            let act = Act::LeakyRelu(0.2);
+            let g = Mat::rand(k, m, -1.0, 1.0, seed + 3);
+            let pre = Mat::rand(m, n, -2.0, 2.0, seed + 4);
+            let yact = pre.map(|v| act_fwd(act, v));
+            let sums = wgvae::Tensor::empty(gpu(), 1, m).unwrap();
+            let ep = Epilogue { grad_act: Some((act, yact.upload())), row_sums: Some(sums.clone()) };
+            let b2 = Mat::rand(k, n, -1.0, 1.0, seed + 5);
+            let o2 = MatmulOpts::nn().trans(true, false).tile(tile);
+            let c = matmul_fused(&mut tape, &g.upload(), &b2.upload(), None, None, o2, ep).unwrap();
+            tape.submit().unwrap();
+            let what = format!("tiled {tile} {m}x{k}x{n}");
+            assert_tile_ran(&tape, tile, &what);
+            let atol = 1e-6 * (k as f64).sqrt() * 4.0;
+            let want_y = add_row(&matmul(&x, &w, false, true), &bias).map(|v| act_fwd(Act::Tanh, v));
+            assert_close(&download(&y), &want_y, atol, 1e-5, &format!("{what}: bias + tanh"));
+            let want_c = matmul(&g, &b2, true, false).zip(&pre, |p, v| p * act_grad(act, v));
+            assert_close(&download(&c), &want_c, atol, 1e-5, &format!("{what}: activation derivative"));
+            assert_close(&download(&sums), &row_sum(&g.t()).t(), atol, 1e-5, &format!("{what}: row sums"));
+        }
+    }
+}
+
+#[test]
+fn tiles_the_kernel_cannot_run_are_refused() {
+    let shared = gpu().limits().max_compute_workgroup_storage_size;
+    for t in TileConfig::ALL {
+        t.check(shared).unwrap_or_else(|e| panic!("{t} should run here: {e}"));
+    }
+    for bad in ["48x40x16", "0x64x16", "512x64x16", "16x16x8", "64x64"] {
+        let parsed = bad.parse::<TileConfig>();
+        assert!(parsed.as_ref().map_or(true, |t| t.check(shared).is_err()), "{bad} must be refused: {parsed:?}");
+    }
+    let too_big = TileConfig { m: 256, n: 256, k: 64 };
+    let e = too_big.check(shared).unwrap_err().to_string();
+    assert!(e.contains("workgroup memory"), "{e}");
+    let mut tape = Tape::no_grad(gpu());
+    let a = Mat::rand(4, 4, -1.0, 1.0, 1).upload();
+    assert!(matmul_forward(&mut tape, &a, &a, None, MatmulOpts::nn().tile(too_big)).is_err());
+}
+
+fn m(shape: &str, mm: usize, n: usize, kernel: KernelChoice, ms: f64) -> Measurement {
+    Measurement { shape: shape.into(), m: mm, k: 8, n, layout: "NN".into(), kernel, ms, gflops: 1.0 }
+}
+
+#[test]
+fn plan_picks_the_fastest_total_per_size_class() {
+    let small = KernelChoice::tiled(TileConfig { m: 32, n: 32, k: 16 });
+    let big = KernelChoice::tiled(TileConfig { m: 128, n: 128, k: 8 });
+    let reg = KernelChoice::of(MatmulVariant::Register);
+    let cands = [small, big, reg];
+    // Class 0 (< 100 outputs): small wins in total although big wins one product.
+    // Class 1 (< 10000): nothing measured, takes class 0's choice. Class 2: big wins.
+    let ms = [
+        m("a", 5, 5, small, 1.0),
+        m("a", 5, 5, big, 0.9),
+        m("a", 5, 5, reg, 3.0),
+        m("b", 9, 9, small, 1.0),
+        m("b", 9, 9, big, 2.0),
+        m("b", 9, 9, reg, 3.0),
+        m("c", 1000, 1000, small, 9.0),
+        m("c", 1000, 1000, big, 4.0),
+        m("c", 1000, 1000, reg, 4.0),
+    ];
+    let plan = tune::plan_from(&[100, 10_000], &cands, &ms).unwrap();
+    assert_eq!(plan.rules.len(), 2, "{plan}");
+    assert_eq!((plan.rules[0].below, plan.rules[0].kernel), (Some(10_000), small), "{plan}");
+    assert_eq!((plan.rules[1].below, plan.rules[1].kernel), (None, big), "ties go to the earlier candidate: {plan}");
+    assert_eq!(plan.choose(9, 9), Some(small));
+    assert_eq!(plan.choose(99, 101), Some(small));
+    assert_eq!(plan.choose(100, 100), Some(big));
+    // Only the largest class measured: every class takes it.
+    let only = tune::plan_from(&[100, 10_000], &cands, &ms[6..]).unwrap();
+    assert_eq!(only.rules.len(), 1);
+    assert_eq!(only.choose(1, 1), Some(big));
+    assert!(tune::plan_from(&[100], &cands, &[]).is_err());
+}
+
+#[test]
+fn search_measures_every_candidate_and_the_installed_plan_decides_which_kernel_runs() {
+    // A device of its own: installing a plan must not change the other tests' kernels.
+    let g = wgvae::Gpu::new().unwrap();
+    track(&g);
+    let tile = TileConfig { m: 32, n: 32, k: 16 };
+    let mut cands = vec![KernelChoice::tiled(tile), KernelChoice::of(MatmulVariant::Register)];
+    if g.check_variant(MatmulVariant::Subgroup).is_ok() {
+        cands.push(KernelChoice::of(MatmulVariant::Subgroup));
+    }
+    let o = TuneOptions {
+        candidates: cands.clone(),
+        shapes: vec![
+            MatmulShape { name: "small", m: 24, k: 40, n: 36, ta: false, tb: true },
+            MatmulShape { name: "large", m: 96, k: 64, n: 80, ta: true, tb: false },
+        ],
+        classes: vec![2000],
+        seconds: Duration::from_millis(5),
+    };
+    let mut seen = 0;
+    let report = tune::search(&g, &o, &mut |p| {
+        if let tune::TuneProgress::Measured(_) = p {
+            seen += 1
+        }
+    })
+    .unwrap();
+    assert_eq!(seen, 2 * cands.len());
+    assert_eq!(report.measurements.len(), 2 * cands.len());
+    assert!(report.measurements.iter().all(|m| m.ms > 0.0 && m.gflops > 0.0));
+    assert_eq!(report.plan, tune::plan_from(&o.classes, &cands, &report.measurements).unwrap());
+    assert_eq!(report.adapter, tune::adapter_key(&g));
+
+    // A plan that sends small products to the tiled kernel and large ones to `register`.
+    let plan = MatmulPlan {
+        rules: vec![
+            wgvae::gpu::PlanRule { below: Some(2000), kernel: KernelChoice::tiled(tile) },
+            wgvae::gpu::PlanRule { below: None, kernel: KernelChoice::of(MatmulVariant::Register) },
+        ],
+    };
+    g.set_matmul_plan(Some(plan.clone())).unwrap();
+    assert!(g.report().matmul_variant.starts_with("tuned: tiled 32x32x16 below 2000"), "{}", g.report().matmul_variant);
+    let (a, b) = (Mat::rand(24, 40, -1.0, 1.0, 1), Mat::rand(40, 36, -1.0, 1.0, 2));
+    let (a2, b2) = (Mat::rand(50, 41, -1.0, 1.0, 3), Mat::rand(41, 45, -1.0, 1.0, 4));
+    let mut tape = Tape::no_grad(&g);
+    let c = matmul_forward(&mut tape, &a.upload_to(&g), &b.upload_to(&g), None, MatmulOpts::nn()).unwrap();
+    tape.submit().unwrap();
+    assert_tile_ran(&tape, tile, "a small product under the plan");
+    assert_close(&download(&c), &matmul(&a, &b, false, false), 1e-5, 1e-5, "small product under the plan");
+    let mut tape = Tape::no_grad(&g);
+    let c2 = matmul_forward(&mut tape, &a2.upload_to(&g), &b2.upload_to(&g), None, MatmulOpts::nn()).unwrap();
+    tape.submit().unwrap();
+    assert_ran(&tape, "matmul_register", "a large product under the plan");
+    assert!(!tape.kernels_run().contains_key("matmul_tiled"));
+    assert_close(&download(&c2), &matmul(&a2, &b2, false, false), 1e-5, 1e-5, "large product under the plan");
+    // A forced variant still wins over the plan.
+    let mut tape = Tape::no_grad(&g);
+    let o = MatmulOpts::nn().variant(MatmulVariant::Register);
+    matmul_forward(&mut tape, &a.upload_to(&g), &b.upload_to(&g), None, o).unwrap();
+    tape.submit().unwrap();
+    assert!(!tape.kernels_run().contains_key("matmul_tiled"), "{:?}", tape.kernels_run());
+    // Plans must cover every size and name kernels the adapter runs.
+    let open = MatmulPlan { rules: vec![wgvae::gpu::PlanRule { below: Some(10), kernel: KernelChoice::tiled(tile) }] };
+    assert!(g.set_matmul_plan(Some(open)).is_err());
+    g.set_matmul_plan(None).unwrap();
+    assert!(g.matmul_plan().is_none());
+}
+
+#[test]
+fn plan_cache_round_trip_keys_and_errors() {
+    let g = gpu();
+    let dir = std::env::temp_dir().join(format!("wgvae-plan-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let path = dir.join("sub").join("matmul-plans.json");
+    let mut cache = PlanCache::open(&path).unwrap();
+    assert!(cache.get(g).is_none());
+    let plan = MatmulPlan {
+        rules: vec![wgvae::gpu::PlanRule {
+            below: None,
+            kernel: KernelChoice::tiled(TileConfig { m: 64, n: 128, k: 16 }),
+        }],
+    };
+    let report = tune::TuneReport {
+        adapter: tune::adapter_key(g),
+        kernels: tune::kernels_key(),
+        wgvae: "test".into(),
+        plan: plan.clone(),
+        measurements: vec![m("x", 3, 4, plan.rules[0].kernel, 0.5)],
+    };
+    let other = tune::TuneReport { adapter: "another adapter".into(), ..report.clone() };
+    let stale = tune::TuneReport { kernels: "0000000000000000".into(), ..report.clone() };
+    cache.put(other.clone());
+    cache.put(stale);
+    cache.save().unwrap();
+    // A plan measured with other kernels does not apply.
+    let reread = PlanCache::open(&path).unwrap();
+    assert!(reread.get(g).is_none());
+    let src = tune::use_plan(g, &path, false, &mut |_| {}).unwrap();
+    assert_eq!(src, PlanSource::Default);
+    // A new measurement replaces the stale one and keeps the other adapter's.
+    let mut cache = reread;
+    cache.put(report.clone());
+    cache.save().unwrap();
+    let reread = PlanCache::open(&path).unwrap();
+    assert_eq!(reread.get(g), Some(&report));
+    assert_eq!(reread.reports().len(), 2);
+    assert!(reread.reports().contains(&other));
+    // use_plan installs it (on a device of its own, not the shared one).
+    let g2 = wgvae::Gpu::new().unwrap();
+    assert_eq!(tune::use_plan(&g2, &path, false, &mut |_| {}).unwrap(), PlanSource::Cached(path.clone()));
+    assert_eq!(g2.matmul_plan().as_deref(), Some(&plan));
+    // A damaged file is an error that names it.
+    std::fs::write(&path, "{ not json").unwrap();
+    let e = PlanCache::open(&path).unwrap_err().to_string();
+    assert!(e.contains("matmul-plans.json"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn use_plan_measures_a_missing_plan_once_then_reads_it_back() {
+    let dir = std::env::temp_dir().join(format!("wgvae-use-plan-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let path = dir.join("matmul-plans.json");
+    let g = wgvae::Gpu::new().unwrap();
+    let mut started = 0;
+    let src = tune::use_plan(&g, &path, true, &mut |p| {
+        if let tune::TuneProgress::Starting { .. } = p {
+            started += 1
+        }
+    })
+    .unwrap();
+    assert_eq!((src, started), (PlanSource::Measured(path.clone()), 1));
+    let cached = PlanCache::open(&path).unwrap().get(&g).cloned().expect("the plan was saved");
+    assert_eq!(g.matmul_plan().as_deref(), Some(&cached.plan));
+    let o = TuneOptions::for_gpu(&g, false);
+    assert_eq!(cached.measurements.len(), o.candidates.len() * o.shapes.len());
+    let g2 = wgvae::Gpu::new().unwrap();
+    let src = tune::use_plan(&g2, &path, true, &mut |_| panic!("a cached plan is not measured again")).unwrap();
+    assert_eq!(src, PlanSource::Cached(path.clone()));
+    assert_eq!(g2.matmul_plan(), g.matmul_plan());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -243,6 +243,8 @@ pub struct StepReport {
     pub dispatches_per_step: f64,
     /// Command buffers per step.
     pub submissions_per_step: f64,
+    /// Training steps recorded per command buffer ([`crate::train::TrainOptions::steps_per_submit`]).
+    pub steps_per_submit: usize,
     /// Host milliseconds per step spent recording, encoding and submitting (not waiting).
     pub cpu_ms_per_step: f64,
     /// `wgpu::Buffer`s created per step after the warm-up (0: the pool serves every request).
@@ -267,12 +269,14 @@ fn synthetic_split(n: usize, rows: usize, cols: usize) -> crate::data::Split {
 /// wait per round until `budget` is spent (at least 3 rounds). Data: `4 * batch` synthetic images
 /// on the GPU. With `profile` the device times each dispatch (timestamp queries; the adapter must
 /// have them) and the profile is returned too.
+#[allow(clippy::too_many_arguments)]
 pub fn bench_step(
     gpu: &Gpu,
     config: &crate::vae::VaeConfig,
     batch: usize,
     budget: Duration,
     profile: bool,
+    steps_per_submit: usize,
 ) -> Result<(StepReport, Option<crate::gpu::Profile>)> {
     check_budget(budget)?;
     if batch == 0 {
@@ -280,25 +284,31 @@ pub fn bench_step(
     }
     let side = (config.input_dim as f64).sqrt() as usize;
     let (rows, cols) = if side * side == config.input_dim { (side, side) } else { (1, config.input_dim) };
-    let split = synthetic_split(4 * batch, rows, cols);
-    let opts = crate::train::TrainOptions { batch, ..Default::default() };
+    // Enough batches that a submission of `steps_per_submit` steps never reaches the epoch's
+    // last batch (which submits on its own).
+    let k = steps_per_submit;
+    let split = synthetic_split(4 * batch * k.max(1), rows, cols);
+    let opts = crate::train::TrainOptions { batch, steps_per_submit: k, ..Default::default() };
     let mut t = crate::train::Trainer::new(gpu, config.clone(), opts, &split)?;
     let mut e = t.begin_epoch()?;
     let mut i = 0usize;
+    // Steps stay inside the epoch's first batches - 1, so only `steps_per_submit` decides
+    // when a submission happens (counting from the last flush).
     let mut next = |t: &mut crate::train::Trainer, e: &mut crate::train::EpochState| -> Result<()> {
-        t.step(e, i % e.batches, false)?;
+        t.step(e, i % (e.batches - 1).max(1), false)?;
         i += 1;
         Ok(())
     };
-    // Warm-up: two steps so that every buffer of a step's steady state is in the pool.
+    // Warm-up: two submissions so that every buffer of a submission's steady state is in the pool.
     let w0 = Instant::now();
-    for _ in 0..2 {
+    for _ in 0..2 * k {
         next(&mut t, &mut e)?;
     }
+    t.flush()?;
     gpu.wait()?;
-    let one = (w0.elapsed().as_secs_f64() / 2.0).max(1e-6);
-    // Rounds of about 0.25 s (2 to 50 steps), one wait each.
-    let per_round = ((0.25 / one).round() as usize).clamp(2, 50);
+    let one = (w0.elapsed().as_secs_f64() / (2 * k) as f64).max(1e-6);
+    // Rounds of about 0.25 s (2 to 50 steps, whole submissions), one wait each.
+    let per_round = ((0.25 / one).round() as usize).clamp(2, 50).div_ceil(k) * k;
     let before = gpu.stats();
     let mut rounds = Vec::new();
     let mut cpu = 0.0;
@@ -310,6 +320,7 @@ pub fn bench_step(
             next(&mut t, &mut e)?;
             cpu += c0.elapsed().as_secs_f64();
         }
+        t.flush()?;
         gpu.wait()?;
         rounds.push(r0.elapsed().as_secs_f64() * 1e3 / per_round as f64);
     }
@@ -318,7 +329,7 @@ pub fn bench_step(
     // which would distort the figures above.
     let prof = if profile {
         gpu.set_profiling(true)?;
-        let r = (0..per_round.max(5)).try_for_each(|_| next(&mut t, &mut e));
+        let r = (0..per_round.max(5).div_ceil(k) * k).try_for_each(|_| next(&mut t, &mut e)).and_then(|_| t.flush());
         gpu.set_profiling(false)?;
         r?;
         Some(gpu.take_profile())
@@ -340,6 +351,7 @@ pub fn bench_step(
             examples_per_second: batch as f64 / (ms * 1e-3),
             dispatches_per_step: per(after.dispatches, before.dispatches),
             submissions_per_step: per(after.submissions, before.submissions),
+            steps_per_submit: k,
             cpu_ms_per_step: cpu * 1e3 / steps as f64,
             buffers_allocated_per_step: per(after.buffers_created, before.buffers_created),
             bind_groups_created_per_step: per(after.bind_groups_created, before.bind_groups_created),

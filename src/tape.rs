@@ -230,6 +230,19 @@ impl Tape {
         &self.kernel_names_run
     }
 
+    /// Forgets the graph (values, nodes, gradients, parameter registrations) but keeps the
+    /// recorded, not yet submitted GPU work: the next step can then be recorded on the same tape
+    /// and both submitted together (several training steps per submission). Work runs in
+    /// recording order, so the next step sees this one's parameter updates.
+    pub fn clear_graph(&mut self) {
+        self.vars.clear();
+        self.nodes.clear();
+        self.grads.clear();
+        self.params.clear();
+        self.dests.clear();
+        self.seed = None;
+    }
+
     // ---------------------------------------------------------------- recording GPU work
 
     /// Records one kernel launch. `buffers` are the kernel's inputs then outputs, in binding order.

@@ -27,6 +27,10 @@ const STREAM_BINARIZE: u32 = 1;
 /// Seed offset of the evaluation noise (fixed per run, so test losses are comparable).
 const EVAL_SEED: u64 = 0xE7A1_5EED;
 
+/// Most training steps one submission may hold ([`TrainOptions::steps_per_submit`]): each step
+/// in flight keeps its own intermediate buffers.
+pub const MAX_STEPS_PER_SUBMIT: usize = 64;
+
 /// Optimisation settings (stored in checkpoints, so a resumed run continues with the same ones).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TrainOptions {
@@ -42,11 +46,28 @@ pub struct TrainOptions {
     pub binarize: bool,
     /// Steps between progress read-backs.
     pub log_every: usize,
+    /// Training steps recorded into one command buffer before it is submitted (1: every step
+    /// is its own submission). More saves the per-submission cost on GPUs where a step is short;
+    /// the work and its order are the same, so the results are bit-identical whatever the value.
+    #[serde(default = "one")]
+    pub steps_per_submit: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl Default for TrainOptions {
     fn default() -> Self {
-        TrainOptions { batch: 128, lr: 1e-3, seed: 1, objective: Objective::default(), binarize: false, log_every: 20 }
+        TrainOptions {
+            batch: 128,
+            lr: 1e-3,
+            seed: 1,
+            objective: Objective::default(),
+            binarize: false,
+            log_every: 20,
+            steps_per_submit: 1,
+        }
     }
 }
 
@@ -62,6 +83,12 @@ impl TrainOptions {
         self.objective.validate()?;
         if self.log_every == 0 {
             return Err(Error::arg("log_every", "must be at least 1"));
+        }
+        if !(1..=MAX_STEPS_PER_SUBMIT).contains(&self.steps_per_submit) {
+            return Err(Error::arg(
+                "steps_per_submit",
+                format!("{} is not between 1 and {MAX_STEPS_PER_SUBMIT}", self.steps_per_submit),
+            ));
         }
         Ok(())
     }
@@ -324,6 +351,8 @@ pub struct Trainer {
     /// Mid-epoch checkpoints while `fit` runs: every this many steps, into this file, with
     /// this metadata.
     mid_epoch: Option<(u64, PathBuf, HashMap<String, String>)>,
+    /// Steps recorded and not yet submitted ([`TrainOptions::steps_per_submit`]), and how many.
+    pending: Option<(Tape, usize)>,
 }
 
 impl Trainer {
@@ -386,6 +415,7 @@ impl Trainer {
             warned: false,
             partial: None,
             mid_epoch: None,
+            pending: None,
         })
     }
 
@@ -445,6 +475,7 @@ impl Trainer {
     /// [`Trainer::step`] each batch and [`Trainer::end_epoch`] (what [`Trainer::train_epoch`]
     /// does; benchmarks time the steps alone).
     pub fn begin_epoch(&mut self) -> Result<EpochState> {
+        self.flush()?;
         let gpu = self.gpu.clone();
         let epoch = self.epoch + 1;
         let (_, order) = self.train.order(&gpu, self.opts.seed, epoch, true)?;
@@ -478,6 +509,10 @@ impl Trainer {
     /// Records and submits training step `i` of the epoch (batch `i` of its order): forward,
     /// backward and Adam in one submission, the batch's loss terms added to the epoch's sums on
     /// the GPU. With `report`, reads those sums back and returns the running loss per example.
+    /// With [`TrainOptions::steps_per_submit`] above 1 a step may wait on the trainer for the
+    /// next ones to join its submission (a report, the epoch's last batch and a mid-epoch
+    /// checkpoint submit at once): call [`Trainer::flush`] before reading the model between
+    /// steps.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn step(&mut self, e: &mut EpochState, i: usize, report: bool) -> Result<Option<f64>> {
         pollster::block_on(self.step_async(e, i, report))
@@ -490,7 +525,13 @@ impl Trainer {
         }
         let off = i * e.batch;
         let bs = e.batch.min(e.n - off);
-        let mut tape = Tape::new(&self.gpu);
+        let (mut tape, held) = match self.pending.take() {
+            Some((mut t, held)) => {
+                t.clear_graph();
+                (t, held)
+            }
+            None => (Tape::new(&self.gpu), 0),
+        };
         let noise = |stream| Noise { seed: self.opts.seed, step: self.step as u32, stream };
         let bin = self.opts.binarize.then(|| noise(STREAM_BINARIZE));
         let x = self.train.batch(&mut tape, &e.order, off, bs, bin)?;
@@ -505,8 +546,15 @@ impl Trainer {
         self.opt.step(&mut tape, &self.vae.params())?;
 
         let reads = if report { Some((tape.read(&e.acc_recon)?, tape.read(&e.acc_kl)?)) } else { None };
-        tape.submit()?;
         self.step += 1;
+        // Submit with a read-back, at the end of the epoch, before a mid-epoch checkpoint, or
+        // once `steps_per_submit` steps are recorded; otherwise the next step joins this tape.
+        let checkpoint_next = self.mid_epoch.as_ref().is_some_and(|(every, _, _)| self.step.is_multiple_of(*every));
+        if report || i + 1 == e.batches || checkpoint_next || held + 1 >= self.opts.steps_per_submit {
+            tape.submit()?;
+        } else {
+            self.pending = Some((tape, held + 1));
+        }
         match reads {
             Some((rr, rk)) => {
                 let seen = (off + bs) as f64;
@@ -515,6 +563,17 @@ impl Trainer {
                 Ok(Some((rr.get_async().await?[0] as f64 + kl[0] as f64) / seen))
             }
             None => Ok(None),
+        }
+    }
+
+    /// Submits the steps recorded and not yet submitted (see
+    /// [`TrainOptions::steps_per_submit`]); [`Trainer::step`] does it on its own at the end of
+    /// an epoch and whenever it reads back, so only code that waits on the device between steps
+    /// (a benchmark) needs this.
+    pub fn flush(&mut self) -> Result<()> {
+        match self.pending.take() {
+            Some((mut t, _)) => t.submit(),
+            None => Ok(()),
         }
     }
 
@@ -527,6 +586,7 @@ impl Trainer {
 
     /// [`Trainer::end_epoch`] without blocking.
     pub async fn end_epoch_async(&mut self, e: EpochState) -> Result<EvalLoss> {
+        self.flush()?;
         let recon = e.acc_recon.to_vec_async(&self.gpu).await?[0] as f64 / e.n as f64;
         let acc_kl = e.acc_kl.to_vec_async(&self.gpu).await?;
         self.check_guard(&e, &acc_kl)?;

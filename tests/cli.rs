@@ -734,6 +734,13 @@ fn bench_step_smoke_allocates_nothing_after_warm_up() {
     assert!(v["dispatches_per_step"].as_f64().unwrap() >= 10.0, "{v}");
     assert!(v["ms_per_step"].as_f64().unwrap() > 0.0);
     fails(&wgvae(&["bench", "step", "--batch", "0"]), &["--batch"]);
+    // Four steps per submission: a quarter of a submission per step, still nothing allocated.
+    let out = ok(&wgvae(&["bench", "step", "--batch", "8", "--seconds", "0.05", "--json", "--steps-per-submit", "4"]));
+    let v: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!((v["steps_per_submit"].as_u64(), v["submissions_per_step"].as_f64()), (Some(4), Some(0.25)), "{v}");
+    assert_eq!(v["buffers_allocated_per_step"].as_f64(), Some(0.0), "{v}");
+    fails(&wgvae(&["bench", "step", "--steps-per-submit", "0"]), &["--steps-per-submit"]);
+    fails(&wgvae(&["train", "--steps-per-submit", "65", "--out", "/nonexistent/x"]), &["--steps-per-submit", "64"]);
 }
 
 #[test]

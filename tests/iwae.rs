@@ -159,6 +159,7 @@ fn trained() -> &'static Trained {
             objective: Default::default(),
             binarize: false,
             log_every: 100,
+            steps_per_submit: 1,
         };
         let mut t = Trainer::new(g, cfg, opts, &split).unwrap();
         t.train_epoch(&mut |_| {}).unwrap();

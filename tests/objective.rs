@@ -69,7 +69,8 @@ fn cfg(model: ModelKind, latent: usize) -> VaeConfig {
 
 fn train(config: VaeConfig, objective: Objective, epochs: usize) -> (Trainer, wgvae::train::EvalReport) {
     let split = sprites::sprites(0);
-    let opts = TrainOptions { batch: 128, lr: 2e-3, seed: 3, objective, binarize: false, log_every: 100 };
+    let opts =
+        TrainOptions { batch: 128, lr: 2e-3, seed: 3, objective, binarize: false, log_every: 100, steps_per_submit: 1 };
     let mut t = Trainer::new(gpu(), config, opts, &split).unwrap();
     for _ in 0..epochs {
         t.train_epoch(&mut |_| {}).unwrap();
@@ -141,6 +142,7 @@ fn mig_of_a_trained_model_exceeds_that_of_an_untrained_one() {
         objective: Objective::default(),
         binarize: false,
         log_every: 100,
+        steps_per_submit: 1,
     };
     let mut t = Trainer::new(gpu(), cfg(ModelKind::Vae, 6), opts, &split).unwrap();
     let before = mig(&t);
@@ -157,7 +159,15 @@ fn bn_vae_kl_never_falls_under_its_bound_where_the_plain_objective_collapses() {
     let bound = 0.5 * tau as f64 * z as f64;
     let split = sprites::sprites(0);
     let collapsing = Objective { beta: 30.0, ..Default::default() };
-    let opts = TrainOptions { batch: 128, lr: 2e-3, seed: 3, objective: collapsing, binarize: false, log_every: 100 };
+    let opts = TrainOptions {
+        batch: 128,
+        lr: 2e-3,
+        seed: 3,
+        objective: collapsing,
+        binarize: false,
+        log_every: 100,
+        steps_per_submit: 1,
+    };
     let config = VaeConfig { bn_tau: Some(tau), ..cfg(ModelKind::Vae, z) };
     let mut t = Trainer::new(gpu(), config, opts, &split).unwrap();
     for epoch in 0..2 {
@@ -187,6 +197,7 @@ fn conditional_vae_uses_its_label() {
         objective: Objective::default(),
         binarize: false,
         log_every: 100,
+        steps_per_submit: 1,
     };
     let mut t = Trainer::new(gpu(), config, opts, &split).unwrap();
     for _ in 0..3 {

@@ -393,11 +393,18 @@ fn an_exploding_loss_is_reported_before_it_turns_into_nan() {
     calm.train_epoch(&mut |p| assert!(p.warning.is_none(), "{:?}", p.warning)).unwrap();
 }
 
-/// A mid-epoch checkpoint, resumed, finishes the epoch exactly as the uninterrupted run did.
+/// A mid-epoch checkpoint, resumed, finishes the epoch exactly as the uninterrupted run did;
+/// also with several steps per submission (the checkpoint must see every step before it).
 #[test]
 fn a_mid_epoch_checkpoint_resumes_to_the_uninterrupted_epoch() {
+    for k in [1, 3] {
+        mid_epoch_resume(k);
+    }
+}
+
+fn mid_epoch_resume(steps_per_submit: usize) {
     let split = sprites::sprites(0);
-    let opts = TrainOptions { batch: 128, log_every: 10, ..Default::default() };
+    let opts = TrainOptions { batch: 128, log_every: 10, steps_per_submit, ..Default::default() };
     let (dir, copy) = (tmp("mid"), tmp("mid-copy").join("partial.safetensors"));
     let mut t = Trainer::new(gpu(), small(), opts.clone(), &split).unwrap();
     let fit = FitOptions { epochs: 1, run_dir: Some(dir.clone()), checkpoint_every: Some(6), ..Default::default() };
@@ -428,7 +435,11 @@ fn a_mid_epoch_checkpoint_resumes_to_the_uninterrupted_epoch() {
         (m.epoch_seconds, m.examples_per_second) = (0.0, 0.0);
         m
     };
-    assert_eq!(strip(&got[0]), strip(&want[0]), "the resumed epoch equals the uninterrupted one");
+    assert_eq!(
+        strip(&got[0]),
+        strip(&want[0]),
+        "the resumed epoch equals the uninterrupted one ({steps_per_submit} steps per submission)"
+    );
     std::fs::remove_dir_all(&dir).ok();
     std::fs::remove_dir_all(copy.parent().unwrap()).ok();
 }

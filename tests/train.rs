@@ -114,7 +114,7 @@ fn small() -> VaeConfig {
 }
 
 fn opts(seed: u64) -> TrainOptions {
-    TrainOptions { batch: 128, lr: 2e-3, seed, objective: Default::default(), binarize: false, log_every: 10 }
+    TrainOptions { batch: 128, lr: 2e-3, seed, log_every: 10, ..Default::default() }
 }
 
 #[test]
@@ -170,4 +170,41 @@ fn same_seed_same_losses_and_resume_equals_uninterrupted() {
     let te = c.evaluate(&c.test).unwrap();
     assert_eq!((tr, te), a[1], "resumed epoch 2 equals the uninterrupted epoch 2");
     std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn several_steps_per_submission_give_the_same_bits_and_fewer_submissions() {
+    // Private devices: the submission counts must not see other tests' work.
+    let split = sprites::sprites(0);
+    let run = |k: usize| {
+        let g = wgvae::Gpu::new().unwrap();
+        let o = TrainOptions { steps_per_submit: k, log_every: 1000, ..opts(9) };
+        let mut t = Trainer::new(&g, small(), o, &split).unwrap();
+        // The first epochs fill the pool (k steps in flight hold k sets of intermediates; the
+        // first epoch's first step submits alone, for its read-back, so the second epoch groups
+        // its steps differently).
+        let first = t.train_epoch(&mut |_| {}).unwrap().0;
+        t.train_epoch(&mut |_| {}).unwrap();
+        let (s0, e0) = (g.stats(), t.step);
+        let second = t.train_epoch(&mut |_| {}).unwrap().0;
+        let (s1, steps) = (g.stats(), t.step - e0);
+        let params: Vec<Vec<u32>> =
+            vae_params(&t.vae).iter().map(|m| m.d.iter().map(|&v| (v as f32).to_bits()).collect()).collect();
+        let losses = [first.loss, second.loss, t.evaluate(&t.test).unwrap().loss].map(f64::to_bits);
+        (params, losses, s1.submissions - s0.submissions, s1.buffers_created - s0.buffers_created, steps)
+    };
+    let (p1, l1, subs1, _, steps) = run(1);
+    let (p5, l5, subs5, new5, steps5) = run(5);
+    assert_eq!(steps, steps5);
+    assert_eq!(l1, l5, "losses differ with 5 steps per submission");
+    assert_eq!(p1, p5, "parameters differ with 5 steps per submission");
+    // One submission per step, plus the epoch's first step (its read-back) and end; with 5 steps
+    // per submission a fifth of that, the last group of the epoch being shorter.
+    let (first_report, end) = (0, 1);
+    assert!(subs1 >= steps && subs1 <= steps + first_report + end + 1, "{subs1} submissions for {steps} steps");
+    assert!(subs5 <= steps.div_ceil(5) + 2, "{subs5} submissions for {steps} steps at 5 per submission");
+    assert_eq!(new5, 0, "a warmed-up epoch at 5 steps per submission created {new5} buffers");
+    let bad = TrainOptions { steps_per_submit: 0, ..opts(9) };
+    let e = Trainer::new(gpu(), small(), bad, &split).err().expect("0 steps per submission is refused").to_string();
+    assert!(e.contains("steps_per_submit"), "{e}");
 }

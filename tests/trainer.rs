@@ -205,7 +205,7 @@ impl Reference {
 }
 
 fn options(objective: Objective, binarize: bool) -> TrainOptions {
-    TrainOptions { batch: BATCH, lr: LR as f32, seed: 7, objective, binarize, log_every: 1 }
+    TrainOptions { batch: BATCH, lr: LR as f32, seed: 7, objective, binarize, log_every: 1, steps_per_submit: 1 }
 }
 
 /// The trainer's parameters in the reference's order, by their PyTorch names.

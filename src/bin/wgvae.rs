@@ -189,7 +189,8 @@ struct Source {
 
 #[derive(Args)]
 struct TuneArgs {
-    /// Also try the tiled kernels on a CPU adapter (slow there; GPUs always try them).
+    /// Also try the tiled kernels on a CPU adapter (slow there; GPUs always try them); on a GPU,
+    /// also time 4096³ products.
     #[arg(long)]
     all: bool,
     /// Seconds per (product, kernel).

@@ -45,7 +45,8 @@ impl MatmulShape {
     }
 }
 
-const fn s(name: &'static str, m: usize, k: usize, n: usize, ta: bool, tb: bool) -> MatmulShape {
+/// A [`MatmulShape`] in one line.
+pub const fn shape(name: &'static str, m: usize, k: usize, n: usize, ta: bool, tb: bool) -> MatmulShape {
     MatmulShape { name, m, k, n, ta, tb }
 }
 
@@ -53,19 +54,19 @@ const fn s(name: &'static str, m: usize, k: usize, n: usize, ta: bool, tb: bool)
 /// d_X = dY·W is NN, d_W = dYᵀ·X is TN; the posterior head is one 400->40 layer), and square
 /// references.
 pub const SHAPES: [MatmulShape; 13] = [
-    s("fc 784->400 fwd", 128, 784, 400, false, true),
-    s("fc 784->400 dW", 400, 128, 784, true, false),
-    s("fc 400->784 fwd", 128, 400, 784, false, true),
-    s("fc 400->784 dX", 128, 784, 400, false, false),
-    s("fc 400->784 dW", 784, 128, 400, true, false),
-    s("head 400->40 fwd", 128, 400, 40, false, true),
-    s("head 400->40 dX", 128, 40, 400, false, false),
-    s("head 400->40 dW", 40, 128, 400, true, false),
-    s("fc 20->400 fwd", 128, 20, 400, false, true),
-    s("fc 20->400 dX", 128, 400, 20, false, false),
-    s("fc 20->400 dW", 400, 128, 20, true, false),
-    s("square 512", 512, 512, 512, false, false),
-    s("square 1024", 1024, 1024, 1024, false, false),
+    shape("fc 784->400 fwd", 128, 784, 400, false, true),
+    shape("fc 784->400 dW", 400, 128, 784, true, false),
+    shape("fc 400->784 fwd", 128, 400, 784, false, true),
+    shape("fc 400->784 dX", 128, 784, 400, false, false),
+    shape("fc 400->784 dW", 784, 128, 400, true, false),
+    shape("head 400->40 fwd", 128, 400, 40, false, true),
+    shape("head 400->40 dX", 128, 40, 400, false, false),
+    shape("head 400->40 dW", 40, 128, 400, true, false),
+    shape("fc 20->400 fwd", 128, 20, 400, false, true),
+    shape("fc 20->400 dX", 128, 400, 20, false, false),
+    shape("fc 20->400 dW", 400, 128, 20, true, false),
+    shape("square 512", 512, 512, 512, false, false),
+    shape("square 1024", 1024, 1024, 1024, false, false),
 ];
 
 /// Operands for `shape`, filled with small deterministic values.

@@ -35,14 +35,13 @@ use crate::gpu::{Gpu, KernelChoice, MatmulPlan, MatmulVariant, PlanRule, TileCon
 /// the rest (2048² and up).
 pub const SIZE_CLASSES: [u64; 3] = [1 << 17, 1 << 20, 1 << 22];
 
-const fn shape(name: &'static str, m: usize, k: usize, n: usize, ta: bool, tb: bool) -> MatmulShape {
-    MatmulShape { name, m, k, n, ta, tb }
-}
+use crate::bench::shape;
 
 /// The classic VAE's three products of its large layer (forward X·Wᵀ, dX = dY·W, dW = dYᵀ·X) at
-/// batch 128, 1024 and 4096, and square products up to 2048: what [`TuneOptions::for_gpu`]
-/// measures on GPUs (plus [`SQUARE_4096`] when asked for all).
-pub const GPU_SHAPES: [MatmulShape; 11] = [
+/// batch 128, 1024 and 4096: what [`TuneOptions::for_gpu`] times, with [`SQUARES`] (CPU adapters
+/// skip batch 4096, which takes them seconds; the largest class then takes the choice of the
+/// class below it).
+pub const LAYER_SHAPES: [MatmulShape; 9] = [
     shape("fc 784->400 fwd, batch 128", 128, 784, 400, false, true),
     shape("fc 400->784 dX, batch 128", 128, 784, 400, false, false),
     shape("fc 400->784 dW, batch 128", 784, 128, 400, true, false),
@@ -52,25 +51,15 @@ pub const GPU_SHAPES: [MatmulShape; 11] = [
     shape("fc 784->400 fwd, batch 4096", 4096, 784, 400, false, true),
     shape("fc 400->784 dX, batch 4096", 4096, 784, 400, false, false),
     shape("fc 400->784 dW, batch 4096", 784, 4096, 400, true, false),
-    shape("square 1024", 1024, 1024, 1024, false, false),
-    shape("square 2048", 2048, 2048, 2048, false, false),
 ];
 
-/// 4096³, the size at which GPU matmul peaks are quoted: timed by `wgvae tune --all` on GPUs (a
-/// weak GPU takes seconds per kernel over it, too long for the search `train` runs by itself).
-pub const SQUARE_4096: MatmulShape = shape("square 4096", 4096, 4096, 4096, false, false);
-
-/// What [`TuneOptions::for_gpu`] measures on CPU adapters: [`GPU_SHAPES`] without the products a
-/// CPU takes seconds over (batch 4096, squares above 1024). The largest class then takes the
-/// choice of the class below it.
-pub const CPU_SHAPES: [MatmulShape; 7] = [
-    shape("fc 784->400 fwd, batch 128", 128, 784, 400, false, true),
-    shape("fc 400->784 dX, batch 128", 128, 784, 400, false, false),
-    shape("fc 400->784 dW, batch 128", 784, 128, 400, true, false),
-    shape("fc 784->400 fwd, batch 1024", 1024, 784, 400, false, true),
-    shape("fc 400->784 dX, batch 1024", 1024, 784, 400, false, false),
-    shape("fc 400->784 dW, batch 1024", 784, 1024, 400, true, false),
+/// Square products: 1024³ (timed everywhere), 2048³ (GPUs) and 4096³, the size GPU matmul peaks
+/// are quoted at (GPUs, with `wgvae tune --all`: a weak GPU takes seconds per kernel over it, too
+/// long for the search `train` runs by itself).
+pub const SQUARES: [MatmulShape; 3] = [
     shape("square 1024", 1024, 1024, 1024, false, false),
+    shape("square 2048", 2048, 2048, 2048, false, false),
+    shape("square 4096", 4096, 4096, 4096, false, false),
 ];
 
 /// What [`search`] measures.
@@ -88,9 +77,10 @@ pub struct TuneOptions {
 
 impl TuneOptions {
     /// The search `wgvae tune` runs on `gpu`: on GPUs every tile of [`TileConfig::ALL`] the device
-    /// has workgroup memory for, and the `register` kernel, on [`GPU_SHAPES`] (and [`SQUARE_4096`]
-    /// with `all`); on CPU adapters the `subgroup` (where it runs) and `register` kernels, plus
-    /// every tile with `all`, on [`CPU_SHAPES`].
+    /// has workgroup memory for, and the `register` kernel, on [`LAYER_SHAPES`] and the squares up
+    /// to 2048 (4096 too with `all`); on CPU adapters the `subgroup` (where it runs) and
+    /// `register` kernels, plus every tile with `all`, on the layers at batch 128 and 1024 and
+    /// 1024³.
     pub fn for_gpu(gpu: &Gpu, all: bool) -> Self {
         let cpu = gpu.adapter().device_type == wgpu::DeviceType::Cpu;
         let shared = gpu.limits().max_compute_workgroup_storage_size;
@@ -104,10 +94,11 @@ impl TuneOptions {
                 candidates.push(KernelChoice::of(v));
             }
         }
-        let mut shapes = if cpu { CPU_SHAPES.to_vec() } else { GPU_SHAPES.to_vec() };
-        if all && !cpu {
-            shapes.push(SQUARE_4096);
-        }
+        let shapes = match (cpu, all) {
+            (true, _) => [&LAYER_SHAPES[..6], &SQUARES[..1]].concat(),
+            (false, false) => [&LAYER_SHAPES[..], &SQUARES[..2]].concat(),
+            (false, true) => [&LAYER_SHAPES[..], &SQUARES[..]].concat(),
+        };
         TuneOptions { candidates, shapes, classes: SIZE_CLASSES.to_vec(), seconds: Duration::from_millis(150) }
     }
 }

@@ -137,9 +137,10 @@ fn launch(
         },
     };
     tape.gpu().check_variant(variant)?;
-    if variant == MatmulVariant::Tiled {
-        tile.check(tape.gpu().limits().max_compute_workgroup_storage_size)?;
-    }
+    // The register kernels share the tiled kernel's module: they get the default tile, so one
+    // compiled module serves them whatever tile the tiled kernel uses.
+    let tile = if variant == MatmulVariant::Tiled { tile } else { TileConfig::DEFAULT };
+    tile.check(tape.gpu().limits().max_compute_workgroup_storage_size)?;
     let aligned = vec4_aligned(m, k, n, o.trans_a, o.trans_b);
     // (entry, module, rows per workgroup, columns per workgroup)
     let (entry, module, rows, cols) = match variant {
@@ -172,11 +173,9 @@ fn launch(
             ("RM", format!("{REG_RM}u")),
             ("WG", format!("{REG_WG}u")),
             ("CN", format!("{REG4_CN}u")),
-            // The register kernels share the module: they get the default tile, so one compiled
-            // module serves them whatever tile the tiled kernel uses.
-            ("TILE_M", format!("{}u", if variant == MatmulVariant::Tiled { tile.m } else { TileConfig::DEFAULT.m })),
-            ("TILE_N", format!("{}u", if variant == MatmulVariant::Tiled { tile.n } else { TileConfig::DEFAULT.n })),
-            ("TILE_K", format!("{}u", if variant == MatmulVariant::Tiled { tile.k } else { TileConfig::DEFAULT.k })),
+            ("TILE_M", format!("{}u", tile.m)),
+            ("TILE_N", format!("{}u", tile.n)),
+            ("TILE_K", format!("{}u", tile.k)),
             ("GRAD_ACT", format!("{}u", grad_act.id())),
             ("GRAD_ALPHA", super::wgsl_f32(grad_act.alpha())),
         ];

@@ -365,20 +365,30 @@ pub enum PlanSource {
     Cached(PathBuf),
     /// Measured now and saved to the cache at this path.
     Measured(PathBuf),
+    /// Measured now and installed, but the cache could not be written (why): the next run
+    /// measures again.
+    Unsaved(String),
     /// No plan: the device's default variant runs.
     Default,
 }
 
 /// Installs the plan cached for `gpu` at `path`; when there is none and `search_if_missing`,
-/// measures one with [`TuneOptions::for_gpu`] (telling `progress` as [`search`] does), saves it and
-/// installs it. Without a cached plan and without a search, the device keeps its default variant.
+/// measures one with [`TuneOptions::for_gpu`] (telling `progress` as [`search`] does), installs it
+/// and saves it (replacing a cache file that cannot be read). Without a cached plan and without a
+/// search, the device keeps its default variant, and an unreadable cache is an error.
 pub fn use_plan(
     gpu: &Gpu,
     path: &Path,
     search_if_missing: bool,
     progress: &mut dyn FnMut(TuneProgress),
 ) -> Result<PlanSource> {
-    let mut cache = PlanCache::open(path)?;
+    // A cache that cannot be read is an error unless a search is allowed, which then replaces it
+    // (or runs unsaved when the path cannot be written either).
+    let mut cache = match PlanCache::open(path) {
+        Ok(c) => c,
+        Err(_) if search_if_missing => PlanCache::empty(path),
+        Err(e) => return Err(e),
+    };
     if let Some(r) = cache.get(gpu) {
         gpu.set_matmul_plan(Some(r.plan.clone()))?;
         return Ok(PlanSource::Cached(path.to_path_buf()));
@@ -389,8 +399,10 @@ pub fn use_plan(
     let report = search(gpu, &TuneOptions::for_gpu(gpu, false), progress)?;
     gpu.set_matmul_plan(Some(report.plan.clone()))?;
     cache.put(report);
-    cache.save()?;
-    Ok(PlanSource::Measured(path.to_path_buf()))
+    match cache.save() {
+        Ok(()) => Ok(PlanSource::Measured(path.to_path_buf())),
+        Err(e) => Ok(PlanSource::Unsaved(e.to_string())),
+    }
 }
 
 /// Whether the `wgvae` binary measures a plan on its own when none is cached: on GPUs, where the

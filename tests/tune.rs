@@ -280,5 +280,12 @@ fn use_plan_measures_a_missing_plan_once_then_reads_it_back() {
     let src = tune::use_plan(&g2, &path, true, &mut |_| panic!("a cached plan is not measured again")).unwrap();
     assert_eq!(src, PlanSource::Cached(path.clone()));
     assert_eq!(g2.matmul_plan(), g.matmul_plan());
+    // A cache that cannot be written (its directory is a file): the measured plan still runs.
+    let blocked = dir.join("not-a-dir");
+    std::fs::write(&blocked, "").unwrap();
+    let g3 = wgvae::Gpu::new().unwrap();
+    let src = tune::use_plan(&g3, &blocked.join("matmul-plans.json"), true, &mut |_| {}).unwrap();
+    assert!(matches!(src, PlanSource::Unsaved(_)), "{src:?}");
+    assert!(g3.matmul_plan().is_some());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -292,6 +292,10 @@ fn open_gpu(measure: bool) -> Result<Gpu> {
         Ok(wgvae::tune::PlanSource::Measured(_)) => {
             eprintln!("matmul plan: {}", gpu.matmul_plan().map(|p| p.to_string()).unwrap_or_default())
         }
+        Ok(wgvae::tune::PlanSource::Unsaved(why)) => eprintln!(
+            "matmul plan: {} (used by this run only; it could not be cached: {why})",
+            gpu.matmul_plan().map(|p| p.to_string()).unwrap_or_default()
+        ),
         Ok(_) => {}
         // A damaged cache must not stop training: the default kernel is correct, only slower.
         Err(e) => eprintln!("warning: matmul plan not used: {e}"),

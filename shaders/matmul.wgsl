@@ -142,6 +142,95 @@ fn matmul_tiled(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup
     }
 }
 
+// The tiled variant with blocked register tiles, `matmul_tiled_blocked` (TileConfig::blocked):
+// the same workgroup, tile and staging, but each invocation owns (TILE_M/64) x (TILE_N/64) blocks of
+// 4x4 outputs, at rows 64g + 4ty .. +3 and columns 64h + 4tx .. +3, so that it reads its operands
+// from workgroup memory as vec4s (one 16-byte read per 4 values; consecutive tx read consecutive
+// vec4s, conflict-free) instead of one f32 at a time. Needs TILE_M and TILE_N multiples of 64.
+// Dispatch as `matmul_tiled`.
+const BQM: u32 = TILE_M / 4u; // vec4s of rows per staged k
+const BQN: u32 = TILE_N / 4u;
+// 4-row and 4-column blocks per invocation (rounded up so that modules compiled for the other
+// tiles, which never run this entry, still have arrays of at least one element).
+const BGM: u32 = (TILE_M + 63u) / 64u;
+const BGN: u32 = (TILE_N + 63u) / 64u;
+var<workgroup> tile_a4: array<vec4<f32>, TILE_M * TILE_K / 4u>; // [TILE_K][TILE_M/4]
+var<workgroup> tile_b4: array<vec4<f32>, TILE_N * TILE_K / 4u>; // [TILE_K][TILE_N/4]
+
+@compute @workgroup_size(16, 16, 1)
+fn matmul_tiled_blocked(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let tx = lid.x;
+    let ty = lid.y;
+    let t = ty * 16u + tx;
+    let row0 = wid.y * TILE_M;
+    let col0 = wid.x * TILE_N;
+    // acc[4g + r][h]: row 64g + 4ty + r, columns 64h + 4tx .. +3.
+    var acc: array<array<vec4<f32>, BGN>, TRM>;
+    for (var i = 0u; i < TRM; i++) { for (var h = 0u; h < BGN; h++) { acc[i][h] = vec4<f32>(0.0); } }
+    var rsum: array<vec4<f32>, BGM>;
+    for (var g = 0u; g < BGM; g++) { rsum[g] = vec4<f32>(0.0); }
+
+    for (var k0 = p.k_begin; k0 < p.k_end; k0 += TILE_K) {
+        // Staging as in `matmul_tiled` (coalesced reads of the stored layout, zero-filled edges),
+        // written one component at a time into the vec4 tiles.
+        for (var s = 0u; s < STAGE_A; s++) {
+            let e = t + 256u * s;
+            var ra: u32; var ka: u32;
+            if (TA) { ka = e / TILE_M; ra = e % TILE_M; } else { ra = e / TILE_K; ka = e % TILE_K; }
+            let gr = row0 + ra;
+            let gk = k0 + ka;
+            var va = 0.0;
+            if (gr < p.m && gk < p.k_end) { va = a_at(gr, gk); }
+            tile_a4[ka * BQM + ra / 4u][ra % 4u] = va;
+        }
+        for (var s = 0u; s < STAGE_B; s++) {
+            let e = t + 256u * s;
+            var cb: u32; var kb: u32;
+            if (TB) { cb = e / TILE_K; kb = e % TILE_K; } else { kb = e / TILE_N; cb = e % TILE_N; }
+            let gc = col0 + cb;
+            let gkb = k0 + kb;
+            var vb = 0.0;
+            if (gc < p.n && gkb < p.k_end) { vb = b_at(gkb, gc); }
+            tile_b4[kb * BQN + cb / 4u][cb % 4u] = vb;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < TILE_K; kk++) {
+            var av: array<vec4<f32>, BGM>;
+            var bv: array<vec4<f32>, BGN>;
+            for (var g = 0u; g < BGM; g++) { av[g] = tile_a4[kk * BQM + 16u * g + ty]; }
+            for (var h = 0u; h < BGN; h++) { bv[h] = tile_b4[kk * BQN + 16u * h + tx]; }
+            for (var g = 0u; g < BGM; g++) {
+                for (var r = 0u; r < 4u; r++) {
+                    for (var h = 0u; h < BGN; h++) {
+                        acc[4u * g + r][h] = fma(vec4<f32>(av[g][r]), bv[h], acc[4u * g + r][h]);
+                    }
+                }
+            }
+            if (COLSUM) { for (var g = 0u; g < BGM; g++) { rsum[g] += av[g]; } }
+        }
+        workgroupBarrier();
+    }
+    // Row sums: the first column block's tx == 0 invocations own rows 64g + 4ty + r.
+    if (COLSUM && wid.x == 0u && tx == 0u) {
+        for (var g = 0u; g < BGM; g++) {
+            for (var r = 0u; r < 4u; r++) {
+                let row = row0 + 64u * g + 4u * ty + r;
+                if (row < p.m) { store_colsum(row, rsum[g][r]); }
+            }
+        }
+    }
+    for (var i = 0u; i < TRM; i++) {
+        let row = row0 + 64u * (i / 4u) + 4u * ty + i % 4u;
+        if (row >= p.m) { continue; }
+        for (var h = 0u; h < BGN; h++) {
+            for (var c = 0u; c < 4u; c++) {
+                let col = col0 + 64u * h + 4u * tx + c;
+                if (col < p.n) { store(row, col, acc[i][h][c]); }
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Variant `register` (CPU adapters): no workgroup memory, no barriers. Invocation x of workgroup
 // (gx, gy) owns 4 consecutive columns 4*(gx*WG + x) .. +3 and the RM rows gy*RM .. +RM-1, kept in

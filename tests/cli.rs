@@ -761,7 +761,7 @@ fn tune_measures_and_caches_a_plan_that_later_commands_use_unless_told_not_to() 
         serde_json::from_str(&std::fs::read_to_string(dir.join("matmul-plans.json")).unwrap()).unwrap();
     let plans = cache["plans"].as_array().unwrap();
     assert_eq!(plans.len(), 1);
-    let kernels = 5 + 1 + usize::from(common::gpu().has_subgroups_of_8());
+    let kernels = wgvae::TileConfig::ALL.len() + 1 + usize::from(common::gpu().has_subgroups_of_8());
     assert_eq!(plans[0]["measurements"].as_array().unwrap().len(), 3 * kernels, "{cache}");
     let plan = plans[0]["plan"]["rules"][0]["kernel"].as_str().unwrap().to_string();
     // Later commands install it; --no-tune and a forced variant do not.

@@ -11,13 +11,14 @@ use wgvae::ops::Act;
 use wgvae::tune::{self, Measurement, PlanCache, PlanSource, TuneOptions};
 use wgvae::{KernelChoice, MatmulPlan, MatmulVariant, Tape, TileConfig};
 
-/// Asserts that the tiled kernel with `tile` (its defines) ran on `tape`.
+/// Asserts that the tiled kernel of `tile` (its entry point and defines) ran on `tape`.
 fn assert_tile_ran(tape: &Tape, tile: TileConfig, what: &str) {
     let defines = format!("TILE_M={}u,TILE_N={}u,TILE_K={}u", tile.m, tile.n, tile.k);
+    let entry = format!("{}[", tile.entry());
     let ran = tape.kernel_names_run();
     assert!(
-        ran.keys().any(|k| k.contains("matmul_tiled[") && k.contains(&defines)),
-        "{what}: expected matmul_tiled with {defines}; ran {ran:?}"
+        ran.keys().any(|k| k.contains(&entry) && k.contains(&defines)),
+        "{what}: expected {entry}..] with {defines}; ran {ran:?}"
     );
 }
 
@@ -92,11 +93,11 @@ fn tiles_the_kernel_cannot_run_are_refused() {
     for t in TileConfig::ALL {
         t.check(shared).unwrap_or_else(|e| panic!("{t} should run here: {e}"));
     }
-    for bad in ["48x40x16", "0x64x16", "512x64x16", "16x16x8", "64x64"] {
+    for bad in ["48x40x16", "0x64x16", "512x64x16", "16x16x8", "64x64", "32x32x16b", "64x64x16c"] {
         let parsed = bad.parse::<TileConfig>();
         assert!(parsed.as_ref().map_or(true, |t| t.check(shared).is_err()), "{bad} must be refused: {parsed:?}");
     }
-    let too_big = TileConfig { m: 256, n: 256, k: 64 };
+    let too_big = TileConfig::new(256, 256, 64);
     let e = too_big.check(shared).unwrap_err().to_string();
     assert!(e.contains("workgroup memory"), "{e}");
     let mut tape = Tape::no_grad(gpu());
@@ -110,8 +111,8 @@ fn m(shape: &str, mm: usize, n: usize, kernel: KernelChoice, ms: f64) -> Measure
 
 #[test]
 fn plan_picks_the_fastest_total_per_size_class() {
-    let small = KernelChoice::tiled(TileConfig { m: 32, n: 32, k: 16 });
-    let big = KernelChoice::tiled(TileConfig { m: 128, n: 128, k: 8 });
+    let small = KernelChoice::tiled(TileConfig::new(32, 32, 16));
+    let big = KernelChoice::tiled(TileConfig::new(128, 128, 8));
     let reg = KernelChoice::of(MatmulVariant::Register);
     let cands = [small, big, reg];
     // Class 0 (< 100 outputs): small wins in total although big wins one product.
@@ -146,7 +147,7 @@ fn search_measures_every_candidate_and_the_installed_plan_decides_which_kernel_r
     // A device of its own: installing a plan must not change the other tests' kernels.
     let g = wgvae::Gpu::new().unwrap();
     track(&g);
-    let tile = TileConfig { m: 32, n: 32, k: 16 };
+    let tile = TileConfig::new(32, 32, 16);
     let mut cands = vec![KernelChoice::tiled(tile), KernelChoice::of(MatmulVariant::Register)];
     if g.check_variant(MatmulVariant::Subgroup).is_ok() {
         cands.push(KernelChoice::of(MatmulVariant::Subgroup));
@@ -217,10 +218,7 @@ fn plan_cache_round_trip_keys_and_errors() {
     let mut cache = PlanCache::open(&path).unwrap();
     assert!(cache.get(g).is_none());
     let plan = MatmulPlan {
-        rules: vec![wgvae::gpu::PlanRule {
-            below: None,
-            kernel: KernelChoice::tiled(TileConfig { m: 64, n: 128, k: 16 }),
-        }],
+        rules: vec![wgvae::gpu::PlanRule { below: None, kernel: KernelChoice::tiled(TileConfig::new(64, 128, 16)) }],
     };
     let report = tune::TuneReport {
         adapter: tune::adapter_key(g),

@@ -88,25 +88,49 @@ impl std::str::FromStr for MatmulVariant {
 /// large ones reuse each staged value more. `wgvae tune` measures which wins for which size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TileConfig {
-    /// Rows of C per workgroup (a multiple of 16).
+    /// Rows of C per workgroup (a multiple of 16; of 64 when `blocked`).
     pub m: u32,
-    /// Columns of C per workgroup (a multiple of 16).
+    /// Columns of C per workgroup (a multiple of 16; of 64 when `blocked`).
     pub n: u32,
     /// Slab depth along K.
     pub k: u32,
+    /// Each invocation owns blocks of 4x4 consecutive outputs and reads its operands from
+    /// workgroup memory as vec4s (`matmul_tiled_blocked`), instead of single outputs strided by 16
+    /// read one f32 at a time (`matmul_tiled`).
+    pub blocked: bool,
 }
 
 impl TileConfig {
+    /// An `m` x `n` tile with slabs of `k`, outputs strided by 16 (`matmul_tiled`).
+    pub const fn new(m: u32, n: u32, k: u32) -> Self {
+        TileConfig { m, n, k, blocked: false }
+    }
+    /// An `m` x `n` tile with slabs of `k`, 4x4 output blocks read as vec4s
+    /// (`matmul_tiled_blocked`).
+    pub const fn blocked(m: u32, n: u32, k: u32) -> Self {
+        TileConfig { m, n, k, blocked: true }
+    }
     /// The tile used when nothing was measured: 64x64, slabs of 16.
-    pub const DEFAULT: TileConfig = TileConfig { m: 64, n: 64, k: 16 };
+    pub const DEFAULT: TileConfig = TileConfig::new(64, 64, 16);
     /// The tiles the tuner measures (and the tests prove against the f64 reference).
-    pub const ALL: [TileConfig; 5] = [
-        TileConfig { m: 32, n: 32, k: 16 },
+    pub const ALL: [TileConfig; 7] = [
+        TileConfig::new(32, 32, 16),
         TileConfig::DEFAULT,
-        TileConfig { m: 128, n: 64, k: 16 },
-        TileConfig { m: 64, n: 128, k: 16 },
-        TileConfig { m: 128, n: 128, k: 8 },
+        TileConfig::new(128, 64, 16),
+        TileConfig::new(64, 128, 16),
+        TileConfig::new(128, 128, 8),
+        TileConfig::blocked(64, 64, 16),
+        TileConfig::blocked(128, 128, 8),
     ];
+
+    /// The WGSL entry point that runs this tile.
+    pub fn entry(self) -> &'static str {
+        if self.blocked {
+            "matmul_tiled_blocked"
+        } else {
+            "matmul_tiled"
+        }
+    }
 
     /// Refuses tiles the kernel cannot run: sides that are not multiples of 16 (up to 256), slabs
     /// that 256 invocations cannot stage evenly, or more workgroup memory than `max_shared` bytes.
@@ -121,6 +145,9 @@ impl TileConfig {
         if !(self.m * self.k).is_multiple_of(256) || !(self.n * self.k).is_multiple_of(256) {
             return bad("rows x slab and columns x slab must be multiples of 256".into());
         }
+        if self.blocked && (!self.m.is_multiple_of(64) || !self.n.is_multiple_of(64)) {
+            return bad("a blocked tile's rows and columns must be multiples of 64".into());
+        }
         let shared = (self.m + self.n) * self.k * 4;
         if shared > max_shared {
             return bad(format!("needs {shared} bytes of workgroup memory, the device has {max_shared}"));
@@ -130,20 +157,24 @@ impl TileConfig {
 }
 
 impl std::fmt::Display for TileConfig {
-    /// `MxNxK`, e.g. `64x64x16`.
+    /// `MxNxK`, e.g. `64x64x16`, with a `b` after K when blocked (`128x128x8b`).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}x{}x{}", self.m, self.n, self.k)
+        write!(f, "{}x{}x{}{}", self.m, self.n, self.k, if self.blocked { "b" } else { "" })
     }
 }
 
 impl std::str::FromStr for TileConfig {
     type Err = Error;
-    /// Parses `MxNxK`.
+    /// Parses `MxNxK`, or `MxNxKb` for a blocked tile.
     fn from_str(s: &str) -> Result<Self> {
-        let v: Vec<u32> = s.split('x').filter_map(|p| p.trim().parse().ok()).collect();
+        let (dims, blocked) = match s.strip_suffix('b') {
+            Some(d) => (d, true),
+            None => (s, false),
+        };
+        let v: Vec<u32> = dims.split('x').filter_map(|p| p.trim().parse().ok()).collect();
         match v[..] {
-            [m, n, k] if s.split('x').count() == 3 => Ok(TileConfig { m, n, k }),
-            _ => Err(Error::arg("matmul tile", format!("`{s}` is not MxNxK (e.g. 64x64x16)"))),
+            [m, n, k] if dims.split('x').count() == 3 => Ok(TileConfig { m, n, k, blocked }),
+            _ => Err(Error::arg("matmul tile", format!("`{s}` is not MxNxK or MxNxKb (e.g. 64x64x16)"))),
         }
     }
 }

@@ -76,6 +76,36 @@ const STAGE_B: u32 = TILE_N * TILE_K / 256u;
 var<workgroup> tile_a: array<f32, TILE_M * TILE_K>; // [TILE_K][TILE_M]: tile_a[kk*TILE_M + row]
 var<workgroup> tile_b: array<f32, TILE_N * TILE_K>; // [TILE_K][TILE_N]: tile_b[kk*TILE_N + col]
 
+// One element of a slab being staged: its flat index in the [TILE_K][TILE_M] (or [TILE_K][TILE_N])
+// tile and its value.
+struct Staged {
+    at: u32,
+    v: f32,
+}
+
+// Element e (0 .. TILE_M*TILE_K) of the A slab at k0 of the tile at row0: consecutive e read
+// consecutive addresses of the stored layout (coalesced); 0 past the matrix or the K slice.
+fn slab_a(e: u32, row0: u32, k0: u32) -> Staged {
+    var ra: u32; var ka: u32;
+    if (TA) { ka = e / TILE_M; ra = e % TILE_M; } else { ra = e / TILE_K; ka = e % TILE_K; }
+    let gr = row0 + ra;
+    let gk = k0 + ka;
+    var v = 0.0;
+    if (gr < p.m && gk < p.k_end) { v = a_at(gr, gk); }
+    return Staged(ka * TILE_M + ra, v);
+}
+
+// The same for element e (0 .. TILE_N*TILE_K) of the B slab at k0 of the tile at col0.
+fn slab_b(e: u32, col0: u32, k0: u32) -> Staged {
+    var cb: u32; var kb: u32;
+    if (TB) { cb = e / TILE_K; kb = e % TILE_K; } else { kb = e / TILE_N; cb = e % TILE_N; }
+    let gc = col0 + cb;
+    let gk = k0 + kb;
+    var v = 0.0;
+    if (gc < p.n && gk < p.k_end) { v = b_at(gk, gc); }
+    return Staged(kb * TILE_N + cb, v);
+}
+
 @compute @workgroup_size(16, 16, 1)
 fn matmul_tiled(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let tx = lid.x;
@@ -93,24 +123,12 @@ fn matmul_tiled(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup
         // consecutive invocations read consecutive addresses of the stored layout (coalesced) and
         // zero-fill the edges.
         for (var s = 0u; s < STAGE_A; s++) {
-            let e = t + 256u * s;
-            var ra: u32; var ka: u32;
-            if (TA) { ka = e / TILE_M; ra = e % TILE_M; } else { ra = e / TILE_K; ka = e % TILE_K; }
-            let gr = row0 + ra;
-            let gk = k0 + ka;
-            var va = 0.0;
-            if (gr < p.m && gk < p.k_end) { va = a_at(gr, gk); }
-            tile_a[ka * TILE_M + ra] = va;
+            let a = slab_a(t + 256u * s, row0, k0);
+            tile_a[a.at] = a.v;
         }
         for (var s = 0u; s < STAGE_B; s++) {
-            let e = t + 256u * s;
-            var cb: u32; var kb: u32;
-            if (TB) { cb = e / TILE_K; kb = e % TILE_K; } else { kb = e / TILE_N; cb = e % TILE_N; }
-            let gc = col0 + cb;
-            let gkb = k0 + kb;
-            var vb = 0.0;
-            if (gc < p.n && gkb < p.k_end) { vb = b_at(gkb, gc); }
-            tile_b[kb * TILE_N + cb] = vb;
+            let b = slab_b(t + 256u * s, col0, k0);
+            tile_b[b.at] = b.v;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TILE_K; kk++) {
@@ -171,27 +189,15 @@ fn matmul_tiled_blocked(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(w
     for (var g = 0u; g < BGM; g++) { rsum[g] = vec4<f32>(0.0); }
 
     for (var k0 = p.k_begin; k0 < p.k_end; k0 += TILE_K) {
-        // Staging as in `matmul_tiled` (coalesced reads of the stored layout, zero-filled edges),
-        // written one component at a time into the vec4 tiles.
+        // Staging as in `matmul_tiled`, written one component at a time into the vec4 tiles
+        // (flat index / 4 and % 4: TILE_M and TILE_N are multiples of 4).
         for (var s = 0u; s < STAGE_A; s++) {
-            let e = t + 256u * s;
-            var ra: u32; var ka: u32;
-            if (TA) { ka = e / TILE_M; ra = e % TILE_M; } else { ra = e / TILE_K; ka = e % TILE_K; }
-            let gr = row0 + ra;
-            let gk = k0 + ka;
-            var va = 0.0;
-            if (gr < p.m && gk < p.k_end) { va = a_at(gr, gk); }
-            tile_a4[ka * BQM + ra / 4u][ra % 4u] = va;
+            let a = slab_a(t + 256u * s, row0, k0);
+            tile_a4[a.at / 4u][a.at % 4u] = a.v;
         }
         for (var s = 0u; s < STAGE_B; s++) {
-            let e = t + 256u * s;
-            var cb: u32; var kb: u32;
-            if (TB) { cb = e / TILE_K; kb = e % TILE_K; } else { kb = e / TILE_N; cb = e % TILE_N; }
-            let gc = col0 + cb;
-            let gkb = k0 + kb;
-            var vb = 0.0;
-            if (gc < p.n && gkb < p.k_end) { vb = b_at(gkb, gc); }
-            tile_b4[kb * BQN + cb / 4u][cb % 4u] = vb;
+            let b = slab_b(t + 256u * s, col0, k0);
+            tile_b4[b.at / 4u][b.at % 4u] = b.v;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TILE_K; kk++) {

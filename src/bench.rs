@@ -270,7 +270,6 @@ fn synthetic_split(n: usize, rows: usize, cols: usize) -> crate::data::Split {
 /// wait per round until `budget` is spent (at least 3 rounds). Data: `4 * batch` synthetic images
 /// on the GPU. With `profile` the device times each dispatch (timestamp queries; the adapter must
 /// have them) and the profile is returned too.
-#[allow(clippy::too_many_arguments)]
 pub fn bench_step(
     gpu: &Gpu,
     config: &crate::vae::VaeConfig,

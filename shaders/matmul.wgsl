@@ -10,7 +10,8 @@
 //   B stored [K,N] (TB=false) or [N,K] (TB=true, op(B) = Bᵀ)
 //   bias [N] (read only when BIAS), Y [M,N] (read only when GRAD_ACT != 0), C [M,N], S [M]
 // Defines prepended by src/ops/matmul.rs: TA, TB, BIAS, ACCUM, COLSUM: bool; ACT, GRAD_ACT: u32;
-// ALPHA, GRAD_ALPHA: f32; TILE_M, TILE_N, TILE_K: u32 (the tiled variant's tile); for the register
+// ALPHA, GRAD_ALPHA: f32; TILE_M, TILE_N, TILE_K: u32 and PREFETCH: bool (the tiled variant's
+// tile and whether it loads the next slab during the current one's arithmetic); for the register
 // variant also RM (rows per workgroup) and WG (invocations per workgroup).
 //
 // Bindings: 0 params | 1 A | 2 B | 3 bias | 4 Y | 5 C (read_write) | 6 S (read_write); unused
@@ -106,6 +107,22 @@ fn slab_b(e: u32, col0: u32, k0: u32) -> Staged {
     return Staged(kb * TILE_N + cb, v);
 }
 
+// What invocation t stages of the A and B slabs at k0 (its STAGE_A and STAGE_B elements; consecutive
+// invocations read consecutive addresses of the stored layout, coalesced), held in registers until
+// written to workgroup memory. With PREFETCH the tiled kernels call these for slab k0 + TILE_K
+// before the arithmetic on slab k0, so the global loads' latency hides behind it at the cost of
+// one more register set per invocation; without, just before staging, as a plain tiled kernel.
+fn fetch_a(t: u32, row0: u32, k0: u32) -> array<Staged, STAGE_A> {
+    var r: array<Staged, STAGE_A>;
+    for (var s = 0u; s < STAGE_A; s++) { r[s] = slab_a(t + 256u * s, row0, k0); }
+    return r;
+}
+fn fetch_b(t: u32, col0: u32, k0: u32) -> array<Staged, STAGE_B> {
+    var r: array<Staged, STAGE_B>;
+    for (var s = 0u; s < STAGE_B; s++) { r[s] = slab_b(t + 256u * s, col0, k0); }
+    return r;
+}
+
 @compute @workgroup_size(16, 16, 1)
 fn matmul_tiled(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let tx = lid.x;
@@ -118,19 +135,22 @@ fn matmul_tiled(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup
     var rsum: array<f32, TRM>;
     for (var i = 0u; i < TRM; i++) { rsum[i] = 0.0; }
 
+    var sa = fetch_a(t, row0, p.k_begin);
+    var sb = fetch_b(t, col0, p.k_begin);
     for (var k0 = p.k_begin; k0 < p.k_end; k0 += TILE_K) {
-        // Each of the 256 invocations stages STAGE_A elements of A's slab and STAGE_B of B's;
-        // consecutive invocations read consecutive addresses of the stored layout (coalesced) and
-        // zero-fill the edges.
-        for (var s = 0u; s < STAGE_A; s++) {
-            let a = slab_a(t + 256u * s, row0, k0);
-            tile_a[a.at] = a.v;
+        // Each of the 256 invocations stages STAGE_A elements of A's slab and STAGE_B of B's
+        // (zero past the edges).
+        if (!PREFETCH && k0 != p.k_begin) {
+            sa = fetch_a(t, row0, k0);
+            sb = fetch_b(t, col0, k0);
         }
-        for (var s = 0u; s < STAGE_B; s++) {
-            let b = slab_b(t + 256u * s, col0, k0);
-            tile_b[b.at] = b.v;
-        }
+        for (var s = 0u; s < STAGE_A; s++) { tile_a[sa[s].at] = sa[s].v; }
+        for (var s = 0u; s < STAGE_B; s++) { tile_b[sb[s].at] = sb[s].v; }
         workgroupBarrier();
+        if (PREFETCH && k0 + TILE_K < p.k_end) {
+            sa = fetch_a(t, row0, k0 + TILE_K);
+            sb = fetch_b(t, col0, k0 + TILE_K);
+        }
         for (var kk = 0u; kk < TILE_K; kk++) {
             var ar: array<f32, TRM>;
             var br: array<f32, TRN>;
@@ -188,18 +208,22 @@ fn matmul_tiled_blocked(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(w
     var rsum: array<vec4<f32>, BGM>;
     for (var g = 0u; g < BGM; g++) { rsum[g] = vec4<f32>(0.0); }
 
+    var sa = fetch_a(t, row0, p.k_begin);
+    var sb = fetch_b(t, col0, p.k_begin);
     for (var k0 = p.k_begin; k0 < p.k_end; k0 += TILE_K) {
-        // Staging as in `matmul_tiled`, written one component at a time into the vec4 tiles
-        // (flat index / 4 and % 4: TILE_M and TILE_N are multiples of 4).
-        for (var s = 0u; s < STAGE_A; s++) {
-            let a = slab_a(t + 256u * s, row0, k0);
-            tile_a4[a.at / 4u][a.at % 4u] = a.v;
+        // Staging (and PREFETCH) as in `matmul_tiled`, written one component at a time into the
+        // vec4 tiles (flat index / 4 and % 4: TILE_M and TILE_N are multiples of 4).
+        if (!PREFETCH && k0 != p.k_begin) {
+            sa = fetch_a(t, row0, k0);
+            sb = fetch_b(t, col0, k0);
         }
-        for (var s = 0u; s < STAGE_B; s++) {
-            let b = slab_b(t + 256u * s, col0, k0);
-            tile_b4[b.at / 4u][b.at % 4u] = b.v;
-        }
+        for (var s = 0u; s < STAGE_A; s++) { tile_a4[sa[s].at / 4u][sa[s].at % 4u] = sa[s].v; }
+        for (var s = 0u; s < STAGE_B; s++) { tile_b4[sb[s].at / 4u][sb[s].at % 4u] = sb[s].v; }
         workgroupBarrier();
+        if (PREFETCH && k0 + TILE_K < p.k_end) {
+            sa = fetch_a(t, row0, k0 + TILE_K);
+            sb = fetch_b(t, col0, k0 + TILE_K);
+        }
         for (var kk = 0u; kk < TILE_K; kk++) {
             var av: array<vec4<f32>, BGM>;
             var bv: array<vec4<f32>, BGN>;

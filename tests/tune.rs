@@ -13,7 +13,7 @@ use wgvae::{KernelChoice, MatmulPlan, MatmulVariant, Tape, TileConfig};
 
 /// Asserts that the tiled kernel of `tile` (its entry point and defines) ran on `tape`.
 fn assert_tile_ran(tape: &Tape, tile: TileConfig, what: &str) {
-    let defines = format!("TILE_M={}u,TILE_N={}u,TILE_K={}u", tile.m, tile.n, tile.k);
+    let defines = format!("TILE_M={}u,TILE_N={}u,TILE_K={}u,PREFETCH={}", tile.m, tile.n, tile.k, tile.prefetch);
     let entry = format!("{}[", tile.entry());
     let ran = tape.kernel_names_run();
     assert!(
@@ -92,8 +92,13 @@ fn tiles_the_kernel_cannot_run_are_refused() {
     let shared = gpu().limits().max_compute_workgroup_storage_size;
     for t in TileConfig::ALL {
         t.check(shared).unwrap_or_else(|e| panic!("{t} should run here: {e}"));
+        // The name the tuner writes to the plan cache reads back as the same tile.
+        assert_eq!(t.to_string().parse::<TileConfig>().unwrap(), t, "{t}");
+        let k = KernelChoice::tiled(t);
+        assert_eq!(k.to_string().parse::<KernelChoice>().unwrap(), k, "{k}");
     }
-    for bad in ["48x40x16", "0x64x16", "512x64x16", "16x16x8", "64x64", "32x32x16b", "64x64x16c"] {
+    assert_eq!("128x128x16bp".parse::<TileConfig>().unwrap(), TileConfig::blocked(128, 128, 16).prefetched());
+    for bad in ["48x40x16", "0x64x16", "512x64x16", "16x16x8", "64x64", "32x32x16b", "64x64x16c", "64x64x16pb"] {
         let parsed = bad.parse::<TileConfig>();
         assert!(parsed.as_ref().map_or(true, |t| t.check(shared).is_err()), "{bad} must be refused: {parsed:?}");
     }

@@ -98,22 +98,30 @@ pub struct TileConfig {
     /// workgroup memory as vec4s (`matmul_tiled_blocked`), instead of single outputs strided by 16
     /// read one f32 at a time (`matmul_tiled`).
     pub blocked: bool,
+    /// Each invocation loads its share of the next slab from global memory into registers before
+    /// the arithmetic on the current one (software pipelining: the loads' latency hides behind the
+    /// multiply-adds, at the cost of one more register set), instead of just before staging.
+    pub prefetch: bool,
 }
 
 impl TileConfig {
     /// An `m` x `n` tile with slabs of `k`, outputs strided by 16 (`matmul_tiled`).
     pub const fn new(m: u32, n: u32, k: u32) -> Self {
-        TileConfig { m, n, k, blocked: false }
+        TileConfig { m, n, k, blocked: false, prefetch: false }
     }
     /// An `m` x `n` tile with slabs of `k`, 4x4 output blocks read as vec4s
     /// (`matmul_tiled_blocked`).
     pub const fn blocked(m: u32, n: u32, k: u32) -> Self {
-        TileConfig { m, n, k, blocked: true }
+        TileConfig { m, n, k, blocked: true, prefetch: false }
+    }
+    /// This tile with the next slab's global loads issued before the current slab's arithmetic.
+    pub const fn prefetched(self) -> Self {
+        TileConfig { prefetch: true, ..self }
     }
     /// The tile used when nothing was measured: 64x64, slabs of 16.
     pub const DEFAULT: TileConfig = TileConfig::new(64, 64, 16);
     /// The tiles the tuner measures (and the tests prove against the f64 reference).
-    pub const ALL: [TileConfig; 7] = [
+    pub const ALL: [TileConfig; 11] = [
         TileConfig::new(32, 32, 16),
         TileConfig::DEFAULT,
         TileConfig::new(128, 64, 16),
@@ -121,6 +129,10 @@ impl TileConfig {
         TileConfig::new(128, 128, 8),
         TileConfig::blocked(64, 64, 16),
         TileConfig::blocked(128, 128, 8),
+        TileConfig::blocked(128, 128, 16),
+        TileConfig::blocked(64, 64, 16).prefetched(),
+        TileConfig::blocked(128, 128, 8).prefetched(),
+        TileConfig::blocked(128, 128, 16).prefetched(),
     ];
 
     /// The WGSL entry point that runs this tile.
@@ -157,24 +169,33 @@ impl TileConfig {
 }
 
 impl std::fmt::Display for TileConfig {
-    /// `MxNxK`, e.g. `64x64x16`, with a `b` after K when blocked (`128x128x8b`).
+    /// `MxNxK`, e.g. `64x64x16`, with a `b` after K when blocked and a `p` last when it
+    /// prefetches (`128x128x8b`, `128x128x16bp`).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}x{}x{}{}", self.m, self.n, self.k, if self.blocked { "b" } else { "" })
+        let (b, p) = (if self.blocked { "b" } else { "" }, if self.prefetch { "p" } else { "" });
+        write!(f, "{}x{}x{}{b}{p}", self.m, self.n, self.k)
     }
 }
 
 impl std::str::FromStr for TileConfig {
     type Err = Error;
-    /// Parses `MxNxK`, or `MxNxKb` for a blocked tile.
+    /// Parses `MxNxK`, with `b` (blocked) and then `p` (prefetch) after K if wanted.
     fn from_str(s: &str) -> Result<Self> {
-        let (dims, blocked) = match s.strip_suffix('b') {
+        let (dims, prefetch) = match s.strip_suffix('p') {
             Some(d) => (d, true),
             None => (s, false),
         };
+        let (dims, blocked) = match dims.strip_suffix('b') {
+            Some(d) => (d, true),
+            None => (dims, false),
+        };
         let v: Vec<u32> = dims.split('x').filter_map(|p| p.trim().parse().ok()).collect();
         match v[..] {
-            [m, n, k] if dims.split('x').count() == 3 => Ok(TileConfig { m, n, k, blocked }),
-            _ => Err(Error::arg("matmul tile", format!("`{s}` is not MxNxK or MxNxKb (e.g. 64x64x16)"))),
+            [m, n, k] if dims.split('x').count() == 3 => Ok(TileConfig { m, n, k, blocked, prefetch }),
+            _ => Err(Error::arg(
+                "matmul tile",
+                format!("`{s}` is not MxNxK with an optional b and p after it (e.g. 64x64x16, 128x128x8bp)"),
+            )),
         }
     }
 }

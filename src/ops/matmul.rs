@@ -176,6 +176,7 @@ fn launch(
             ("TILE_M", format!("{}u", tile.m)),
             ("TILE_N", format!("{}u", tile.n)),
             ("TILE_K", format!("{}u", tile.k)),
+            ("PREFETCH", tile.prefetch.to_string()),
             ("GRAD_ACT", format!("{}u", grad_act.id())),
             ("GRAD_ALPHA", super::wgsl_f32(grad_act.alpha())),
         ];

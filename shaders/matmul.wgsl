@@ -195,53 +195,31 @@ const BGN: u32 = (TILE_N + 63u) / 64u;
 var<workgroup> tile_a4: array<vec4<f32>, TILE_M * TILE_K / 4u>; // [TILE_K][TILE_M/4]
 var<workgroup> tile_b4: array<vec4<f32>, TILE_N * TILE_K / 4u>; // [TILE_K][TILE_N/4]
 
-@compute @workgroup_size(16, 16, 1)
-fn matmul_tiled_blocked(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-    let tx = lid.x;
-    let ty = lid.y;
-    let t = ty * 16u + tx;
-    let row0 = wid.y * TILE_M;
-    let col0 = wid.x * TILE_N;
-    // acc[4g + r][h]: row 64g + 4ty + r, columns 64h + 4tx .. +3.
-    var acc: array<array<vec4<f32>, BGN>, TRM>;
-    for (var i = 0u; i < TRM; i++) { for (var h = 0u; h < BGN; h++) { acc[i][h] = vec4<f32>(0.0); } }
-    var rsum: array<vec4<f32>, BGM>;
-    for (var g = 0u; g < BGM; g++) { rsum[g] = vec4<f32>(0.0); }
-
-    var sa = fetch_a(t, row0, p.k_begin);
-    var sb = fetch_b(t, col0, p.k_begin);
-    for (var k0 = p.k_begin; k0 < p.k_end; k0 += TILE_K) {
-        // Staging (and PREFETCH) as in `matmul_tiled`, written one component at a time into the
-        // vec4 tiles (flat index / 4 and % 4: TILE_M and TILE_N are multiples of 4).
-        if (!PREFETCH && k0 != p.k_begin) {
-            sa = fetch_a(t, row0, k0);
-            sb = fetch_b(t, col0, k0);
-        }
-        for (var s = 0u; s < STAGE_A; s++) { tile_a4[sa[s].at / 4u][sa[s].at % 4u] = sa[s].v; }
-        for (var s = 0u; s < STAGE_B; s++) { tile_b4[sb[s].at / 4u][sb[s].at % 4u] = sb[s].v; }
-        workgroupBarrier();
-        if (PREFETCH && k0 + TILE_K < p.k_end) {
-            sa = fetch_a(t, row0, k0 + TILE_K);
-            sb = fetch_b(t, col0, k0 + TILE_K);
-        }
-        for (var kk = 0u; kk < TILE_K; kk++) {
-            var av: array<vec4<f32>, BGM>;
-            var bv: array<vec4<f32>, BGN>;
-            for (var g = 0u; g < BGM; g++) { av[g] = tile_a4[kk * BQM + 16u * g + ty]; }
-            for (var h = 0u; h < BGN; h++) { bv[h] = tile_b4[kk * BQN + 16u * h + tx]; }
-            for (var g = 0u; g < BGM; g++) {
-                for (var r = 0u; r < 4u; r++) {
-                    for (var h = 0u; h < BGN; h++) {
-                        acc[4u * g + r][h] = fma(vec4<f32>(av[g][r]), bv[h], acc[4u * g + r][h]);
-                    }
+// The arithmetic on one staged slab, shared by both blocked entry points: acc[4g + r][h] holds row
+// 64g + 4ty + r, columns 64h + 4tx .. +3; rsum[g] the row sums of op(A) for rows 64g + 4ty .. +3.
+fn blocked_slab(tx: u32, ty: u32, acc: ptr<function, array<array<vec4<f32>, BGN>, TRM>>,
+                rsum: ptr<function, array<vec4<f32>, BGM>>) {
+    for (var kk = 0u; kk < TILE_K; kk++) {
+        var av: array<vec4<f32>, BGM>;
+        var bv: array<vec4<f32>, BGN>;
+        for (var g = 0u; g < BGM; g++) { av[g] = tile_a4[kk * BQM + 16u * g + ty]; }
+        for (var h = 0u; h < BGN; h++) { bv[h] = tile_b4[kk * BQN + 16u * h + tx]; }
+        for (var g = 0u; g < BGM; g++) {
+            for (var r = 0u; r < 4u; r++) {
+                for (var h = 0u; h < BGN; h++) {
+                    (*acc)[4u * g + r][h] = fma(vec4<f32>(av[g][r]), bv[h], (*acc)[4u * g + r][h]);
                 }
             }
-            if (COLSUM) { for (var g = 0u; g < BGM; g++) { rsum[g] += av[g]; } }
         }
-        workgroupBarrier();
+        if (COLSUM) { for (var g = 0u; g < BGM; g++) { (*rsum)[g] += av[g]; } }
     }
-    // Row sums: the first column block's tx == 0 invocations own rows 64g + 4ty + r.
-    if (COLSUM && wid.x == 0u && tx == 0u) {
+}
+
+// The epilogue of both blocked entry points. Row sums: the first column block's tx == 0
+// invocations own rows 64g + 4ty + r.
+fn blocked_store(tx: u32, ty: u32, row0: u32, col0: u32, first_col_block: bool,
+                 acc: array<array<vec4<f32>, BGN>, TRM>, rsum: array<vec4<f32>, BGM>) {
+    if (COLSUM && first_col_block && tx == 0u) {
         for (var g = 0u; g < BGM; g++) {
             for (var r = 0u; r < 4u; r++) {
                 let row = row0 + 64u * g + 4u * ty + r;
@@ -259,6 +237,137 @@ fn matmul_tiled_blocked(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(w
             }
         }
     }
+}
+
+@compute @workgroup_size(16, 16, 1)
+fn matmul_tiled_blocked(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let tx = lid.x;
+    let ty = lid.y;
+    let t = ty * 16u + tx;
+    let row0 = wid.y * TILE_M;
+    let col0 = wid.x * TILE_N;
+    // Function-scope variables start at zero.
+    var acc: array<array<vec4<f32>, BGN>, TRM>;
+    var rsum: array<vec4<f32>, BGM>;
+    var sa = fetch_a(t, row0, p.k_begin);
+    var sb = fetch_b(t, col0, p.k_begin);
+    for (var k0 = p.k_begin; k0 < p.k_end; k0 += TILE_K) {
+        // Staging (and PREFETCH) as in `matmul_tiled`, written one component at a time into the
+        // vec4 tiles (flat index / 4 and % 4: TILE_M and TILE_N are multiples of 4).
+        if (!PREFETCH && k0 != p.k_begin) {
+            sa = fetch_a(t, row0, k0);
+            sb = fetch_b(t, col0, k0);
+        }
+        for (var s = 0u; s < STAGE_A; s++) { tile_a4[sa[s].at / 4u][sa[s].at % 4u] = sa[s].v; }
+        for (var s = 0u; s < STAGE_B; s++) { tile_b4[sb[s].at / 4u][sb[s].at % 4u] = sb[s].v; }
+        workgroupBarrier();
+        if (PREFETCH && k0 + TILE_K < p.k_end) {
+            sa = fetch_a(t, row0, k0 + TILE_K);
+            sb = fetch_b(t, col0, k0 + TILE_K);
+        }
+        blocked_slab(tx, ty, &acc, &rsum);
+        workgroupBarrier();
+    }
+    blocked_store(tx, ty, row0, col0, wid.x == 0u, acc, rsum);
+}
+
+// The blocked kernel with slabs staged from global memory as vec4s, `matmul_tiled_blocked4`
+// (TileConfig::vec4): a quarter of the load instructions and index arithmetic. The host runs it
+// only when every operand's contiguous dimension is a multiple of 4 (`vec4_aligned`: K when A is
+// [M,K] or B is [N,K], M when A is [K,M], N when B is [K,N]) and otherwise runs
+// `matmul_tiled_blocked` with the same tile. Each invocation stages SA4 vec4s of A and SB4 of B
+// (TILE_M*TILE_K and TILE_N*TILE_K multiples of 1024). Reads A and B through the vec4 views a4 and
+// b4 (declared with the `register` variant below).
+const SA4: u32 = (TILE_M * TILE_K + 1023u) / 1024u;
+const SB4: u32 = (TILE_N * TILE_K + 1023u) / 1024u;
+const KQ: u32 = (TILE_K + 3u) / 4u; // vec4s along K in a slab's row (K-contiguous layouts)
+
+// Vec4 number e4 of the A slab at k0 of the tile at row0; consecutive e4 read consecutive vec4s of
+// the stored layout. A stored [K,M]: rows 4(e4 % BQM) .. +3 of k e4 / BQM; stored [M,K]: k
+// 4(e4 % KQ) .. +3 of row e4 / KQ. Zero past the matrix or the K slice (a vec4 is wholly in or out:
+// the contiguous dimension, k0 and the slice end are multiples of 4).
+fn slab_a4(e4: u32, row0: u32, k0: u32) -> vec4<f32> {
+    if (TA) {
+        let gk = k0 + e4 / BQM;
+        let gr = row0 + 4u * (e4 % BQM);
+        if (gk < p.k_end && gr < p.m) { return a4[gk * (p.m / 4u) + gr / 4u]; }
+    } else {
+        let gr = row0 + e4 / KQ;
+        let gk = k0 + 4u * (e4 % KQ);
+        if (gr < p.m && gk < p.k_end) { return a4[gr * (p.k / 4u) + gk / 4u]; }
+    }
+    return vec4<f32>(0.0);
+}
+
+// The same for the B slab at k0 of the tile at col0: B stored [K,N]: columns 4(e4 % BQN) .. +3
+// of k e4 / BQN; stored [N,K]: k 4(e4 % KQ) .. +3 of column e4 / KQ.
+fn slab_b4(e4: u32, col0: u32, k0: u32) -> vec4<f32> {
+    if (TB) {
+        let gc = col0 + e4 / KQ;
+        let gk = k0 + 4u * (e4 % KQ);
+        if (gc < p.n && gk < p.k_end) { return b4[gc * (p.k / 4u) + gk / 4u]; }
+    } else {
+        let gk = k0 + e4 / BQN;
+        let gc = col0 + 4u * (e4 % BQN);
+        if (gk < p.k_end && gc < p.n) { return b4[gk * (p.n / 4u) + gc / 4u]; }
+    }
+    return vec4<f32>(0.0);
+}
+
+fn fetch_a4(t: u32, row0: u32, k0: u32) -> array<vec4<f32>, SA4> {
+    var r: array<vec4<f32>, SA4>;
+    for (var s = 0u; s < SA4; s++) { r[s] = slab_a4(t + 256u * s, row0, k0); }
+    return r;
+}
+fn fetch_b4(t: u32, col0: u32, k0: u32) -> array<vec4<f32>, SB4> {
+    var r: array<vec4<f32>, SB4>;
+    for (var s = 0u; s < SB4; s++) { r[s] = slab_b4(t + 256u * s, col0, k0); }
+    return r;
+}
+
+// Where vec4 e4 of a slab goes in tile_a4 / tile_b4 ([TILE_K][TILE_M/4], [TILE_K][TILE_N/4]): when
+// the stored layout is contiguous along rows (A [K,M]) or columns (B [K,N]) it lands whole at
+// e4; when contiguous along K, its four values go to four consecutive k of one row or column.
+fn stash_a4(e4: u32, v: vec4<f32>) {
+    if (TA) { tile_a4[e4] = v; return; }
+    let r = e4 / KQ;
+    let k = 4u * (e4 % KQ);
+    for (var j = 0u; j < 4u; j++) { tile_a4[(k + j) * BQM + r / 4u][r % 4u] = v[j]; }
+}
+fn stash_b4(e4: u32, v: vec4<f32>) {
+    if (!TB) { tile_b4[e4] = v; return; }
+    let c = e4 / KQ;
+    let k = 4u * (e4 % KQ);
+    for (var j = 0u; j < 4u; j++) { tile_b4[(k + j) * BQN + c / 4u][c % 4u] = v[j]; }
+}
+
+@compute @workgroup_size(16, 16, 1)
+fn matmul_tiled_blocked4(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let tx = lid.x;
+    let ty = lid.y;
+    let t = ty * 16u + tx;
+    let row0 = wid.y * TILE_M;
+    let col0 = wid.x * TILE_N;
+    var acc: array<array<vec4<f32>, BGN>, TRM>;
+    var rsum: array<vec4<f32>, BGM>;
+    var sa = fetch_a4(t, row0, p.k_begin);
+    var sb = fetch_b4(t, col0, p.k_begin);
+    for (var k0 = p.k_begin; k0 < p.k_end; k0 += TILE_K) {
+        if (!PREFETCH && k0 != p.k_begin) {
+            sa = fetch_a4(t, row0, k0);
+            sb = fetch_b4(t, col0, k0);
+        }
+        for (var s = 0u; s < SA4; s++) { stash_a4(t + 256u * s, sa[s]); }
+        for (var s = 0u; s < SB4; s++) { stash_b4(t + 256u * s, sb[s]); }
+        workgroupBarrier();
+        if (PREFETCH && k0 + TILE_K < p.k_end) {
+            sa = fetch_a4(t, row0, k0 + TILE_K);
+            sb = fetch_b4(t, col0, k0 + TILE_K);
+        }
+        blocked_slab(tx, ty, &acc, &rsum);
+        workgroupBarrier();
+    }
+    blocked_store(tx, ty, row0, col0, wid.x == 0u, acc, rsum);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -132,7 +132,7 @@ impl std::fmt::Display for Measurement {
     /// One row: product, kernel, ms, GFLOP/s.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let what = format!("{} ({}x{}x{} {})", self.shape, self.m, self.k, self.n, self.layout);
-        write!(f, "{what:<46} {:<18} {:>10.4} ms {:>9.1} GFLOP/s", self.kernel.to_string(), self.ms, self.gflops)
+        write!(f, "{what:<46} {:<20} {:>10.4} ms {:>9.1} GFLOP/s", self.kernel.to_string(), self.ms, self.gflops)
     }
 }
 

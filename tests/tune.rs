@@ -6,29 +6,52 @@ mod common;
 use common::*;
 use std::time::Duration;
 use wgvae::bench::MatmulShape;
-use wgvae::ops::matmul::{matmul_accumulate, matmul_forward, matmul_fused, Epilogue, MatmulOpts};
+use wgvae::ops::matmul::{matmul_accumulate, matmul_forward, matmul_fused, vec4_aligned, Epilogue, MatmulOpts};
 use wgvae::ops::Act;
 use wgvae::tune::{self, Measurement, PlanCache, PlanSource, TuneOptions};
 use wgvae::{KernelChoice, MatmulPlan, MatmulVariant, Tape, TileConfig};
 
-/// Asserts that the tiled kernel of `tile` (its entry point and defines) ran on `tape`.
-fn assert_tile_ran(tape: &Tape, tile: TileConfig, what: &str) {
+/// Asserts that the tiled kernel of `tile` (its entry point for a product that is or is not
+/// vec4-`aligned`, and its defines) ran on `tape`.
+fn assert_tile_ran(tape: &Tape, tile: TileConfig, aligned: bool, what: &str) {
     let defines = format!("TILE_M={}u,TILE_N={}u,TILE_K={}u,PREFETCH={}", tile.m, tile.n, tile.k, tile.prefetch);
-    let entry = format!("{}[", tile.entry());
+    // Spelled out here rather than taken from `TileConfig::entry`, so that a wrong choice there fails.
+    let entry = match (tile.blocked, tile.vec4 && aligned) {
+        (false, _) => "matmul_tiled[",
+        (true, false) => "matmul_tiled_blocked[",
+        (true, true) => "matmul_tiled_blocked4[",
+    };
     let ran = tape.kernel_names_run();
     assert!(
-        ran.keys().any(|k| k.contains(&entry) && k.contains(&defines)),
+        ran.keys().any(|k| k.contains(entry) && k.contains(&defines)),
         "{what}: expected {entry}..] with {defines}; ran {ran:?}"
     );
 }
 
-/// (M, K, N): ones, primes, one past the tiles (16, 32, 64, 128), a long K (three K slices).
-const SIZES: [(usize, usize, usize); 7] =
-    [(1, 1, 1), (7, 3, 5), (33, 17, 65), (129, 9, 17), (17, 40, 257), (130, 785, 33), (20, 6144, 36)];
+/// (M, K, N): ones, primes, one past the tiles (16, 32, 64, 128), a long K (three K slices); the
+/// last three are multiples of 4 (vec4 staging runs on them), four past the tiles' sides.
+const SIZES: [(usize, usize, usize); 9] = [
+    (1, 1, 1),
+    (7, 3, 5),
+    (33, 17, 65),
+    (129, 9, 17),
+    (17, 40, 257),
+    (130, 785, 33),
+    (20, 6144, 36),
+    (68, 28, 132),
+    (132, 12, 68),
+];
+
+/// Every tile the tuner may pick, and the combinations of flags it does not measure (prefetch on a
+/// strided tile, vec4 staging without prefetch) that a plan file or `MatmulOpts::tile` can still ask for.
+fn tiles_to_prove() -> Vec<TileConfig> {
+    let extra = [TileConfig::DEFAULT.prefetched(), TileConfig::blocked(64, 64, 16).vec4_staged()];
+    TileConfig::ALL.into_iter().chain(extra).collect()
+}
 
 #[test]
 fn tiled_matmul_every_tile_layout_and_odd_size() {
-    for tile in TileConfig::ALL {
+    for tile in tiles_to_prove() {
         for (i, &(m, k, n)) in SIZES.iter().enumerate() {
             for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
                 let seed = 500 + i as u64;
@@ -42,7 +65,7 @@ fn tiled_matmul_every_tile_layout_and_odd_size() {
                 matmul_accumulate(&mut tape, &a.upload(), &b.upload(), &acc, o).unwrap();
                 tape.submit().unwrap();
                 let what = format!("tiled {tile} matmul {m}x{k}x{n} ta={ta} tb={tb}");
-                assert_tile_ran(&tape, tile, &what);
+                assert_tile_ran(&tape, tile, vec4_aligned(m, k, n, ta, tb), &what);
                 let want = matmul(&a, &b, ta, tb);
                 let atol = 1e-6 * (k as f64).sqrt() * 4.0;
                 assert_close(&download(&c), &want, atol, 1e-5, &what);
@@ -54,8 +77,8 @@ fn tiled_matmul_every_tile_layout_and_odd_size() {
 
 #[test]
 fn tiled_matmul_every_tile_with_bias_activation_derivative_and_row_sums() {
-    for tile in TileConfig::ALL {
-        for (i, &(m, k, n)) in [(37, 29, 70), (130, 6144, 20)].iter().enumerate() {
+    for tile in tiles_to_prove() {
+        for (i, &(m, k, n)) in [(37, 29, 70), (130, 6144, 20), (68, 36, 132)].iter().enumerate() {
             let seed = 700 + i as u64;
             // Forward with bias and activation.
             let x = Mat::rand(m, k, -2.0, 2.0, seed);
@@ -76,7 +99,8 @@ fn tiled_matmul_every_tile_with_bias_activation_derivative_and_row_sums() {
             let c = matmul_fused(&mut tape, &g.upload(), &b2.upload(), None, None, o2, ep).unwrap();
             tape.submit().unwrap();
             let what = format!("tiled {tile} {m}x{k}x{n}");
-            assert_tile_ran(&tape, tile, &what);
+            // Both products (x·Wᵀ and gᵀ·b2) are vec4-aligned exactly when all three sizes are.
+            assert_tile_ran(&tape, tile, vec4_aligned(m, k, n, true, false), &what);
             let atol = 1e-6 * (k as f64).sqrt() * 4.0;
             let want_y = add_row(&matmul(&x, &w, false, true), &bias).map(|v| act_fwd(Act::Tanh, v));
             assert_close(&download(&y), &want_y, atol, 1e-5, &format!("{what}: bias + tanh"));
@@ -90,7 +114,7 @@ fn tiled_matmul_every_tile_with_bias_activation_derivative_and_row_sums() {
 #[test]
 fn tiles_the_kernel_cannot_run_are_refused() {
     let shared = gpu().limits().max_compute_workgroup_storage_size;
-    for t in TileConfig::ALL {
+    for t in tiles_to_prove() {
         t.check(shared).unwrap_or_else(|e| panic!("{t} should run here: {e}"));
         // The name the tuner writes to the plan cache reads back as the same tile.
         assert_eq!(t.to_string().parse::<TileConfig>().unwrap(), t, "{t}");
@@ -98,7 +122,20 @@ fn tiles_the_kernel_cannot_run_are_refused() {
         assert_eq!(k.to_string().parse::<KernelChoice>().unwrap(), k, "{k}");
     }
     assert_eq!("128x128x16bp".parse::<TileConfig>().unwrap(), TileConfig::blocked(128, 128, 16).prefetched());
-    for bad in ["48x40x16", "0x64x16", "512x64x16", "16x16x8", "64x64", "32x32x16b", "64x64x16c", "64x64x16pb"] {
+    let full = TileConfig::blocked(128, 128, 8).prefetched().vec4_staged();
+    assert_eq!("128x128x8bpv".parse::<TileConfig>().unwrap(), full);
+    for bad in [
+        "48x40x16",
+        "0x64x16",
+        "512x64x16",
+        "16x16x8",
+        "64x64",
+        "32x32x16b",
+        "64x64x16c",
+        "64x64x16pb",
+        "64x64x16v",
+        "64x64x8bv",
+    ] {
         let parsed = bad.parse::<TileConfig>();
         assert!(parsed.as_ref().map_or(true, |t| t.check(shared).is_err()), "{bad} must be refused: {parsed:?}");
     }
@@ -193,7 +230,7 @@ fn search_measures_every_candidate_and_the_installed_plan_decides_which_kernel_r
     let mut tape = Tape::no_grad(&g);
     let c = matmul_forward(&mut tape, &a.upload_to(&g), &b.upload_to(&g), None, MatmulOpts::nn()).unwrap();
     tape.submit().unwrap();
-    assert_tile_ran(&tape, tile, "a small product under the plan");
+    assert_tile_ran(&tape, tile, true, "a small product under the plan");
     assert_close(&download(&c), &matmul(&a, &b, false, false), 1e-5, 1e-5, "small product under the plan");
     let mut tape = Tape::no_grad(&g);
     let c2 = matmul_forward(&mut tape, &a2.upload_to(&g), &b2.upload_to(&g), None, MatmulOpts::nn()).unwrap();

@@ -102,21 +102,29 @@ pub struct TileConfig {
     /// the arithmetic on the current one (software pipelining: the loads' latency hides behind the
     /// multiply-adds, at the cost of one more register set), instead of just before staging.
     pub prefetch: bool,
+    /// A blocked tile that stages its slabs from global memory as vec4s (`matmul_tiled_blocked4`)
+    /// where the product's shape allows it (every operand's contiguous dimension a multiple of 4,
+    /// as in all of the VAE's layers); other shapes run the same tile with scalar staging.
+    pub vec4: bool,
 }
 
 impl TileConfig {
     /// An `m` x `n` tile with slabs of `k`, outputs strided by 16 (`matmul_tiled`).
     pub const fn new(m: u32, n: u32, k: u32) -> Self {
-        TileConfig { m, n, k, blocked: false, prefetch: false }
+        TileConfig { m, n, k, blocked: false, prefetch: false, vec4: false }
     }
     /// An `m` x `n` tile with slabs of `k`, 4x4 output blocks read as vec4s
     /// (`matmul_tiled_blocked`).
     pub const fn blocked(m: u32, n: u32, k: u32) -> Self {
-        TileConfig { m, n, k, blocked: true, prefetch: false }
+        TileConfig { m, n, k, blocked: true, prefetch: false, vec4: false }
     }
     /// This tile with the next slab's global loads issued before the current slab's arithmetic.
     pub const fn prefetched(self) -> Self {
         TileConfig { prefetch: true, ..self }
+    }
+    /// This (blocked) tile with slabs staged as vec4s where the shape allows.
+    pub const fn vec4_staged(self) -> Self {
+        TileConfig { vec4: true, ..self }
     }
     /// The tile used when nothing was measured: 64x64, slabs of 16.
     pub const DEFAULT: TileConfig = TileConfig::new(64, 64, 16);
@@ -130,17 +138,18 @@ impl TileConfig {
         TileConfig::blocked(64, 64, 16),
         TileConfig::blocked(128, 128, 8),
         TileConfig::blocked(128, 128, 16),
-        TileConfig::blocked(64, 64, 16).prefetched(),
-        TileConfig::blocked(128, 128, 8).prefetched(),
-        TileConfig::blocked(128, 128, 16).prefetched(),
+        TileConfig::blocked(64, 64, 16).prefetched().vec4_staged(),
+        TileConfig::blocked(128, 128, 8).prefetched().vec4_staged(),
+        TileConfig::blocked(128, 128, 16).prefetched().vec4_staged(),
     ];
 
-    /// The WGSL entry point that runs this tile.
-    pub fn entry(self) -> &'static str {
-        if self.blocked {
-            "matmul_tiled_blocked"
-        } else {
-            "matmul_tiled"
+    /// The WGSL entry point that runs this tile on a product whose shape is `aligned` for vec4
+    /// loads ([`crate::ops::matmul::vec4_aligned`]).
+    pub fn entry(self, aligned: bool) -> &'static str {
+        match (self.blocked, self.vec4 && aligned) {
+            (true, true) => "matmul_tiled_blocked4",
+            (true, false) => "matmul_tiled_blocked",
+            (false, _) => "matmul_tiled",
         }
     }
 
@@ -160,6 +169,12 @@ impl TileConfig {
         if self.blocked && (!self.m.is_multiple_of(64) || !self.n.is_multiple_of(64)) {
             return bad("a blocked tile's rows and columns must be multiples of 64".into());
         }
+        if self.vec4 && !self.blocked {
+            return bad("vec4 staging (v) is for blocked tiles (b)".into());
+        }
+        if self.vec4 && (!(self.m * self.k).is_multiple_of(1024) || !(self.n * self.k).is_multiple_of(1024)) {
+            return bad("with vec4 staging, rows x slab and columns x slab must be multiples of 1024".into());
+        }
         let shared = (self.m + self.n) * self.k * 4;
         if shared > max_shared {
             return bad(format!("needs {shared} bytes of workgroup memory, the device has {max_shared}"));
@@ -169,32 +184,30 @@ impl TileConfig {
 }
 
 impl std::fmt::Display for TileConfig {
-    /// `MxNxK`, e.g. `64x64x16`, with a `b` after K when blocked and a `p` last when it
-    /// prefetches (`128x128x8b`, `128x128x16bp`).
+    /// `MxNxK`, e.g. `64x64x16`, followed by `b` when blocked, `p` when it prefetches and `v`
+    /// when it stages vec4s, in that order (`128x128x8b`, `128x128x16bpv`).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (b, p) = (if self.blocked { "b" } else { "" }, if self.prefetch { "p" } else { "" });
-        write!(f, "{}x{}x{}{b}{p}", self.m, self.n, self.k)
+        let flag = |on: bool, c: &'static str| if on { c } else { "" };
+        let (b, p, v) = (flag(self.blocked, "b"), flag(self.prefetch, "p"), flag(self.vec4, "v"));
+        write!(f, "{}x{}x{}{b}{p}{v}", self.m, self.n, self.k)
     }
 }
 
 impl std::str::FromStr for TileConfig {
     type Err = Error;
-    /// Parses `MxNxK`, with `b` (blocked) and then `p` (prefetch) after K if wanted.
+    /// Parses `MxNxK`, with `b` (blocked), `p` (prefetch) and `v` (vec4 staging) after K, in that
+    /// order, where wanted.
     fn from_str(s: &str) -> Result<Self> {
-        let (dims, prefetch) = match s.strip_suffix('p') {
-            Some(d) => (d, true),
-            None => (s, false),
-        };
-        let (dims, blocked) = match dims.strip_suffix('b') {
-            Some(d) => (d, true),
-            None => (dims, false),
-        };
+        let flag = |d: &str, c: char| d.strip_suffix(c).map_or((d.to_string(), false), |d| (d.to_string(), true));
+        let (dims, vec4) = flag(s, 'v');
+        let (dims, prefetch) = flag(&dims, 'p');
+        let (dims, blocked) = flag(&dims, 'b');
         let v: Vec<u32> = dims.split('x').filter_map(|p| p.trim().parse().ok()).collect();
         match v[..] {
-            [m, n, k] if dims.split('x').count() == 3 => Ok(TileConfig { m, n, k, blocked, prefetch }),
+            [m, n, k] if dims.split('x').count() == 3 => Ok(TileConfig { m, n, k, blocked, prefetch, vec4 }),
             _ => Err(Error::arg(
                 "matmul tile",
-                format!("`{s}` is not MxNxK with an optional b and p after it (e.g. 64x64x16, 128x128x8bp)"),
+                format!("`{s}` is not MxNxK followed by b, p, v if wanted (e.g. 64x64x16, 128x128x8bpv)"),
             )),
         }
     }

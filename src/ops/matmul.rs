@@ -144,7 +144,7 @@ fn launch(
     let aligned = vec4_aligned(m, k, n, o.trans_a, o.trans_b);
     // (entry, module, rows per workgroup, columns per workgroup)
     let (entry, module, rows, cols) = match variant {
-        MatmulVariant::Tiled => (tile.entry(), Module::Matmul, tile.m as usize, tile.n as usize),
+        MatmulVariant::Tiled => (tile.entry(aligned), Module::Matmul, tile.m as usize, tile.n as usize),
         // The subgroup kernel also stores C (and reads the bias) as vec4s: N % 4 == 0. Other
         // shapes take the register kernels (documented on MatmulVariant::Subgroup).
         MatmulVariant::Subgroup if aligned && n.is_multiple_of(4) => {

@@ -222,6 +222,19 @@ pub fn expected_kernel(v: MatmulVariant, m: usize, k: usize, n: usize, ta: bool,
     }
 }
 
+/// The entry point the tiled kernel must run for `tile` on a shape: the blocked tiles with vec4
+/// staging take `matmul_tiled_blocked4` exactly when every operand's contiguous dimension is a
+/// multiple of 4, and otherwise run as the same tile with scalar staging. Spelled out here rather
+/// than taken from `TileConfig::entry`, so that a wrong choice there fails.
+pub fn expected_tile_kernel(tile: wgvae::TileConfig, m: usize, k: usize, n: usize, ta: bool, tb: bool) -> &'static str {
+    let vec4 = k.is_multiple_of(4) && (!ta || m.is_multiple_of(4)) && (tb || n.is_multiple_of(4));
+    match (tile.blocked, tile.vec4 && vec4) {
+        (false, _) => "matmul_tiled",
+        (true, false) => "matmul_tiled_blocked",
+        (true, true) => "matmul_tiled_blocked4",
+    }
+}
+
 /// Calls `f(n, out_index, in_index, co, w_col)` for every tap of convolution `s` over a batch of
 /// `batch`: output value (n, out_index) of channel co receives input value (n, in_index) times
 /// weight \[co, w_col\] (NCHW rows, zero padding: taps that fall in the padding are skipped).

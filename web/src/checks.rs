@@ -5,7 +5,7 @@
 //! back to another cannot pass as itself.
 //!
 //! Covered: matmul in every layout at odd and vec4-aligned sizes for every variant the adapter
-//! can run (and accumulate mode), the Philox uniforms bit for bit against the CPU mirror,
+//! can run and for two blocked tiles with prefetch and vec4 staging (and accumulate mode), the Philox uniforms bit for bit against the CPU mirror,
 //! reparameterization, KL and BCE forward and backward, fused Adam (scalar and vec4 kernels), and
 //! the column, row and full reductions, and the convolution kernels (forward, both gradients,
 //! transposed).
@@ -14,7 +14,7 @@ use serde::Serialize;
 use wgvae::ops::matmul::{matmul_accumulate, matmul_forward, MatmulOpts};
 use wgvae::ops::vae::{self as vops, Noise};
 use wgvae::ops::{self, reduce};
-use wgvae::{nn::Adam, nn::Param, rng, Gpu, MatmulVariant, Optimizer, Tape, Tensor, Var};
+use wgvae::{nn::Adam, nn::Param, rng, Gpu, MatmulVariant, Optimizer, Tape, Tensor, TileConfig, Var};
 
 use crate::oracle::*;
 
@@ -59,9 +59,11 @@ fn e(x: impl std::fmt::Display) -> String {
 const SIZES: [(usize, usize, usize); 6] =
     [(7, 3, 5), (33, 17, 65), (130, 785, 33), (1, 130, 7), (32, 64, 36), (68, 400, 20)];
 
+#[allow(clippy::too_many_arguments)]
 async fn matmul_case(
     gpu: &Gpu,
     v: MatmulVariant,
+    tile: Option<TileConfig>,
     (m, k, n): (usize, usize, usize),
     ta: bool,
     tb: bool,
@@ -74,6 +76,7 @@ async fn matmul_case(
     let mut want = matmul(&a, &b, ta, tb);
     let mut tape = Tape::no_grad(gpu);
     let o = MatmulOpts::nn().trans(ta, tb).variant(v);
+    let o = if let Some(t) = tile { o.tile(t) } else { o };
     let c = if acc {
         want = want.zip(&c0, |x, y| x + y);
         let c = up(gpu, &c0)?;
@@ -83,22 +86,26 @@ async fn matmul_case(
         matmul_forward(&mut tape, &up(gpu, &a)?, &up(gpu, &b)?, None, o).map_err(e)?
     };
     tape.submit().map_err(e)?;
-    let what = format!("{} matmul {m}x{k}x{n} ta={ta} tb={tb} accumulate={acc}", v.name());
-    let kernel = expected_kernel(v, m, k, n, ta, tb);
+    let name = tile.map_or(v.name().to_string(), |t| format!("tiled {t}"));
+    let what = format!("{name} matmul {m}x{k}x{n} ta={ta} tb={tb} accumulate={acc}");
+    let kernel = match tile {
+        Some(t) => expected_tile_kernel(t, m, k, n, ta, tb),
+        None => expected_kernel(v, m, k, n, ta, tb),
+    };
     ran(&tape, kernel, &what)?;
     let atol = 1e-6 * (k as f64).sqrt() * 4.0;
     check_close(&down(gpu, &c).await?, &want, atol, 1e-5, &what)?;
     Ok(kernel.to_string())
 }
 
-async fn matmul_variant(gpu: &Gpu, v: MatmulVariant) -> R {
+async fn matmul_variant(gpu: &Gpu, v: MatmulVariant, tile: Option<TileConfig>) -> R {
     let mut kernels = std::collections::BTreeSet::new();
     let mut cases = 0;
     for (i, &s) in SIZES.iter().enumerate() {
         for ta in [false, true] {
             for tb in [false, true] {
                 for acc in [false, true] {
-                    kernels.insert(matmul_case(gpu, v, s, ta, tb, acc, 100 + i as u64).await?);
+                    kernels.insert(matmul_case(gpu, v, tile, s, ta, tb, acc, 100 + i as u64).await?);
                     cases += 1;
                 }
             }
@@ -319,7 +326,17 @@ pub async fn run(gpu: &Gpu) -> Vec<Check> {
     for v in MatmulVariant::ALL {
         let name = format!("matmul, {} variant, every layout", v.name());
         match gpu.check_variant(v) {
-            Ok(()) => record(&mut out, name, matmul_variant(gpu, v).await),
+            Ok(()) => record(&mut out, name, matmul_variant(gpu, v, None).await),
+            Err(why) => out.push(Check { name, ok: true, skipped: true, detail: format!("skipped: {why}") }),
+        }
+    }
+    // The GPU tiles with prefetch and vec4 staging, through the browser's WGSL compiler too.
+    let shared = gpu.limits().max_compute_workgroup_storage_size;
+    for t in [TileConfig::blocked(64, 64, 16), TileConfig::blocked(128, 128, 16)] {
+        let t = t.prefetched().vec4_staged();
+        let name = format!("matmul, tiled {t}, every layout");
+        match t.check(shared) {
+            Ok(()) => record(&mut out, name, matmul_variant(gpu, MatmulVariant::Tiled, Some(t)).await),
             Err(why) => out.push(Check { name, ok: true, skipped: true, detail: format!("skipped: {why}") }),
         }
     }

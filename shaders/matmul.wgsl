@@ -18,13 +18,16 @@
 // inputs are bound to A again and an unused S to C.
 
 // K is processed in the slice [k_begin, k_end): the host splits long K into slices (accumulating
-// into C) because llvmpipe stops an invocation after 65535 loop iterations.
+// into C) because llvmpipe stops an invocation after 65535 loop iterations. The tiled kernels
+// further divide a slice among the dispatch's z workgroups in chunks of k_chunk (split-K, below;
+// k_chunk spans the slice when there is one z).
 struct Params {
     m: u32,
     n: u32,
     k: u32,
     k_begin: u32,
     k_end: u32,
+    k_chunk: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -45,20 +48,60 @@ fn b_at(kk: u32, col: u32) -> f32 {
     return b[kk * p.n + col];
 }
 
-// The epilogue shared by every variant: (accumulate onto C), bias, activation derivative,
-// activation, store.
-fn store(row: u32, col: u32, v: f32) {
-    let i = row * p.n + col;
-    var x = v;
-    if (ACCUM) { x = x + c[i]; }
-    if (BIAS) { x = x + bias[col]; }
-    if (GRAD_ACT != 0u) { x = x * act_grad_from_y(GRAD_ACT, GRAD_ALPHA, y[i]); }
-    c[i] = act_fwd(ACT, ALPHA, x);
+// Split-K (TileConfig::split, the tiled kernels only): workgroup z of a dispatch with several z
+// covers K in [k_begin + z*k_chunk, +k_chunk) clipped to k_end, and writes its raw partial sums to
+// slot z of C, then [splits, M, N], and of S, [splits, M] (the host compiles that pass without
+// ACCUM, BIAS, GRAD_ACT and ACT). `matmul_split_reduce` then adds the slots in order and applies
+// the epilogue, so products with few output tiles but a long K still fill a GPU.
+// (The loops take the range from split_range's return value, not from the private copies: a
+// value read back from a private variable is not uniform for Tint, and the loops hold barriers.)
+var<private> kz: u32; // this workgroup's split (0 without split-K, and in the other variants)
+var<private> k_stop: u32; // the end of its K range, for the slab loads' bounds
+fn split_range(z: u32) -> vec2<u32> {
+    let kb = p.k_begin + z * p.k_chunk;
+    let ke = min(kb + p.k_chunk, p.k_end);
+    kz = z;
+    k_stop = ke;
+    return vec2<u32>(kb, ke);
 }
 
-// S[row] (+)= v: one row sum of op(A) over this dispatch's K range.
+// The epilogue shared by every variant: (accumulate onto C), bias, activation derivative,
+// activation, store (into split slot kz).
+fn store(row: u32, col: u32, v: f32) {
+    let i = row * p.n + col;
+    let o = kz * p.m * p.n + i;
+    var x = v;
+    if (ACCUM) { x = x + c[o]; }
+    if (BIAS) { x = x + bias[col]; }
+    if (GRAD_ACT != 0u) { x = x * act_grad_from_y(GRAD_ACT, GRAD_ALPHA, y[i]); }
+    c[o] = act_fwd(ACT, ALPHA, x);
+}
+
+// S[row] (+)= v: one row sum of op(A) over this dispatch's K range (into split slot kz).
 fn store_colsum(row: u32, v: f32) {
-    if (ACCUM) { colsum[row] = colsum[row] + v; } else { colsum[row] = v; }
+    let o = kz * p.m + row;
+    if (ACCUM) { colsum[o] = colsum[o] + v; } else { colsum[o] = v; }
+}
+
+// The second pass of split-K: C = epilogue(Σ_z P[z]) with P [splits, M, N] bound as A, and
+// S (+)= Σ_z Q[z] with Q [splits, M] bound as B (COLSUM), adding the slots in increasing z (the
+// same order every run). One invocation per output. Params as the first pass (splits =
+// ceil((k_end - k_begin) / k_chunk)). Dispatch: 1-D over M*N in workgroups of 256 (x, then y).
+@compute @workgroup_size(256, 1, 1)
+fn matmul_split_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
+    let i = gid.x + gid.y * nw.x * 256u;
+    let mn = p.m * p.n;
+    let splits = (p.k_end - p.k_begin + p.k_chunk - 1u) / p.k_chunk;
+    if (i < mn) {
+        var v = 0.0;
+        for (var z = 0u; z < splits; z++) { v += a[z * mn + i]; }
+        store(i / p.n, i % p.n, v);
+    }
+    if (COLSUM && i < p.m) {
+        var v = 0.0;
+        for (var z = 0u; z < splits; z++) { v += b[z * p.m + i]; }
+        store_colsum(i, v);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -69,7 +112,7 @@ fn store_colsum(row: u32, v: f32) {
 // (src/ops/matmul.rs, `TileConfig`): small tiles give small products enough workgroups to fill a
 // GPU, large ones reuse each staged value more; `wgvae tune` measures which wins where.
 // Needs TILE_M*TILE_K and TILE_N*TILE_K to be multiples of 256 (each invocation stages the same
-// number of elements). Dispatch: (ceil(N/TILE_N), ceil(M/TILE_M), 1).
+// number of elements). Dispatch: (ceil(N/TILE_N), ceil(M/TILE_M), splits) (split-K above).
 const TRM: u32 = TILE_M / 16u; // rows per invocation
 const TRN: u32 = TILE_N / 16u; // columns per invocation
 const STAGE_A: u32 = TILE_M * TILE_K / 256u; // elements of A each invocation stages per slab
@@ -92,7 +135,7 @@ fn slab_a(e: u32, row0: u32, k0: u32) -> Staged {
     let gr = row0 + ra;
     let gk = k0 + ka;
     var v = 0.0;
-    if (gr < p.m && gk < p.k_end) { v = a_at(gr, gk); }
+    if (gr < p.m && gk < k_stop) { v = a_at(gr, gk); }
     return Staged(ka * TILE_M + ra, v);
 }
 
@@ -103,7 +146,7 @@ fn slab_b(e: u32, col0: u32, k0: u32) -> Staged {
     let gc = col0 + cb;
     let gk = k0 + kb;
     var v = 0.0;
-    if (gc < p.n && gk < p.k_end) { v = b_at(gk, gc); }
+    if (gc < p.n && gk < k_stop) { v = b_at(gk, gc); }
     return Staged(kb * TILE_N + cb, v);
 }
 
@@ -130,24 +173,27 @@ fn matmul_tiled(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup
     let t = ty * 16u + tx;
     let row0 = wid.y * TILE_M;
     let col0 = wid.x * TILE_N;
+    let kr = split_range(wid.z);
+    let kb = kr.x;
+    let ke = kr.y;
     var acc: array<array<f32, TRN>, TRM>;
     for (var i = 0u; i < TRM; i++) { for (var j = 0u; j < TRN; j++) { acc[i][j] = 0.0; } }
     var rsum: array<f32, TRM>;
     for (var i = 0u; i < TRM; i++) { rsum[i] = 0.0; }
 
-    var sa = fetch_a(t, row0, p.k_begin);
-    var sb = fetch_b(t, col0, p.k_begin);
-    for (var k0 = p.k_begin; k0 < p.k_end; k0 += TILE_K) {
+    var sa = fetch_a(t, row0, kb);
+    var sb = fetch_b(t, col0, kb);
+    for (var k0 = kb; k0 < ke; k0 += TILE_K) {
         // Each of the 256 invocations stages STAGE_A elements of A's slab and STAGE_B of B's
         // (zero past the edges).
-        if (!PREFETCH && k0 != p.k_begin) {
+        if (!PREFETCH && k0 != kb) {
             sa = fetch_a(t, row0, k0);
             sb = fetch_b(t, col0, k0);
         }
         for (var s = 0u; s < STAGE_A; s++) { tile_a[sa[s].at] = sa[s].v; }
         for (var s = 0u; s < STAGE_B; s++) { tile_b[sb[s].at] = sb[s].v; }
         workgroupBarrier();
-        if (PREFETCH && k0 + TILE_K < p.k_end) {
+        if (PREFETCH && k0 + TILE_K < ke) {
             sa = fetch_a(t, row0, k0 + TILE_K);
             sb = fetch_b(t, col0, k0 + TILE_K);
         }
@@ -246,22 +292,25 @@ fn matmul_tiled_blocked(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(w
     let t = ty * 16u + tx;
     let row0 = wid.y * TILE_M;
     let col0 = wid.x * TILE_N;
+    let kr = split_range(wid.z);
+    let kb = kr.x;
+    let ke = kr.y;
     // Function-scope variables start at zero.
     var acc: array<array<vec4<f32>, BGN>, TRM>;
     var rsum: array<vec4<f32>, BGM>;
-    var sa = fetch_a(t, row0, p.k_begin);
-    var sb = fetch_b(t, col0, p.k_begin);
-    for (var k0 = p.k_begin; k0 < p.k_end; k0 += TILE_K) {
+    var sa = fetch_a(t, row0, kb);
+    var sb = fetch_b(t, col0, kb);
+    for (var k0 = kb; k0 < ke; k0 += TILE_K) {
         // Staging (and PREFETCH) as in `matmul_tiled`, written one component at a time into the
         // vec4 tiles (flat index / 4 and % 4: TILE_M and TILE_N are multiples of 4).
-        if (!PREFETCH && k0 != p.k_begin) {
+        if (!PREFETCH && k0 != kb) {
             sa = fetch_a(t, row0, k0);
             sb = fetch_b(t, col0, k0);
         }
         for (var s = 0u; s < STAGE_A; s++) { tile_a4[sa[s].at / 4u][sa[s].at % 4u] = sa[s].v; }
         for (var s = 0u; s < STAGE_B; s++) { tile_b4[sb[s].at / 4u][sb[s].at % 4u] = sb[s].v; }
         workgroupBarrier();
-        if (PREFETCH && k0 + TILE_K < p.k_end) {
+        if (PREFETCH && k0 + TILE_K < ke) {
             sa = fetch_a(t, row0, k0 + TILE_K);
             sb = fetch_b(t, col0, k0 + TILE_K);
         }
@@ -290,11 +339,11 @@ fn slab_a4(e4: u32, row0: u32, k0: u32) -> vec4<f32> {
     if (TA) {
         let gk = k0 + e4 / BQM;
         let gr = row0 + 4u * (e4 % BQM);
-        if (gk < p.k_end && gr < p.m) { return a4[gk * (p.m / 4u) + gr / 4u]; }
+        if (gk < k_stop && gr < p.m) { return a4[gk * (p.m / 4u) + gr / 4u]; }
     } else {
         let gr = row0 + e4 / KQ;
         let gk = k0 + 4u * (e4 % KQ);
-        if (gr < p.m && gk < p.k_end) { return a4[gr * (p.k / 4u) + gk / 4u]; }
+        if (gr < p.m && gk < k_stop) { return a4[gr * (p.k / 4u) + gk / 4u]; }
     }
     return vec4<f32>(0.0);
 }
@@ -305,11 +354,11 @@ fn slab_b4(e4: u32, col0: u32, k0: u32) -> vec4<f32> {
     if (TB) {
         let gc = col0 + e4 / KQ;
         let gk = k0 + 4u * (e4 % KQ);
-        if (gc < p.n && gk < p.k_end) { return b4[gc * (p.k / 4u) + gk / 4u]; }
+        if (gc < p.n && gk < k_stop) { return b4[gc * (p.k / 4u) + gk / 4u]; }
     } else {
         let gk = k0 + e4 / BQN;
         let gc = col0 + 4u * (e4 % BQN);
-        if (gk < p.k_end && gc < p.n) { return b4[gk * (p.n / 4u) + gc / 4u]; }
+        if (gk < k_stop && gc < p.n) { return b4[gk * (p.n / 4u) + gc / 4u]; }
     }
     return vec4<f32>(0.0);
 }
@@ -348,19 +397,22 @@ fn matmul_tiled_blocked4(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(
     let t = ty * 16u + tx;
     let row0 = wid.y * TILE_M;
     let col0 = wid.x * TILE_N;
+    let kr = split_range(wid.z);
+    let kb = kr.x;
+    let ke = kr.y;
     var acc: array<array<vec4<f32>, BGN>, TRM>;
     var rsum: array<vec4<f32>, BGM>;
-    var sa = fetch_a4(t, row0, p.k_begin);
-    var sb = fetch_b4(t, col0, p.k_begin);
-    for (var k0 = p.k_begin; k0 < p.k_end; k0 += TILE_K) {
-        if (!PREFETCH && k0 != p.k_begin) {
+    var sa = fetch_a4(t, row0, kb);
+    var sb = fetch_b4(t, col0, kb);
+    for (var k0 = kb; k0 < ke; k0 += TILE_K) {
+        if (!PREFETCH && k0 != kb) {
             sa = fetch_a4(t, row0, k0);
             sb = fetch_b4(t, col0, k0);
         }
         for (var s = 0u; s < SA4; s++) { stash_a4(t + 256u * s, sa[s]); }
         for (var s = 0u; s < SB4; s++) { stash_b4(t + 256u * s, sb[s]); }
         workgroupBarrier();
-        if (PREFETCH && k0 + TILE_K < p.k_end) {
+        if (PREFETCH && k0 + TILE_K < ke) {
             sa = fetch_a4(t, row0, k0 + TILE_K);
             sb = fetch_b4(t, col0, k0 + TILE_K);
         }

@@ -99,8 +99,8 @@ impl TuneOptions {
             (false, false) => [&LAYER_SHAPES[..], &SQUARES[..2]].concat(),
             (false, true) => [&LAYER_SHAPES[..], &SQUARES[..]].concat(),
         };
-        // A GPU times 12 candidates on 11 products, so its budget per pair is shorter: the search a
-        // first `wgvae train` waits for stays near 13 s of timing, and a product there takes
+        // A GPU times 15 candidates on 11 products, so its budget per pair is shorter: the search a
+        // first `wgvae train` waits for stays near 17 s of timing, and a product there takes
         // microseconds to milliseconds, so 0.1 s is still many rounds.
         let seconds = Duration::from_millis(if cpu { 150 } else { 100 });
         TuneOptions { candidates, shapes, classes: SIZE_CLASSES.to_vec(), seconds }
@@ -132,7 +132,7 @@ impl std::fmt::Display for Measurement {
     /// One row: product, kernel, ms, GFLOP/s.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let what = format!("{} ({}x{}x{} {})", self.shape, self.m, self.k, self.n, self.layout);
-        write!(f, "{what:<46} {:<20} {:>10.4} ms {:>9.1} GFLOP/s", self.kernel.to_string(), self.ms, self.gflops)
+        write!(f, "{what:<46} {:<22} {:>10.4} ms {:>9.1} GFLOP/s", self.kernel.to_string(), self.ms, self.gflops)
     }
 }
 

@@ -23,6 +23,14 @@ fn assert_tile_ran(tape: &Tape, tile: TileConfig, entry: &str, what: &str) {
     );
 }
 
+/// Asserts that split-K's second pass ran exactly when `tile` splits K and the product's K slices
+/// (2048 deep at most) are at least two chunks of 128 (`TileConfig::MIN_SPLIT_K`) deep.
+fn assert_split(tape: &Tape, tile: TileConfig, k: usize, what: &str) {
+    let want = tile.split > 1 && k.min(2048) >= 256;
+    let ran = tape.kernel_names_run().keys().any(|name| name.contains("matmul_split_reduce["));
+    assert_eq!(ran, want, "{what}: split-K reduce pass ran: {ran}, expected {want}");
+}
+
 /// (M, K, N): ones, primes, one past the tiles (16, 32, 64, 128), a long K (three K slices); the
 /// last three are multiples of 4 (vec4 staging runs on them), four past the tiles' sides.
 const SIZES: [(usize, usize, usize); 9] = [
@@ -38,9 +46,15 @@ const SIZES: [(usize, usize, usize); 9] = [
 ];
 
 /// Every tile the tuner may pick, and the combinations of flags it does not measure (prefetch on a
-/// strided tile, vec4 staging without prefetch) that a plan file or `MatmulOpts::tile` can still ask for.
+/// strided tile, vec4 staging without prefetch, split-K on the strided and the scalar-staged
+/// blocked entries, with an odd split) that a plan file or `MatmulOpts::tile` can still ask for.
 fn tiles_to_prove() -> Vec<TileConfig> {
-    let extra = [TileConfig::DEFAULT.prefetched(), TileConfig::blocked(64, 64, 16).vec4_staged()];
+    let extra = [
+        TileConfig::DEFAULT.prefetched(),
+        TileConfig::blocked(64, 64, 16).vec4_staged(),
+        TileConfig::new(32, 32, 16).split_k(3),
+        TileConfig::blocked(64, 64, 16).split_k(2),
+    ];
     TileConfig::ALL.into_iter().chain(extra).collect()
 }
 
@@ -61,6 +75,7 @@ fn tiled_matmul_every_tile_layout_and_odd_size() {
                 tape.submit().unwrap();
                 let what = format!("tiled {tile} matmul {m}x{k}x{n} ta={ta} tb={tb}");
                 assert_tile_ran(&tape, tile, expected_tile_kernel(tile, m, k, n, ta, tb), &what);
+                assert_split(&tape, tile, k, &what);
                 let want = matmul(&a, &b, ta, tb);
                 let atol = 1e-6 * (k as f64).sqrt() * 4.0;
                 assert_close(&download(&c), &want, atol, 1e-5, &what);
@@ -96,6 +111,7 @@ fn tiled_matmul_every_tile_with_bias_activation_derivative_and_row_sums() {
             let what = format!("tiled {tile} {m}x{k}x{n}");
             // The row-sums product gᵀ·b2 (TN) decides the scalar or vec4 entry: its A needs M % 4.
             assert_tile_ran(&tape, tile, expected_tile_kernel(tile, m, k, n, true, false), &what);
+            assert_split(&tape, tile, k, &what);
             let atol = 1e-6 * (k as f64).sqrt() * 4.0;
             let want_y = add_row(&matmul(&x, &w, false, true), &bias).map(|v| act_fwd(Act::Tanh, v));
             assert_close(&download(&y), &want_y, atol, 1e-5, &format!("{what}: bias + tanh"));
@@ -119,6 +135,15 @@ fn tiles_the_kernel_cannot_run_are_refused() {
     assert_eq!("128x128x16bp".parse::<TileConfig>().unwrap(), TileConfig::blocked(128, 128, 16).prefetched());
     let full = TileConfig::blocked(128, 128, 8).prefetched().vec4_staged();
     assert_eq!("128x128x8bpv".parse::<TileConfig>().unwrap(), full);
+    assert_eq!("128x128x8bpvs12".parse::<TileConfig>().unwrap(), full.split_k(12));
+    // How split-K divides K: chunks are slab multiples of at least 128, shorter K is not split.
+    let s4 = TileConfig::blocked(64, 64, 16).split_k(4);
+    assert_eq!(s4.split_chunks(785), (208, 4));
+    assert_eq!(s4.split_chunks(300), (128, 3));
+    assert_eq!(s4.split_chunks(255), (255, 1));
+    assert_eq!(s4.split_chunks(4096), (1024, 4));
+    assert_eq!(TileConfig::new(32, 32, 16).split_k(16).split_chunks(4096), (256, 16));
+    assert_eq!(TileConfig::DEFAULT.split_chunks(4096), (4096, 1));
     for bad in [
         "48x40x16",
         "0x64x16",
@@ -130,6 +155,10 @@ fn tiles_the_kernel_cannot_run_are_refused() {
         "64x64x16pb",
         "64x64x16v",
         "64x64x8bv",
+        "64x64x16s0",
+        "64x64x16bs17",
+        "64x64x16bs",
+        "64x64x16s4b",
     ] {
         let parsed = bad.parse::<TileConfig>();
         assert!(parsed.as_ref().map_or(true, |t| t.check(shared).is_err()), "{bad} must be refused: {parsed:?}");

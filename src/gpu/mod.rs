@@ -106,17 +106,23 @@ pub struct TileConfig {
     /// where the product's shape allows it (every operand's contiguous dimension a multiple of 4,
     /// as in all of the VAE's layers); other shapes run the same tile with scalar staging.
     pub vec4: bool,
+    /// Split-K: up to this many workgroups share each output tile, each taking a chunk of K (at
+    /// least [`TileConfig::MIN_SPLIT_K`] deep) and writing partial sums that a second pass
+    /// (`matmul_split_reduce`) adds up in a fixed order before the epilogue. For products with
+    /// few output tiles and a long K (weight gradients at large batch, narrow layers), which
+    /// would otherwise leave most of a GPU idle. 1: no split.
+    pub split: u32,
 }
 
 impl TileConfig {
     /// An `m` x `n` tile with slabs of `k`, outputs strided by 16 (`matmul_tiled`).
     pub const fn new(m: u32, n: u32, k: u32) -> Self {
-        TileConfig { m, n, k, blocked: false, prefetch: false, vec4: false }
+        TileConfig { m, n, k, blocked: false, prefetch: false, vec4: false, split: 1 }
     }
     /// An `m` x `n` tile with slabs of `k`, 4x4 output blocks read as vec4s
     /// (`matmul_tiled_blocked`).
     pub const fn blocked(m: u32, n: u32, k: u32) -> Self {
-        TileConfig { m, n, k, blocked: true, prefetch: false, vec4: false }
+        TileConfig { m, n, k, blocked: true, prefetch: false, vec4: false, split: 1 }
     }
     /// This tile with the next slab's global loads issued before the current slab's arithmetic.
     pub const fn prefetched(self) -> Self {
@@ -126,10 +132,34 @@ impl TileConfig {
     pub const fn vec4_staged(self) -> Self {
         TileConfig { vec4: true, ..self }
     }
+    /// This tile with K split among up to `splits` workgroups per output tile (see
+    /// [`TileConfig::split`]).
+    pub const fn split_k(self, splits: u32) -> Self {
+        TileConfig { split: splits, ..self }
+    }
+    /// The shallowest chunk of K a split-K workgroup takes: below it, writing and re-reading a
+    /// partial sum per output costs more than the split gains (a product whose K is shorter than
+    /// two chunks runs unsplit).
+    pub const MIN_SPLIT_K: u32 = 128;
+    /// The largest split a tile may ask for.
+    pub const MAX_SPLIT: u32 = 16;
+
+    /// How a K range of `len` divides among this tile's splits: (chunk, number of chunks). The
+    /// chunk is a multiple of the slab depth and at least [`TileConfig::MIN_SPLIT_K`]; a range
+    /// shorter than two such chunks is one chunk, no split.
+    pub fn split_chunks(self, len: usize) -> (usize, usize) {
+        let (k, s) = (self.k as usize, self.split.max(1) as usize);
+        if s == 1 || len < 2 * Self::MIN_SPLIT_K as usize {
+            return (len.max(1), 1);
+        }
+        let chunk = len.div_ceil(s).div_ceil(k) * k;
+        let chunk = chunk.max(Self::MIN_SPLIT_K as usize);
+        (chunk, len.div_ceil(chunk))
+    }
     /// The tile used when nothing was measured: 64x64, slabs of 16.
     pub const DEFAULT: TileConfig = TileConfig::new(64, 64, 16);
     /// The tiles the tuner measures (and the tests prove against the f64 reference).
-    pub const ALL: [TileConfig; 11] = [
+    pub const ALL: [TileConfig; 14] = [
         TileConfig::new(32, 32, 16),
         TileConfig::DEFAULT,
         TileConfig::new(128, 64, 16),
@@ -141,6 +171,9 @@ impl TileConfig {
         TileConfig::blocked(64, 64, 16).prefetched().vec4_staged(),
         TileConfig::blocked(128, 128, 8).prefetched().vec4_staged(),
         TileConfig::blocked(128, 128, 16).prefetched().vec4_staged(),
+        TileConfig::blocked(64, 64, 16).prefetched().vec4_staged().split_k(4),
+        TileConfig::blocked(128, 128, 16).prefetched().vec4_staged().split_k(4),
+        TileConfig::blocked(64, 64, 16).prefetched().vec4_staged().split_k(16),
     ];
 
     /// The WGSL entry point that runs this tile on a product whose shape is `aligned` for vec4
@@ -169,6 +202,9 @@ impl TileConfig {
         if self.blocked && (!self.m.is_multiple_of(64) || !self.n.is_multiple_of(64)) {
             return bad("a blocked tile's rows and columns must be multiples of 64".into());
         }
+        if self.split == 0 || self.split > Self::MAX_SPLIT {
+            return bad(format!("split-K must be 1 to {} (s1 to s{0})", Self::MAX_SPLIT));
+        }
         if self.vec4 && !self.blocked {
             return bad("vec4 staging (v) is for blocked tiles (b)".into());
         }
@@ -184,31 +220,42 @@ impl TileConfig {
 }
 
 impl std::fmt::Display for TileConfig {
-    /// `MxNxK`, e.g. `64x64x16`, followed by `b` when blocked, `p` when it prefetches and `v`
-    /// when it stages vec4s, in that order (`128x128x8b`, `128x128x16bpv`).
+    /// `MxNxK`, e.g. `64x64x16`, followed by `b` when blocked, `p` when it prefetches, `v`
+    /// when it stages vec4s and `s` with the number of splits when K is split, in that order
+    /// (`128x128x8b`, `128x128x16bpv`, `64x64x16bpvs4`).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let flag = |on: bool, c: &'static str| if on { c } else { "" };
         let (b, p, v) = (flag(self.blocked, "b"), flag(self.prefetch, "p"), flag(self.vec4, "v"));
-        write!(f, "{}x{}x{}{b}{p}{v}", self.m, self.n, self.k)
+        let s = if self.split != 1 { format!("s{}", self.split) } else { String::new() };
+        write!(f, "{}x{}x{}{b}{p}{v}{s}", self.m, self.n, self.k)
     }
 }
 
 impl std::str::FromStr for TileConfig {
     type Err = Error;
-    /// Parses `MxNxK`, with `b` (blocked), `p` (prefetch) and `v` (vec4 staging) after K, in that
-    /// order, where wanted.
+    /// Parses `MxNxK`, with `b` (blocked), `p` (prefetch), `v` (vec4 staging) and `s` followed by
+    /// a number (split-K) after K, in that order, where wanted.
     fn from_str(s: &str) -> Result<Self> {
         let flag = |d: &str, c: char| d.strip_suffix(c).map_or((d.to_string(), false), |d| (d.to_string(), true));
-        let (dims, vec4) = flag(s, 'v');
+        let bad = || {
+            Error::arg(
+                "matmul tile",
+                format!(
+                    "`{s}` is not MxNxK followed by b, p, v, sN if wanted (e.g. 64x64x16, 128x128x8bpv, 64x64x16bs4)"
+                ),
+            )
+        };
+        let (rest, split) = match s.rfind('s') {
+            Some(i) => (&s[..i], s[i + 1..].parse::<u32>().map_err(|_| bad())?),
+            None => (s, 1),
+        };
+        let (dims, vec4) = flag(rest, 'v');
         let (dims, prefetch) = flag(&dims, 'p');
         let (dims, blocked) = flag(&dims, 'b');
         let v: Vec<u32> = dims.split('x').filter_map(|p| p.trim().parse().ok()).collect();
         match v[..] {
-            [m, n, k] if dims.split('x').count() == 3 => Ok(TileConfig { m, n, k, blocked, prefetch, vec4 }),
-            _ => Err(Error::arg(
-                "matmul tile",
-                format!("`{s}` is not MxNxK followed by b, p, v if wanted (e.g. 64x64x16, 128x128x8bpv)"),
-            )),
+            [m, n, k] if dims.split('x').count() == 3 => Ok(TileConfig { m, n, k, blocked, prefetch, vec4, split }),
+            _ => Err(bad()),
         }
     }
 }

@@ -9,7 +9,7 @@ use super::{val, Act};
 use crate::error::{Error, Result};
 use crate::gpu::pipeline::{KernelKey, Module};
 use crate::gpu::{MatmulVariant, TileConfig};
-use crate::tape::{Params, Tape, Var};
+use crate::tape::{grid_1d, Params, Tape, Var};
 use crate::tensor::Tensor;
 
 /// Options of one matrix product.
@@ -156,19 +156,14 @@ fn launch(
         MatmulVariant::Register | MatmulVariant::Subgroup => ("matmul_register", Module::Matmul, REG_RM, 4 * REG_WG),
     };
     let groups = [n.div_ceil(cols) as u32, m.div_ceil(rows) as u32, 1];
-    // Long K runs as slices accumulated into C; bias and activation apply with the last slice.
-    let slices = k.div_ceil(K_SLICE);
-    for s in 0..slices {
-        let (k0, k1) = (s * K_SLICE, ((s + 1) * K_SLICE).min(k));
-        let last = s + 1 == slices;
-        let slice_bias = if last { bias } else { None };
-        let slice_act = if last { o.act } else { Act::Identity };
-        let grad_act = if last { ep.grad_act.as_ref().map(|(a, _)| *a) } else { None }.unwrap_or(Act::Identity);
-        let mut defines = vec![
+    let layout = format!("{}{}", if o.trans_a { "T" } else { "N" }, if o.trans_b { "T" } else { "N" });
+    // The kernel's defines for one dispatch: the slice's epilogue parts, the tile and the row sums.
+    let defines = |bias: bool, accum: bool, act: Act, grad_act: Act| {
+        let mut d = vec![
             ("TA", o.trans_a.to_string()),
             ("TB", o.trans_b.to_string()),
-            ("BIAS", slice_bias.is_some().to_string()),
-            ("ACCUM", (accum || s > 0).to_string()),
+            ("BIAS", bias.to_string()),
+            ("ACCUM", accum.to_string()),
             ("COLSUM", ep.row_sums.is_some().to_string()),
             ("RM", format!("{REG_RM}u")),
             ("WG", format!("{REG_WG}u")),
@@ -180,22 +175,75 @@ fn launch(
             ("GRAD_ACT", format!("{}u", grad_act.id())),
             ("GRAD_ALPHA", super::wgsl_f32(grad_act.alpha())),
         ];
-        defines.extend(slice_act.defines());
-        let key = KernelKey { module, entry, defines, inputs: 4, outputs: 2 };
-        let params = Params::new().u(m as u32).u(n as u32).u(k as u32).u(k0 as u32).u(k1 as u32);
-        // Without a bias the slot is filled with A (read-only twice is allowed) to keep one layout.
-        let label = tape.gpu().profiling().then(|| {
-            let layout = format!("{}{}", if o.trans_a { "T" } else { "N" }, if o.trans_b { "T" } else { "N" });
-            let tiled = if variant == MatmulVariant::Tiled { format!(" {tile}") } else { String::new() };
-            format!(
-                "{entry}{tiled} {layout} {m}x{k}x{n}{}",
-                if slices > 1 { format!(" k-slice {s}") } else { String::new() }
-            )
-        });
+        d.extend(act.defines());
+        d
+    };
+    // Long K runs as slices accumulated into C; bias and activation apply with the last slice.
+    let slices = k.div_ceil(K_SLICE);
+    for s in 0..slices {
+        let (k0, k1) = (s * K_SLICE, ((s + 1) * K_SLICE).min(k));
+        let last = s + 1 == slices;
+        let slice_bias = if last { bias } else { None };
+        let slice_act = if last { o.act } else { Act::Identity };
+        let grad_act = if last { ep.grad_act.as_ref().map(|(a, _)| *a) } else { None }.unwrap_or(Act::Identity);
+        let accum_slice = accum || s > 0;
+        // Split-K (tiled tiles with `split` > 1, on a slice at least two chunks deep): the first
+        // pass writes each chunk's raw partial sums to its own slot, the second adds them up and
+        // applies this slice's epilogue.
+        let (chunk, parts) = if variant == MatmulVariant::Tiled { tile.split_chunks(k1 - k0) } else { (k1 - k0, 1) };
+        let params = || Params::new().u(m as u32).u(n as u32).u(k as u32).u(k0 as u32).u(k1 as u32).u(chunk as u32);
+        let profiling = tape.gpu().profiling();
+        let label = |entry: &str, extra: String| {
+            profiling.then(|| {
+                let tiled = if variant == MatmulVariant::Tiled { format!(" {tile}") } else { String::new() };
+                let sliced = if slices > 1 { format!(" k-slice {s}") } else { String::new() };
+                format!("{entry}{tiled} {layout} {m}x{k}x{n}{sliced}{extra}")
+            })
+        };
         // Unused inputs are A again (read-only twice is allowed), unused row sums C again.
         let y = ep.grad_act.as_ref().filter(|_| last).map(|(_, y)| y).unwrap_or(a);
         let sums = ep.row_sums.as_ref().unwrap_or(c);
-        tape.dispatch_labeled(&key, params, &[a, b, slice_bias.unwrap_or(a), y, c, sums], groups, label)?;
+        if parts == 1 {
+            let key = KernelKey {
+                module,
+                entry,
+                defines: defines(slice_bias.is_some(), accum_slice, slice_act, grad_act),
+                inputs: 4,
+                outputs: 2,
+            };
+            let label = label(entry, String::new());
+            tape.dispatch_labeled(&key, params(), &[a, b, slice_bias.unwrap_or(a), y, c, sums], groups, label)?;
+            continue;
+        }
+        let gpu = tape.gpu().clone();
+        let partial = Tensor::empty(&gpu, parts * m, n)?;
+        let partial_sums = match ep.row_sums {
+            Some(_) => Some(Tensor::empty(&gpu, parts, m)?),
+            None => None,
+        };
+        let psums = partial_sums.as_ref().unwrap_or(&partial);
+        let key = KernelKey {
+            module,
+            entry,
+            defines: defines(false, false, Act::Identity, Act::Identity),
+            inputs: 4,
+            outputs: 2,
+        };
+        let split_groups = [groups[0], groups[1], parts as u32];
+        let l = label(entry, format!(" split {parts}"));
+        tape.dispatch_labeled(&key, params(), &[a, b, a, a, &partial, psums], split_groups, l)?;
+        let reduce = "matmul_split_reduce";
+        let key = KernelKey {
+            module,
+            entry: reduce,
+            defines: defines(slice_bias.is_some(), accum_slice, slice_act, grad_act),
+            inputs: 4,
+            outputs: 2,
+        };
+        let l = label(reduce, format!(" split {parts}"));
+        let bias_or = slice_bias.unwrap_or(&partial);
+        let y = ep.grad_act.as_ref().filter(|_| last).map(|(_, y)| y).unwrap_or(&partial);
+        tape.dispatch_labeled(&key, params(), &[&partial, psums, bias_or, y, c, sums], grid_1d(m * n, 256), l)?;
     }
     Ok(())
 }

@@ -93,9 +93,14 @@ async fn matmul_case(
         None => expected_kernel(v, m, k, n, ta, tb),
     };
     ran(&tape, kernel, &what)?;
+    // Split-K's second pass, where the tile splits and K is two chunks of 128 deep.
+    let split = tile.is_some_and(|t| t.split > 1) && k >= 256;
+    if split {
+        ran(&tape, "matmul_split_reduce", &what)?;
+    }
     let atol = 1e-6 * (k as f64).sqrt() * 4.0;
     check_close(&down(gpu, &c).await?, &want, atol, 1e-5, &what)?;
-    Ok(kernel.to_string())
+    Ok(if split { format!("{kernel} + matmul_split_reduce") } else { kernel.to_string() })
 }
 
 async fn matmul_variant(gpu: &Gpu, v: MatmulVariant, tile: Option<TileConfig>) -> R {
@@ -330,10 +335,11 @@ pub async fn run(gpu: &Gpu) -> Vec<Check> {
             Err(why) => out.push(Check { name, ok: true, skipped: true, detail: format!("skipped: {why}") }),
         }
     }
-    // The GPU tiles with prefetch and vec4 staging, through the browser's WGSL compiler too.
+    // The GPU tiles with prefetch and vec4 staging, one with split-K, through the browser's WGSL
+    // compiler too.
     let shared = gpu.limits().max_compute_workgroup_storage_size;
-    for t in [TileConfig::blocked(64, 64, 16), TileConfig::blocked(128, 128, 16)] {
-        let t = t.prefetched().vec4_staged();
+    let bpv = |m, n| TileConfig::blocked(m, n, 16).prefetched().vec4_staged();
+    for t in [bpv(64, 64), bpv(128, 128), bpv(64, 64).split_k(4)] {
         let name = format!("matmul, tiled {t}, every layout");
         match t.check(shared) {
             Ok(()) => record(&mut out, name, matmul_variant(gpu, MatmulVariant::Tiled, Some(t)).await),

@@ -6,8 +6,11 @@
 //! workgroup, while a large one (4096 x 4096) runs best with large tiles that reuse each staged
 //! value more; on a CPU adapter the `subgroup` and `register` kernels are the candidates.
 //! [`search`] times every candidate kernel ([`TuneOptions::candidates`]) on representative products
-//! of each size class ([`SIZE_CLASSES`], by M·N) and picks, per class, the kernel with the least
-//! total time: a [`MatmulPlan`] for [`Gpu::set_matmul_plan`].
+//! of each size class ([`SIZE_CLASSES`], by M·N, and within a class by whether K is at least
+//! [`DEEP_K`]) and picks, per class, the kernel with the least total time: a [`MatmulPlan`] for
+//! [`Gpu::set_matmul_plan`]. Deep products are a class of their own because the same number of
+//! outputs with a long K is where splitting K among workgroups pays ([`TileConfig::split`]): a
+//! weight gradient at batch 4096 has the outputs of a batch-128 one and 32 times its K.
 //!
 //! [`PlanCache`] keeps plans in a JSON file keyed by the adapter (name, backend, type, PCI ids,
 //! driver and its version) and by a hash of the matmul kernels' source, so that a new driver or a
@@ -35,6 +38,11 @@ use crate::gpu::{Gpu, KernelChoice, MatmulPlan, MatmulVariant, PlanRule, TileCon
 /// the rest (2048² and up).
 pub const SIZE_CLASSES: [u64; 3] = [1 << 17, 1 << 20, 1 << 22];
 
+/// The K from which a product is deep: within each size class, deep products get their own rule
+/// when their fastest kernel differs (a split-K tile, typically: weight gradients at batch 1024
+/// and up, squares from 1024).
+pub const DEEP_K: u64 = 1024;
+
 use crate::bench::shape;
 
 /// The classic VAE's three products of its large layer (forward X·Wᵀ, dX = dY·W, dW = dYᵀ·X) at
@@ -52,6 +60,10 @@ pub const LAYER_SHAPES: [MatmulShape; 9] = [
     shape("fc 400->784 dX, batch 4096", 4096, 784, 400, false, false),
     shape("fc 400->784 dW, batch 4096", 784, 4096, 400, true, false),
 ];
+
+/// Narrow deep products of the classic VAE, timed on GPUs: the mu and logvar heads' weight
+/// gradient at batch 4096 (16,000 outputs, K = 4096), which a GPU can only fill by splitting K.
+pub const NARROW_SHAPES: [MatmulShape; 1] = [shape("fc 400->40 dW, batch 4096", 40, 4096, 400, true, false)];
 
 /// Square products: 1024³ (timed everywhere), 2048³ (GPUs) and 4096³, the size GPU matmul peaks
 /// are quoted at (GPUs, with `wgvae tune --all`: a weak GPU takes seconds per kernel over it, too
@@ -71,6 +83,8 @@ pub struct TuneOptions {
     pub shapes: Vec<MatmulShape>,
     /// Exclusive upper bounds on M·N between size classes, increasing (see [`SIZE_CLASSES`]).
     pub classes: Vec<u64>,
+    /// Products with a K at least this long form classes of their own (see [`DEEP_K`]).
+    pub deep_k: u64,
     /// Timing budget per (product, kernel); at least three timed rounds run whatever it says.
     pub seconds: Duration,
 }
@@ -96,14 +110,14 @@ impl TuneOptions {
         }
         let shapes = match (cpu, all) {
             (true, _) => [&LAYER_SHAPES[..6], &SQUARES[..1]].concat(),
-            (false, false) => [&LAYER_SHAPES[..], &SQUARES[..2]].concat(),
-            (false, true) => [&LAYER_SHAPES[..], &SQUARES[..]].concat(),
+            (false, false) => [&LAYER_SHAPES[..], &NARROW_SHAPES[..], &SQUARES[..2]].concat(),
+            (false, true) => [&LAYER_SHAPES[..], &NARROW_SHAPES[..], &SQUARES[..]].concat(),
         };
-        // A GPU times 15 candidates on 11 products, so its budget per pair is shorter: the search a
-        // first `wgvae train` waits for stays near 17 s of timing, and a product there takes
+        // A GPU times 15 candidates on 12 products, so its budget per pair is shorter: the search a
+        // first `wgvae train` waits for stays near 18 s of timing, and a product there takes
         // microseconds to milliseconds, so 0.1 s is still many rounds.
         let seconds = Duration::from_millis(if cpu { 150 } else { 100 });
-        TuneOptions { candidates, shapes, classes: SIZE_CLASSES.to_vec(), seconds }
+        TuneOptions { candidates, shapes, classes: SIZE_CLASSES.to_vec(), deep_k: DEEP_K, seconds }
     }
 }
 
@@ -201,7 +215,7 @@ pub fn search(gpu: &Gpu, o: &TuneOptions, progress: &mut dyn FnMut(TuneProgress)
             measurements.push(m);
         }
     }
-    let plan = plan_from(&o.classes, &o.candidates, &measurements)?;
+    let plan = plan_from(&o.classes, o.deep_k, &o.candidates, &measurements)?;
     Ok(TuneReport {
         adapter: adapter_key(gpu),
         kernels: kernels_key(),
@@ -214,27 +228,41 @@ pub fn search(gpu: &Gpu, o: &TuneOptions, progress: &mut dyn FnMut(TuneProgress)
 /// The plan that [`search`] makes of `measurements`: per size class (bounds `classes`), the
 /// candidate with the least total time over the class's products (the earlier candidate on a
 /// tie); classes without products take the nearest measured class's choice, and neighbouring
-/// classes with the same kernel merge into one rule.
-pub fn plan_from(classes: &[u64], candidates: &[KernelChoice], measurements: &[Measurement]) -> Result<MatmulPlan> {
+/// classes with the same kernel merge into one rule. Within a class, the products with K of at
+/// least `deep_k` are a class of their own: they get a rule (before the class's other rule, which
+/// is then chosen on the other products) where their winner differs; a class without deep
+/// products has no such rule.
+pub fn plan_from(
+    classes: &[u64],
+    deep_k: u64,
+    candidates: &[KernelChoice],
+    measurements: &[Measurement],
+) -> Result<MatmulPlan> {
     let class_of =
         |m: &Measurement| classes.iter().position(|&b| (m.m as u64 * m.n as u64) < b).unwrap_or(classes.len());
-    let mut best: Vec<Option<KernelChoice>> = vec![None; classes.len() + 1];
-    for (i, slot) in best.iter_mut().enumerate() {
-        let total = |c: &KernelChoice| -> Option<f64> {
-            let ms: Vec<f64> =
-                measurements.iter().filter(|m| class_of(m) == i && m.kernel == *c).map(|m| m.ms).collect();
-            (!ms.is_empty()).then(|| ms.iter().sum())
-        };
-        let mut winner: Option<(KernelChoice, f64)> = None;
+    let is_deep = |m: &Measurement| m.k as u64 >= deep_k;
+    // The fastest candidate in total over the measurements `keep` selects.
+    let winner = |keep: &dyn Fn(&Measurement) -> bool| -> Option<KernelChoice> {
+        let mut best: Option<(KernelChoice, f64)> = None;
         for c in candidates {
-            if let Some(t) = total(c) {
-                if winner.is_none_or(|(_, w)| t < w) {
-                    winner = Some((*c, t));
-                }
+            let ms: Vec<f64> = measurements.iter().filter(|m| keep(m) && m.kernel == *c).map(|m| m.ms).collect();
+            if ms.is_empty() {
+                continue;
+            }
+            let t: f64 = ms.iter().sum();
+            if best.is_none_or(|(_, w)| t < w) {
+                best = Some((*c, t));
             }
         }
-        *slot = winner.map(|(c, _)| c);
-    }
+        best.map(|(c, _)| c)
+    };
+    // A class's own rule serves its shallow products when it has any (its deep ones may get a rule
+    // of their own), else all of them.
+    let mut best: Vec<Option<KernelChoice>> = (0..=classes.len())
+        .map(|i| winner(&|m| class_of(m) == i && !is_deep(m)).or_else(|| winner(&|m| class_of(m) == i)))
+        .collect();
+    let deep: Vec<Option<KernelChoice>> =
+        (0..=classes.len()).map(|i| winner(&|m| class_of(m) == i && is_deep(m))).collect();
     // Fill unmeasured classes from below, then the leading ones from above.
     for i in 1..best.len() {
         if best[i].is_none() {
@@ -246,9 +274,15 @@ pub fn plan_from(classes: &[u64], candidates: &[KernelChoice], measurements: &[M
     for (i, b) in best.iter().enumerate() {
         let kernel = b.unwrap_or(first);
         let below = classes.get(i).copied();
+        // A deep rule follows the rules of every smaller class (so it only sees this class's
+        // products) and precedes this class's own rule.
+        let deep_rule = deep[i].filter(|d| *d != kernel);
+        if let Some(d) = deep_rule {
+            rules.push(PlanRule { below, min_k: Some(deep_k), kernel: d });
+        }
         match rules.last_mut() {
-            Some(last) if last.kernel == kernel => last.below = below,
-            _ => rules.push(PlanRule { below, kernel }),
+            Some(last) if deep_rule.is_none() && last.min_k.is_none() && last.kernel == kernel => last.below = below,
+            _ => rules.push(PlanRule::new(below, kernel)),
         }
     }
     Ok(MatmulPlan { rules })

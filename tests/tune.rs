@@ -172,7 +172,11 @@ fn tiles_the_kernel_cannot_run_are_refused() {
 }
 
 fn m(shape: &str, mm: usize, n: usize, kernel: KernelChoice, ms: f64) -> Measurement {
-    Measurement { shape: shape.into(), m: mm, k: 8, n, layout: "NN".into(), kernel, ms, gflops: 1.0 }
+    mk(shape, mm, 8, n, kernel, ms)
+}
+
+fn mk(shape: &str, mm: usize, k: usize, n: usize, kernel: KernelChoice, ms: f64) -> Measurement {
+    Measurement { shape: shape.into(), m: mm, k, n, layout: "NN".into(), kernel, ms, gflops: 1.0 }
 }
 
 #[test]
@@ -194,18 +198,52 @@ fn plan_picks_the_fastest_total_per_size_class() {
         m("c", 1000, 1000, big, 4.0),
         m("c", 1000, 1000, reg, 4.0),
     ];
-    let plan = tune::plan_from(&[100, 10_000], &cands, &ms).unwrap();
+    let deep = tune::DEEP_K as usize;
+    let plan = tune::plan_from(&[100, 10_000], tune::DEEP_K, &cands, &ms).unwrap();
     assert_eq!(plan.rules.len(), 2, "{plan}");
     assert_eq!((plan.rules[0].below, plan.rules[0].kernel), (Some(10_000), small), "{plan}");
     assert_eq!((plan.rules[1].below, plan.rules[1].kernel), (None, big), "ties go to the earlier candidate: {plan}");
-    assert_eq!(plan.choose(9, 9), Some(small));
-    assert_eq!(plan.choose(99, 101), Some(small));
-    assert_eq!(plan.choose(100, 100), Some(big));
+    assert_eq!(plan.choose(9, 8, 9), Some(small));
+    assert_eq!(plan.choose(99, deep, 101), Some(small));
+    assert_eq!(plan.choose(100, 8, 100), Some(big));
     // Only the largest class measured: every class takes it.
-    let only = tune::plan_from(&[100, 10_000], &cands, &ms[6..]).unwrap();
+    let only = tune::plan_from(&[100, 10_000], tune::DEEP_K, &cands, &ms[6..]).unwrap();
     assert_eq!(only.rules.len(), 1);
-    assert_eq!(only.choose(1, 1), Some(big));
-    assert!(tune::plan_from(&[100], &cands, &[]).is_err());
+    assert_eq!(only.choose(1, 1, 1), Some(big));
+    assert!(tune::plan_from(&[100], tune::DEEP_K, &cands, &[]).is_err());
+
+    // Deep products (K >= DEEP_K) get a rule of their own where their winner differs, placed
+    // before their class's rule, which is then chosen on the shallow products alone: in class 0
+    // `reg` wins the deep product although `small` would win the class in total.
+    let split = KernelChoice::tiled(TileConfig::blocked(64, 64, 16).split_k(4));
+    let cands = [small, big, reg, split];
+    let mut ms = ms.to_vec();
+    ms.retain(|m| m.kernel != reg || m.shape != "a");
+    ms.extend([
+        m("a", 5, 5, reg, 1.5),
+        m("a", 5, 5, split, 5.0),
+        m("b", 9, 9, split, 5.0),
+        m("c", 1000, 1000, split, 5.0),
+        mk("d", 4, deep, 4, small, 20.0),
+        mk("d", 4, deep, 4, big, 20.0),
+        mk("d", 4, deep, 4, reg, 19.0),
+        mk("d", 4, deep, 4, split, 15.0),
+        mk("e", 4, 4 * deep, 4, reg, 1.0),
+        mk("e", 4, 4 * deep, 4, split, 6.0),
+        mk("e", 4, 4 * deep, 4, small, 30.0),
+        mk("e", 4, 4 * deep, 4, big, 30.0),
+    ]);
+    let plan = tune::plan_from(&[100, 10_000], tune::DEEP_K, &cands, &ms).unwrap();
+    assert_eq!(plan.rules.len(), 3, "{plan}");
+    assert_eq!((plan.rules[0].below, plan.rules[0].min_k, plan.rules[0].kernel), (Some(100), Some(tune::DEEP_K), reg));
+    assert_eq!((plan.rules[1].below, plan.rules[1].min_k, plan.rules[1].kernel), (Some(10_000), None, small), "{plan}");
+    assert_eq!((plan.rules[2].below, plan.rules[2].min_k, plan.rules[2].kernel), (None, None, big), "{plan}");
+    assert_eq!(plan.choose(4, deep, 4), Some(reg));
+    assert_eq!(plan.choose(4, deep - 1, 4), Some(small));
+    // A deep product of a larger class is not caught by the smaller class's deep rule.
+    assert_eq!(plan.choose(99, deep, 101), Some(small));
+    assert_eq!(plan.choose(1000, 8 * deep, 1000), Some(big));
+    assert!(plan.to_string().contains("register below 100 outputs with K >= 1024"), "{plan}");
 }
 
 #[test]
@@ -225,6 +263,7 @@ fn search_measures_every_candidate_and_the_installed_plan_decides_which_kernel_r
             MatmulShape { name: "large", m: 96, k: 64, n: 80, ta: true, tb: false },
         ],
         classes: vec![2000],
+        deep_k: tune::DEEP_K,
         seconds: Duration::from_millis(5),
     };
     let mut seen = 0;
@@ -237,14 +276,14 @@ fn search_measures_every_candidate_and_the_installed_plan_decides_which_kernel_r
     assert_eq!(seen, 2 * cands.len());
     assert_eq!(report.measurements.len(), 2 * cands.len());
     assert!(report.measurements.iter().all(|m| m.ms > 0.0 && m.gflops > 0.0));
-    assert_eq!(report.plan, tune::plan_from(&o.classes, &cands, &report.measurements).unwrap());
+    assert_eq!(report.plan, tune::plan_from(&o.classes, o.deep_k, &cands, &report.measurements).unwrap());
     assert_eq!(report.adapter, tune::adapter_key(&g));
 
     // A plan that sends small products to the tiled kernel and large ones to `register`.
     let plan = MatmulPlan {
         rules: vec![
-            wgvae::gpu::PlanRule { below: Some(2000), kernel: KernelChoice::tiled(tile) },
-            wgvae::gpu::PlanRule { below: None, kernel: KernelChoice::of(MatmulVariant::Register) },
+            wgvae::gpu::PlanRule::new(Some(2000), KernelChoice::tiled(tile)),
+            wgvae::gpu::PlanRule::new(None, KernelChoice::of(MatmulVariant::Register)),
         ],
     };
     g.set_matmul_plan(Some(plan.clone())).unwrap();
@@ -274,8 +313,10 @@ fn search_measures_every_candidate_and_the_installed_plan_decides_which_kernel_r
     tape.submit().unwrap();
     assert!(!tape.kernels_run().contains_key("matmul_tiled"), "{:?}", tape.kernels_run());
     // Plans must cover every size and name kernels the adapter runs.
-    let open = MatmulPlan { rules: vec![wgvae::gpu::PlanRule { below: Some(10), kernel: KernelChoice::tiled(tile) }] };
+    let open = MatmulPlan { rules: vec![wgvae::gpu::PlanRule::new(Some(10), KernelChoice::tiled(tile))] };
     assert!(g.set_matmul_plan(Some(open)).is_err());
+    let deep_only = wgvae::gpu::PlanRule { below: None, min_k: Some(64), kernel: KernelChoice::tiled(tile) };
+    assert!(g.set_matmul_plan(Some(MatmulPlan { rules: vec![deep_only] })).is_err());
     g.set_matmul_plan(None).unwrap();
     assert!(g.matmul_plan().is_none());
 }
@@ -288,9 +329,8 @@ fn plan_cache_round_trip_keys_and_errors() {
     let path = dir.join("sub").join("matmul-plans.json");
     let mut cache = PlanCache::open(&path).unwrap();
     assert!(cache.get(g).is_none());
-    let plan = MatmulPlan {
-        rules: vec![wgvae::gpu::PlanRule { below: None, kernel: KernelChoice::tiled(TileConfig::new(64, 128, 16)) }],
-    };
+    let plan =
+        MatmulPlan { rules: vec![wgvae::gpu::PlanRule::new(None, KernelChoice::tiled(TileConfig::new(64, 128, 16)))] };
     let report = tune::TuneReport {
         adapter: tune::adapter_key(g),
         kernels: tune::kernels_key(),

@@ -310,12 +310,14 @@ impl std::str::FromStr for KernelChoice {
 
 crate::string_serde!(KernelChoice);
 
-/// Which matmul kernel runs for which product size, chosen by measurement ([`crate::tune`]): rule
-/// `i` covers products with fewer than `rules[i].below` outputs (M·N) not covered by an earlier
-/// rule; the last rule (`below: None`) covers the rest.
+/// Which matmul kernel runs for which product size, chosen by measurement ([`crate::tune`]): the
+/// first rule that covers a product decides. Rule `i` covers products with fewer than
+/// `rules[i].below` outputs (M·N) and, when it has a `min_k`, a K at least that long (a deep
+/// product: one where splitting K pays, see [`TileConfig::split`]); the last rule
+/// (`below: None`, no `min_k`) covers the rest.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MatmulPlan {
-    /// Size classes in increasing order.
+    /// Size classes in increasing order, a class's deep-K rule before its other one.
     pub rules: Vec<PlanRule>,
 }
 
@@ -324,20 +326,34 @@ pub struct MatmulPlan {
 pub struct PlanRule {
     /// Exclusive upper bound on M·N (`None`: no bound).
     pub below: Option<u64>,
+    /// Only products whose K is at least this long (`None`: any K).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_k: Option<u64>,
     /// The kernel for this class.
     pub kernel: KernelChoice,
 }
 
+impl PlanRule {
+    /// A rule for every K.
+    pub fn new(below: Option<u64>, kernel: KernelChoice) -> Self {
+        PlanRule { below, min_k: None, kernel }
+    }
+}
+
 impl MatmulPlan {
-    /// The kernel for an M x N product.
-    pub fn choose(&self, m: usize, n: usize) -> Option<KernelChoice> {
+    /// The kernel for an M x K x N product.
+    pub fn choose(&self, m: usize, k: usize, n: usize) -> Option<KernelChoice> {
         let outputs = m as u64 * n as u64;
-        self.rules.iter().find(|r| r.below.is_none_or(|b| outputs < b)).map(|r| r.kernel)
+        self.rules
+            .iter()
+            .find(|r| r.below.is_none_or(|b| outputs < b) && r.min_k.is_none_or(|d| k as u64 >= d))
+            .map(|r| r.kernel)
     }
 }
 
 impl std::fmt::Display for MatmulPlan {
-    /// `tiled 32x32x16 below 131072 outputs, tiled 64x64x16 below 1048576, tiled 128x128x8 above`.
+    /// `tiled 32x32x16 below 131072 outputs, tiled 64x64x16bpvs4 below 1048576 outputs with K >=
+    /// 1024, tiled 64x64x16 below 1048576 outputs, tiled 128x128x8 above`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         for (i, r) in self.rules.iter().enumerate() {
             if i > 0 {
@@ -345,8 +361,11 @@ impl std::fmt::Display for MatmulPlan {
             }
             match r.below {
                 Some(b) => write!(f, "{} below {b} outputs", r.kernel)?,
-                None if i == 0 => write!(f, "{}", r.kernel)?,
+                None if i == 0 && r.min_k.is_none() => write!(f, "{}", r.kernel)?,
                 None => write!(f, "{} above", r.kernel)?,
+            }
+            if let Some(d) = r.min_k {
+                write!(f, " with K >= {d}")?;
             }
         }
         Ok(())
@@ -844,8 +863,11 @@ impl Gpu {
     /// cannot run.
     pub fn set_matmul_plan(&self, plan: Option<MatmulPlan>) -> Result<()> {
         if let Some(p) = &plan {
-            if p.rules.is_empty() || p.rules.last().is_some_and(|r| r.below.is_some()) {
-                return Err(Error::arg("matmul plan", "the last rule must cover every size (`below: None`)"));
+            if p.rules.is_empty() || p.rules.last().is_some_and(|r| r.below.is_some() || r.min_k.is_some()) {
+                return Err(Error::arg(
+                    "matmul plan",
+                    "the last rule must cover every size (`below: None`, no `min_k`)",
+                ));
             }
             for r in &p.rules {
                 self.check_variant(r.kernel.variant)?;

@@ -131,7 +131,7 @@ fn launch(
     }
     let (variant, tile) = match o.variant {
         Some(v) => (v, o.tile.unwrap_or(TileConfig::DEFAULT)),
-        None => match tape.gpu().matmul_plan().and_then(|p| p.choose(m, n)) {
+        None => match tape.gpu().matmul_plan().and_then(|p| p.choose(m, k, n)) {
             Some(c) => (c.variant, c.tile),
             None => (tape.gpu().matmul_variant(), TileConfig::DEFAULT),
         },

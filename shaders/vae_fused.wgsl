@@ -6,11 +6,13 @@
 // step runs five:
 //   latent_forward   z = mu + exp(logvar/2)·eps (eps drawn here from Philox) and KL per example
 //   recon_fused      −log p(x|z) per chunk of a row, and its gradient scaled by the objective's
-//                    reconstruction weight (the loss is the root of backward, so its upstream
-//                    gradient is 1 unless the caller scales it; src/ops/vae.rs checks)
+//                    reconstruction weight, and the KL term's gradient with respect to h scaled
+//                    by its weight (the loss is the root of backward, so its upstream gradient
+//                    is 1 unless the caller scales it; src/ops/vae.rs checks)
 //   loss_finalize    fixed-order sums: recon, KL, total = rs·recon + ks·KL, epoch accumulators
-//   kl_head_backward the KL term's gradient with respect to h, times upstream·ks
-//   latent_backward  the reparameterization's gradient added into it (eps recomputed)
+//   latent_backward  the reparameterization's gradient added into h's (eps recomputed)
+// (kl_head_backward computes the KL term's gradient in the backward pass instead, for an upstream
+// gradient other than 1.)
 // Philox counters are those of random.wgsl:normal (element i of eps is word pair i/2, Box-Muller
 // cos for even i, sin for odd), so eps equals what `normal` would draw for the same (seed, step,
 // stream): src/rng.rs mirrors it on the CPU.
@@ -28,6 +30,8 @@ struct Params {
     flag: u32,    // latent_backward: add into the existing gradient; loss_finalize: accumulate
     s0: f32,      // scale: rs (recon), ks (KL)
     s1: f32,      // ks (finalize), variance (gaussian recon)
+    hz: u32,      // recon_fused: Z of the KL head gradient it also computes (0: none)
+    s2: f32,      // recon_fused: that gradient's scale, ks
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -115,16 +119,29 @@ fn kl_head_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
 // (GRAD) the gradient of s0·Σ nll with respect to the decoder output, in one pass.
 // LIKELIHOOD 0: Bernoulli from logits, nll = max(x,0) − x·t + log(1 + e^−|x|), grad σ(x) − t.
 // LIKELIHOOD 1: Gaussian, variance s1: nll = (x − t)²/(2 s1) + ½ log(2π s1), grad (x − t)/s1.
-// n = B*nch invocations, zdim = D. Bindings: 1 out[B,D] | 2 target[B,D] | 3 partial[B*nch] | 4 d_out[B,D]
+// With hz = Z > 0 the same dispatch writes the gradient of s2·Σ KL with respect to the posterior
+// parameters h[B,2Z] (as kl_head_backward with an upstream gradient of 1): one pass over the batch
+// for both terms' gradients, and one dispatch less per training step.
+// n = B*nch invocations for the reconstruction (B*Z for the KL gradient; the grid covers the larger),
+// zdim = D. Bindings: 1 out[B,D] | 2 target[B,D] | 3 h[B,2Z] (out again when hz = 0)
+// | 4 partial[B*nch] | 5 d_out[B,D] | 6 d_h[B,2Z]
 const RCH: u32 = 16u;
 @group(0) @binding(1) var<storage, read> rf_x: array<f32>;
 @group(0) @binding(2) var<storage, read> rf_t: array<f32>;
-@group(0) @binding(3) var<storage, read_write> rf_partial: array<f32>;
-@group(0) @binding(4) var<storage, read_write> rf_dx: array<f32>;
+@group(0) @binding(3) var<storage, read> rf_h: array<f32>;
+@group(0) @binding(4) var<storage, read_write> rf_partial: array<f32>;
+@group(0) @binding(5) var<storage, read_write> rf_dx: array<f32>;
+@group(0) @binding(6) var<storage, read_write> rf_dh: array<f32>;
 
 @compute @workgroup_size(256)
 fn recon_fused(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = flat_index(wid, lid.x, nwg.x, 256u);
+    if (p.hz > 0u && i < (p.n / p.nch) * p.hz) {
+        let im = (i / p.hz) * 2u * p.hz + i % p.hz;
+        let il = im + p.hz;
+        rf_dh[im] = p.s2 * rf_h[im];
+        rf_dh[il] = p.s2 * 0.5 * (exp(rf_h[il]) - 1.0);
+    }
     if (i >= p.n) { return; }
     let d = p.zdim;
     let row = i / p.nch;

@@ -127,9 +127,12 @@ fn kl_ref(h: &Mat, z: usize) -> (f64, Mat) {
 
 #[test]
 fn fused_objective_values_sums_accumulators_and_gradients() {
-    // D = 37 and 785: chunks of 16 with a partial last one; B = 3 and 70.
+    // D = 37 and 785: chunks of 16 with a partial last one; B = 3 and 70; Z = 21 with D = 19:
+    // more KL gradient values (B·Z = 420) than reconstruction chunks (B·2 = 40), more than one
+    // workgroup of 256: the grid must cover the former.
     for (like, (b, d, z)) in [
         (FusedLikelihood::Bernoulli, (3, 37, 2)),
+        (FusedLikelihood::Bernoulli, (20, 19, 21)),
         (FusedLikelihood::Bernoulli, (70, 785, 20)),
         (FusedLikelihood::Gaussian(0.3), (3, 37, 2)),
         (FusedLikelihood::Gaussian(1.0), (70, 785, 20)),
@@ -168,6 +171,11 @@ fn fused_objective_values_sums_accumulators_and_gradients() {
             tape.submit().unwrap();
             if upstream != 1.0 {
                 assert_ran(&tape, "scale_by", "a scaled upstream multiplies the precomputed gradient");
+                assert_ran(&tape, "kl_head_backward", "a scaled upstream computes the KL gradient in backward");
+            } else {
+                // The reconstruction's dispatch computed the KL gradient in the forward pass.
+                let ran = tape.kernels_run();
+                assert!(!ran.contains_key("kl_head_backward"), "upstream 1 needs no KL gradient pass: {ran:?}");
             }
             let what = format!("{like:?} {b}x{d}, Z = {z}, upstream {upstream}");
             let tol = |v: f64| 1e-6 * v.abs() + 1e-4;

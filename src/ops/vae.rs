@@ -332,14 +332,6 @@ pub fn fused_objective(
         FusedLikelihood::Bernoulli => 1.0,
         FusedLikelihood::Gaussian(v) => v,
     };
-    let rp = Params::new().u((b * nch) as u32).u(d as u32).u(nch as u32).u(0).u(0).u(0).u(0).u(0).f(rs).f(var);
-    tape.dispatch(
-        &fused_key("recon_fused", 2, 2, like, needs_grad),
-        rp,
-        &[&xv, target, &partial, dout.as_ref().unwrap_or(&partial)],
-        grid_1d(b * nch, 256),
-    )?;
-    let (recon, klsum, total) = (Tensor::empty(&gpu, 1, 1)?, Tensor::empty(&gpu, 1, 1)?, Tensor::empty(&gpu, 1, 1)?);
     let (head, kl_rows) = match kl {
         Some((h, rows)) => {
             if rows.shape() != [b, 1] {
@@ -352,6 +344,41 @@ pub fn fused_objective(
         }
         None => (None, None),
     };
+    let head_val = head.map(|h| val(tape, h));
+    // The KL term's gradient with respect to the head, for an upstream gradient of 1 (the total
+    // is the loss, as in training), computed by the reconstruction's dispatch.
+    let dhead = match (&head_val, head) {
+        (Some(hv), Some(h)) if tape.grad_enabled() && tape.requires_grad(h) => Some(Tensor::empty(&gpu, b, hv.cols())?),
+        _ => None,
+    };
+    let hz = if dhead.is_some() { head_val.as_ref().map_or(0, |h| h.cols() / 2) } else { 0 };
+    let rp = Params::new()
+        .u((b * nch) as u32)
+        .u(d as u32)
+        .u(nch as u32)
+        .u(0)
+        .u(0)
+        .u(0)
+        .u(0)
+        .u(0)
+        .f(rs)
+        .f(var)
+        .u(hz as u32)
+        .f(ks);
+    tape.dispatch(
+        &fused_key("recon_fused", 3, 3, like, needs_grad),
+        rp,
+        &[
+            &xv,
+            target,
+            head_val.as_ref().filter(|_| hz > 0).unwrap_or(&xv),
+            &partial,
+            dout.as_ref().unwrap_or(&partial),
+            dhead.as_ref().unwrap_or(&partial),
+        ],
+        grid_1d((b * nch).max(b * hz), 256),
+    )?;
+    let (recon, klsum, total) = (Tensor::empty(&gpu, 1, 1)?, Tensor::empty(&gpu, 1, 1)?, Tensor::empty(&gpu, 1, 1)?);
     let fp = Params::new()
         .u((b * nch) as u32)
         .u(0)
@@ -372,7 +399,6 @@ pub fn fused_objective(
     )?;
     let mut inputs = vec![out];
     inputs.extend(head);
-    let head_val = head.map(|h| val(tape, h));
     let total = tape.record(&inputs, total, move |t, g, needs| {
         let dx = match (&dout, needs[0]) {
             (Some(d), true) if t.is_seed(g) => Some(d.clone()),
@@ -387,7 +413,9 @@ pub fn fused_objective(
         };
         let mut grads = vec![dx];
         if let Some(hv) = &head_val {
-            let dh = if needs[1] {
+            let dh = if let (Some(d), true, true) = (&dhead, needs[1], t.is_seed(g)) {
+                Some(d.clone())
+            } else if needs[1] {
                 let z = hv.cols() / 2;
                 let dh = Tensor::empty(t.gpu(), b, 2 * z)?;
                 let p = Params::new().u((b * z) as u32).u(z as u32).u(0).u(0).u(0).u(0).u(0).u(0).f(ks);

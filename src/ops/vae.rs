@@ -365,7 +365,9 @@ pub fn fused_objective(
         .f(var)
         .u(hz as u32)
         .f(ks);
-    tape.dispatch(
+    // Profiled under the reconstruction's shape (the default label would take the KL gradient's).
+    let label = tape.gpu().profiling().then(|| format!("recon_fused {b}x{d}"));
+    tape.dispatch_labeled(
         &fused_key("recon_fused", 3, 3, like, needs_grad),
         rp,
         &[
@@ -377,6 +379,7 @@ pub fn fused_objective(
             dhead.as_ref().unwrap_or(&partial),
         ],
         grid_1d((b * nch).max(b * hz), 256),
+        label,
     )?;
     let (recon, klsum, total) = (Tensor::empty(&gpu, 1, 1)?, Tensor::empty(&gpu, 1, 1)?, Tensor::empty(&gpu, 1, 1)?);
     let fp = Params::new()

@@ -61,9 +61,16 @@ pub const LAYER_SHAPES: [MatmulShape; 9] = [
     shape("fc 400->784 dW, batch 4096", 784, 4096, 400, true, false),
 ];
 
-/// Narrow deep products of the classic VAE, timed on GPUs: the mu and logvar heads' weight
-/// gradient at batch 4096 (16,000 outputs, K = 4096), which a GPU can only fill by splitting K.
-pub const NARROW_SHAPES: [MatmulShape; 1] = [shape("fc 400->40 dW, batch 4096", 40, 4096, 400, true, false)];
+/// The classic VAE's narrow products around its latent layer, timed on GPUs (half of a training
+/// step's products are narrow, and a GPU runs them very differently from the wide ones they share
+/// a size class with): the mu and logvar heads and the decoder's first layer forward at batch 128
+/// (5,120 and 51,200 outputs, K = 400 and 20), and the heads' weight gradient at batch 4096
+/// (16,000 outputs, K = 4096), which a GPU can only fill by splitting K.
+pub const NARROW_SHAPES: [MatmulShape; 3] = [
+    shape("fc 400->40 fwd, batch 128", 128, 400, 40, false, true),
+    shape("fc 20->400 fwd, batch 128", 128, 20, 400, false, true),
+    shape("fc 400->40 dW, batch 4096", 40, 4096, 400, true, false),
+];
 
 /// Square products: 1024³ (timed everywhere), 2048³ (GPUs) and 4096³, the size GPU matmul peaks
 /// are quoted at (GPUs, with `wgvae tune --all`: a weak GPU takes seconds per kernel over it, too
@@ -113,10 +120,10 @@ impl TuneOptions {
             (false, false) => [&LAYER_SHAPES[..], &NARROW_SHAPES[..], &SQUARES[..2]].concat(),
             (false, true) => [&LAYER_SHAPES[..], &NARROW_SHAPES[..], &SQUARES[..]].concat(),
         };
-        // A GPU times 15 candidates on 12 products, so its budget per pair is shorter: the search a
-        // first `wgvae train` waits for stays near 18 s of timing, and a product there takes
-        // microseconds to milliseconds, so 0.1 s is still many rounds.
-        let seconds = Duration::from_millis(if cpu { 150 } else { 100 });
+        // A GPU times 15 candidates on 14 products, so its budget per pair is shorter: the search a
+        // first `wgvae train` waits for stays near 17 s of timing, and a product there takes
+        // microseconds to milliseconds, so 0.08 s is still many rounds.
+        let seconds = Duration::from_millis(if cpu { 150 } else { 80 });
         TuneOptions { candidates, shapes, classes: SIZE_CLASSES.to_vec(), deep_k: DEEP_K, seconds }
     }
 }

@@ -138,12 +138,16 @@ fn tiles_the_kernel_cannot_run_are_refused() {
     assert_eq!("128x128x8bpvs12".parse::<TileConfig>().unwrap(), full.split_k(12));
     // How split-K divides K: chunks are slab multiples of at least 128, shorter K is not split.
     let s4 = TileConfig::blocked(64, 64, 16).split_k(4);
-    assert_eq!(s4.split_chunks(785), (208, 4));
-    assert_eq!(s4.split_chunks(300), (128, 3));
-    assert_eq!(s4.split_chunks(255), (255, 1));
-    assert_eq!(s4.split_chunks(4096), (1024, 4));
-    assert_eq!(TileConfig::new(32, 32, 16).split_k(16).split_chunks(4096), (256, 16));
-    assert_eq!(TileConfig::DEFAULT.split_chunks(4096), (4096, 1));
+    let any = usize::MAX;
+    assert_eq!(s4.split_chunks(785, any), (208, 4));
+    assert_eq!(s4.split_chunks(300, any), (128, 3));
+    assert_eq!(s4.split_chunks(255, any), (255, 1));
+    assert_eq!(s4.split_chunks(4096, any), (1024, 4));
+    assert_eq!(TileConfig::new(32, 32, 16).split_k(16).split_chunks(4096, any), (256, 16));
+    assert_eq!(TileConfig::DEFAULT.split_chunks(4096, any), (4096, 1));
+    // Fewer parts where the partial sums would outgrow their memory budget; none below two.
+    assert_eq!(TileConfig::new(32, 32, 16).split_k(16).split_chunks(4096, 5), (832, 5));
+    assert_eq!(s4.split_chunks(4096, 1), (4096, 1));
     for bad in [
         "48x40x16",
         "0x64x16",

@@ -144,18 +144,23 @@ impl TileConfig {
     /// The largest split a tile may ask for.
     pub const MAX_SPLIT: u32 = 16;
 
-    /// How a K range of `len` divides among this tile's splits: (chunk, number of chunks). The
-    /// chunk is a multiple of the slab depth and at least [`TileConfig::MIN_SPLIT_K`]; a range
-    /// shorter than two such chunks is one chunk, no split.
-    pub fn split_chunks(self, len: usize) -> (usize, usize) {
-        let (k, s) = (self.k as usize, self.split.max(1) as usize);
-        if s == 1 || len < 2 * Self::MIN_SPLIT_K as usize {
+    /// How a K range of `len` divides among this tile's splits, at most `max_parts` of them (the
+    /// partial sums take `parts` x M x N values): (chunk, number of chunks). The chunk is a
+    /// multiple of the slab depth and at least [`TileConfig::MIN_SPLIT_K`]; a range shorter than
+    /// two such chunks, or a `max_parts` below 2, is one chunk, no split.
+    pub fn split_chunks(self, len: usize, max_parts: usize) -> (usize, usize) {
+        let (k, s) = (self.k as usize, (self.split.max(1) as usize).min(max_parts));
+        if s < 2 || len < 2 * Self::MIN_SPLIT_K as usize {
             return (len.max(1), 1);
         }
         let chunk = len.div_ceil(s).div_ceil(k) * k;
         let chunk = chunk.max(Self::MIN_SPLIT_K as usize);
         (chunk, len.div_ceil(chunk))
     }
+    /// The most memory split-K's partial sums may take, in bytes (with the device's buffer
+    /// limits): a product large enough to need more has output tiles enough to fill any GPU.
+    pub const MAX_SPLIT_BYTES: u64 = 64 << 20;
+
     /// The tile used when nothing was measured: 64x64, slabs of 16.
     pub const DEFAULT: TileConfig = TileConfig::new(64, 64, 16);
     /// The tiles the tuner measures (and the tests prove against the f64 reference).

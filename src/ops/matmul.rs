@@ -190,7 +190,14 @@ fn launch(
         // Split-K (tiled tiles with `split` > 1, on a slice at least two chunks deep): the first
         // pass writes each chunk's raw partial sums to its own slot, the second adds them up and
         // applies this slice's epilogue.
-        let (chunk, parts) = if variant == MatmulVariant::Tiled { tile.split_chunks(k1 - k0) } else { (k1 - k0, 1) };
+        let (chunk, parts) = if variant == MatmulVariant::Tiled {
+            let limits = tape.gpu().limits();
+            let cap =
+                TileConfig::MAX_SPLIT_BYTES.min(limits.max_storage_buffer_binding_size).min(limits.max_buffer_size);
+            tile.split_chunks(k1 - k0, (cap / (m * n * 4).max(1) as u64) as usize)
+        } else {
+            (k1 - k0, 1)
+        };
         let params = || Params::new().u(m as u32).u(n as u32).u(k as u32).u(k0 as u32).u(k1 as u32).u(chunk as u32);
         let profiling = tape.gpu().profiling();
         let label = |entry: &str, extra: String| {

@@ -210,47 +210,26 @@ fn launch(
         // Unused inputs are A again (read-only twice is allowed), unused row sums C again.
         let y = ep.grad_act.as_ref().filter(|_| last).map(|(_, y)| y).unwrap_or(a);
         let sums = ep.row_sums.as_ref().unwrap_or(c);
+        let epilogue = defines(slice_bias.is_some(), accum_slice, slice_act, grad_act);
+        let key = |entry, defines| KernelKey { module, entry, defines, inputs: 4, outputs: 2 };
         if parts == 1 {
-            let key = KernelKey {
-                module,
-                entry,
-                defines: defines(slice_bias.is_some(), accum_slice, slice_act, grad_act),
-                inputs: 4,
-                outputs: 2,
-            };
-            let label = label(entry, String::new());
-            tape.dispatch_labeled(&key, params(), &[a, b, slice_bias.unwrap_or(a), y, c, sums], groups, label)?;
+            let bufs = [a, b, slice_bias.unwrap_or(a), y, c, sums];
+            tape.dispatch_labeled(&key(entry, epilogue), params(), &bufs, groups, label(entry, String::new()))?;
             continue;
         }
         let gpu = tape.gpu().clone();
         let partial = Tensor::empty(&gpu, parts * m, n)?;
-        let partial_sums = match ep.row_sums {
-            Some(_) => Some(Tensor::empty(&gpu, parts, m)?),
-            None => None,
-        };
+        let partial_sums = ep.row_sums.as_ref().map(|_| Tensor::empty(&gpu, parts, m)).transpose()?;
         let psums = partial_sums.as_ref().unwrap_or(&partial);
-        let key = KernelKey {
-            module,
-            entry,
-            defines: defines(false, false, Act::Identity, Act::Identity),
-            inputs: 4,
-            outputs: 2,
-        };
+        let raw = defines(false, false, Act::Identity, Act::Identity);
         let split_groups = [groups[0], groups[1], parts as u32];
         let l = label(entry, format!(" split {parts}"));
-        tape.dispatch_labeled(&key, params(), &[a, b, a, a, &partial, psums], split_groups, l)?;
+        tape.dispatch_labeled(&key(entry, raw), params(), &[a, b, a, a, &partial, psums], split_groups, l)?;
         let reduce = "matmul_split_reduce";
-        let key = KernelKey {
-            module,
-            entry: reduce,
-            defines: defines(slice_bias.is_some(), accum_slice, slice_act, grad_act),
-            inputs: 4,
-            outputs: 2,
-        };
         let l = label(reduce, format!(" split {parts}"));
-        let bias_or = slice_bias.unwrap_or(&partial);
         let y = ep.grad_act.as_ref().filter(|_| last).map(|(_, y)| y).unwrap_or(&partial);
-        tape.dispatch_labeled(&key, params(), &[&partial, psums, bias_or, y, c, sums], grid_1d(m * n, 256), l)?;
+        let bufs = [&partial, psums, slice_bias.unwrap_or(&partial), y, c, sums];
+        tape.dispatch_labeled(&key(reduce, epilogue), params(), &bufs, grid_1d(m * n, 256), l)?;
     }
     Ok(())
 }

@@ -45,27 +45,29 @@ fn adam_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
 }
 
 // The same update four elements at a time, for n % 4 == 0 (every VAE weight): on CPU adapters a
-// storage load costs a loop over SIMD lanes whatever its width, so vec4 loads make it ~4x cheaper.
-// Bindings as above, viewed as vec4 arrays; n is still the scalar count.
-@group(0) @binding(1) var<storage, read> grad4: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read_write> param4: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read_write> m14: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read_write> m24: array<vec4<f32>>;
+// storage access costs a loop over SIMD lanes with work per component, so vec4 accesses make it
+// several times cheaper per float, and Word4 (words_u64.wgsl on CPU adapters) cheaper again.
+// Bindings as above, viewed as Word4 arrays (words_f32.wgsl / words_u64.wgsl, prepended by the
+// host); n is still the scalar count.
+@group(0) @binding(1) var<storage, read> grad4: array<Word4>;
+@group(0) @binding(2) var<storage, read_write> param4: array<Word4>;
+@group(0) @binding(3) var<storage, read_write> m14: array<Word4>;
+@group(0) @binding(4) var<storage, read_write> m24: array<Word4>;
 
 @compute @workgroup_size(256)
 fn adam_step4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = flat_index(wid, lid.x, nwg.x, 256u);
     if (4u * i >= p.n) { return; }
-    var w = param4[i];
-    var g = grad4[i];
+    var w = unword(param4[i]);
+    var g = unword(grad4[i]);
     if (p.decoupled == 1u) {
         w = w - p.lr * p.wd * w;
     } else {
         g = g + p.wd * w;
     }
-    let m = p.b1 * m14[i] + (1.0 - p.b1) * g;
-    let v = p.b2 * m24[i] + (1.0 - p.b2) * g * g;
-    m14[i] = m;
-    m24[i] = v;
-    param4[i] = w - p.lr * (m / p.bc1) / (sqrt(v / p.bc2) + p.eps);
+    let m = p.b1 * unword(m14[i]) + (1.0 - p.b1) * g;
+    let v = p.b2 * unword(m24[i]) + (1.0 - p.b2) * g * g;
+    m14[i] = word(m);
+    m24[i] = word(v);
+    param4[i] = word(w - p.lr * (m / p.bc1) / (sqrt(v / p.bc2) + p.eps));
 }

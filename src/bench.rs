@@ -490,6 +490,8 @@ pub struct StepRecord {
     pub driver: String,
     /// The matmul variant used.
     pub matmul: String,
+    /// How the CPU-adapter kernels typed their vec4 views (`f32`, `u64`).
+    pub storage_words: String,
     /// Per-kernel GPU time, when profiled.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profile: Option<Vec<ProfileShare>>,
@@ -519,6 +521,7 @@ impl StepRecord {
             device_type: r.device_type,
             driver: format!("{} {}", r.driver, r.driver_info),
             matmul: r.matmul_variant,
+            storage_words: r.storage_words,
             profile,
         }
     }

@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use wgvae::ops::matmul::{matmul_accumulate, matmul_forward, MatmulOpts};
 use wgvae::ops::{elementwise as ew, reduce, Act};
-use wgvae::{MatmulVariant, Tape};
+use wgvae::{MatmulVariant, Tape, Words};
 
 /// (M, K, N): ones, primes, one past tile/workgroup multiples, and the 785-wide MNIST+bias case.
 const SIZES: [(usize, usize, usize); 7] =
@@ -294,4 +294,78 @@ fn broadcasts() {
 /// Broadcast via the sum ops' backward: d(Σ −2·x)/dx... expressed directly with the public API.
 fn ew_broadcast(tape: &mut Tape, x: &Mat, rows: usize, cols: usize) -> wgvae::Tensor {
     ew::broadcast_to(tape, &x.upload(), rows, cols, -2.0).unwrap()
+}
+
+/// One product of the `subgroup` kernel on `g` with every epilogue part the kernel has: bias and
+/// activation (forward), accumulation into C, and the activation derivative with row sums (a
+/// backward product). Returns (forward, accumulated, backward, row sums) as raw f32s.
+fn subgroup_products(g: &wgvae::Gpu, m: usize, k: usize, n: usize, ta: bool, tb: bool, seed: u64) -> [Vec<f32>; 4] {
+    use wgvae::ops::matmul::{matmul_fused, Epilogue};
+    let a = if ta { Mat::rand(k, m, -1.0, 1.0, seed) } else { Mat::rand(m, k, -1.0, 1.0, seed) };
+    let b = if tb { Mat::rand(n, k, -1.0, 1.0, seed + 1) } else { Mat::rand(k, n, -1.0, 1.0, seed + 1) };
+    let bias = Mat::rand(1, n, -1.0, 1.0, seed + 2);
+    let c0 = Mat::rand(m, n, -1.0, 1.0, seed + 3);
+    let pre = Mat::rand(m, n, -2.0, 2.0, seed + 4);
+    let y = pre.map(|x| act_fwd(Act::Tanh, x));
+    let o = MatmulOpts::nn().trans(ta, tb).variant(MatmulVariant::Subgroup);
+    let mut tape = Tape::no_grad(g);
+    let (at, bt) = (a.upload_to(g), b.upload_to(g));
+    let fwd = matmul_forward(&mut tape, &at, &bt, Some(&bias.upload_to(g)), o.act(Act::Relu)).unwrap();
+    let acc = c0.upload_to(g);
+    matmul_accumulate(&mut tape, &at, &bt, &acc, o).unwrap();
+    let sums = wgvae::Tensor::empty(g, 1, m).unwrap();
+    let ep = Epilogue { grad_act: Some((Act::Tanh, y.upload_to(g))), row_sums: Some(sums.clone()) };
+    let bwd = matmul_fused(&mut tape, &at, &bt, None, None, o, ep).unwrap();
+    tape.submit().unwrap();
+    assert_ran(&tape, "matmul_subgroup", &format!("subgroup {m}x{k}x{n} ta={ta} tb={tb}"));
+    // The f64 reference for each of the four results.
+    let prod = matmul(&a, &b, ta, tb);
+    let atol = 1e-6 * (k as f64).sqrt() * 4.0;
+    let what = format!("subgroup matmul, {} words, {m}x{k}x{n} ta={ta} tb={tb}", g.words());
+    let got: Vec<Mat> = [&fwd, &acc, &bwd, &sums].iter().map(|t| download(t)).collect();
+    assert_close(
+        &got[0],
+        &add_row(&prod, &bias).map(|x| act_fwd(Act::Relu, x)),
+        atol,
+        1e-5,
+        &format!("{what}: bias+relu"),
+    );
+    assert_close(&got[1], &prod.zip(&c0, |p, c| p + c), atol, 1e-5, &format!("{what}: accumulate"));
+    assert_close(&got[2], &prod.zip(&pre, |p, x| p * act_grad(Act::Tanh, x)), atol, 1e-5, &format!("{what}: tanh'"));
+    let opa = if ta { a.t() } else { a };
+    assert_close(&got[3], &row_sum(&opa).t(), atol, 1e-5, &format!("{what}: row sums"));
+    [&fwd, &acc, &bwd, &sums].map(|t| t.to_vec(g).unwrap())
+}
+
+#[test]
+fn subgroup_matmul_under_every_storage_word_kind_is_exact_and_bit_identical() {
+    // The `subgroup` kernel with its vec4 views typed as vec4<f32> and as vec2<u64> (the CPU
+    // adapters' default): the same bytes, so the results must agree to the bit, and each must match
+    // the f64 reference. Multiples of 4 (the vec4 path) that are not multiples of the 32-row block
+    // or the 64-column workgroup; K = 6144 is three K slices.
+    if !variants().contains(&MatmulVariant::Subgroup) {
+        return;
+    }
+    let sizes = [(36, 20, 44), (132, 28, 68), (12, 6144, 8)];
+    for (i, &(m, k, n)) in sizes.iter().enumerate() {
+        for ta in [false, true] {
+            for tb in [false, true] {
+                let mut first: Option<(Words, [Vec<f32>; 4])> = None;
+                for w in words_kinds() {
+                    let g = gpu_words(w);
+                    assert_eq!(g.words(), w);
+                    let got = subgroup_products(g, m, k, n, ta, tb, 500 + i as u64);
+                    assert_ran_named(g, &format!("matmul_subgroup.wgsl+{w}:matmul_subgroup"), &format!("{w} words"));
+                    if let Some((w0, want)) = &first {
+                        for (j, (x, y)) in got.iter().zip(want).enumerate() {
+                            let same = x.len() == y.len() && x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits());
+                            assert!(same, "{m}x{k}x{n} ta={ta} tb={tb}: result {j} differs between {w0} and {w} words");
+                        }
+                    } else {
+                        first = Some((w, got));
+                    }
+                }
+            }
+        }
+    }
 }

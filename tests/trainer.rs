@@ -20,7 +20,7 @@ use wgvae::ops::Act;
 use wgvae::train::{TrainOptions, Trainer};
 use wgvae::vae::objective::{KlSchedule, Objective, Reduction};
 use wgvae::vae::{Likelihood, ModelKind, VaeConfig};
-use wgvae::{rng, Gpu, MatmulVariant};
+use wgvae::{rng, Gpu, MatmulVariant, Words};
 
 /// Image size (3x4 = 12 pixels), hidden width, latent size: multiples of 4, so every variant's
 /// vec4 and subgroup kernels take the full batches (the 2-row tail batch takes the scalar ones).
@@ -314,6 +314,31 @@ fn every_matmul_variant_trains_like_the_reference() {
         assert!(ran.get(want).copied().unwrap_or(0) > 0, "{}: {want} never ran: {ran:?}", v.name());
         if v != MatmulVariant::Tiled {
             assert_eq!(ran.get("matmul_tiled"), None, "{}: the tiled kernel must not run", v.name());
+        }
+    }
+}
+
+#[test]
+fn every_storage_word_kind_trains_like_the_reference_and_bit_identically() {
+    // The CPU-adapter kernels (`subgroup` matmul, Adam over the packed parameters) with their vec4
+    // views as vec4<f32> and as vec2<u64>: the same training to the bit.
+    let mut first: Option<(Words, Params)> = None;
+    for w in words_kinds() {
+        let g = gpu_words(w);
+        let (t, _) = run(g, options(Objective::default(), true), 2, &format!("{w} words"));
+        assert_ran_named(g, &format!("optim.wgsl+{w}:adam_step4"), &format!("{w} words"));
+        if g.matmul_variant() == MatmulVariant::Subgroup {
+            assert_ran_named(g, &format!("matmul_subgroup.wgsl+{w}:matmul_subgroup"), &format!("{w} words"));
+        }
+        let p = params_of(&t);
+        match &first {
+            Some((w0, want)) => {
+                for (i, (x, y)) in p.iter().zip(want).enumerate() {
+                    let same = x.d.iter().zip(&y.d).all(|(a, b)| (*a as f32).to_bits() == (*b as f32).to_bits());
+                    assert!(same, "parameter {i} differs between {w0} and {w} words after 2 epochs");
+                }
+            }
+            None => first = Some((w, p)),
         }
     }
 }

@@ -109,10 +109,28 @@ fn reparameterize_forward_and_backward() {
 
 #[test]
 fn adam_and_adamw_match_reference() {
-    // 13x27 runs the scalar kernel, 12x20 the vec4 one.
+    // 13x27 runs the scalar kernel, 12x20 the vec4 one, under each storage-word kind (the vec4
+    // kernel's views as vec4<f32> or vec2<u64>): same bytes, so the parameters must agree to the bit.
+    let mut first: Option<(wgvae::Words, Vec<Vec<f32>>)> = None;
+    for w in words_kinds() {
+        let params = adam_against_reference(gpu_words(w));
+        assert_ran_named(gpu_words(w), &format!("optim.wgsl+{w}:adam_step4"), &format!("Adam, {w} words"));
+        match &first {
+            Some((w0, want)) => assert!(
+                params.iter().zip(want).all(|(x, y)| x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits())),
+                "Adam's parameters differ between {w0} and {w} words"
+            ),
+            None => first = Some((w, params)),
+        }
+    }
+}
+
+/// Four Adam/AdamW steps on `g` against the f64 reference; the final parameters of each case.
+fn adam_against_reference(dev: &wgvae::Gpu) -> Vec<Vec<f32>> {
+    let mut out = Vec::new();
     for (decoupled, (r, c)) in [(false, (13, 27)), (true, (13, 27)), (false, (12, 20)), (true, (12, 20))] {
         let p0 = Mat::rand(r, c, -1.0, 1.0, 20);
-        let param = Param::new("w", p0.upload());
+        let param = Param::new("w", p0.upload_to(dev));
         let mut opt = if decoupled { Adam::adamw(0.01, 0.1).unwrap() } else { Adam::new(0.01).unwrap() };
         if !decoupled {
             opt.weight_decay = 0.05;
@@ -122,9 +140,9 @@ fn adam_and_adamw_match_reference() {
         for step in 1..=4 {
             let g = Mat::rand(r, c, -1.0, 1.0, 100 + step);
             // GPU: gradient of Σ g ⊙ w is g.
-            let mut tape = Tape::new(gpu());
+            let mut tape = Tape::new(dev);
             let w = param.var(&mut tape);
-            let gv = tape.input(g.upload());
+            let gv = tape.input(g.upload_to(dev));
             let y = ops::mul(&mut tape, w, gv).unwrap();
             let l = ops::sum(&mut tape, y).unwrap();
             tape.backward(l).unwrap();
@@ -150,10 +168,12 @@ fn adam_and_adamw_match_reference() {
                 &p,
                 1e-5,
                 1e-4,
-                &format!("Adam (decoupled={decoupled}) step {step}"),
+                &format!("Adam (decoupled={decoupled}) step {step}, {} words", dev.words()),
             );
         }
+        out.push(param.value().to_vec(dev).unwrap());
     }
+    out
 }
 
 #[test]

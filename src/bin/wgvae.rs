@@ -527,8 +527,8 @@ fn bench_step(a: &StepBenchArgs) -> Result<()> {
     let r = gpu.report();
     if !a.json {
         println!(
-            "training step of the classic VAE (784-400-20-400-784, Adam) on {} ({}, {}), matmul {}",
-            r.adapter, r.backend, r.device_type, r.matmul_variant
+            "training step of the classic VAE (784-400-20-400-784, Adam) on {} ({}, {}), matmul {}, words {}",
+            r.adapter, r.backend, r.device_type, r.matmul_variant, r.storage_words
         );
         println!("{}", wgvae::bench::StepReport::HEADER);
     }

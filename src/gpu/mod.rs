@@ -82,6 +82,61 @@ impl std::str::FromStr for MatmulVariant {
     }
 }
 
+/// How the vec4 storage views of the CPU-adapter kernels (the `subgroup` matmul and Adam) are
+/// typed in WGSL. Both hold the same bytes and give bit-identical results; they differ in what the
+/// shader compiler makes of an access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Words {
+    /// `vec4<f32>`: every adapter.
+    F32,
+    /// `vec2<u64>`, unpacked in registers: needs [`wgpu::Features::SHADER_INT64`]. Mesa's
+    /// llvmpipe/lavapipe compiles a storage access into a loop over SIMD lanes with work per
+    /// component, so two 64-bit components move 16 bytes for about half the work of four 32-bit
+    /// ones. The default on CPU adapters that have 64-bit integers.
+    U64,
+}
+
+impl Words {
+    /// Both kinds, for tests and benchmarks that must cover each one.
+    pub const ALL: [Words; 2] = [Words::F32, Words::U64];
+
+    /// Short lowercase name (`f32`, `u64`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Words::F32 => "f32",
+            Words::U64 => "u64",
+        }
+    }
+
+    /// The kind an adapter of type `t` should use by default (`int64`: whether the device has
+    /// [`wgpu::Features::SHADER_INT64`]). GPUs load a vec4 in one access either way and keep `f32`.
+    pub fn for_adapter(t: wgpu::DeviceType, int64: bool) -> Self {
+        if t == wgpu::DeviceType::Cpu && int64 {
+            Words::U64
+        } else {
+            Words::F32
+        }
+    }
+}
+
+impl std::fmt::Display for Words {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Words {
+    type Err = Error;
+    /// Parses the name printed by [`Words::name`] (case-insensitive).
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" => Ok(Words::F32),
+            "u64" => Ok(Words::U64),
+            other => Err(Error::arg("storage words", format!("`{other}` is not one of: f32, u64"))),
+        }
+    }
+}
+
 /// The tile of the [`MatmulVariant::Tiled`] kernel: a workgroup of 16x16 invocations computes
 /// `m` x `n` outputs, each invocation (`m`/16) x (`n`/16), staging slabs of `k` along the contracted
 /// dimension in workgroup memory. Small tiles give small products enough workgroups to fill a GPU;
@@ -417,6 +472,8 @@ pub struct AdapterReport {
     pub device: String,
     /// The matmul variant used by default, or the measured plan (`tuned: ...`) when one is set.
     pub matmul_variant: String,
+    /// How the CPU-adapter kernels type their vec4 views ([`Words`]: `f32` or `u64`).
+    pub storage_words: String,
     /// Optional features enabled on the device.
     pub features: Vec<String>,
     /// The device limits wgvae checks its sizes against.
@@ -431,6 +488,7 @@ impl std::fmt::Display for AdapterReport {
         writeln!(f, "device type    {}", self.device_type)?;
         writeln!(f, "driver         {} {}", self.driver, self.driver_info)?;
         writeln!(f, "matmul kernel  {}", self.matmul_variant)?;
+        writeln!(f, "storage words  {}", self.storage_words)?;
         let feats =
             if self.features.is_empty() { "(none beyond WebGPU core)".into() } else { self.features.join(", ") };
         writeln!(f, "features       {feats}")?;
@@ -468,6 +526,8 @@ pub(crate) struct GpuInner {
     pub limits: wgpu::Limits,
     pub features: wgpu::Features,
     pub variant: Mutex<MatmulVariant>,
+    /// How the CPU-adapter kernels type their vec4 views (fixed when the device is opened).
+    pub words: Words,
     /// Measured per-size kernel choices (see [`Gpu::set_matmul_plan`]).
     pub plan: Mutex<Option<Arc<MatmulPlan>>>,
     pub pool: Mutex<Pool>,
@@ -507,21 +567,28 @@ pub struct GpuOptions {
     pub adapter_name: Option<String>,
     /// Force a matmul variant (default: chosen from the adapter's type and subgroups).
     pub matmul: Option<MatmulVariant>,
+    /// Force how the CPU-adapter kernels type their vec4 views (default: [`Words::for_adapter`]).
+    pub words: Option<Words>,
 }
 
 impl GpuOptions {
     /// Options from `WGPU_BACKEND` (e.g. `vulkan`, `gl`), `WGPU_ADAPTER_NAME` (a substring of the
-    /// adapter's name) and `WGVAE_MATMUL` (`tiled`, `register`, `subgroup`). Reads the environment,
-    /// changes nothing.
+    /// adapter's name), `WGVAE_MATMUL` (`tiled`, `register`, `subgroup`) and `WGVAE_WORDS` (`f32`,
+    /// `u64`). Reads the environment, changes nothing.
     pub fn from_env() -> Result<Self> {
         let matmul = match std::env::var("WGVAE_MATMUL") {
             Ok(s) if !s.is_empty() => Some(s.parse::<MatmulVariant>()?),
+            _ => None,
+        };
+        let words = match std::env::var("WGVAE_WORDS") {
+            Ok(s) if !s.is_empty() => Some(s.parse::<Words>()?),
             _ => None,
         };
         Ok(GpuOptions {
             backends: wgpu::Backends::from_env(),
             adapter_name: std::env::var("WGPU_ADAPTER_NAME").ok().filter(|s| !s.is_empty()),
             matmul,
+            words,
         })
     }
 }
@@ -557,10 +624,11 @@ fn backend_rank(b: wgpu::Backend) -> u8 {
 }
 
 /// The optional features wgvae uses when the adapter has them: subgroups (the CPU-adapter matmul
-/// shares operands between SIMD lanes) and timestamps inside passes (`--profile`).
+/// shares operands between SIMD lanes), 64-bit integers ([`Words::U64`]) and timestamps inside
+/// passes (`--profile`).
 fn wanted_features(available: wgpu::Features) -> wgpu::Features {
     let timestamps = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
-    let mut f = available & wgpu::Features::SUBGROUP;
+    let mut f = available & (wgpu::Features::SUBGROUP | wgpu::Features::SHADER_INT64);
     if available.contains(timestamps) {
         f |= timestamps;
     }
@@ -689,14 +757,14 @@ impl Gpu {
             })
             .await
             .map_err(|e| Error::RequestDevice { adapter: info.name.clone(), reason: e.to_string() })?;
-        Self::build(&info, device, queue, opts.matmul, true)
+        Self::build(&info, device, queue, opts.matmul, opts.words, true)
     }
 
     /// Runs wgvae on a device the program already has (a renderer's, a game engine's), sharing its
     /// memory and queue: no second device is created. `info` is the adapter's
     /// (`adapter.get_info()`): kernels are chosen from its type and subgroup sizes and from the
-    /// device's enabled features (request `Features::SUBGROUP` for the fast CPU-adapter matmul and
-    /// the timestamp features for profiling) and limits. wgvae installs no handler on the device:
+    /// device's enabled features (request `Features::SUBGROUP` and `Features::SHADER_INT64` for the
+    /// fast CPU-adapter kernels and the timestamp features for profiling) and limits. wgvae installs no handler on the device:
     /// its own errors are caught with error scopes around its calls and returned as values, and
     /// anything else still reaches the program's handler.
     pub fn from_wgpu(
@@ -705,7 +773,7 @@ impl Gpu {
         queue: wgpu::Queue,
         matmul: Option<MatmulVariant>,
     ) -> Result<Self> {
-        Self::build(info, device, queue, matmul, false)
+        Self::build(info, device, queue, matmul, None, false)
     }
 
     fn build(
@@ -713,6 +781,7 @@ impl Gpu {
         device: wgpu::Device,
         queue: wgpu::Queue,
         matmul: Option<MatmulVariant>,
+        words: Option<Words>,
         owned: bool,
     ) -> Result<Self> {
         let features = device.features();
@@ -737,6 +806,17 @@ impl Gpu {
         if variant == MatmulVariant::Subgroup && !subgroups_of_8 {
             return Err(unsupported_subgroup(&info.name, (info.subgroup_min_size, info.subgroup_max_size)));
         }
+        let int64 = features.contains(wgpu::Features::SHADER_INT64);
+        let words = words.unwrap_or(Words::for_adapter(info.device_type, int64));
+        if words == Words::U64 && !int64 {
+            return Err(Error::arg(
+                "storage words",
+                format!(
+                    "`u64` needs 64-bit integers in shaders (SHADER_INT64), which `{}` lacks; use `f32`",
+                    info.name
+                ),
+            ));
+        }
         let params_stride = (limits.min_uniform_buffer_offset_alignment as u64).max(pipeline::PARAMS_BYTES);
         let summary = AdapterSummary {
             // Browsers may withhold the adapter's description (wgpu maps only that field there).
@@ -757,6 +837,7 @@ impl Gpu {
                 limits,
                 features,
                 variant: Mutex::new(variant),
+                words,
                 plan: Mutex::new(None),
                 pool: Mutex::default(),
                 pipelines: Mutex::default(),
@@ -819,6 +900,7 @@ impl Gpu {
                 Some(p) => format!("tuned: {p}"),
                 None => self.matmul_variant().to_string(),
             },
+            storage_words: self.words().to_string(),
             features: self.inner.features.iter_names().map(|(n, _)| n.to_string()).collect(),
             limits: limits.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
         }
@@ -852,6 +934,12 @@ impl Gpu {
     /// Matmul variant used by ops that do not name one.
     pub fn matmul_variant(&self) -> MatmulVariant {
         *self.inner.variant.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How the `subgroup` matmul and Adam type their vec4 storage views ([`Words`]; chosen when the
+    /// device is opened, see [`GpuOptions::words`]).
+    pub fn words(&self) -> Words {
+        self.inner.words
     }
 
     /// Changes the default matmul variant (benchmarks and tests compare them). Refuses a variant

@@ -11,21 +11,24 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::Gpu;
+use super::{Gpu, Words};
 use crate::error::{Error, Result};
 
 /// Bytes of one dispatch's parameter block (16 x u32/f32).
 pub const PARAMS_BYTES: u64 = 64;
 
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
+const WORDS_F32: &str = include_str!("../../shaders/words_f32.wgsl");
+const WORDS_U64: &str = include_str!("../../shaders/words_u64.wgsl");
 
 /// One `.wgsl` file of `shaders/` (a kernel family).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Module {
     /// `matmul.wgsl`: C = op(A)·op(B) (+bias) (+activation).
     Matmul,
-    /// `matmul_subgroup.wgsl`: the CPU-adapter matmul that shares operands through subgroups.
-    MatmulSubgroup,
+    /// `matmul_subgroup.wgsl`: the CPU-adapter matmul that shares operands through subgroups, its
+    /// vec4 views typed as the given [`Words`].
+    MatmulSubgroup(Words),
     /// `elementwise.wgsl`: activations, add/mul/scale/copy/fill, SGD update.
     Elementwise,
     /// `reduce.wgsl`: fixed-order column sums, row sums and full sums.
@@ -36,8 +39,8 @@ pub enum Module {
     Vae,
     /// `vae_fused.wgsl`: the latent step and the objective fused into few passes.
     VaeFused,
-    /// `optim.wgsl`: fused Adam / AdamW.
-    Optim,
+    /// `optim.wgsl`: fused Adam / AdamW, its vec4 views typed as the given [`Words`].
+    Optim(Words),
     /// `data.wgsl`: batch gathering from the packed u8 dataset.
     Data,
     /// `batchnorm.wgsl`: scaled batch normalization (BN-VAE).
@@ -59,13 +62,13 @@ impl Module {
     fn file(self) -> &'static str {
         match self {
             Module::Matmul => "matmul.wgsl",
-            Module::MatmulSubgroup => "matmul_subgroup.wgsl",
+            Module::MatmulSubgroup(_) => "matmul_subgroup.wgsl",
             Module::Elementwise => "elementwise.wgsl",
             Module::Reduce => "reduce.wgsl",
             Module::Random => "random.wgsl",
             Module::Vae => "vae.wgsl",
             Module::VaeFused => "vae_fused.wgsl",
-            Module::Optim => "optim.wgsl",
+            Module::Optim(_) => "optim.wgsl",
             Module::Data => "data.wgsl",
             Module::BatchNorm => "batchnorm.wgsl",
             Module::BatchNorm2d => "batchnorm2d.wgsl",
@@ -77,20 +80,31 @@ impl Module {
     /// Whether the module uses subgroup operations (a browser needs `enable subgroups;`).
     #[cfg(target_arch = "wasm32")]
     fn needs_subgroups(self) -> bool {
-        matches!(self, Module::MatmulSubgroup | Module::ConvSubgroup)
+        matches!(self, Module::MatmulSubgroup(_) | Module::ConvSubgroup)
     }
-    /// The source, in parts concatenated in order.
+    /// The [`Words`] the module's vec4 views are typed as, for modules that have such views.
+    fn words(self) -> Option<Words> {
+        match self {
+            Module::MatmulSubgroup(w) | Module::Optim(w) => Some(w),
+            _ => None,
+        }
+    }
+    /// The source, in parts concatenated in order (after the defines and common.wgsl).
     fn source(self) -> &'static [&'static str] {
         const CONV: &str = include_str!("../../shaders/conv.wgsl");
+        const MATMUL_SUBGROUP: &str = include_str!("../../shaders/matmul_subgroup.wgsl");
+        const OPTIM: &str = include_str!("../../shaders/optim.wgsl");
         match self {
             Module::Matmul => &[include_str!("../../shaders/matmul.wgsl")],
-            Module::MatmulSubgroup => &[include_str!("../../shaders/matmul_subgroup.wgsl")],
+            Module::MatmulSubgroup(Words::F32) => &[WORDS_F32, MATMUL_SUBGROUP],
+            Module::MatmulSubgroup(Words::U64) => &[WORDS_U64, MATMUL_SUBGROUP],
             Module::Elementwise => &[include_str!("../../shaders/elementwise.wgsl")],
             Module::Reduce => &[include_str!("../../shaders/reduce.wgsl")],
             Module::Random => &[include_str!("../../shaders/random.wgsl")],
             Module::Vae => &[include_str!("../../shaders/vae.wgsl")],
             Module::VaeFused => &[include_str!("../../shaders/vae_fused.wgsl")],
-            Module::Optim => &[include_str!("../../shaders/optim.wgsl")],
+            Module::Optim(Words::F32) => &[WORDS_F32, OPTIM],
+            Module::Optim(Words::U64) => &[WORDS_U64, OPTIM],
             Module::Data => &[include_str!("../../shaders/data.wgsl")],
             Module::BatchNorm => &[include_str!("../../shaders/batchnorm.wgsl")],
             Module::BatchNorm2d => &[include_str!("../../shaders/batchnorm2d.wgsl")],
@@ -117,10 +131,12 @@ pub struct KernelKey {
 }
 
 impl KernelKey {
-    /// Human-readable kernel name for error messages: `matmul.wgsl:matmul_register[TA=false,..]`.
+    /// Human-readable kernel name for error messages and tests: `matmul.wgsl:matmul_register[TA=false,..]`,
+    /// with the [`Words`] after the file where the module has them (`optim.wgsl+u64:adam_step4[]`).
     pub fn describe(&self) -> String {
         let d: Vec<String> = self.defines.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        format!("{}:{}[{}]", self.module.file(), self.entry, d.join(","))
+        let words = self.module.words().map(|w| format!("+{w}")).unwrap_or_default();
+        format!("{}{words}:{}[{}]", self.module.file(), self.entry, d.join(","))
     }
 }
 
@@ -287,6 +303,17 @@ impl Gpu {
         let mut out = std::collections::BTreeMap::new();
         for k in cache.kernels.values() {
             *out.entry(k.entry).or_insert(0) += k.dispatched.load(Ordering::Relaxed);
+        }
+        out
+    }
+
+    /// Launches submitted per compiled kernel on this device so far, by [`KernelKey::describe`]
+    /// name (`file[+words]:entry[defines]`): which configuration of a kernel ran.
+    pub fn kernel_name_dispatches(&self) -> std::collections::BTreeMap<String, u64> {
+        let cache = self.inner.pipelines.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = std::collections::BTreeMap::new();
+        for k in cache.kernels.values() {
+            *out.entry(k.name.clone()).or_insert(0) += k.dispatched.load(Ordering::Relaxed);
         }
         out
     }

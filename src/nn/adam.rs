@@ -156,7 +156,7 @@ impl Optimizer for Adam {
                 let n = store.values.len();
                 // Slots are multiples of 4 elements apart: the whole store runs four per invocation.
                 let key = KernelKey {
-                    module: Module::Optim,
+                    module: Module::Optim(gpu.words()),
                     entry: "adam_step4",
                     defines: Vec::new(),
                     inputs: 1,
@@ -175,9 +175,10 @@ impl Optimizer for Adam {
             let (m, v) = self.moments_of(&gpu, p)?;
             let n = g.len();
             // Four elements per invocation when the tensor allows (every classic-VAE tensor): on
-            // CPU adapters a storage load costs about the same whatever its width.
+            // CPU adapters a storage load's cost grows far less than its width.
             let (entry, invocations) = if n.is_multiple_of(4) { ("adam_step4", n / 4) } else { ("adam_step", n) };
-            let key = KernelKey { module: Module::Optim, entry, defines: Vec::new(), inputs: 1, outputs: 3 };
+            let key =
+                KernelKey { module: Module::Optim(gpu.words()), entry, defines: Vec::new(), inputs: 1, outputs: 3 };
             tape.dispatch(&key, block.with_word(0, n as u32), &[&g, p.value(), &m, &v], grid_1d(invocations, 256))?;
         }
         Ok(())

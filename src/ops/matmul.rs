@@ -148,7 +148,7 @@ fn launch(
         // The subgroup kernel also stores C (and reads the bias) as vec4s: N % 4 == 0. Other
         // shapes take the register kernels (documented on MatmulVariant::Subgroup).
         MatmulVariant::Subgroup if aligned && n.is_multiple_of(4) => {
-            ("matmul_subgroup", Module::MatmulSubgroup, 32, 4 * REG_WG)
+            ("matmul_subgroup", Module::MatmulSubgroup(tape.gpu().words()), 32, 4 * REG_WG)
         }
         MatmulVariant::Register | MatmulVariant::Subgroup if aligned => {
             ("matmul_register4", Module::Matmul, REG_RM, REG4_CN * REG_WG)

@@ -4,7 +4,7 @@
 
 use std::sync::{Mutex, OnceLock};
 
-use wgvae::{ops, Gpu, GpuOptions, MatmulVariant, Tape, Tensor, Var};
+use wgvae::{ops, Gpu, GpuOptions, MatmulVariant, Tape, Tensor, Var, Words};
 
 /// The test program quiets what Mesa prints while adapters are probed (the library itself never
 /// touches the environment): lavapipe's conformance warning, and EGL's complaint about a missing
@@ -52,6 +52,52 @@ pub fn gpu_for(v: MatmulVariant) -> &'static Gpu {
         track(&g);
         g
     })
+}
+
+/// A device whose CPU-adapter kernels type their vec4 views as `w` (one per kind per test binary),
+/// with the adapter's default matmul variant.
+pub fn gpu_words(w: Words) -> &'static Gpu {
+    static GPUS: [OnceLock<Gpu>; 2] = [const { OnceLock::new() }; 2];
+    quiet_drivers();
+    let i = Words::ALL.iter().position(|&x| x == w).expect("a listed kind");
+    GPUS[i].get_or_init(|| {
+        let g = Gpu::with_options(GpuOptions { words: Some(w), ..Default::default() })
+            .unwrap_or_else(|e| panic!("a device with {} storage words: {e}", w.name()));
+        track(&g);
+        g
+    })
+}
+
+/// The storage-word kinds this adapter can run: both on the CI adapter (lavapipe has 64-bit
+/// integers). Elsewhere `u64` is skipped with a note where the adapter lacks them, unless
+/// `WGVAE_REQUIRE_ALL_VARIANTS=1`.
+pub fn words_kinds() -> Vec<Words> {
+    let int64 = gpu().features().contains(wgvae::wgpu::Features::SHADER_INT64);
+    Words::ALL
+        .into_iter()
+        .filter(|&w| match w {
+            Words::U64 if !int64 => {
+                assert!(
+                    std::env::var_os("WGVAE_REQUIRE_ALL_VARIANTS").is_none(),
+                    "WGVAE_REQUIRE_ALL_VARIANTS is set but this adapter has no 64-bit integers for u64 words"
+                );
+                eprintln!("note: skipping u64 storage words: the adapter has no 64-bit integers in shaders");
+                false
+            }
+            _ => true,
+        })
+        .collect()
+}
+
+/// Asserts that a kernel whose name starts with `prefix` (`file[+words]:entry`, see
+/// `Gpu::kernel_name_dispatches`) was dispatched on `g`.
+pub fn assert_ran_named(g: &Gpu, prefix: &str, what: &str) {
+    let ran = g.kernel_name_dispatches();
+    assert!(
+        ran.iter().any(|(name, &n)| name.starts_with(prefix) && n > 0),
+        "{what}: expected a kernel named {prefix}… to run; ran {:?}",
+        ran.keys().collect::<Vec<_>>()
+    );
 }
 
 /// The matmul variants this adapter can run: every one on the CI adapter (lavapipe). Elsewhere a

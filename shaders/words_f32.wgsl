@@ -1,0 +1,17 @@
+// words_f32.wgsl — how a kernel's vec4 storage views are stored: as vec4<f32> (every adapter).
+// Prepended (after common.wgsl) to the kernel families that load and store through `Word4`
+// (matmul_subgroup.wgsl, optim.wgsl); words_u64.wgsl is the alternative. Both views hold the same
+// bytes, so a kernel computes bit-identical results under either.
+//
+//   Word4: 16 bytes, four f32 (x, y, z, w at byte offsets 0, 4, 8, 12)
+//   unword(Word4) -> vec4<f32>,  word(vec4<f32>) -> Word4
+
+alias Word4 = vec4<f32>;
+
+fn unword(w: Word4) -> vec4<f32> {
+    return w;
+}
+
+fn word(v: vec4<f32>) -> Word4 {
+    return v;
+}

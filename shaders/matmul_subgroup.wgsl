@@ -52,6 +52,10 @@ fn matmul_subgroup(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgr
                    @builtin(subgroup_invocation_id) lane: u32) {
     let col0 = (wid.x * WG + lid.x) * COLS_PER_LANE;
     let row0 = wid.y * ROWS_PER_BLOCK;
+    // A subgroup whose lanes all lie past the last column has nothing to store: it leaves at once
+    // (together, so the broadcasts below still see every lane of a subgroup that stays). Narrow
+    // products (N = 20: 5 of a workgroup's 16 lanes) would otherwise compute a whole idle subgroup.
+    if (subgroupAll(col0 >= p.n)) { return; }
     let qk = p.k / 4u;
     let qm = p.m / 4u;
     let qn = p.n / 4u;

@@ -227,6 +227,14 @@ impl Gpu {
             if key.module.needs_subgroups() {
                 src.push_str("enable subgroups;\n");
             }
+            // The `subgroup` matmul lets a subgroup with no column to store leave before its
+            // broadcasts, all its lanes together (`subgroupAll`), so every broadcast still runs on
+            // whole subgroups. WGSL's uniformity analysis has no notion of subgroup-uniform
+            // control flow, and Tint rejects subgroup builtins after such a branch unless this
+            // rule is off; naga accepts the directive and ignores the rule it does not know.
+            if matches!(key.module, Module::MatmulSubgroup(_)) {
+                src.push_str("diagnostic(off, subgroup_uniformity);\n");
+            }
             for (k, v) in &key.defines {
                 src.push_str(&format!("const {k} = {v};\n"));
             }

@@ -777,3 +777,27 @@ fn tune_measures_and_caches_a_plan_that_later_commands_use_unless_told_not_to() 
     fails(&run(&["tune", "--filter", "no such product"], None), &["--filter", "no such product"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn storage_words_follow_the_adapter_and_the_environment() {
+    let info = |words: Option<&str>| {
+        let mut c = wgvae_cmd();
+        c.env_remove("WGVAE_WORDS");
+        if let Some(w) = words {
+            c.env("WGVAE_WORDS", w);
+        }
+        c.arg("info").output().unwrap()
+    };
+    // The default: u64 on a CPU adapter with 64-bit integers (lavapipe), f32 elsewhere.
+    let g = common::gpu();
+    let int64 = g.features().contains(wgvae::wgpu::Features::SHADER_INT64);
+    let want = wgvae::Words::for_adapter(g.adapter().device_type, int64);
+    assert!(ok(&info(None)).contains(&format!("storage words  {want}")));
+    assert!(ok(&info(Some("f32"))).contains("storage words  f32"));
+    if int64 {
+        assert!(ok(&info(Some("U64"))).contains("storage words  u64"));
+    } else {
+        fails(&info(Some("u64")), &["u64", "SHADER_INT64", "f32"]);
+    }
+    fails(&info(Some("f16")), &["`f16`", "f32, u64"]);
+}

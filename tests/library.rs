@@ -107,6 +107,10 @@ fn trains_on_the_programs_device_and_the_program_reads_the_samples_on_it() {
     let gpu = Gpu::from_wgpu(&adapter.get_info(), device.clone(), queue.clone(), None).unwrap();
     assert_eq!(gpu.adapter().name, adapter.get_info().name);
     assert!(gpu.device() == &device, "wgvae runs on the program's device, not a second one");
+    // The program did not enable 64-bit integers, so the CPU-adapter kernels keep f32 words (a
+    // u64 module would fail validation on this device).
+    assert!(!device.features().contains(wgpu::Features::SHADER_INT64));
+    assert_eq!(gpu.words(), wgvae::Words::F32);
 
     let split = sprites::sprites(0);
     let config = VaeConfig { hidden: vec![64], latent: 4, ..VaeConfig::classic() };

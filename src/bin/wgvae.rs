@@ -508,11 +508,12 @@ fn bench_matmul(a: &MatmulBenchArgs) -> Result<()> {
     let ad = gpu.adapter();
     if !a.json {
         println!(
-            "matmul GFLOP/s on {} ({:?}, {:?}); default variant: {}",
+            "matmul GFLOP/s on {} ({:?}, {:?}); default variant: {}; storage words: {}",
             ad.name,
             ad.backend,
             ad.device_type,
-            gpu.matmul_variant()
+            gpu.matmul_variant(),
+            gpu.words()
         );
     }
     wgvae::bench::matmul_table(&gpu, &a.filter, a.variant, a.seconds, &mut |r| match a.json {

@@ -75,7 +75,17 @@ fn overlaps(a: &Binding, b: &Binding) -> bool {
     a.0.id() == b.0.id() && a.1 < b.1 + b.2 && b.1 < a.1 + a.2
 }
 
-/// One recorded kernel launch.
+/// One recorded kernel launch, its kernel compiled (or, until [`Tape::submit`] compiles the
+/// submission's new kernels together, the key to compile).
+struct Recorded {
+    kernel: std::result::Result<Arc<Kernel>, KernelKey>,
+    params: Params,
+    buffers: Vec<Binding>,
+    groups: [u32; 3],
+    label: Option<String>,
+}
+
+/// One kernel launch as submitted.
 pub(crate) struct Dispatch {
     kernel: Arc<Kernel>,
     params: Params,
@@ -157,7 +167,7 @@ struct VarEntry {
 /// Records one step's kernels and graph; see the module docs.
 pub struct Tape {
     gpu: Gpu,
-    dispatches: Vec<Dispatch>,
+    dispatches: Vec<Recorded>,
     readbacks: Vec<ReadbackCopy>,
     vars: Vec<VarEntry>,
     nodes: Vec<Node>,
@@ -265,11 +275,18 @@ impl Tape {
         groups: [u32; 3],
         label: Option<String>,
     ) -> Result<()> {
-        let kernel = self.gpu.kernel(key)?;
+        // A kernel this device has not compiled yet is compiled at submit, with the submission's
+        // other new kernels, on several threads (Gpu::prepare_kernels): a first training step
+        // needs a dozen pipelines, and a driver compiles each on the calling thread.
+        let kernel = self.gpu.cached_kernel(key).ok_or_else(|| key.clone());
+        let name = || match &kernel {
+            Ok(k) => k.name.clone(),
+            Err(key) => key.describe(),
+        };
         if buffers.len() != (key.inputs + key.outputs) as usize {
             return Err(Error::Autograd(format!(
                 "kernel {} takes {} buffers, {} given",
-                kernel.name,
+                name(),
                 key.inputs + key.outputs,
                 buffers.len()
             )));
@@ -277,7 +294,7 @@ impl Tape {
         let max = self.gpu.limits().max_compute_workgroups_per_dimension;
         if groups.iter().any(|&g| g > max) {
             return Err(Error::DeviceLimit {
-                what: format!("kernel {} with {:?} workgroups", kernel.name, groups),
+                what: format!("kernel {} with {:?} workgroups", name(), groups),
                 needed: *groups.iter().max().unwrap_or(&0) as u64,
                 limit: max as u64,
                 limit_name: "max_compute_workgroups_per_dimension",
@@ -292,7 +309,7 @@ impl Tape {
         if let Some(r) = buffers[..key.inputs as usize].iter().find(|r| writes.iter().any(|w| w.same_buffer(r))) {
             return Err(Error::Autograd(format!(
                 "kernel {} would read {r:?} while writing another range of its buffer; copy it first",
-                kernel.name
+                name()
             )));
         }
         // Kernels with optional outputs get an unused one as a repeat of another output (one
@@ -306,7 +323,7 @@ impl Tape {
             if (bound[i].1, bound[i].2) != (bound[j].1, bound[j].2) {
                 return Err(Error::Autograd(format!(
                     "kernel {} would write overlapping ranges of one buffer (outputs {} and {})",
-                    kernel.name,
+                    name(),
                     i - first_out,
                     j - first_out
                 )));
@@ -324,11 +341,11 @@ impl Tape {
             if (0..bound.len()).any(|i| i != j && overlaps(&bound[i], &bound[j])) {
                 return Err(Error::Autograd(format!(
                     "kernel {}: binding {j} is written but overlaps another binding (WebGPU rejects this)",
-                    kernel.name
+                    name()
                 )));
             }
         }
-        self.dispatches.push(Dispatch { kernel, params, buffers: bound, groups, label });
+        self.dispatches.push(Recorded { kernel, params, buffers: bound, groups, label });
         Ok(())
     }
 
@@ -351,8 +368,22 @@ impl Tape {
     /// usable (values and gradients remain readable by later read-backs).
     pub fn submit(&mut self) -> Result<()> {
         self.gpu.check_error()?;
-        let dispatches = std::mem::take(&mut self.dispatches);
+        let recorded = std::mem::take(&mut self.dispatches);
         let readbacks = std::mem::take(&mut self.readbacks);
+        let new: Vec<&KernelKey> = recorded.iter().filter_map(|r| r.kernel.as_ref().err()).collect();
+        if !new.is_empty() {
+            self.gpu.prepare_kernels(&new)?;
+        }
+        let dispatches = recorded
+            .into_iter()
+            .map(|r| {
+                let kernel = match r.kernel {
+                    Ok(k) => k,
+                    Err(key) => self.gpu.kernel(&key)?,
+                };
+                Ok(Dispatch { kernel, params: r.params, buffers: r.buffers, groups: r.groups, label: r.label })
+            })
+            .collect::<Result<Vec<_>>>()?;
         if dispatches.is_empty() && readbacks.is_empty() {
             return Ok(());
         }

@@ -151,3 +151,49 @@ fn broken_shader_is_a_typed_error_naming_the_kernel() {
         Ok(_) => panic!("a module with missing defines compiled"),
     }
 }
+
+#[test]
+fn new_kernels_compile_together_once_and_at_submit() {
+    use wgvae::gpu::pipeline::{KernelKey, Module};
+    // A device of its own, so that no other test has compiled these kernels.
+    quiet_drivers();
+    let g = Gpu::new().unwrap();
+    let leaky = |alpha: f32| KernelKey {
+        module: Module::Elementwise,
+        entry: "act_forward",
+        defines: vec![("ACT", "2u".into()), ("ALPHA", format!("{alpha:?}f"))],
+        inputs: 1,
+        outputs: 1,
+    };
+    let compiled = || g.stats().pipelines_compiled;
+    let before = compiled();
+    // Four new kernels, each listed twice: compiled once each (on several threads natively).
+    let keys: Vec<KernelKey> = [0.1, 0.2, 0.3, 0.4].into_iter().map(leaky).collect();
+    let twice: Vec<&KernelKey> = keys.iter().chain(&keys).collect();
+    g.prepare_kernels(&twice).unwrap();
+    assert_eq!(compiled() - before, 4);
+    g.prepare_kernels(&twice).unwrap();
+    assert_eq!(compiled() - before, 4, "compiled kernels are not compiled again");
+    // A broken kernel among new ones: its error names it, and the others are still compiled.
+    let broken = KernelKey {
+        module: Module::Matmul,
+        entry: "matmul_tiled",
+        defines: vec![("TA", "true".into())],
+        inputs: 3,
+        outputs: 1,
+    };
+    let more = [leaky(0.5), leaky(0.6)];
+    match g.prepare_kernels(&[&more[0], &broken, &more[1]]) {
+        Err(Error::Shader { kernel, .. }) => assert!(kernel.contains("matmul.wgsl:matmul_tiled"), "{kernel}"),
+        other => panic!("expected the broken kernel's error, got {other:?}"),
+    }
+    assert_eq!(compiled() - before, 6);
+    // A tape compiles a kernel new to the device when it submits, not when it records.
+    let x = Tensor::from_slice(&g, 1, 4, &[-2.0, -0.5, 0.5, 2.0]).unwrap();
+    let mut tape = Tape::no_grad(&g);
+    let y = ops::elementwise::act_forward(&mut tape, &x, Act::LeakyRelu(0.25)).unwrap();
+    assert_eq!(compiled() - before, 6, "recording compiles nothing");
+    tape.submit().unwrap();
+    assert_eq!(compiled() - before, 7);
+    assert_eq!(y.to_vec(&g).unwrap(), vec![-0.5, -0.125, 0.5, 2.0]);
+}

@@ -180,6 +180,35 @@ impl PipelineCache {
     }
 }
 
+/// The WGSL of `key`'s module: directives, its defines as `const`s, common.wgsl, then its parts.
+fn module_source(key: &KernelKey) -> String {
+    let mut src = String::new();
+    // naga takes subgroup builtins on the device feature alone and rejects the directive;
+    // a browser's compiler (Tint) requires it.
+    #[cfg(target_arch = "wasm32")]
+    if key.module.needs_subgroups() {
+        src.push_str("enable subgroups;\n");
+    }
+    // The `subgroup` matmul lets a subgroup with no column to store leave before its
+    // broadcasts, all its lanes together (`subgroupAll`), so every broadcast still runs on
+    // whole subgroups. WGSL's uniformity analysis has no notion of subgroup-uniform
+    // control flow, and Tint rejects subgroup builtins after such a branch unless this
+    // rule is off; naga accepts the directive and ignores the rule it does not know.
+    if matches!(key.module, Module::MatmulSubgroup(_)) {
+        src.push_str("diagnostic(off, subgroup_uniformity);\n");
+    }
+    for (k, v) in &key.defines {
+        src.push_str(&format!("const {k} = {v};\n"));
+    }
+    src.push_str(COMMON);
+    src.push('\n');
+    for part in key.module.source() {
+        src.push_str(part);
+        src.push('\n');
+    }
+    src
+}
+
 fn layout_entries(inputs: u32, outputs: u32) -> Vec<wgpu::BindGroupLayoutEntry> {
     let mut e = vec![wgpu::BindGroupLayoutEntry {
         binding: 0,
@@ -208,66 +237,48 @@ fn layout_entries(inputs: u32, outputs: u32) -> Vec<wgpu::BindGroupLayoutEntry> 
 
 impl Gpu {
     /// The compiled kernel for `key`, compiling it on first use. Compile and validation errors
-    /// come back as [`Error::Shader`] naming the kernel.
+    /// come back as [`Error::Shader`] naming the kernel. Compilation happens outside the cache's
+    /// lock, so several threads compile different kernels at once ([`Gpu::prepare_kernels`]).
     pub fn kernel(&self, key: &KernelKey) -> Result<Arc<Kernel>> {
-        let mut cache = self.inner.pipelines.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(k) = cache.kernels.get(key) {
-            return Ok(k.clone());
-        }
+        let mkey = (key.module, key.defines.clone());
+        let lk = (key.inputs, key.outputs);
         let dev = &self.inner.device;
+        let (module, bgl, pl) = {
+            let mut cache = self.inner.pipelines.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(k) = cache.kernels.get(key) {
+                return Ok(k.clone());
+            }
+            let (bgl, pl) = cache
+                .layouts
+                .entry(lk)
+                .or_insert_with(|| {
+                    let bgl = dev.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                        label: Some("wgvae kernel layout"),
+                        entries: &layout_entries(key.inputs, key.outputs),
+                    });
+                    let pl = dev.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                        label: Some("wgvae kernel pipeline layout"),
+                        bind_group_layouts: &[Some(&bgl)],
+                        immediate_size: 0,
+                    });
+                    (Arc::new(bgl), pl)
+                })
+                .clone();
+            (cache.modules.get(&mkey).cloned(), bgl, pl)
+        };
         let name = key.describe();
         #[cfg(not(target_arch = "wasm32"))]
         let scope = dev.push_error_scope(wgpu::ErrorFilter::Validation);
-        let mkey = (key.module, key.defines.clone());
-        if !cache.modules.contains_key(&mkey) {
-            let mut src = String::new();
-            // naga takes subgroup builtins on the device feature alone and rejects the directive;
-            // a browser's compiler (Tint) requires it.
-            #[cfg(target_arch = "wasm32")]
-            if key.module.needs_subgroups() {
-                src.push_str("enable subgroups;\n");
-            }
-            // The `subgroup` matmul lets a subgroup with no column to store leave before its
-            // broadcasts, all its lanes together (`subgroupAll`), so every broadcast still runs on
-            // whole subgroups. WGSL's uniformity analysis has no notion of subgroup-uniform
-            // control flow, and Tint rejects subgroup builtins after such a branch unless this
-            // rule is off; naga accepts the directive and ignores the rule it does not know.
-            if matches!(key.module, Module::MatmulSubgroup(_)) {
-                src.push_str("diagnostic(off, subgroup_uniformity);\n");
-            }
-            for (k, v) in &key.defines {
-                src.push_str(&format!("const {k} = {v};\n"));
-            }
-            src.push_str(COMMON);
-            src.push('\n');
-            for part in key.module.source() {
-                src.push_str(part);
-                src.push('\n');
-            }
-            let m = dev.create_shader_module(wgpu::ShaderModuleDescriptor {
+        let module = module.unwrap_or_else(|| {
+            dev.create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(key.module.file()),
-                source: wgpu::ShaderSource::Wgsl(src.into()),
-            });
-            cache.modules.insert(mkey.clone(), m);
-        }
-        let lk = (key.inputs, key.outputs);
-        cache.layouts.entry(lk).or_insert_with(|| {
-            let bgl = dev.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                label: Some("wgvae kernel layout"),
-                entries: &layout_entries(key.inputs, key.outputs),
-            });
-            let pl = dev.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                label: Some("wgvae kernel pipeline layout"),
-                bind_group_layouts: &[Some(&bgl)],
-                immediate_size: 0,
-            });
-            (Arc::new(bgl), pl)
+                source: wgpu::ShaderSource::Wgsl(module_source(key).into()),
+            })
         });
-        let (bgl, pl) = &cache.layouts[&lk];
         let pipeline = dev.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(&name),
-            layout: Some(pl),
-            module: &cache.modules[&mkey],
+            layout: Some(&pl),
+            module: &module,
             entry_point: Some(key.entry),
             compilation_options: wgpu::PipelineCompilationOptions {
                 constants: &[],
@@ -277,22 +288,28 @@ impl Gpu {
             },
             cache: None,
         });
-        // Natively the scope's result is ready when the call returns. In a browser it arrives
-        // later and cannot be waited for here, so no scope is pushed: compile errors reach the
-        // page through the device's uncaptured-error handler instead.
+        // Natively the scope's result is ready when the call returns (error scopes are per
+        // thread). In a browser it arrives later and cannot be waited for here, so no scope is
+        // pushed: compile errors reach the page through the device's uncaptured-error handler.
         #[cfg(target_arch = "wasm32")]
         let popped: Option<wgpu::Error> = None;
         #[cfg(not(target_arch = "wasm32"))]
         let popped = pollster::block_on(scope.pop());
+        let mut cache = self.inner.pipelines.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(err) = popped {
             // A broken module would fail every entry point; forget it so the error repeats
             // faithfully instead of surfacing later as an invalid-object error.
             cache.modules.remove(&mkey);
             return Err(Error::Shader { kernel: name, message: err.to_string() });
         }
+        // Another thread may have compiled the same kernel meanwhile: keep the first.
+        if let Some(k) = cache.kernels.get(key) {
+            return Ok(k.clone());
+        }
+        cache.modules.entry(mkey).or_insert(module);
         let k = Arc::new(Kernel {
             pipeline,
-            layout: bgl.clone(),
+            layout: bgl,
             layout_key: lk,
             name,
             entry: key.entry,
@@ -302,6 +319,51 @@ impl Gpu {
         drop(cache);
         self.stats_mut().pipelines_compiled += 1;
         Ok(k)
+    }
+
+    /// Whether `key` is compiled already (no compilation).
+    pub(crate) fn cached_kernel(&self, key: &KernelKey) -> Option<Arc<Kernel>> {
+        self.inner.pipelines.lock().unwrap_or_else(|p| p.into_inner()).kernels.get(key).cloned()
+    }
+
+    /// Compiles the kernels of `keys` not compiled yet, natively on up to as many threads as the
+    /// machine has cores (a driver compiles each pipeline on the calling thread: lavapipe spends
+    /// ~50 ms on each `subgroup` matmul even with its shader cache warm), in a browser one after
+    /// another. [`crate::Tape::submit`] does this for the kernels a submission uses for the first
+    /// time. The first error is returned.
+    pub fn prepare_kernels(&self, keys: &[&KernelKey]) -> Result<()> {
+        let mut missing: Vec<&KernelKey> = Vec::new();
+        for &k in keys {
+            if self.cached_kernel(k).is_none() && !missing.contains(&k) {
+                missing.push(k);
+            }
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(missing.len());
+            if threads > 1 {
+                let next = std::sync::atomic::AtomicUsize::new(0);
+                let errors: Vec<Error> = std::thread::scope(|s| {
+                    let workers: Vec<_> = (0..threads)
+                        .map(|_| {
+                            s.spawn(|| {
+                                let mut errs = Vec::new();
+                                loop {
+                                    let i = next.fetch_add(1, Ordering::Relaxed);
+                                    let Some(k) = missing.get(i) else { break errs };
+                                    if let Err(e) = self.kernel(k) {
+                                        errs.push(e);
+                                    }
+                                }
+                            })
+                        })
+                        .collect();
+                    workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
+                });
+                return errors.into_iter().next().map_or(Ok(()), Err);
+            }
+        }
+        missing.into_iter().try_for_each(|k| self.kernel(k).map(|_| ()))
     }
 
     /// Launches submitted per WGSL entry point on this device so far (summed over the entry's

@@ -131,18 +131,22 @@ fn missing_adapter_is_a_typed_error_that_says_what_to_install() {
     assert!(msg.contains("mesa-vulkan-drivers") && msg.contains("no-such-adapter-xyz"), "{msg}");
 }
 
-#[test]
-fn broken_shader_is_a_typed_error_naming_the_kernel() {
+/// A kernel whose module cannot compile: a define the matmul source needs is missing.
+fn broken_key() -> wgvae::gpu::pipeline::KernelKey {
     use wgvae::gpu::pipeline::{KernelKey, Module};
-    // A define the matmul source needs is missing: compilation must fail with the kernel's name.
-    let key = KernelKey {
+    KernelKey {
         module: Module::Matmul,
         entry: "matmul_tiled",
         defines: vec![("TA", "true".into())],
         inputs: 3,
         outputs: 1,
-    };
-    match gpu().kernel(&key) {
+    }
+}
+
+#[test]
+fn broken_shader_is_a_typed_error_naming_the_kernel() {
+    // Compilation must fail with the kernel's name.
+    match gpu().kernel(&broken_key()) {
         Err(Error::Shader { kernel, message }) => {
             assert!(kernel.contains("matmul.wgsl:matmul_tiled"), "{kernel}");
             assert!(!message.is_empty());
@@ -175,13 +179,7 @@ fn new_kernels_compile_together_once_and_at_submit() {
     g.prepare_kernels(&twice).unwrap();
     assert_eq!(compiled() - before, 4, "compiled kernels are not compiled again");
     // A broken kernel among new ones: its error names it, and the others are still compiled.
-    let broken = KernelKey {
-        module: Module::Matmul,
-        entry: "matmul_tiled",
-        defines: vec![("TA", "true".into())],
-        inputs: 3,
-        outputs: 1,
-    };
+    let broken = broken_key();
     let more = [leaky(0.5), leaky(0.6)];
     match g.prepare_kernels(&[&more[0], &broken, &more[1]]) {
         Err(Error::Shader { kernel, .. }) => assert!(kernel.contains("matmul.wgsl:matmul_tiled"), "{kernel}"),

@@ -59,7 +59,8 @@ fn gather(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
 // boundary): one word of the dataset and one vec4 store per invocation instead of four of each.
 // On CPU adapters every storage access costs a loop over the SIMD lanes per component, so this
 // halves the gather's cost. n = B*D/4; binarization draws counter 4*(i) + c as `gather` does.
-@group(0) @binding(3) var<storage, read_write> x4: array<vec4<f32>>;
+// The vec4 is stored as a Word4 (words_f32.wgsl / words_u64.wgsl, prepended by the host).
+@group(0) @binding(3) var<storage, read_write> x4: array<Word4>;
 
 @compute @workgroup_size(256)
 fn gather4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -69,8 +70,8 @@ fn gather4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     let row = i / q;
     let img = shard_image(row);
     if (img == p.count) { return; }
-    let word = data[img * q + i % q];
-    var v = vec4<f32>(f32(word & 0xffu), f32((word >> 8u) & 0xffu), f32((word >> 16u) & 0xffu), f32(word >> 24u)) / 255.0;
+    let bytes = data[img * q + i % q];
+    var v = vec4<f32>(f32(bytes & 0xffu), f32((bytes >> 8u) & 0xffu), f32((bytes >> 16u) & 0xffu), f32(bytes >> 24u)) / 255.0;
     if (p.binarize == 1u) {
         let key = vec2<u32>(p.seed_lo, p.seed_hi);
         for (var c = 0u; c < 4u; c++) {
@@ -78,7 +79,7 @@ fn gather4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
             v[c] = select(0.0, 1.0, u < v[c]);
         }
     }
-    x4[i] = v;
+    x4[i] = word(v);
 }
 
 // The same batch from f32 values (datasets given as floats): x = data[order[..] * D + col], or a

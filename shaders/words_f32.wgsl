@@ -1,6 +1,6 @@
 // words_f32.wgsl — how a kernel's vec4 storage views are stored: as vec4<f32> (every adapter).
 // Prepended (after common.wgsl) to the kernel families that load and store through `Word4`
-// (matmul_subgroup.wgsl, optim.wgsl); words_u64.wgsl is the alternative. Both views hold the same
+// (matmul_subgroup.wgsl, optim.wgsl, vae_fused.wgsl, data.wgsl); words_u64.wgsl is the alternative. Both views hold the same
 // bytes, so a kernel computes bit-identical results under either.
 //
 //   Word4: 16 bytes, four f32 (x, y, z, w at byte offsets 0, 4, 8, 12)

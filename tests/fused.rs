@@ -129,13 +129,17 @@ fn kl_ref(h: &Mat, z: usize) -> (f64, Mat) {
 fn fused_objective_values_sums_accumulators_and_gradients() {
     // D = 37 and 785: chunks of 16 with a partial last one; B = 3 and 70; Z = 21 with D = 19:
     // more KL gradient values (B·Z = 420) than reconstruction chunks (B·2 = 40), more than one
-    // workgroup of 256: the grid must cover the former.
+    // workgroup of 256: the grid must cover the former. D = 36 and 784 (multiples of 4) run
+    // `recon_fused4`, with a partial last chunk of 4 at D = 36.
     for (like, (b, d, z)) in [
         (FusedLikelihood::Bernoulli, (3, 37, 2)),
         (FusedLikelihood::Bernoulli, (20, 19, 21)),
         (FusedLikelihood::Bernoulli, (70, 785, 20)),
+        (FusedLikelihood::Bernoulli, (5, 36, 3)),
+        (FusedLikelihood::Bernoulli, (70, 784, 20)),
         (FusedLikelihood::Gaussian(0.3), (3, 37, 2)),
         (FusedLikelihood::Gaussian(1.0), (70, 785, 20)),
+        (FusedLikelihood::Gaussian(0.5), (5, 36, 3)),
     ] {
         let x = Mat::rand(b, d, -4.0, 4.0, 11);
         let t = Mat::rand(b, d, 0.0, 1.0, 12);
@@ -178,6 +182,7 @@ fn fused_objective_values_sums_accumulators_and_gradients() {
                 assert!(!ran.contains_key("kl_head_backward"), "upstream 1 needs no KL gradient pass: {ran:?}");
             }
             let what = format!("{like:?} {b}x{d}, Z = {z}, upstream {upstream}");
+            assert_ran(&tape, if d % 4 == 0 { "recon_fused4" } else { "recon_fused" }, &what);
             let tol = |v: f64| 1e-6 * v.abs() + 1e-4;
             let got = |t: &Tensor| download(t).d[0];
             assert!((got(&f.recon) - rsum).abs() < tol(rsum), "{what}: recon {} vs {rsum}", got(&f.recon));

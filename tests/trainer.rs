@@ -320,13 +320,16 @@ fn every_matmul_variant_trains_like_the_reference() {
 
 #[test]
 fn every_storage_word_kind_trains_like_the_reference_and_bit_identically() {
-    // The CPU-adapter kernels (`subgroup` matmul, Adam over the packed parameters) with their vec4
-    // views as vec4<f32> and as vec2<u64>: the same training to the bit.
+    // The kernels with storage words (`subgroup` matmul, Adam over the packed parameters, the
+    // reconstruction's and the gather's vec4 kernels) with their vec4 views as vec4<f32> and as
+    // vec2<u64>: the same training to the bit.
     let mut first: Option<(Words, Params)> = None;
     for w in words_kinds() {
         let g = gpu_words(w);
         let (t, _) = run(g, options(Objective::default(), true), 2, &format!("{w} words"));
-        assert_ran_named(g, &format!("optim.wgsl+{w}:adam_step4"), &format!("{w} words"));
+        for kernel in ["optim.wgsl+{w}:adam_step4", "vae_fused.wgsl+{w}:recon_fused4", "data.wgsl+{w}:gather4"] {
+            assert_ran_named(g, &kernel.replace("{w}", w.name()), &format!("{w} words"));
+        }
         if g.matmul_variant() == MatmulVariant::Subgroup {
             assert_ran_named(g, &format!("matmul_subgroup.wgsl+{w}:matmul_subgroup"), &format!("{w} words"));
         }

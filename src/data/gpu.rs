@@ -121,7 +121,8 @@ impl GpuImages {
             (false, true) => ("gather4", n / 4),
             (false, false) => ("gather", n),
         };
-        let key = KernelKey { module: Module::Data, entry, defines: Vec::new(), inputs: 2, outputs: 1 };
+        let key =
+            KernelKey { module: Module::Data(tape.gpu().words()), entry, defines: Vec::new(), inputs: 2, outputs: 1 };
         for (first, count, data) in &self.shards {
             let p = Params::new()
                 .u(invocations as u32)
@@ -160,7 +161,13 @@ impl GpuImages {
         let y = Tensor::empty(tape.gpu(), b, classes)?;
         let n = y.len();
         let p = Params::new().u(n as u32).u(classes as u32).u(offset as u32);
-        let key = KernelKey { module: Module::Data, entry: "onehot", defines: Vec::new(), inputs: 2, outputs: 1 };
+        let key = KernelKey {
+            module: Module::Data(tape.gpu().words()),
+            entry: "onehot",
+            defines: Vec::new(),
+            inputs: 2,
+            outputs: 1,
+        };
         tape.dispatch(&key, p, &[labels, order, &y], grid_1d(n, 256))?;
         Ok(y)
     }

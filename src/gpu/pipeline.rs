@@ -37,12 +37,14 @@ pub enum Module {
     Random,
     /// `vae.wgsl`: reparameterization, KL, Bernoulli and Gaussian reconstruction terms.
     Vae,
-    /// `vae_fused.wgsl`: the latent step and the objective fused into few passes.
-    VaeFused,
+    /// `vae_fused.wgsl`: the latent step and the objective fused into few passes (`recon_fused4`
+    /// reads and writes through the given [`Words`]).
+    VaeFused(Words),
     /// `optim.wgsl`: fused Adam / AdamW, its vec4 views typed as the given [`Words`].
     Optim(Words),
-    /// `data.wgsl`: batch gathering from the packed u8 dataset.
-    Data,
+    /// `data.wgsl`: batch gathering from the packed u8 dataset (`gather4` writes through the
+    /// given [`Words`]).
+    Data(Words),
     /// `batchnorm.wgsl`: scaled batch normalization (BN-VAE).
     BatchNorm,
     /// `batchnorm2d.wgsl`: per-channel batch normalization of conv layers (BatchNorm2d) with the
@@ -67,9 +69,9 @@ impl Module {
             Module::Reduce => "reduce.wgsl",
             Module::Random => "random.wgsl",
             Module::Vae => "vae.wgsl",
-            Module::VaeFused => "vae_fused.wgsl",
+            Module::VaeFused(_) => "vae_fused.wgsl",
             Module::Optim(_) => "optim.wgsl",
-            Module::Data => "data.wgsl",
+            Module::Data(_) => "data.wgsl",
             Module::BatchNorm => "batchnorm.wgsl",
             Module::BatchNorm2d => "batchnorm2d.wgsl",
             Module::Iwae => "iwae.wgsl",
@@ -85,7 +87,7 @@ impl Module {
     /// The [`Words`] the module's vec4 views are typed as, for modules that have such views.
     fn words(self) -> Option<Words> {
         match self {
-            Module::MatmulSubgroup(w) | Module::Optim(w) => Some(w),
+            Module::MatmulSubgroup(w) | Module::Optim(w) | Module::VaeFused(w) | Module::Data(w) => Some(w),
             _ => None,
         }
     }
@@ -94,6 +96,8 @@ impl Module {
         const CONV: &str = include_str!("../../shaders/conv.wgsl");
         const MATMUL_SUBGROUP: &str = include_str!("../../shaders/matmul_subgroup.wgsl");
         const OPTIM: &str = include_str!("../../shaders/optim.wgsl");
+        const VAE_FUSED: &str = include_str!("../../shaders/vae_fused.wgsl");
+        const DATA: &str = include_str!("../../shaders/data.wgsl");
         match self {
             Module::Matmul => &[include_str!("../../shaders/matmul.wgsl")],
             Module::MatmulSubgroup(Words::F32) => &[WORDS_F32, MATMUL_SUBGROUP],
@@ -102,10 +106,12 @@ impl Module {
             Module::Reduce => &[include_str!("../../shaders/reduce.wgsl")],
             Module::Random => &[include_str!("../../shaders/random.wgsl")],
             Module::Vae => &[include_str!("../../shaders/vae.wgsl")],
-            Module::VaeFused => &[include_str!("../../shaders/vae_fused.wgsl")],
+            Module::VaeFused(Words::F32) => &[WORDS_F32, VAE_FUSED],
+            Module::VaeFused(Words::U64) => &[WORDS_U64, VAE_FUSED],
             Module::Optim(Words::F32) => &[WORDS_F32, OPTIM],
             Module::Optim(Words::U64) => &[WORDS_U64, OPTIM],
-            Module::Data => &[include_str!("../../shaders/data.wgsl")],
+            Module::Data(Words::F32) => &[WORDS_F32, DATA],
+            Module::Data(Words::U64) => &[WORDS_U64, DATA],
             Module::BatchNorm => &[include_str!("../../shaders/batchnorm.wgsl")],
             Module::BatchNorm2d => &[include_str!("../../shaders/batchnorm2d.wgsl")],
             Module::Iwae => &[include_str!("../../shaders/iwae.wgsl")],

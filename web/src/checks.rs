@@ -14,7 +14,7 @@ use serde::Serialize;
 use wgvae::ops::matmul::{matmul_accumulate, matmul_forward, MatmulOpts};
 use wgvae::ops::vae::{self as vops, Noise};
 use wgvae::ops::{self, reduce};
-use wgvae::{nn::Adam, nn::Param, rng, Gpu, MatmulVariant, Optimizer, Tape, Tensor, TileConfig, Var};
+use wgvae::{nn::Adam, nn::Param, rng, wgpu, Gpu, MatmulVariant, Optimizer, Tape, Tensor, TileConfig, Var};
 
 use crate::oracle::*;
 
@@ -325,6 +325,39 @@ async fn reductions(gpu: &Gpu) -> R {
     Ok("6 shapes up to 3x70001".into())
 }
 
+/// The `subgroup` matmul's module through the browser's compiler, without running it: an adapter
+/// whose subgroups are not 8 lanes cannot run the kernel, but Tint must still accept the module
+/// (its idle subgroups leave before their broadcasts, which Tint's `subgroup_uniformity` rule
+/// would reject; the module turns the rule off). One layout with bias and ReLU.
+async fn subgroup_module_compiles(gpu: &Gpu) -> R {
+    use wgvae::gpu::pipeline::{KernelKey, Module};
+    let defines = [
+        ("TA", "false"),
+        ("TB", "true"),
+        ("BIAS", "true"),
+        ("ACCUM", "false"),
+        ("COLSUM", "false"),
+        ("WG", "16u"),
+        ("GRAD_ACT", "0u"),
+        ("GRAD_ALPHA", "0.0f"),
+        ("ACT", "1u"),
+        ("ALPHA", "0.0f"),
+    ];
+    let key = KernelKey {
+        module: Module::MatmulSubgroup(gpu.words()),
+        entry: "matmul_subgroup",
+        defines: defines.iter().map(|&(k, v)| (k, v.to_string())).collect(),
+        inputs: 4,
+        outputs: 2,
+    };
+    let scope = gpu.device().push_error_scope(wgpu::ErrorFilter::Validation);
+    let compiled = gpu.kernel(&key).map(|k| k.name().to_string()).map_err(e);
+    if let Some(err) = scope.pop().await {
+        return Err(format!("the browser rejected {}: {err}", key.describe()));
+    }
+    Ok(format!("compiled {}, not run", compiled?))
+}
+
 /// Runs every check (none stops the others) and says how each went.
 pub async fn run(gpu: &Gpu) -> Vec<Check> {
     let mut out = Vec::new();
@@ -334,6 +367,13 @@ pub async fn run(gpu: &Gpu) -> Vec<Check> {
             Ok(()) => record(&mut out, name, matmul_variant(gpu, v, None).await),
             Err(why) => out.push(Check { name, ok: true, skipped: true, detail: format!("skipped: {why}") }),
         }
+    }
+    let name = "matmul, subgroup variant's module compiles".to_string();
+    if gpu.features().contains(wgpu::Features::SUBGROUP) {
+        record(&mut out, name, subgroup_module_compiles(gpu).await);
+    } else {
+        let detail = "skipped: the adapter has no subgroups".to_string();
+        out.push(Check { name, ok: true, skipped: true, detail });
     }
     // The GPU tiles with prefetch and vec4 staging, one with split-K, through the browser's WGSL
     // compiler too.

@@ -8,7 +8,8 @@
 //! can run and for two blocked tiles with prefetch and vec4 staging (and accumulate mode), the Philox uniforms bit for bit against the CPU mirror,
 //! reparameterization, KL and BCE forward and backward, fused Adam (scalar and vec4 kernels), and
 //! the column, row and full reductions, and the convolution kernels (forward, both gradients,
-//! transposed).
+//! transposed). Where the adapter has subgroups but cannot run the `subgroup` matmul, its module
+//! is still compiled.
 
 use serde::Serialize;
 use wgvae::ops::matmul::{matmul_accumulate, matmul_forward, MatmulOpts};

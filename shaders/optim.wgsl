@@ -5,7 +5,9 @@
 //   AdamW (decoupled): p = p - lr*wd*p
 //   p = p - lr * (m / bc1) / (sqrt(v / bc2) + eps),   bc1 = 1 - b1^t, bc2 = 1 - b2^t
 //
-// Shapes: g, p, m, v all [n] (any matrix, flattened). Workgroup 256, flat_index over a 2-D grid.
+// Shapes: g, p, m, v all [n] (any matrix, flattened). Workgroup 256, flat_index over a 2-D grid;
+// one element per invocation (adam_step), four (adam_step4, n % 4 == 0) or eight (adam_step8,
+// n % 8 == 0).
 // Bindings: 0 params | 1 g | 2 p (read_write) | 3 m (read_write) | 4 v (read_write)
 
 struct Params {
@@ -54,20 +56,52 @@ fn adam_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
 @group(0) @binding(3) var<storage, read_write> m14: array<Word4>;
 @group(0) @binding(4) var<storage, read_write> m24: array<Word4>;
 
-@compute @workgroup_size(256)
-fn adam_step4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let i = flat_index(wid, lid.x, nwg.x, 256u);
-    if (4u * i >= p.n) { return; }
-    var w = unword(param4[i]);
-    var g = unword(grad4[i]);
+// Adam/AdamW on four elements (w, g, m, v): the new (w, m, v) as the columns of a mat3x4. The
+// vec4 and the 8-wide kernels both call it, so they compute the same bits.
+fn adam4(w0: vec4<f32>, g0: vec4<f32>, m0: vec4<f32>, v0: vec4<f32>) -> mat3x4<f32> {
+    var w = w0;
+    var g = g0;
     if (p.decoupled == 1u) {
         w = w - p.lr * p.wd * w;
     } else {
         g = g + p.wd * w;
     }
-    let m = p.b1 * unword(m14[i]) + (1.0 - p.b1) * g;
-    let v = p.b2 * unword(m24[i]) + (1.0 - p.b2) * g * g;
-    m14[i] = word(m);
-    m24[i] = word(v);
-    param4[i] = word(w - p.lr * (m / p.bc1) / (sqrt(v / p.bc2) + p.eps));
+    let m = p.b1 * m0 + (1.0 - p.b1) * g;
+    let v = p.b2 * v0 + (1.0 - p.b2) * g * g;
+    return mat3x4<f32>(w - p.lr * (m / p.bc1) / (sqrt(v / p.bc2) + p.eps), m, v);
+}
+
+@compute @workgroup_size(256)
+fn adam_step4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = flat_index(wid, lid.x, nwg.x, 256u);
+    if (4u * i >= p.n) { return; }
+    let r = adam4(unword(param4[i]), unword(grad4[i]), unword(m14[i]), unword(m24[i]));
+    m14[i] = word(r[1]);
+    m24[i] = word(r[2]);
+    param4[i] = word(r[0]);
+}
+
+// Eight elements per invocation, for n % 8 == 0, through Word8 views (32 bytes). With u64 words
+// (CPU adapters) a Word8 is one access of four u64 where two Word4s are two accesses: Adam, which
+// is almost nothing but loads and stores there, gets about a fifth faster (BENCHMARKS.md). The
+// host picks it only with u64 words; GPUs keep adam_step4. Bindings as adam_step4, viewed as
+// Word8 arrays.
+@group(0) @binding(1) var<storage, read> grad8: array<Word8>;
+@group(0) @binding(2) var<storage, read_write> param8: array<Word8>;
+@group(0) @binding(3) var<storage, read_write> m18: array<Word8>;
+@group(0) @binding(4) var<storage, read_write> m28: array<Word8>;
+
+@compute @workgroup_size(256)
+fn adam_step8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = flat_index(wid, lid.x, nwg.x, 256u);
+    if (8u * i >= p.n) { return; }
+    let w = unword8(param8[i]);
+    let g = unword8(grad8[i]);
+    let m = unword8(m18[i]);
+    let v = unword8(m28[i]);
+    let lo = adam4(w[0], g[0], m[0], v[0]);
+    let hi = adam4(w[1], g[1], m[1], v[1]);
+    m18[i] = word8(mat2x4<f32>(lo[1], hi[1]));
+    m28[i] = word8(mat2x4<f32>(lo[2], hi[2]));
+    param8[i] = word8(mat2x4<f32>(lo[0], hi[0]));
 }

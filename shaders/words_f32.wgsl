@@ -5,6 +5,8 @@
 //
 //   Word4: 16 bytes, four f32 (x, y, z, w at byte offsets 0, 4, 8, 12)
 //   unword(Word4) -> vec4<f32>,  word(vec4<f32>) -> Word4
+//   Word8: 32 bytes, two Word4s (columns 0 and 1 of a mat2x4<f32>)
+//   unword8(Word8) -> mat2x4<f32>,  word8(mat2x4<f32>) -> Word8
 
 alias Word4 = vec4<f32>;
 
@@ -13,5 +15,15 @@ fn unword(w: Word4) -> vec4<f32> {
 }
 
 fn word(v: vec4<f32>) -> Word4 {
+    return v;
+}
+
+alias Word8 = mat2x4<f32>;
+
+fn unword8(w: Word8) -> mat2x4<f32> {
+    return w;
+}
+
+fn word8(v: mat2x4<f32>) -> Word8 {
     return v;
 }

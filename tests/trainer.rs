@@ -327,7 +327,10 @@ fn every_storage_word_kind_trains_like_the_reference_and_bit_identically() {
     for w in words_kinds() {
         let g = gpu_words(w);
         let (t, _) = run(g, options(Objective::default(), true), 2, &format!("{w} words"));
-        for kernel in ["optim.wgsl+{w}:adam_step4", "vae_fused.wgsl+{w}:recon_fused4", "data.wgsl+{w}:gather4"] {
+        // Adam over the packed parameters runs eight elements per invocation with u64 words.
+        let adam = if w == Words::U64 { "adam_step8" } else { "adam_step4" };
+        let adam = format!("optim.wgsl+{{w}}:{adam}");
+        for kernel in [adam.as_str(), "vae_fused.wgsl+{w}:recon_fused4", "data.wgsl+{w}:gather4"] {
             assert_ran_named(g, &kernel.replace("{w}", w.name()), &format!("{w} words"));
         }
         if g.matmul_variant() == MatmulVariant::Subgroup {

@@ -109,12 +109,17 @@ fn reparameterize_forward_and_backward() {
 
 #[test]
 fn adam_and_adamw_match_reference() {
-    // 13x27 runs the scalar kernel, 12x20 the vec4 one, under each storage-word kind (the vec4
-    // kernel's views as vec4<f32> or vec2<u64>): same bytes, so the parameters must agree to the bit.
+    // 13x27 runs the scalar kernel; 12x21 (252 elements) the vec4 one under each storage-word
+    // kind (its views as vec4<f32> or vec2<u64>); 12x20 (240) the vec4 one with f32 words and the
+    // 8-wide one (views as vec4<u64>) with u64 words. Same bytes and the same arithmetic, so the
+    // parameters must agree to the bit across the kinds: that proves adam_step8 against adam_step4.
     let mut first: Option<(wgvae::Words, Vec<Vec<f32>>)> = None;
     for w in words_kinds() {
         let params = adam_against_reference(gpu_words(w));
         assert_ran_named(gpu_words(w), &format!("optim.wgsl+{w}:adam_step4"), &format!("Adam, {w} words"));
+        if w == wgvae::Words::U64 {
+            assert_ran_named(gpu_words(w), "optim.wgsl+u64:adam_step8", "Adam, u64 words");
+        }
         match &first {
             Some((w0, want)) => assert!(
                 params.iter().zip(want).all(|(x, y)| x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits())),
@@ -128,7 +133,8 @@ fn adam_and_adamw_match_reference() {
 /// Four Adam/AdamW steps on `g` against the f64 reference; the final parameters of each case.
 fn adam_against_reference(dev: &wgvae::Gpu) -> Vec<Vec<f32>> {
     let mut out = Vec::new();
-    for (decoupled, (r, c)) in [(false, (13, 27)), (true, (13, 27)), (false, (12, 20)), (true, (12, 20))] {
+    let cases = [(13, 27), (12, 21), (12, 20)];
+    for (decoupled, (r, c)) in cases.iter().flat_map(|&s| [(false, s), (true, s)]) {
         let p0 = Mat::rand(r, c, -1.0, 1.0, 20);
         let param = Param::new("w", p0.upload_to(dev));
         let mut opt = if decoupled { Adam::adamw(0.01, 0.1).unwrap() } else { Adam::new(0.01).unwrap() };
@@ -148,7 +154,11 @@ fn adam_against_reference(dev: &wgvae::Gpu) -> Vec<Vec<f32>> {
             tape.backward(l).unwrap();
             opt.step(&mut tape, &[&param]).unwrap();
             tape.submit().unwrap();
-            let kernel = if (r * c) % 4 == 0 { "adam_step4" } else { "adam_step" };
+            let kernel = match (r * c) % 8 {
+                0 if dev.words() == wgvae::Words::U64 => "adam_step8",
+                0 | 4 => "adam_step4",
+                _ => "adam_step",
+            };
             assert_ran(&tape, kernel, &format!("Adam on {r}x{c}"));
             // f64 reference.
             let (bc1, bc2) = (1.0 - b1.powi(step as i32), 1.0 - b2.powi(step as i32));

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::{Optimizer, Param, Store};
 use crate::error::{Error, Result};
 use crate::gpu::pipeline::{KernelKey, Module};
+use crate::gpu::Words;
 use crate::ops::grid_1d;
 use crate::tape::{Params, Tape};
 use crate::tensor::Tensor;
@@ -120,6 +121,17 @@ impl Adam {
     }
 }
 
+/// The vector Adam kernel for `n` elements (a multiple of 4) and the elements each invocation
+/// updates: eight through Word8 views with u64 words (CPU adapters, where an access costs a loop
+/// whose overhead a 32-byte access shares) when `n` allows, four otherwise.
+fn wide_entry(words: Words, n: usize) -> (&'static str, usize) {
+    if words == Words::U64 && n.is_multiple_of(8) {
+        ("adam_step8", 8)
+    } else {
+        ("adam_step4", 4)
+    }
+}
+
 impl Optimizer for Adam {
     /// One update of every parameter that has a gradient on `tape`. Parameters packed into one
     /// store ([`crate::nn::pack`]) are updated by ONE dispatch over the store when all of them
@@ -154,16 +166,13 @@ impl Optimizer for Adam {
                 }
                 let (m, v) = self.flat_moments(&gpu, &store)?;
                 let n = store.values.len();
-                // Slots are multiples of 4 elements apart: the whole store runs four per invocation.
-                let key = KernelKey {
-                    module: Module::Optim(gpu.words()),
-                    entry: "adam_step4",
-                    defines: Vec::new(),
-                    inputs: 1,
-                    outputs: 3,
-                };
+                // Slots are multiples of 4 elements apart: the whole store runs four (or eight)
+                // per invocation.
+                let (entry, per) = wide_entry(gpu.words(), n);
+                let key =
+                    KernelKey { module: Module::Optim(gpu.words()), entry, defines: Vec::new(), inputs: 1, outputs: 3 };
                 let p = block.with_word(0, n as u32);
-                tape.dispatch(&key, p, &[&store.grads, &store.values, &m, &v], grid_1d(n / 4, 256))?;
+                tape.dispatch(&key, p, &[&store.grads, &store.values, &m, &v], grid_1d(n / per, 256))?;
                 done.extend(members.iter().map(|p| p.id()));
             }
         }
@@ -176,7 +185,12 @@ impl Optimizer for Adam {
             let n = g.len();
             // Four elements per invocation when the tensor allows (every classic-VAE tensor): on
             // CPU adapters a storage load's cost grows far less than its width.
-            let (entry, invocations) = if n.is_multiple_of(4) { ("adam_step4", n / 4) } else { ("adam_step", n) };
+            let (entry, invocations) = if n.is_multiple_of(4) {
+                let (entry, per) = wide_entry(gpu.words(), n);
+                (entry, n / per)
+            } else {
+                ("adam_step", n)
+            };
             let key =
                 KernelKey { module: Module::Optim(gpu.words()), entry, defines: Vec::new(), inputs: 1, outputs: 3 };
             tape.dispatch(&key, block.with_word(0, n as u32), &[&g, p.value(), &m, &v], grid_1d(invocations, 256))?;

@@ -291,6 +291,13 @@ impl Tape {
                 buffers.len()
             )));
         }
+        // The seed of ones is shared across tapes (Gpu::ones): a kernel writing it would corrupt
+        // every later backward, so that is a bug caught here.
+        if let Some(seed) = self.seed {
+            if buffers[key.inputs as usize..].iter().any(|b| b.buf.id() == seed) {
+                return Err(Error::Autograd(format!("kernel {} would write the backward seed (shared ones)", name())));
+            }
+        }
         let max = self.gpu.limits().max_compute_workgroups_per_dimension;
         if groups.iter().any(|&g| g > max) {
             return Err(Error::DeviceLimit {
@@ -511,8 +518,8 @@ impl Tape {
 
     // ---------------------------------------------------------------- the tape's own kernels
 
-    /// The elementwise kernels backward itself needs (`shaders/elementwise.wgsl`): the seed of
-    /// ones, gradient accumulation, and the copy of a gradient into its destination.
+    /// The elementwise kernels backward itself needs (`shaders/elementwise.wgsl`): gradient
+    /// accumulation and the copy of a gradient into its destination.
     fn elementwise(&mut self, entry: &'static str, inputs: &[&Tensor], out: &Tensor, s0: f32, s1: f32) -> Result<()> {
         let key = KernelKey {
             module: crate::gpu::Module::Elementwise,
@@ -526,12 +533,6 @@ impl Tape {
         let n = out.len();
         let p = Params::new().u(n as u32).u(out.cols() as u32).f(s0).f(s1);
         self.dispatch(&key, p, &bufs, grid_1d(n, 256))
-    }
-
-    fn fill(&mut self, rows: usize, cols: usize, v: f32) -> Result<Tensor> {
-        let t = Tensor::empty(&self.gpu, rows, cols)?;
-        self.elementwise("fill", &[], &t, v, 0.0)?;
-        Ok(t)
     }
 
     fn add(&mut self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -684,7 +685,8 @@ impl Tape {
         }
         let l = &self.vars[loss.0].value;
         let (r, c) = (l.rows(), l.cols());
-        let seed = self.fill(r, c, 1.0)?;
+        // Shared by every backward of this shape on the device (uploaded once): no fill dispatch.
+        let seed = self.gpu.ones(r, c)?;
         self.seed = Some(seed.buf.id());
         self.grads[loss.0] = Some(seed);
         let nodes = std::mem::take(&mut self.nodes);

@@ -195,3 +195,45 @@ fn new_kernels_compile_together_once_and_at_submit() {
     assert_eq!(compiled() - before, 7);
     assert_eq!(y.to_vec(&g).unwrap(), vec![-0.5, -0.125, 0.5, 2.0]);
 }
+
+#[test]
+fn backward_seed_is_shared_ones_that_no_kernel_may_write() {
+    // Two backward passes on two tapes: neither dispatches a fill for its seed (the seed of
+    // ones is uploaded once per shape and shared), and both get gradient 3·x of Σ x⊙(3·1).
+    let x = Tensor::from_slice(gpu(), 2, 3, &[1.0, -2.0, 0.5, 4.0, 0.0, -1.5]).unwrap();
+    let mut seeds = Vec::new();
+    for round in 0..2 {
+        let mut tape = Tape::new(gpu());
+        let v = tape.leaf(x.clone(), true);
+        let y = ops::scale(&mut tape, v, 3.0).unwrap();
+        let l = ops::sum(&mut tape, y).unwrap();
+        tape.backward(l).unwrap();
+        let seed = tape.grad(l).unwrap().clone();
+        assert!(tape.is_seed(&seed));
+        let g = tape.grad(v).unwrap().clone();
+        tape.submit().unwrap();
+        assert_eq!(tape.kernels_run().get("fill"), None, "round {round}: {:?}", tape.kernels_run());
+        assert_eq!(g.to_vec(gpu()).unwrap(), vec![3.0; 6], "round {round}");
+        assert_eq!(seed.to_vec(gpu()).unwrap(), vec![1.0], "round {round}");
+        seeds.push(seed);
+    }
+    assert!(seeds[0].same_storage(&seeds[1]), "the seed is uploaded once and shared");
+    // A kernel that would write the seed is refused (it would corrupt every later backward).
+    let mut tape = Tape::new(gpu());
+    let v = tape.leaf(x.clone(), true);
+    let l = ops::sum(&mut tape, v).unwrap();
+    tape.backward(l).unwrap();
+    let seed = tape.grad(l).unwrap().clone();
+    let key = wgvae::gpu::pipeline::KernelKey {
+        module: wgvae::gpu::pipeline::Module::Elementwise,
+        entry: "fill",
+        defines: vec![("ACT", "0u".into()), ("ALPHA", "0.0f".into())],
+        inputs: 0,
+        outputs: 1,
+    };
+    let p = wgvae::tape::Params::new().u(1).u(1).f(0.0).f(0.0);
+    match tape.dispatch(&key, p, &[&seed], [1, 1, 1]) {
+        Err(Error::Autograd(m)) => assert!(m.contains("backward seed"), "{m}"),
+        other => panic!("a write to the seed was not refused: {other:?}"),
+    }
+}

@@ -540,6 +540,8 @@ pub(crate) struct GpuInner {
     /// Whether submissions time their dispatches (see [`profile`]).
     pub profiling: AtomicBool,
     pub profile: Mutex<profile::ProfileAcc>,
+    /// Tensors of ones by shape, uploaded once (see [`Gpu::ones`]).
+    pub ones: Mutex<std::collections::HashMap<(usize, usize), crate::tensor::Tensor>>,
 }
 
 /// A GPU device and everything cached on it. Clone it freely: clones share the device.
@@ -846,6 +848,7 @@ impl Gpu {
                 params_stride,
                 profiling: AtomicBool::new(false),
                 profile: Mutex::default(),
+                ones: Mutex::default(),
             }),
         })
     }
@@ -934,6 +937,19 @@ impl Gpu {
     /// Matmul variant used by ops that do not name one.
     pub fn matmul_variant(&self) -> MatmulVariant {
         *self.inner.variant.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A `rows x cols` tensor of ones, uploaded on first use and then shared: the seed of every
+    /// backward (a fill per step would cost a dispatch, about 50 µs on a CPU adapter). No kernel
+    /// may write it; [`crate::Tape`] refuses a dispatch that would.
+    pub(crate) fn ones(&self, rows: usize, cols: usize) -> Result<crate::tensor::Tensor> {
+        let mut cache = self.inner.ones.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = cache.get(&(rows, cols)) {
+            return Ok(t.clone());
+        }
+        let t = crate::tensor::Tensor::from_slice(self, rows, cols, &vec![1.0; rows * cols])?;
+        cache.insert((rows, cols), t.clone());
+        Ok(t)
     }
 
     /// How the `subgroup` matmul and Adam type their vec4 storage views ([`Words`]; chosen when the

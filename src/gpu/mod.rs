@@ -92,7 +92,8 @@ pub enum Words {
     /// `vec2<u64>`, unpacked in registers: needs [`wgpu::Features::SHADER_INT64`]. Mesa's
     /// llvmpipe/lavapipe compiles a storage access into a loop over SIMD lanes with work per
     /// component, so two 64-bit components move 16 bytes for about half the work of four 32-bit
-    /// ones. The default on CPU adapters that have 64-bit integers.
+    /// ones. The default on CPU adapters that have 64-bit integers. With it, Adam also updates
+    /// eight elements per invocation through 32-byte `Word8` views (one `vec4<u64>` access).
     U64,
 }
 

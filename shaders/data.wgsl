@@ -71,7 +71,7 @@ fn gather4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     let img = shard_image(row);
     if (img == p.count) { return; }
     let bytes = data[img * q + i % q];
-    var v = vec4<f32>(f32(bytes & 0xffu), f32((bytes >> 8u) & 0xffu), f32((bytes >> 16u) & 0xffu), f32(bytes >> 24u)) / 255.0;
+    var v = unpack_bytes(bytes);
     if (p.binarize == 1u) {
         let key = vec2<u32>(p.seed_lo, p.seed_hi);
         for (var c = 0u; c < 4u; c++) {
@@ -80,6 +80,38 @@ fn gather4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
         }
     }
     x4[i] = word(v);
+}
+
+// The same batch eight pixels per invocation, for D % 8 == 0 (every 28x28 or 64x64 image): two
+// dataset words read as one vec2<u32> and the eight values stored as one Word8 (32 bytes; one
+// access of four u64 with u64 words, where gather4's two invocations make four accesses). Chosen
+// with u64 words (CPU adapters). n = B*D/8; binarization draws counter 8*i + c, the same counter
+// gather and gather4 use for that pixel, so all three give the same batch.
+@group(0) @binding(1) var<storage, read> data2: array<vec2<u32>>;
+@group(0) @binding(3) var<storage, read_write> x8: array<Word8>;
+
+fn unpack_bytes(w: u32) -> vec4<f32> {
+    return vec4<f32>(f32(w & 0xffu), f32((w >> 8u) & 0xffu), f32((w >> 16u) & 0xffu), f32(w >> 24u)) / 255.0;
+}
+
+@compute @workgroup_size(256)
+fn gather8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = flat_index(wid, lid.x, nwg.x, 256u);
+    if (i >= p.n) { return; }
+    let q = p.d / 8u;
+    let row = i / q;
+    let img = shard_image(row);
+    if (img == p.count) { return; }
+    let w = data2[img * q + i % q];
+    var v = mat2x4<f32>(unpack_bytes(w.x), unpack_bytes(w.y));
+    if (p.binarize == 1u) {
+        let key = vec2<u32>(p.seed_lo, p.seed_hi);
+        for (var c = 0u; c < 8u; c++) {
+            let u = u01(philox(vec4<u32>(8u * i + c, p.step, p.stream, 0u), key).x);
+            v[c / 4u][c % 4u] = select(0.0, 1.0, u < v[c / 4u][c % 4u]);
+        }
+    }
+    x8[i] = word8(v);
 }
 
 // The same batch from f32 values (datasets given as floats): x = data[order[..] * D + col], or a

@@ -189,8 +189,10 @@ fn adam_against_reference(dev: &wgvae::Gpu) -> Vec<Vec<f32>> {
 #[test]
 fn gather_builds_batches_from_packed_bytes_with_optional_binarization() {
     // 35 bytes per image: words straddle images (one pixel per invocation); 28 bytes: whole words
-    // per row (four pixels per invocation).
-    for (h, w, kernel) in [(5, 7, "gather"), (4, 7, "gather4")] {
+    // per row (four pixels per invocation); 32 bytes: eight pixels per invocation through Word8
+    // with u64 storage words (CPU adapters), four otherwise.
+    let eight = if gpu().words() == wgvae::Words::U64 { "gather8" } else { "gather4" };
+    for (h, w, kernel) in [(5, 7, "gather"), (4, 7, "gather4"), (4, 8, eight)] {
         let n = 11;
         let pixels: Vec<u8> = (0..n * h * w).map(|i| ((i * 37 + 11) % 256) as u8).collect();
         let imgs = Images::from_u8(pixels.clone(), n, &[h, w]).unwrap();

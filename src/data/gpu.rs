@@ -115,9 +115,13 @@ impl GpuImages {
             None => (0, Noise { seed: 0, step: 0, stream: 0 }),
         };
         let k = crate::rng::key(noise.seed);
-        // Four pixels per invocation when rows are whole words (every 28x28 or 64x64 image).
+        // Four pixels per invocation when rows are whole words (every 28x28 or 64x64 image);
+        // eight, through 32-byte Word8 stores, with u64 words (CPU adapters, where an access
+        // costs a loop over the lanes that a wider access shares).
+        let wide = tape.gpu().words() == crate::gpu::Words::U64 && self.dim.is_multiple_of(8);
         let (entry, invocations) = match (self.f32_values, self.dim.is_multiple_of(4)) {
             (true, _) => ("gather_f32", n),
+            (false, true) if wide => ("gather8", n / 8),
             (false, true) => ("gather4", n / 4),
             (false, false) => ("gather", n),
         };

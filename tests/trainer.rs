@@ -331,7 +331,8 @@ fn every_storage_word_kind_trains_like_the_reference_and_bit_identically() {
         let adam = if w == Words::U64 { "adam_step8" } else { "adam_step4" };
         let adam = format!("optim.wgsl+{{w}}:{adam}");
         // The gather takes eight pixels per invocation only with u64 words and D % 8 == 0.
-        let gather = if w == Words::U64 && D % 8 == 0 { "data.wgsl+{w}:gather8" } else { "data.wgsl+{w}:gather4" };
+        let gather =
+            if w == Words::U64 && D.is_multiple_of(8) { "data.wgsl+{w}:gather8" } else { "data.wgsl+{w}:gather4" };
         for kernel in [adam.as_str(), "vae_fused.wgsl+{w}:recon_fused4", gather] {
             assert_ran_named(g, &kernel.replace("{w}", w.name()), &format!("{w} words"));
         }

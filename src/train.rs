@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::nn::{Adam, Optimizer};
 use crate::ops::vae::Noise;
-use crate::tape::Tape;
+use crate::tape::{Readback, Tape};
 use crate::tensor::Tensor;
 use crate::vae::metrics::{active_units, kl_per_dim};
 use crate::vae::objective::Objective;
@@ -26,6 +26,16 @@ use crate::vae::{Likelihood, Vae, VaeConfig, STREAM_EPS};
 const STREAM_BINARIZE: u32 = 1;
 /// Seed offset of the evaluation noise (fixed per run, so test losses are comparable).
 const EVAL_SEED: u64 = 0xE7A1_5EED;
+
+/// A progress read-back of the epoch's loss sums, recorded at a step and not yet waited for.
+struct PendingReport {
+    recon: Readback,
+    kl: Readback,
+    /// Examples the sums cover.
+    seen: usize,
+    /// Batches done when it was recorded.
+    batch: usize,
+}
 
 /// Most training steps one submission may hold ([`TrainOptions::steps_per_submit`]): each step
 /// in flight keeps its own intermediate buffers.
@@ -431,30 +441,30 @@ impl Trainer {
     pub async fn train_epoch_async(&mut self, on_progress: &mut dyn FnMut(&Progress)) -> Result<(EvalLoss, f64)> {
         let mut e = self.begin_epoch()?;
         let start = Clock::now();
+        // A progress read-back is waited for one step late, once the next step is queued behind
+        // it: waiting at once would leave the device idle until the host records the next step,
+        // and on a CPU adapter in a VM, idle cores wake up late (about 16 ms per read-back on the
+        // 2-core VM of BENCHMARKS.md, 7% of an epoch at the default `log_every`).
+        let mut pending: Option<PendingReport> = None;
         for i in e.first_batch..e.batches {
             // The very first step of a run is read back too: its loss is the reference of the
             // explosion warning.
             let first = self.first_loss.is_none() && i == 0;
             let report = first || ((i + 1) % self.opts.log_every == 0 && i + 1 < e.batches);
-            if let Some(seen_loss) = self.step_async(&mut e, i, report).await? {
-                let seen = ((i + 1) * e.batch).min(e.n) as f64;
-                let eps = seen / start.elapsed().max(1e-9);
-                let warning = self.explosion(seen_loss);
-                on_progress(&Progress {
-                    epoch: e.epoch,
-                    batch: i + 1,
-                    batches: e.batches,
-                    running_loss: seen_loss,
-                    examples_per_second: eps,
-                    warning,
-                });
+            let new = self.step_record(&mut e, i, report)?;
+            if let Some(r) = pending.take() {
+                self.deliver(&e, r, start, on_progress).await?;
             }
+            pending = new;
             if let Some((every, path, meta)) = &self.mid_epoch {
                 if self.step.is_multiple_of(*every) && i + 1 < e.batches {
                     let (path, meta) = (path.clone(), meta.clone());
                     self.save_partial(&e, i + 1, &path, meta).await?;
                 }
             }
+        }
+        if let Some(r) = pending.take() {
+            self.deliver(&e, r, start, on_progress).await?;
         }
         let (batches, n, epoch) = (e.batches, e.n, e.epoch);
         let loss = self.end_epoch_async(e).await?;
@@ -520,6 +530,45 @@ impl Trainer {
 
     /// [`Trainer::step`] without blocking (only a report waits for the GPU).
     pub async fn step_async(&mut self, e: &mut EpochState, i: usize, report: bool) -> Result<Option<f64>> {
+        match self.step_record(e, i, report)? {
+            Some(r) => Ok(Some(self.resolve_report(e, r).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// A report's running loss per example, once its read-back has run (and the non-finite
+    /// guard it carries is checked).
+    async fn resolve_report(&self, e: &EpochState, r: PendingReport) -> Result<f64> {
+        let kl = r.kl.get_async().await?;
+        self.check_guard(e, &kl)?;
+        Ok((r.recon.get_async().await?[0] as f64 + kl[0] as f64) / r.seen as f64)
+    }
+
+    /// Resolves `r` and hands its [`Progress`] to `on_progress` (see [`Trainer::train_epoch`]).
+    async fn deliver(
+        &mut self,
+        e: &EpochState,
+        r: PendingReport,
+        start: Clock,
+        on_progress: &mut dyn FnMut(&Progress),
+    ) -> Result<()> {
+        let (batch, seen) = (r.batch, r.seen);
+        let seen_loss = self.resolve_report(e, r).await?;
+        let warning = self.explosion(seen_loss);
+        on_progress(&Progress {
+            epoch: e.epoch,
+            batch,
+            batches: e.batches,
+            running_loss: seen_loss,
+            examples_per_second: seen as f64 / start.elapsed().max(1e-9),
+            warning,
+        });
+        Ok(())
+    }
+
+    /// [`Trainer::step_async`] up to the submission: with `report`, the read-back of the epoch's
+    /// sums, recorded and submitted but not waited for.
+    fn step_record(&mut self, e: &mut EpochState, i: usize, report: bool) -> Result<Option<PendingReport>> {
         if i >= e.batches {
             return Err(Error::arg("step", format!("batch {i} is past the epoch's {} batches", e.batches)));
         }
@@ -555,15 +604,7 @@ impl Trainer {
         } else {
             self.pending = Some((tape, held + 1));
         }
-        match reads {
-            Some((rr, rk)) => {
-                let seen = (off + bs) as f64;
-                let kl = rk.get_async().await?;
-                self.check_guard(e, &kl)?;
-                Ok(Some((rr.get_async().await?[0] as f64 + kl[0] as f64) / seen))
-            }
-            None => Ok(None),
-        }
+        Ok(reads.map(|(recon, kl)| PendingReport { recon, kl, seen: off + bs, batch: i + 1 }))
     }
 
     /// Submits the steps recorded and not yet submitted (see

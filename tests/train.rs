@@ -208,3 +208,28 @@ fn several_steps_per_submission_give_the_same_bits_and_fewer_submissions() {
     let e = Trainer::new(gpu(), small(), bad, &split).err().expect("0 steps per submission is refused").to_string();
     assert!(e.contains("steps_per_submit"), "{e}");
 }
+
+#[test]
+fn progress_reports_arrive_in_order_with_the_values_an_immediate_read_back_gives() {
+    // train_epoch waits for each progress read-back one step late (so the device never idles
+    // while the host waits); the reports must still be every report step's running loss, in
+    // order, exactly as `Trainer::step` returns it when it waits at once, then the epoch's loss.
+    let split = sprites::sprites(0);
+    let o = TrainOptions { log_every: 7, ..opts(11) };
+    let mut a = Trainer::new(gpu(), small(), o.clone(), &split).unwrap();
+    let mut got = Vec::new();
+    a.train_epoch(&mut |p| got.push((p.batch, p.running_loss))).unwrap();
+    let mut b = Trainer::new(gpu(), small(), o, &split).unwrap();
+    let mut e = b.begin_epoch().unwrap();
+    let batches = e.batches;
+    let mut want = Vec::new();
+    for i in 0..batches {
+        let report = i == 0 || ((i + 1) % 7 == 0 && i + 1 < batches);
+        if let Some(loss) = b.step(&mut e, i, report).unwrap() {
+            want.push((i + 1, loss));
+        }
+    }
+    want.push((batches, b.end_epoch(e).unwrap().loss));
+    assert!(want.len() >= 3, "{batches} batches give several reports: {want:?}");
+    assert_eq!(got, want);
+}

@@ -70,16 +70,7 @@ fn gather4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     let row = i / q;
     let img = shard_image(row);
     if (img == p.count) { return; }
-    let bytes = data[img * q + i % q];
-    var v = unpack_bytes(bytes);
-    if (p.binarize == 1u) {
-        let key = vec2<u32>(p.seed_lo, p.seed_hi);
-        for (var c = 0u; c < 4u; c++) {
-            let u = u01(philox(vec4<u32>(4u * i + c, p.step, p.stream, 0u), key).x);
-            v[c] = select(0.0, 1.0, u < v[c]);
-        }
-    }
-    x4[i] = word(v);
+    x4[i] = word(pixels4(data[img * q + i % q], 4u * i));
 }
 
 // The same batch eight pixels per invocation, for D % 8 == 0 (every 28x28 or 64x64 image): two
@@ -90,8 +81,18 @@ fn gather4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
 @group(0) @binding(1) var<storage, read> data2: array<vec2<u32>>;
 @group(0) @binding(3) var<storage, read_write> x8: array<Word8>;
 
-fn unpack_bytes(w: u32) -> vec4<f32> {
-    return vec4<f32>(f32(w & 0xffu), f32((w >> 8u) & 0xffu), f32((w >> 16u) & 0xffu), f32(w >> 24u)) / 255.0;
+// The four pixels of dataset word w as values in [0, 1], or (binarize) Bernoulli draws with those
+// probabilities, pixel c drawing Philox counter c0 + c (the batch's pixel index, as `gather`).
+fn pixels4(w: u32, c0: u32) -> vec4<f32> {
+    var v = vec4<f32>(f32(w & 0xffu), f32((w >> 8u) & 0xffu), f32((w >> 16u) & 0xffu), f32(w >> 24u)) / 255.0;
+    if (p.binarize == 1u) {
+        let key = vec2<u32>(p.seed_lo, p.seed_hi);
+        for (var c = 0u; c < 4u; c++) {
+            let u = u01(philox(vec4<u32>(c0 + c, p.step, p.stream, 0u), key).x);
+            v[c] = select(0.0, 1.0, u < v[c]);
+        }
+    }
+    return v;
 }
 
 @compute @workgroup_size(256)
@@ -103,15 +104,7 @@ fn gather8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     let img = shard_image(row);
     if (img == p.count) { return; }
     let w = data2[img * q + i % q];
-    var v = mat2x4<f32>(unpack_bytes(w.x), unpack_bytes(w.y));
-    if (p.binarize == 1u) {
-        let key = vec2<u32>(p.seed_lo, p.seed_hi);
-        for (var c = 0u; c < 8u; c++) {
-            let u = u01(philox(vec4<u32>(8u * i + c, p.step, p.stream, 0u), key).x);
-            v[c / 4u][c % 4u] = select(0.0, 1.0, u < v[c / 4u][c % 4u]);
-        }
-    }
-    x8[i] = word8(v);
+    x8[i] = word8(mat2x4<f32>(pixels4(w.x, 8u * i), pixels4(w.y, 8u * i + 4u)));
 }
 
 // The same batch from f32 values (datasets given as floats): x = data[order[..] * D + col], or a

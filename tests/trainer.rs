@@ -370,3 +370,59 @@ fn resume_reproduces_the_next_epochs_order_and_noise() {
     assert_matches(&resumed, &r, ((tr.recon, tr.kl), (rr / n, rk / n)), "resumed epoch 2");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn adam_fused_into_the_weight_gradients_trains_bit_identically_to_its_own_pass() {
+    // On CPU adapters (the `subgroup` matmul) Adam runs inside the weight-gradient products
+    // (Adam::fuse): with whole Word8s where a weight's rows and columns are multiples of 8
+    // (`matmul_subgroup_adam8`: 24->16, the 16->8 head, 16->24) and Word4s otherwise
+    // (`matmul_subgroup` with ADAM: 4->16, N = 4). Every batch (8, 8, 4 rows) is fused. The
+    // same training with `fuse` off, where the separate Adam pass updates stored gradients (itself
+    // proven against the f64 reference in vae_kernels.rs), must give the same bits: parameters
+    // and both moments.
+    let (h, w, n) = (4, 6, 20);
+    let cfg = VaeConfig { input_dim: h * w, hidden: vec![16], latent: 4, ..config() };
+    let imgs = |n: usize, seed: u64| {
+        use rand::Rng;
+        let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+        Images::from_u8((0..n * h * w).map(|_| r.random::<u8>()).collect(), n, &[h, w]).unwrap()
+    };
+    let s = Split { name: "fused adam".into(), train: imgs(n, 3), test: imgs(6, 4) };
+    let o = TrainOptions { batch: 8, ..options(Objective::default(), true) };
+    for words in words_kinds() {
+        let mut runs = Vec::new();
+        for fuse in [false, true] {
+            let g = Gpu::with_options(wgvae::GpuOptions { words: Some(words), ..Default::default() }).unwrap();
+            track(&g);
+            let mut t = Trainer::new(&g, cfg.clone(), o.clone(), &s).unwrap();
+            t.opt.fuse = fuse;
+            for _ in 0..2 {
+                t.train_epoch(&mut |_| {}).unwrap();
+            }
+            let mut bits = Vec::new();
+            for p in t.vae.params() {
+                let (m, v) = t.opt.moments(p).expect("moments after training").clone();
+                for x in [p.value(), &m, &v] {
+                    bits.push(x.to_vec(&g).unwrap().iter().map(|f| f.to_bits()).collect::<Vec<u32>>());
+                }
+            }
+            let ran = g.kernel_name_dispatches();
+            let count = |f: &dyn Fn(&str) -> bool| ran.iter().filter(|(k, _)| f(k)).map(|(_, &c)| c).sum::<u64>();
+            let adam_pass = count(&|k| k.starts_with("optim.wgsl"));
+            let adam8 = count(&|k| k.contains(":matmul_subgroup_adam8["));
+            let adam4 = count(&|k| k.contains(":matmul_subgroup[") && k.contains("ADAM=true"));
+            let what = format!("{words} words, fuse {fuse}");
+            if !fuse {
+                assert!(adam_pass > 0 && adam8 + adam4 == 0, "{what}: {ran:?}");
+            } else if g.matmul_variant() == MatmulVariant::Subgroup {
+                // 2 epochs x 3 batches: three Word8 layers and one Word4 layer per step, no Adam pass.
+                assert_eq!((adam_pass, adam8, adam4), (0, 18, 6), "{what}: {ran:?}");
+            }
+            runs.push(bits);
+        }
+        for (i, (a, b)) in runs[0].iter().zip(&runs[1]).enumerate() {
+            let what = ["value", "first moment", "second moment"][i % 3];
+            assert!(a == b, "{words} words: parameter {} {what} differs between fused and separate Adam", i / 3);
+        }
+    }
+}

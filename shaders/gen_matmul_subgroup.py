@@ -38,23 +38,11 @@ HEADER = """\
 // of op(A), each lane summing the A values it loaded itself).
 // Requires K % 4 == 0, N % 4 == 0 and M % 4 == 0 when TA (the host checks; other shapes use the
 // `register` kernels). Defines: TA, TB, BIAS, ACCUM, COLSUM, ACT, ALPHA, GRAD_ACT, GRAD_ALPHA,
-// ADAM, WG (a multiple of 8).
-// ADAM (the weight gradient dW = dYᵀ·X, TA and not TB, no bias, activation or ACCUM): instead of
-// storing C, Adam updates the parameters with it in place (adam4(), adam.wgsl, the same bits as
-// adam_step4/8 on a stored gradient): C is then the packed parameters' flat values, M and V their
-// flat moments, and the gradient's element (r, c) is the parameter at w_off*4 + r*N + c. With
-// COLSUM the row sums are the bias gradient, updated likewise at b_off*4 + r (S unused). The
-// weight-gradient kernel runs last for its parameter in backward, so nothing reads the gradient,
-// and the parameters' stores, 7 floats moved per element in a separate Adam pass plus the
-// gradient's store, become 6 here.
-// matmul_subgroup_adam8: the same with ADAM where M and N are multiples of 8 and w_off, b_off
-// even: neighbouring lanes swap half their rows (subgroupShuffleXor) so that each updates whole
-// 32-byte Word8s, as adam_step8 does (an access's cost on CPU adapters is mostly per access, so
-// Word4s cost about twice). Its own entry point because it views C, M and V as Word8 arrays.
+// WG (a multiple of 8).
 // Invocation x of workgroup (gx, gy) owns rows gy*32 .. +31 and columns (gx*WG + x)*C .. +C-1,
 // C = COLS_PER_LANE (below). Dispatch: (ceil(N / (C*WG)), ceil(M / 32), 1).
-// Bindings: 0 params | 1 A | 2 B | 3 bias | 4 Y | 5 C (read_write) | 6 S (read_write) | 7 M
-// (read_write) | 8 V (read_write); unused inputs are bound to A again and unused outputs to C.
+// Bindings: 0 params | 1 A | 2 B | 3 bias | 4 Y | 5 C (read_write) | 6 S (read_write); unused
+// inputs are bound to A again and an unused S to C.
 
 struct Params {
     m: u32,
@@ -62,19 +50,6 @@ struct Params {
     k: u32,
     k_begin: u32,
     k_end: u32,
-    chunk: u32,     // unused here (the tiled kernels' split-K chunk)
-    // ADAM only: offsets (in vec4s) of the weight and the bias in the flat buffers, and Adam's
-    // hyperparameters as adam4() reads them (optim.wgsl's Params).
-    w_off: u32,
-    b_off: u32,
-    decoupled: u32,
-    lr: f32,
-    b1: f32,
-    b2: f32,
-    eps: f32,
-    wd: f32,
-    bc1: f32,
-    bc2: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -86,22 +61,13 @@ struct Params {
 @group(0) @binding(4) var<storage, read> y4: array<Word4>;
 @group(0) @binding(5) var<storage, read_write> c4: array<Word4>;
 @group(0) @binding(6) var<storage, read_write> colsum: array<f32>;
-@group(0) @binding(7) var<storage, read_write> adam_m4: array<Word4>;
-@group(0) @binding(8) var<storage, read_write> adam_v4: array<Word4>;
-// The same three as Word8s (matmul_subgroup_adam8).
-@group(0) @binding(5) var<storage, read_write> c8: array<Word8>;
-@group(0) @binding(7) var<storage, read_write> adam_m8: array<Word8>;
-@group(0) @binding(8) var<storage, read_write> adam_v8: array<Word8>;
 
-"""
-
-ENTRY = """\
 // One K step of 4 for a subgroup: every lane adds op(A)[32 rows, k0..k0+3] · op(B)[k0..k0+3, its 4
 // columns] into its 32 row accumulators. C and the bias are addressed as vec4s, so each
 // accumulator row is one store (the epilogue matters when K is short, as in the weight gradients,
 // K = batch).
 @compute @workgroup_size(WG, 1, 1)
-fn NAME(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
+fn matmul_subgroup(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
                    @builtin(subgroup_invocation_id) lane: u32) {
     let col0 = (wid.x * WG + lid.x) * COLS_PER_LANE;
     let row0 = wid.y * ROWS_PER_BLOCK;
@@ -125,49 +91,12 @@ fn store_colsum(r: u32, v: f32) {
     if (ACCUM) { colsum[r] = colsum[r] + v; } else { colsum[r] = v; }
 }
 
-// ADAM: one Adam update of the four parameters at vec4 index i of the flat buffers, g their
-// gradient.
-fn adam_at(i: u32, g: vec4<f32>) {
-    let r = adam4(unword(c4[i]), g, unword(adam_m4[i]), unword(adam_v4[i]));
-    adam_m4[i] = word(r[1]);
-    adam_v4[i] = word(r[2]);
-    c4[i] = word(r[0]);
-}
-
-// matmul_subgroup_adam8: the update of the eight parameters of row `row`, columns c0 .. c0+7
-// (c0 % 8 == 0) with their gradient (lo, hi).
-fn adam8_at(row: u32, c0: u32, lo: vec4<f32>, hi: vec4<f32>) {
-    if (row >= p.m || c0 >= p.n) { return; }
-    adam8_update(p.w_off / 2u + (row * p.n + c0) / 8u, lo, hi);
-}
-
-// The update of the eight parameters at Word8 index i of the flat buffers.
-fn adam8_update(i: u32, lo: vec4<f32>, hi: vec4<f32>) {
-    let w = unword8(c8[i]);
-    let m = unword8(adam_m8[i]);
-    let v = unword8(adam_v8[i]);
-    let a = adam4(w[0], lo, m[0], v[0]);
-    let b = adam4(w[1], hi, m[1], v[1]);
-    adam_m8[i] = word8(mat2x4<f32>(a[1], b[1]));
-    adam_v8[i] = word8(mat2x4<f32>(a[2], b[2]));
-    c8[i] = word8(mat2x4<f32>(a[0], b[0]));
-}
-
 fn store_colsum4(r0: u32, v: vec4<f32>) {
-    // r0 % 4 == 0 and M % 4 == 0 (TA), so the four rows are all in range or all out.
-    if (ADAM) {
-        if (r0 < p.m) { adam_at(p.b_off + r0 / 4u, v); }
-        return;
-    }
     for (var j = 0u; j < 4u; j++) { store_colsum(r0 + j, v[j]); }
 }
 
 fn store_v4(row: u32, col0: u32, v: vec4<f32>) {
     if (row >= p.m || col0 >= p.n) { return; }
-    if (ADAM) {
-        adam_at(p.w_off + (row * p.n + col0) / 4u, v);
-        return;
-    }
     let i = (row * p.n + col0) / 4u;
     var x = v;
     if (ACCUM) { x = x + unword(c4[i]); }
@@ -181,16 +110,7 @@ fn store_v4(row: u32, col0: u32, v: vec4<f32>) {
 def main():
     consts = f"const COLS_PER_LANE: u32 = {4 * NB}u;\nconst ROWS_PER_BLOCK: u32 = {ROWS}u;\n\nstruct Params {{"
     out = [HEADER.replace("struct Params {", consts, 1)]
-    for name, adam8 in (("matmul_subgroup", False), ("matmul_subgroup_adam8", True)):
-        out.append("\n")
-        entry(out, name, adam8)
-    out.append(FOOTER)
-    print("".join(out), end="")
-
-
-def entry(out, name, adam8):
     w = out.append
-    w(ENTRY.replace("NAME", name))
     for r in range(ROWS):
         for c in range(NB):
             w(f"    var acc{r}_{c} = vec4<f32>(0.0);\n")
@@ -251,24 +171,6 @@ def entry(out, name, adam8):
             w(f"            acc{r}_{j} += bm{j} * v{r};\n")
     w("        }\n")
     w("    }\n")
-    if adam8:
-        assert NB == 1 and JB == 1
-        w("    // Lane pairs (2l, 2l+1) own columns c .. c+7: the even lane updates rows r, the odd lane\n")
-        w("    // rows r+1, each with the half it gets from its neighbour.\n")
-        w("    let odd = (lane & 1u) == 1u;\n")
-        w("    let row_off = select(0u, 1u, odd);\n")
-        w("    let c8_0 = col0 - 4u * row_off;\n")
-        for r in range(0, ROWS, 2):
-            w(f"    let got{r} = subgroupShuffleXor(select(acc{r + 1}_0, acc{r}_0, odd), 1u);\n")
-            w(f"    adam8_at(row0 + {r}u + row_off, c8_0, select(acc{r}_0, got{r}, odd), select(got{r}, acc{r + 1}_0, odd));\n")
-        w("    // The bias: lane l of the first subgroup holds rows 4l .. 4l+3; even lanes update eight.\n")
-        w("    if (COLSUM && wid.x == 0u && lid.x < 8u) {\n")
-        w("        let got = subgroupShuffleXor(rs_t0, 1u);\n")
-        w("        let r0 = row0 + 4u * lane;\n")
-        w("        if (!odd && r0 < p.m) { adam8_update(p.b_off / 2u + r0 / 8u, rs_t0, got); }\n")
-        w("    }\n")
-        w("}\n")
-        return
     for r in range(ROWS):
         for j in range(NB):
             w(f"    store_v4(row0 + {r}u, col0 + {4 * j}u, acc{r}_{j});\n")
@@ -283,6 +185,8 @@ def entry(out, name, adam8):
     w("        }\n")
     w("    }\n")
     w("}\n")
+    w(FOOTER)
+    print("".join(out), end="")
 
 
 if __name__ == "__main__":

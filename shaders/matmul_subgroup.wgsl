@@ -16,23 +16,11 @@
 // of op(A), each lane summing the A values it loaded itself).
 // Requires K % 4 == 0, N % 4 == 0 and M % 4 == 0 when TA (the host checks; other shapes use the
 // `register` kernels). Defines: TA, TB, BIAS, ACCUM, COLSUM, ACT, ALPHA, GRAD_ACT, GRAD_ALPHA,
-// ADAM, WG (a multiple of 8).
-// ADAM (the weight gradient dW = dYᵀ·X, TA and not TB, no bias, activation or ACCUM): instead of
-// storing C, Adam updates the parameters with it in place (adam4(), adam.wgsl, the same bits as
-// adam_step4/8 on a stored gradient): C is then the packed parameters' flat values, M and V their
-// flat moments, and the gradient's element (r, c) is the parameter at w_off*4 + r*N + c. With
-// COLSUM the row sums are the bias gradient, updated likewise at b_off*4 + r (S unused). The
-// weight-gradient kernel runs last for its parameter in backward, so nothing reads the gradient,
-// and the parameters' stores, 7 floats moved per element in a separate Adam pass plus the
-// gradient's store, become 6 here.
-// matmul_subgroup_adam8: the same with ADAM where M and N are multiples of 8 and w_off, b_off
-// even: neighbouring lanes swap half their rows (subgroupShuffleXor) so that each updates whole
-// 32-byte Word8s, as adam_step8 does (an access's cost on CPU adapters is mostly per access, so
-// Word4s cost about twice). Its own entry point because it views C, M and V as Word8 arrays.
+// WG (a multiple of 8).
 // Invocation x of workgroup (gx, gy) owns rows gy*32 .. +31 and columns (gx*WG + x)*C .. +C-1,
 // C = COLS_PER_LANE (below). Dispatch: (ceil(N / (C*WG)), ceil(M / 32), 1).
-// Bindings: 0 params | 1 A | 2 B | 3 bias | 4 Y | 5 C (read_write) | 6 S (read_write) | 7 M
-// (read_write) | 8 V (read_write); unused inputs are bound to A again and unused outputs to C.
+// Bindings: 0 params | 1 A | 2 B | 3 bias | 4 Y | 5 C (read_write) | 6 S (read_write); unused
+// inputs are bound to A again and an unused S to C.
 
 const COLS_PER_LANE: u32 = 4u;
 const ROWS_PER_BLOCK: u32 = 32u;
@@ -43,19 +31,6 @@ struct Params {
     k: u32,
     k_begin: u32,
     k_end: u32,
-    chunk: u32,     // unused here (the tiled kernels' split-K chunk)
-    // ADAM only: offsets (in vec4s) of the weight and the bias in the flat buffers, and Adam's
-    // hyperparameters as adam4() reads them (optim.wgsl's Params).
-    w_off: u32,
-    b_off: u32,
-    decoupled: u32,
-    lr: f32,
-    b1: f32,
-    b2: f32,
-    eps: f32,
-    wd: f32,
-    bc1: f32,
-    bc2: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -67,13 +42,6 @@ struct Params {
 @group(0) @binding(4) var<storage, read> y4: array<Word4>;
 @group(0) @binding(5) var<storage, read_write> c4: array<Word4>;
 @group(0) @binding(6) var<storage, read_write> colsum: array<f32>;
-@group(0) @binding(7) var<storage, read_write> adam_m4: array<Word4>;
-@group(0) @binding(8) var<storage, read_write> adam_v4: array<Word4>;
-// The same three as Word8s (matmul_subgroup_adam8).
-@group(0) @binding(5) var<storage, read_write> c8: array<Word8>;
-@group(0) @binding(7) var<storage, read_write> adam_m8: array<Word8>;
-@group(0) @binding(8) var<storage, read_write> adam_v8: array<Word8>;
-
 
 // One K step of 4 for a subgroup: every lane adds op(A)[32 rows, k0..k0+3] · op(B)[k0..k0+3, its 4
 // columns] into its 32 row accumulators. C and the bias are addressed as vec4s, so each
@@ -326,257 +294,6 @@ fn matmul_subgroup(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgr
     }
 }
 
-// One K step of 4 for a subgroup: every lane adds op(A)[32 rows, k0..k0+3] · op(B)[k0..k0+3, its 4
-// columns] into its 32 row accumulators. C and the bias are addressed as vec4s, so each
-// accumulator row is one store (the epilogue matters when K is short, as in the weight gradients,
-// K = batch).
-@compute @workgroup_size(WG, 1, 1)
-fn matmul_subgroup_adam8(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
-                   @builtin(subgroup_invocation_id) lane: u32) {
-    let col0 = (wid.x * WG + lid.x) * COLS_PER_LANE;
-    let row0 = wid.y * ROWS_PER_BLOCK;
-    // A subgroup whose lanes all lie past the last column has nothing to store: it leaves at once
-    // (together, so the broadcasts below still see every lane of a subgroup that stays). Narrow
-    // products (N = 20: 5 of a workgroup's 16 lanes) would otherwise compute a whole idle subgroup.
-    if (subgroupAll(col0 >= p.n)) { return; }
-    let qk = p.k / 4u;
-    let qm = p.m / 4u;
-    let qn = p.n / 4u;
-    var acc0_0 = vec4<f32>(0.0);
-    var acc1_0 = vec4<f32>(0.0);
-    var acc2_0 = vec4<f32>(0.0);
-    var acc3_0 = vec4<f32>(0.0);
-    var acc4_0 = vec4<f32>(0.0);
-    var acc5_0 = vec4<f32>(0.0);
-    var acc6_0 = vec4<f32>(0.0);
-    var acc7_0 = vec4<f32>(0.0);
-    var acc8_0 = vec4<f32>(0.0);
-    var acc9_0 = vec4<f32>(0.0);
-    var acc10_0 = vec4<f32>(0.0);
-    var acc11_0 = vec4<f32>(0.0);
-    var acc12_0 = vec4<f32>(0.0);
-    var acc13_0 = vec4<f32>(0.0);
-    var acc14_0 = vec4<f32>(0.0);
-    var acc15_0 = vec4<f32>(0.0);
-    var acc16_0 = vec4<f32>(0.0);
-    var acc17_0 = vec4<f32>(0.0);
-    var acc18_0 = vec4<f32>(0.0);
-    var acc19_0 = vec4<f32>(0.0);
-    var acc20_0 = vec4<f32>(0.0);
-    var acc21_0 = vec4<f32>(0.0);
-    var acc22_0 = vec4<f32>(0.0);
-    var acc23_0 = vec4<f32>(0.0);
-    var acc24_0 = vec4<f32>(0.0);
-    var acc25_0 = vec4<f32>(0.0);
-    var acc26_0 = vec4<f32>(0.0);
-    var acc27_0 = vec4<f32>(0.0);
-    var acc28_0 = vec4<f32>(0.0);
-    var acc29_0 = vec4<f32>(0.0);
-    var acc30_0 = vec4<f32>(0.0);
-    var acc31_0 = vec4<f32>(0.0);
-    // Row sums of op(A) (COLSUM): transposed A, lane l holds rows 4l..4l+3 of each k it loads;
-    // plain A, its rows l + 8i.
-    var rs_t0 = vec4<f32>(0.0);
-    var rs_n0 = 0.0;
-    var rs_n1 = 0.0;
-    var rs_n2 = 0.0;
-    var rs_n3 = 0.0;
-    let row_0 = min(row0 + 0u + lane, p.m - 1u);
-    let row_1 = min(row0 + 8u + lane, p.m - 1u);
-    let row_2 = min(row0 + 16u + lane, p.m - 1u);
-    let row_3 = min(row0 + 24u + lane, p.m - 1u);
-    let cq0 = min(col0 / 4u + 0u, qn - 1u);
-    for (var k0 = p.k_begin; k0 < p.k_end; k0 += 4u) {
-        let kb = k0 / 4u;
-        var a_0: vec4<f32>;
-        var a_1: vec4<f32>;
-        var a_2: vec4<f32>;
-        var a_3: vec4<f32>;
-        if (TA) {
-            a_0 = unword(a4[(k0 + (0u + lane) / 8u) * qm + min(row0 / 4u + (0u + lane) % 8u, qm - 1u)]);
-            a_1 = unword(a4[(k0 + (8u + lane) / 8u) * qm + min(row0 / 4u + (8u + lane) % 8u, qm - 1u)]);
-            a_2 = unword(a4[(k0 + (16u + lane) / 8u) * qm + min(row0 / 4u + (16u + lane) % 8u, qm - 1u)]);
-            a_3 = unword(a4[(k0 + (24u + lane) / 8u) * qm + min(row0 / 4u + (24u + lane) % 8u, qm - 1u)]);
-            if (COLSUM) {
-                rs_t0 += a_0;
-                rs_t0 += a_1;
-                rs_t0 += a_2;
-                rs_t0 += a_3;
-            }
-        } else {
-            a_0 = unword(a4[row_0 * qk + kb]);
-            a_1 = unword(a4[row_1 * qk + kb]);
-            a_2 = unword(a4[row_2 * qk + kb]);
-            a_3 = unword(a4[row_3 * qk + kb]);
-            if (COLSUM) {
-                rs_n0 += dot(a_0, vec4<f32>(1.0));
-                rs_n1 += dot(a_1, vec4<f32>(1.0));
-                rs_n2 += dot(a_2, vec4<f32>(1.0));
-                rs_n3 += dot(a_3, vec4<f32>(1.0));
-            }
-        }
-        let v0 = subgroupBroadcast(a_0, 0u);
-        let v1 = subgroupBroadcast(a_0, 1u);
-        let v2 = subgroupBroadcast(a_0, 2u);
-        let v3 = subgroupBroadcast(a_0, 3u);
-        let v4 = subgroupBroadcast(a_0, 4u);
-        let v5 = subgroupBroadcast(a_0, 5u);
-        let v6 = subgroupBroadcast(a_0, 6u);
-        let v7 = subgroupBroadcast(a_0, 7u);
-        let v8 = subgroupBroadcast(a_1, 0u);
-        let v9 = subgroupBroadcast(a_1, 1u);
-        let v10 = subgroupBroadcast(a_1, 2u);
-        let v11 = subgroupBroadcast(a_1, 3u);
-        let v12 = subgroupBroadcast(a_1, 4u);
-        let v13 = subgroupBroadcast(a_1, 5u);
-        let v14 = subgroupBroadcast(a_1, 6u);
-        let v15 = subgroupBroadcast(a_1, 7u);
-        let v16 = subgroupBroadcast(a_2, 0u);
-        let v17 = subgroupBroadcast(a_2, 1u);
-        let v18 = subgroupBroadcast(a_2, 2u);
-        let v19 = subgroupBroadcast(a_2, 3u);
-        let v20 = subgroupBroadcast(a_2, 4u);
-        let v21 = subgroupBroadcast(a_2, 5u);
-        let v22 = subgroupBroadcast(a_2, 6u);
-        let v23 = subgroupBroadcast(a_2, 7u);
-        let v24 = subgroupBroadcast(a_3, 0u);
-        let v25 = subgroupBroadcast(a_3, 1u);
-        let v26 = subgroupBroadcast(a_3, 2u);
-        let v27 = subgroupBroadcast(a_3, 3u);
-        let v28 = subgroupBroadcast(a_3, 4u);
-        let v29 = subgroupBroadcast(a_3, 5u);
-        let v30 = subgroupBroadcast(a_3, 6u);
-        let v31 = subgroupBroadcast(a_3, 7u);
-        var bm0: mat4x4<f32>;
-        if (TB) {
-            let c0 = min(col0 + 0u, p.n - 1u);
-            bm0 = transpose(mat4x4<f32>(unword(b4[c0 * qk + kb]), unword(b4[min(c0 + 1u, p.n - 1u) * qk + kb]),
-                                       unword(b4[min(c0 + 2u, p.n - 1u) * qk + kb]), unword(b4[min(c0 + 3u, p.n - 1u) * qk + kb])));
-        } else {
-            bm0 = mat4x4<f32>(unword(b4[k0 * qn + cq0]), unword(b4[(k0 + 1u) * qn + cq0]), unword(b4[(k0 + 2u) * qn + cq0]),
-                                unword(b4[(k0 + 3u) * qn + cq0]));
-        }
-        if (TA) {
-            let q0 = transpose(mat4x4<f32>(v0, v8, v16, v24));
-            let q1 = transpose(mat4x4<f32>(v1, v9, v17, v25));
-            let q2 = transpose(mat4x4<f32>(v2, v10, v18, v26));
-            let q3 = transpose(mat4x4<f32>(v3, v11, v19, v27));
-            let q4 = transpose(mat4x4<f32>(v4, v12, v20, v28));
-            let q5 = transpose(mat4x4<f32>(v5, v13, v21, v29));
-            let q6 = transpose(mat4x4<f32>(v6, v14, v22, v30));
-            let q7 = transpose(mat4x4<f32>(v7, v15, v23, v31));
-            acc0_0 += bm0 * q0[0];
-            acc1_0 += bm0 * q0[1];
-            acc2_0 += bm0 * q0[2];
-            acc3_0 += bm0 * q0[3];
-            acc4_0 += bm0 * q1[0];
-            acc5_0 += bm0 * q1[1];
-            acc6_0 += bm0 * q1[2];
-            acc7_0 += bm0 * q1[3];
-            acc8_0 += bm0 * q2[0];
-            acc9_0 += bm0 * q2[1];
-            acc10_0 += bm0 * q2[2];
-            acc11_0 += bm0 * q2[3];
-            acc12_0 += bm0 * q3[0];
-            acc13_0 += bm0 * q3[1];
-            acc14_0 += bm0 * q3[2];
-            acc15_0 += bm0 * q3[3];
-            acc16_0 += bm0 * q4[0];
-            acc17_0 += bm0 * q4[1];
-            acc18_0 += bm0 * q4[2];
-            acc19_0 += bm0 * q4[3];
-            acc20_0 += bm0 * q5[0];
-            acc21_0 += bm0 * q5[1];
-            acc22_0 += bm0 * q5[2];
-            acc23_0 += bm0 * q5[3];
-            acc24_0 += bm0 * q6[0];
-            acc25_0 += bm0 * q6[1];
-            acc26_0 += bm0 * q6[2];
-            acc27_0 += bm0 * q6[3];
-            acc28_0 += bm0 * q7[0];
-            acc29_0 += bm0 * q7[1];
-            acc30_0 += bm0 * q7[2];
-            acc31_0 += bm0 * q7[3];
-        } else {
-            acc0_0 += bm0 * v0;
-            acc1_0 += bm0 * v1;
-            acc2_0 += bm0 * v2;
-            acc3_0 += bm0 * v3;
-            acc4_0 += bm0 * v4;
-            acc5_0 += bm0 * v5;
-            acc6_0 += bm0 * v6;
-            acc7_0 += bm0 * v7;
-            acc8_0 += bm0 * v8;
-            acc9_0 += bm0 * v9;
-            acc10_0 += bm0 * v10;
-            acc11_0 += bm0 * v11;
-            acc12_0 += bm0 * v12;
-            acc13_0 += bm0 * v13;
-            acc14_0 += bm0 * v14;
-            acc15_0 += bm0 * v15;
-            acc16_0 += bm0 * v16;
-            acc17_0 += bm0 * v17;
-            acc18_0 += bm0 * v18;
-            acc19_0 += bm0 * v19;
-            acc20_0 += bm0 * v20;
-            acc21_0 += bm0 * v21;
-            acc22_0 += bm0 * v22;
-            acc23_0 += bm0 * v23;
-            acc24_0 += bm0 * v24;
-            acc25_0 += bm0 * v25;
-            acc26_0 += bm0 * v26;
-            acc27_0 += bm0 * v27;
-            acc28_0 += bm0 * v28;
-            acc29_0 += bm0 * v29;
-            acc30_0 += bm0 * v30;
-            acc31_0 += bm0 * v31;
-        }
-    }
-    // Lane pairs (2l, 2l+1) own columns c .. c+7: the even lane updates rows r, the odd lane
-    // rows r+1, each with the half it gets from its neighbour.
-    let odd = (lane & 1u) == 1u;
-    let row_off = select(0u, 1u, odd);
-    let c8_0 = col0 - 4u * row_off;
-    let got0 = subgroupShuffleXor(select(acc1_0, acc0_0, odd), 1u);
-    adam8_at(row0 + 0u + row_off, c8_0, select(acc0_0, got0, odd), select(got0, acc1_0, odd));
-    let got2 = subgroupShuffleXor(select(acc3_0, acc2_0, odd), 1u);
-    adam8_at(row0 + 2u + row_off, c8_0, select(acc2_0, got2, odd), select(got2, acc3_0, odd));
-    let got4 = subgroupShuffleXor(select(acc5_0, acc4_0, odd), 1u);
-    adam8_at(row0 + 4u + row_off, c8_0, select(acc4_0, got4, odd), select(got4, acc5_0, odd));
-    let got6 = subgroupShuffleXor(select(acc7_0, acc6_0, odd), 1u);
-    adam8_at(row0 + 6u + row_off, c8_0, select(acc6_0, got6, odd), select(got6, acc7_0, odd));
-    let got8 = subgroupShuffleXor(select(acc9_0, acc8_0, odd), 1u);
-    adam8_at(row0 + 8u + row_off, c8_0, select(acc8_0, got8, odd), select(got8, acc9_0, odd));
-    let got10 = subgroupShuffleXor(select(acc11_0, acc10_0, odd), 1u);
-    adam8_at(row0 + 10u + row_off, c8_0, select(acc10_0, got10, odd), select(got10, acc11_0, odd));
-    let got12 = subgroupShuffleXor(select(acc13_0, acc12_0, odd), 1u);
-    adam8_at(row0 + 12u + row_off, c8_0, select(acc12_0, got12, odd), select(got12, acc13_0, odd));
-    let got14 = subgroupShuffleXor(select(acc15_0, acc14_0, odd), 1u);
-    adam8_at(row0 + 14u + row_off, c8_0, select(acc14_0, got14, odd), select(got14, acc15_0, odd));
-    let got16 = subgroupShuffleXor(select(acc17_0, acc16_0, odd), 1u);
-    adam8_at(row0 + 16u + row_off, c8_0, select(acc16_0, got16, odd), select(got16, acc17_0, odd));
-    let got18 = subgroupShuffleXor(select(acc19_0, acc18_0, odd), 1u);
-    adam8_at(row0 + 18u + row_off, c8_0, select(acc18_0, got18, odd), select(got18, acc19_0, odd));
-    let got20 = subgroupShuffleXor(select(acc21_0, acc20_0, odd), 1u);
-    adam8_at(row0 + 20u + row_off, c8_0, select(acc20_0, got20, odd), select(got20, acc21_0, odd));
-    let got22 = subgroupShuffleXor(select(acc23_0, acc22_0, odd), 1u);
-    adam8_at(row0 + 22u + row_off, c8_0, select(acc22_0, got22, odd), select(got22, acc23_0, odd));
-    let got24 = subgroupShuffleXor(select(acc25_0, acc24_0, odd), 1u);
-    adam8_at(row0 + 24u + row_off, c8_0, select(acc24_0, got24, odd), select(got24, acc25_0, odd));
-    let got26 = subgroupShuffleXor(select(acc27_0, acc26_0, odd), 1u);
-    adam8_at(row0 + 26u + row_off, c8_0, select(acc26_0, got26, odd), select(got26, acc27_0, odd));
-    let got28 = subgroupShuffleXor(select(acc29_0, acc28_0, odd), 1u);
-    adam8_at(row0 + 28u + row_off, c8_0, select(acc28_0, got28, odd), select(got28, acc29_0, odd));
-    let got30 = subgroupShuffleXor(select(acc31_0, acc30_0, odd), 1u);
-    adam8_at(row0 + 30u + row_off, c8_0, select(acc30_0, got30, odd), select(got30, acc31_0, odd));
-    // The bias: lane l of the first subgroup holds rows 4l .. 4l+3; even lanes update eight.
-    if (COLSUM && wid.x == 0u && lid.x < 8u) {
-        let got = subgroupShuffleXor(rs_t0, 1u);
-        let r0 = row0 + 4u * lane;
-        if (!odd && r0 < p.m) { adam8_update(p.b_off / 2u + r0 / 8u, rs_t0, got); }
-    }
-}
-
 fn act_grad4(y: vec4<f32>) -> vec4<f32> {
     return vec4<f32>(act_grad_from_y(GRAD_ACT, GRAD_ALPHA, y.x), act_grad_from_y(GRAD_ACT, GRAD_ALPHA, y.y),
                      act_grad_from_y(GRAD_ACT, GRAD_ALPHA, y.z), act_grad_from_y(GRAD_ACT, GRAD_ALPHA, y.w));
@@ -587,49 +304,12 @@ fn store_colsum(r: u32, v: f32) {
     if (ACCUM) { colsum[r] = colsum[r] + v; } else { colsum[r] = v; }
 }
 
-// ADAM: one Adam update of the four parameters at vec4 index i of the flat buffers, g their
-// gradient.
-fn adam_at(i: u32, g: vec4<f32>) {
-    let r = adam4(unword(c4[i]), g, unword(adam_m4[i]), unword(adam_v4[i]));
-    adam_m4[i] = word(r[1]);
-    adam_v4[i] = word(r[2]);
-    c4[i] = word(r[0]);
-}
-
-// matmul_subgroup_adam8: the update of the eight parameters of row `row`, columns c0 .. c0+7
-// (c0 % 8 == 0) with their gradient (lo, hi).
-fn adam8_at(row: u32, c0: u32, lo: vec4<f32>, hi: vec4<f32>) {
-    if (row >= p.m || c0 >= p.n) { return; }
-    adam8_update(p.w_off / 2u + (row * p.n + c0) / 8u, lo, hi);
-}
-
-// The update of the eight parameters at Word8 index i of the flat buffers.
-fn adam8_update(i: u32, lo: vec4<f32>, hi: vec4<f32>) {
-    let w = unword8(c8[i]);
-    let m = unword8(adam_m8[i]);
-    let v = unword8(adam_v8[i]);
-    let a = adam4(w[0], lo, m[0], v[0]);
-    let b = adam4(w[1], hi, m[1], v[1]);
-    adam_m8[i] = word8(mat2x4<f32>(a[1], b[1]));
-    adam_v8[i] = word8(mat2x4<f32>(a[2], b[2]));
-    c8[i] = word8(mat2x4<f32>(a[0], b[0]));
-}
-
 fn store_colsum4(r0: u32, v: vec4<f32>) {
-    // r0 % 4 == 0 and M % 4 == 0 (TA), so the four rows are all in range or all out.
-    if (ADAM) {
-        if (r0 < p.m) { adam_at(p.b_off + r0 / 4u, v); }
-        return;
-    }
     for (var j = 0u; j < 4u; j++) { store_colsum(r0 + j, v[j]); }
 }
 
 fn store_v4(row: u32, col0: u32, v: vec4<f32>) {
     if (row >= p.m || col0 >= p.n) { return; }
-    if (ADAM) {
-        adam_at(p.w_off + (row * p.n + col0) / 4u, v);
-        return;
-    }
     let i = (row * p.n + col0) / 4u;
     var x = v;
     if (ACCUM) { x = x + unword(c4[i]); }

@@ -56,8 +56,20 @@ fn adam_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
 @group(0) @binding(3) var<storage, read_write> m14: array<Word4>;
 @group(0) @binding(4) var<storage, read_write> m24: array<Word4>;
 
-// adam4() (the update of four elements) is in adam.wgsl, prepended by the host: the
-// weight-gradient matmul's fused update (matmul_subgroup with ADAM) calls the same function.
+// Adam/AdamW on four elements (w, g, m, v): the new (w, m, v) as the columns of a mat3x4. The
+// vec4 and the 8-wide kernels both call it, so they compute the same bits.
+fn adam4(w0: vec4<f32>, g0: vec4<f32>, m0: vec4<f32>, v0: vec4<f32>) -> mat3x4<f32> {
+    var w = w0;
+    var g = g0;
+    if (p.decoupled == 1u) {
+        w = w - p.lr * p.wd * w;
+    } else {
+        g = g + p.wd * w;
+    }
+    let m = p.b1 * m0 + (1.0 - p.b1) * g;
+    let v = p.b2 * v0 + (1.0 - p.b2) * g * g;
+    return mat3x4<f32>(w - p.lr * (m / p.bc1) / (sqrt(v / p.bc2) + p.eps), m, v);
+}
 
 @compute @workgroup_size(256)
 fn adam_step4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {

@@ -190,16 +190,11 @@ impl StepBench {
         let xv = tape.input(self.x.clone());
         let out = self.vae.forward(&mut tape, xv, Noise { seed: 1, step: self.step, stream: 0 })?;
         let loss = self.vae.loss(&mut tape, &out, &self.x, 1.0)?;
-        let params = self.vae.params();
-        if part == StepPart::Full {
-            // As the trainer does: Adam inside the weight-gradient kernels where it can be.
-            self.opt.offer_fused(&mut tape, &params)?;
-        }
         if part != StepPart::Forward {
             tape.backward(loss.total)?;
         }
         if part == StepPart::Full {
-            self.opt.step(&mut tape, &params)?;
+            self.opt.step(&mut tape, &self.vae.params())?;
         }
         tape.submit()?;
         self.step += 1;

@@ -184,29 +184,6 @@ pub struct Tape {
     /// Small buffers bound in place of output slots a kernel leaves unused (see
     /// [`Tape::dispatch`]).
     spares: Vec<Tensor>,
-    /// The optimizer update that backward rules may fuse into their gradient kernels this step
-    /// (see [`Tape::set_fused_update`]).
-    fused: Option<FusedUpdate>,
-    /// Keys of the parameters a backward rule has updated that way.
-    updated: Vec<u64>,
-}
-
-/// An Adam update of packed parameters ([`crate::nn::pack`]) offered to this step's backward
-/// rules: a rule whose kernel produces a parameter's whole gradient may apply the update in that
-/// kernel instead of storing the gradient (`linear`'s weight-gradient product on CPU adapters),
-/// and then calls [`Tape::mark_updated`]; the optimizer updates the others as usual.
-#[derive(Clone, Debug)]
-pub struct FusedUpdate {
-    /// The store's flat values.
-    pub values: Tensor,
-    /// The store's flat first moments.
-    pub m: Tensor,
-    /// The store's flat second moments.
-    pub v: Tensor,
-    /// Each member parameter's start (elements) in the flat buffers, by parameter key.
-    pub starts: HashMap<u64, usize>,
-    /// The update's hyperparameters.
-    pub hyper: crate::ops::matmul::AdamHyper,
 }
 
 impl Tape {
@@ -226,8 +203,6 @@ impl Tape {
             seed: None,
             dests: HashMap::new(),
             spares: Vec::new(),
-            fused: None,
-            updated: Vec::new(),
         }
     }
 
@@ -276,8 +251,6 @@ impl Tape {
         self.params.clear();
         self.dests.clear();
         self.seed = None;
-        self.fused = None;
-        self.updated.clear();
     }
 
     // ---------------------------------------------------------------- recording GPU work
@@ -621,49 +594,6 @@ impl Tape {
             Some(None) => self.dests.get(&v.0).cloned(),
             _ => None,
         }
-    }
-
-    /// Offers `update` to this step's backward rules (see [`FusedUpdate`]); call it before
-    /// [`Tape::backward`]. `None` withdraws it.
-    pub fn set_fused_update(&mut self, update: Option<FusedUpdate>) {
-        self.fused = update;
-        self.updated.clear();
-    }
-
-    /// The update offered by [`Tape::set_fused_update`], if any.
-    pub fn fused_update(&self) -> Option<&FusedUpdate> {
-        self.fused.as_ref()
-    }
-
-    /// Withdraws the offered update and returns it (the optimizer, after backward); which
-    /// parameters were updated stays known ([`Tape::was_updated`]) until the graph is cleared.
-    pub fn take_fused_update(&mut self) -> Option<FusedUpdate> {
-        self.fused.take()
-    }
-
-    /// The fused update a backward rule may apply to the parameter `v`, with `v`'s start in its
-    /// flat buffers: when one is offered, `v` is a member, this op is its only use (so this
-    /// rule's gradient is its whole gradient) and no gradient has reached it yet.
-    pub fn fused_update_for(&self, v: Var) -> Option<(&FusedUpdate, usize)> {
-        let f = self.fused.as_ref()?;
-        let key = self.params.iter().find(|(_, &pv)| pv == v).map(|(&k, _)| k)?;
-        let start = *f.starts.get(&key)?;
-        let e = &self.vars[v.0];
-        (e.uses == 1 && e.requires_grad && self.grads[v.0].is_none()).then_some((f, start))
-    }
-
-    /// Records that a backward rule applied the fused update to the parameter `v` (it then
-    /// returns no gradient for it).
-    pub fn mark_updated(&mut self, v: Var) {
-        if let Some((&key, _)) = self.params.iter().find(|(_, &pv)| pv == v) {
-            self.updated.push(key);
-        }
-    }
-
-    /// Whether a backward rule of this step applied the fused update to the parameter with key
-    /// `key` (its id).
-    pub fn was_updated(&self, key: u64) -> bool {
-        self.updated.contains(&key)
     }
 
     /// The value of `v`.

@@ -591,12 +591,8 @@ impl Trainer {
         let (rs, ks) = self.opts.objective.scales(self.step, bs, cfg.input_dim, cfg.latent);
         let acc = Some((&e.acc_recon, &e.acc_kl));
         let loss = self.vae.objective_loss_acc(&mut tape, &out, &x, rs, ks, self.opts.objective.free_bits, acc)?;
-        // Adam runs inside the weight-gradient kernels where the device allows (CPU adapters),
-        // and as its own dispatch for the rest.
-        let params = self.vae.params();
-        self.opt.offer_fused(&mut tape, &params)?;
         tape.backward(loss.total)?;
-        self.opt.step(&mut tape, &params)?;
+        self.opt.step(&mut tape, &self.vae.params())?;
 
         let reads = if report { Some((tape.read(&e.acc_recon)?, tape.read(&e.acc_kl)?)) } else { None };
         self.step += 1;

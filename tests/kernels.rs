@@ -100,7 +100,7 @@ fn matmul_epilogue_activation_derivative_and_row_sums_every_variant() {
                     let y = pre.map(|x| act_fwd(act, x));
                     let mut tape = Tape::no_grad(gpu());
                     let sums = wgvae::Tensor::empty(gpu(), 1, m).unwrap();
-                    let ep = Epilogue { grad_act: Some((act, y.upload())), row_sums: Some(sums.clone()), adam: None };
+                    let ep = Epilogue { grad_act: Some((act, y.upload())), row_sums: Some(sums.clone()) };
                     let o = MatmulOpts::nn().trans(ta, tb).variant(v);
                     let c = matmul_fused(&mut tape, &a.upload(), &b.upload(), None, None, o, ep).unwrap();
                     tape.submit().unwrap();
@@ -314,7 +314,7 @@ fn subgroup_products(g: &wgvae::Gpu, m: usize, k: usize, n: usize, ta: bool, tb:
     let acc = c0.upload_to(g);
     matmul_accumulate(&mut tape, &at, &bt, &acc, o).unwrap();
     let sums = wgvae::Tensor::empty(g, 1, m).unwrap();
-    let ep = Epilogue { grad_act: Some((Act::Tanh, y.upload_to(g))), row_sums: Some(sums.clone()), adam: None };
+    let ep = Epilogue { grad_act: Some((Act::Tanh, y.upload_to(g))), row_sums: Some(sums.clone()) };
     let bwd = matmul_fused(&mut tape, &at, &bt, None, None, o, ep).unwrap();
     tape.submit().unwrap();
     assert_ran(&tape, "matmul_subgroup", &format!("subgroup {m}x{k}x{n} ta={ta} tb={tb}"));

@@ -103,7 +103,7 @@ fn tiled_matmul_every_tile_with_bias_activation_derivative_and_row_sums() {
             let pre = Mat::rand(m, n, -2.0, 2.0, seed + 4);
             let yact = pre.map(|v| act_fwd(act, v));
             let sums = wgvae::Tensor::empty(gpu(), 1, m).unwrap();
-            let ep = Epilogue { grad_act: Some((act, yact.upload())), row_sums: Some(sums.clone()), adam: None };
+            let ep = Epilogue { grad_act: Some((act, yact.upload())), row_sums: Some(sums.clone()) };
             let b2 = Mat::rand(k, n, -1.0, 1.0, seed + 5);
             let o2 = MatmulOpts::nn().trans(true, false).tile(tile);
             let c = matmul_fused(&mut tape, &g.upload(), &b2.upload(), None, None, o2, ep).unwrap();

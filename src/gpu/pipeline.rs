@@ -96,22 +96,20 @@ impl Module {
         const CONV: &str = include_str!("../../shaders/conv.wgsl");
         const MATMUL_SUBGROUP: &str = include_str!("../../shaders/matmul_subgroup.wgsl");
         const OPTIM: &str = include_str!("../../shaders/optim.wgsl");
-        // Adam's update of four elements: Optim's kernels and the subgroup matmul's fused update.
-        const ADAM: &str = include_str!("../../shaders/adam.wgsl");
         const VAE_FUSED: &str = include_str!("../../shaders/vae_fused.wgsl");
         const DATA: &str = include_str!("../../shaders/data.wgsl");
         match self {
             Module::Matmul => &[include_str!("../../shaders/matmul.wgsl")],
-            Module::MatmulSubgroup(Words::F32) => &[WORDS_F32, ADAM, MATMUL_SUBGROUP],
-            Module::MatmulSubgroup(Words::U64) => &[WORDS_U64, ADAM, MATMUL_SUBGROUP],
+            Module::MatmulSubgroup(Words::F32) => &[WORDS_F32, MATMUL_SUBGROUP],
+            Module::MatmulSubgroup(Words::U64) => &[WORDS_U64, MATMUL_SUBGROUP],
             Module::Elementwise => &[include_str!("../../shaders/elementwise.wgsl")],
             Module::Reduce => &[include_str!("../../shaders/reduce.wgsl")],
             Module::Random => &[include_str!("../../shaders/random.wgsl")],
             Module::Vae => &[include_str!("../../shaders/vae.wgsl")],
             Module::VaeFused(Words::F32) => &[WORDS_F32, VAE_FUSED],
             Module::VaeFused(Words::U64) => &[WORDS_U64, VAE_FUSED],
-            Module::Optim(Words::F32) => &[WORDS_F32, ADAM, OPTIM],
-            Module::Optim(Words::U64) => &[WORDS_U64, ADAM, OPTIM],
+            Module::Optim(Words::F32) => &[WORDS_F32, OPTIM],
+            Module::Optim(Words::U64) => &[WORDS_U64, OPTIM],
             Module::Data(Words::F32) => &[WORDS_F32, DATA],
             Module::Data(Words::U64) => &[WORDS_U64, DATA],
             Module::BatchNorm => &[include_str!("../../shaders/batchnorm.wgsl")],

@@ -10,8 +10,7 @@ use crate::error::{Error, Result};
 use crate::gpu::pipeline::{KernelKey, Module};
 use crate::gpu::Words;
 use crate::ops::grid_1d;
-use crate::ops::matmul::AdamHyper;
-use crate::tape::{FusedUpdate, Params, Tape};
+use crate::tape::{Params, Tape};
 use crate::tensor::Tensor;
 
 /// Adam (Kingma & Ba) with PyTorch's defaults; `decoupled` makes it AdamW (Loshchilov & Hutter).
@@ -31,10 +30,6 @@ pub struct Adam {
     pub decoupled: bool,
     /// Updates taken so far (bias correction uses it).
     pub t: u64,
-    /// Let [`Adam::offer_fused`] hand the update to the backward pass, which applies it inside
-    /// the weight-gradient kernels where the device's kernel can (CPU adapters; the same bits).
-    /// On by default; off, every parameter is updated by [`Optimizer::step`]'s own dispatch.
-    pub fuse: bool,
     /// (m, v) per parameter id; for packed parameters, views of the store's flat moments.
     state: HashMap<u64, (Tensor, Tensor)>,
     /// Flat (m, v) per parameter store (see [`crate::nn::pack`]).
@@ -55,7 +50,6 @@ impl Adam {
             weight_decay: 0.0,
             decoupled: false,
             t: 0,
-            fuse: true,
             state: HashMap::new(),
             flat: HashMap::new(),
         })
@@ -138,66 +132,28 @@ fn wide_entry(words: Words, n: usize) -> (&'static str, usize) {
     }
 }
 
-impl Adam {
-    /// The hyperparameters of update number `self.t`.
-    fn hyper(&self) -> AdamHyper {
-        let bc1 = 1.0 - (self.beta1 as f64).powf(self.t as f64);
-        let bc2 = 1.0 - (self.beta2 as f64).powf(self.t as f64);
-        AdamHyper {
-            decoupled: self.decoupled,
-            lr: self.lr,
-            b1: self.beta1,
-            b2: self.beta2,
-            eps: self.eps,
-            wd: self.weight_decay,
-            bc1: bc1 as f32,
-            bc2: bc2 as f32,
-        }
-    }
-
-    /// Offers this step's update of `params` (packed into one store) to the backward pass about
-    /// to be recorded on `tape` ([`crate::tape::FusedUpdate`]): call it before
-    /// [`Tape::backward`], then [`Optimizer::step`] as usual, which updates the parameters that
-    /// backward did not. Nothing is offered when [`Adam::fuse`] is off or the parameters are not
-    /// one store's members; [`Optimizer::step`] then does the whole update.
-    pub fn offer_fused(&mut self, tape: &mut Tape, params: &[&Param]) -> Result<()> {
-        if !self.fuse || tape.fused_update().is_some() {
-            return Ok(());
-        }
-        let Some(store) = params.first().and_then(|p| p.store()).cloned() else { return Ok(()) };
-        if params.len() != store.len() || !params.iter().all(|p| p.store().is_some_and(|s| Arc::ptr_eq(s, &store))) {
-            return Ok(());
-        }
-        let gpu = tape.gpu().clone();
-        let mut starts = HashMap::new();
-        for p in params {
-            self.moments_of(&gpu, p)?;
-            let (start, _) = store.slot(p.id()).ok_or_else(|| Error::arg("Adam", "parameter not in its store"))?;
-            starts.insert(p.id(), start);
-        }
-        let (m, v) = self.flat_moments(&gpu, &store)?;
-        self.t += 1;
-        let hyper = self.hyper();
-        tape.set_fused_update(Some(FusedUpdate { values: store.values.clone(), m, v, starts, hyper }));
-        Ok(())
-    }
-}
-
 impl Optimizer for Adam {
     /// One update of every parameter that has a gradient on `tape`. Parameters packed into one
     /// store ([`crate::nn::pack`]) are updated by ONE dispatch over the store when all of them
     /// are being updated and their gradients are in the store's gradient buffer (as backward
-    /// leaves them); others one dispatch each. After [`Adam::offer_fused`], the parameters the
-    /// backward pass updated itself are skipped (and `t` is not advanced again).
+    /// leaves them); others one dispatch each.
     fn step(&mut self, tape: &mut Tape, params: &[&Param]) -> Result<()> {
-        // An update offered to this tape's backward already advanced `t`.
-        let mut done: Vec<u64> = params.iter().map(|p| p.id()).filter(|&id| tape.was_updated(id)).collect();
-        if tape.take_fused_update().is_none() {
-            self.t += 1;
-        }
-        let block = self.hyper().push(Params::new().u(0));
+        self.t += 1;
+        let bc1 = 1.0 - (self.beta1 as f64).powf(self.t as f64);
+        let bc2 = 1.0 - (self.beta2 as f64).powf(self.t as f64);
+        let block = Params::new()
+            .u(0)
+            .u(self.decoupled as u32)
+            .f(self.lr)
+            .f(self.beta1)
+            .f(self.beta2)
+            .f(self.eps)
+            .f(self.weight_decay)
+            .f(bc1 as f32)
+            .f(bc2 as f32);
         let gpu = tape.gpu().clone();
-        if let Some(store) = params.first().and_then(|p| p.store()).cloned().filter(|_| done.is_empty()) {
+        let mut done: Vec<u64> = Vec::new();
+        if let Some(store) = params.first().and_then(|p| p.store()).cloned() {
             let members: Vec<&&Param> =
                 params.iter().filter(|p| p.store().is_some_and(|s| Arc::ptr_eq(s, &store))).collect();
             let in_place = members.iter().all(|p| match (p.grad(tape), p.grad_view()) {

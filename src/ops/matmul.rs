@@ -129,38 +129,31 @@ fn launch(
             return Err(Error::shape("matmul", format!("row sums are {:?}, expected {m} values", s.shape())));
         }
     }
-    let (variant, tile) = choose(tape, m, k, n, o);
+    let (variant, tile) = match o.variant {
+        Some(v) => (v, o.tile.unwrap_or(TileConfig::DEFAULT)),
+        None => match tape.gpu().matmul_plan().and_then(|p| p.choose(m, k, n)) {
+            Some(c) => (c.variant, c.tile),
+            None => (tape.gpu().matmul_variant(), TileConfig::DEFAULT),
+        },
+    };
     tape.gpu().check_variant(variant)?;
     // The register kernels share the tiled kernel's module: they get the default tile, so one
     // compiled module serves them whatever tile the tiled kernel uses.
     let tile = if variant == MatmulVariant::Tiled { tile } else { TileConfig::DEFAULT };
     tile.check(tape.gpu().limits().max_compute_workgroup_storage_size)?;
     let aligned = vec4_aligned(m, k, n, o.trans_a, o.trans_b);
-    let subgroup = subgroup_takes(variant, m, k, n, o);
-    if let Some(f) = &ep.adam {
-        let fusable = subgroup && o.trans_a && !o.trans_b && k <= K_SLICE && !accum;
-        if !fusable || bias.is_some() || o.act != Act::Identity || ep.grad_act.is_some() {
-            return Err(Error::arg("matmul", "a fused Adam update needs the subgroup kernel's plain dYᵀ·X product"));
-        }
-        f.check(m, n, ep.row_sums.is_some())?;
-    }
     // (entry, module, rows per workgroup, columns per workgroup)
     let (entry, module, rows, cols) = match variant {
         MatmulVariant::Tiled => (tile.entry(aligned), Module::Matmul, tile.m as usize, tile.n as usize),
         // The subgroup kernel also stores C (and reads the bias) as vec4s: N % 4 == 0. Other
         // shapes take the register kernels (documented on MatmulVariant::Subgroup).
-        MatmulVariant::Subgroup if subgroup => {
+        MatmulVariant::Subgroup if aligned && n.is_multiple_of(4) => {
             ("matmul_subgroup", Module::MatmulSubgroup(tape.gpu().words()), 32, 4 * REG_WG)
         }
         MatmulVariant::Register | MatmulVariant::Subgroup if aligned => {
             ("matmul_register4", Module::Matmul, REG_RM, REG4_CN * REG_WG)
         }
         MatmulVariant::Register | MatmulVariant::Subgroup => ("matmul_register", Module::Matmul, REG_RM, 4 * REG_WG),
-    };
-    // A fused Adam update through whole Word8s where the shapes and starts allow (see the kernel).
-    let entry = match &ep.adam {
-        Some(f) if f.word8(m, n) => "matmul_subgroup_adam8",
-        _ => entry,
     };
     let groups = [n.div_ceil(cols) as u32, m.div_ceil(rows) as u32, 1];
     let layout = format!("{}{}", if o.trans_a { "T" } else { "N" }, if o.trans_b { "T" } else { "N" });
@@ -182,9 +175,6 @@ fn launch(
             ("GRAD_ACT", format!("{}u", grad_act.id())),
             ("GRAD_ALPHA", super::wgsl_f32(grad_act.alpha())),
         ];
-        if matches!(module, Module::MatmulSubgroup(_)) {
-            d.push(("ADAM", ep.adam.is_some().to_string()));
-        }
         d.extend(act.defines());
         d
     };
@@ -222,17 +212,6 @@ fn launch(
         let sums = ep.row_sums.as_ref().unwrap_or(c);
         let epilogue = defines(slice_bias.is_some(), accum_slice, slice_act, grad_act);
         let key = |entry, defines| KernelKey { module, entry, defines, inputs: 4, outputs: 2 };
-        if let Module::MatmulSubgroup(_) = module {
-            // Two more outputs, the flat moments of a fused Adam update (C again otherwise).
-            let key = KernelKey { module, entry, defines: epilogue, inputs: 4, outputs: 4 };
-            let (params, bufs) = match &ep.adam {
-                Some(f) => (f.params(params()), [a, b, a, a, &f.values, &f.values, &f.m, &f.v]),
-                None => (params(), [a, b, slice_bias.unwrap_or(a), y, c, sums, c, c]),
-            };
-            let extra = if ep.adam.is_some() { " +adam".to_string() } else { String::new() };
-            tape.dispatch_labeled(&key, params, &bufs, groups, label(entry, extra))?;
-            continue;
-        }
         if parts == 1 {
             let bufs = [a, b, slice_bias.unwrap_or(a), y, c, sums];
             tape.dispatch_labeled(&key(entry, epilogue), params(), &bufs, groups, label(entry, String::new()))?;
@@ -255,117 +234,6 @@ fn launch(
     Ok(())
 }
 
-/// The variant and tile a product of these dimensions runs with: `o`'s forced variant, else the
-/// device's measured plan, else its default.
-fn choose(tape: &Tape, m: usize, k: usize, n: usize, o: MatmulOpts) -> (MatmulVariant, TileConfig) {
-    match o.variant {
-        Some(v) => (v, o.tile.unwrap_or(TileConfig::DEFAULT)),
-        None => match tape.gpu().matmul_plan().and_then(|p| p.choose(m, k, n)) {
-            Some(c) => (c.variant, c.tile),
-            None => (tape.gpu().matmul_variant(), TileConfig::DEFAULT),
-        },
-    }
-}
-
-/// Whether `variant` runs this product with the `matmul_subgroup` kernel (vec4 loads of both
-/// operands and of C: the shapes of [`vec4_aligned`] and N % 4 == 0).
-fn subgroup_takes(variant: MatmulVariant, m: usize, k: usize, n: usize, o: MatmulOpts) -> bool {
-    variant == MatmulVariant::Subgroup && vec4_aligned(m, k, n, o.trans_a, o.trans_b) && n.is_multiple_of(4)
-}
-
-/// Whether the weight gradient op(A)ᵀ·B = `a`ᵀ·`b` (plain layouts, options `o` otherwise) can
-/// carry a fused Adam update ([`Epilogue::adam`]) on this device: it runs with the `subgroup`
-/// kernel (CPU adapters) in one K slice.
-pub fn can_fuse_adam(tape: &Tape, a: &Tensor, b: &Tensor, o: MatmulOpts) -> bool {
-    let o = o.trans(true, false);
-    let Ok((m, k, n)) = matmul_dims(a, b, true, false) else { return false };
-    let (variant, _) = choose(tape, m, k, n, o);
-    o.act == Act::Identity
-        && k <= K_SLICE
-        && subgroup_takes(variant, m, k, n, o)
-        && tape.gpu().check_variant(variant).is_ok()
-}
-
-/// Adam's hyperparameters for one update, as the kernels read them (`shaders/adam.wgsl`).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct AdamHyper {
-    /// AdamW (decoupled weight decay) rather than Adam's L2 term.
-    pub decoupled: bool,
-    /// Learning rate.
-    pub lr: f32,
-    /// First-moment decay.
-    pub b1: f32,
-    /// Second-moment decay.
-    pub b2: f32,
-    /// Denominator epsilon.
-    pub eps: f32,
-    /// Weight decay.
-    pub wd: f32,
-    /// Bias corrections 1 - b1^t and 1 - b2^t of this update's step t.
-    pub bc1: f32,
-    /// See `bc1`.
-    pub bc2: f32,
-}
-
-impl AdamHyper {
-    /// Appends the eight words `decoupled, lr, b1, b2, eps, wd, bc1, bc2` to `p`.
-    pub(crate) fn push(&self, p: Params) -> Params {
-        p.u(self.decoupled as u32).f(self.lr).f(self.b1).f(self.b2).f(self.eps).f(self.wd).f(self.bc1).f(self.bc2)
-    }
-}
-
-/// An Adam update fused into the weight-gradient product (`matmul_subgroup` with ADAM): the
-/// product dW\[M,N\] (and, with row sums, db\[M\]) updates the packed parameters at
-/// `w_start` (and `b_start`) of the flat `values`, with the flat moments `m` and `v`, instead of
-/// being stored. Starts are in elements and multiples of 4.
-#[derive(Clone, Debug)]
-pub struct FusedAdam {
-    /// The parameter store's flat values.
-    pub values: Tensor,
-    /// Its flat first moments.
-    pub m: Tensor,
-    /// Its flat second moments.
-    pub v: Tensor,
-    /// Element of `values` where the weight \[M,N\] starts.
-    pub w_start: usize,
-    /// Element where the bias \[M\] starts, when the product's row sums (its gradient) update it.
-    pub b_start: Option<usize>,
-    /// This update's hyperparameters.
-    pub hyper: AdamHyper,
-}
-
-impl FusedAdam {
-    fn check(&self, m: usize, n: usize, row_sums: bool) -> Result<()> {
-        let len = self.values.len();
-        let fits = |start: usize, count: usize| start.is_multiple_of(4) && start + count <= len;
-        let ok = self.m.len() == len
-            && self.v.len() == len
-            && fits(self.w_start, m * n)
-            && row_sums == self.b_start.is_some()
-            && self.b_start.is_none_or(|b| fits(b, m));
-        if !ok {
-            return Err(Error::arg(
-                "matmul",
-                format!("a fused Adam update of a {m}x{n} weight does not fit its store"),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Whether `matmul_subgroup_adam8` can update this \[M,N\] weight (and its bias): rows and
-    /// columns in whole Word8s.
-    fn word8(&self, m: usize, n: usize) -> bool {
-        m.is_multiple_of(8)
-            && n.is_multiple_of(8)
-            && self.w_start.is_multiple_of(8)
-            && self.b_start.is_none_or(|b| b.is_multiple_of(8))
-    }
-
-    fn params(&self, p: Params) -> Params {
-        self.hyper.push(p.u((self.w_start / 4) as u32).u((self.b_start.unwrap_or(0) / 4) as u32))
-    }
-}
-
 /// What a matmul's epilogue may do besides bias and activation (see `shaders/matmul.wgsl`).
 #[derive(Clone, Debug, Default)]
 pub struct Epilogue {
@@ -375,9 +243,6 @@ pub struct Epilogue {
     /// Also write the row sums of op(A) (M values; added to them when accumulating): the bias
     /// gradient, next to the weight gradient dW = dYᵀ·X.
     pub row_sums: Option<Tensor>,
-    /// Update parameters with Adam instead of storing the product (and the row sums): see
-    /// [`FusedAdam`] and [`can_fuse_adam`]. C and the row sums are then only checked for shape.
-    pub adam: Option<FusedAdam>,
 }
 
 /// C = act(op(A)·op(B) + bias) into a new tensor.
@@ -496,7 +361,7 @@ pub fn linear(tape: &mut Tape, x: Var, w: Var, b: Option<Var>, act: Act) -> Resu
         let plain = MatmulOpts::nn();
         let dx = if needs[0] {
             let ep = match t.fusable_activation(x) {
-                Some(a) => Epilogue { grad_act: Some((Act::from_tag(a), xv.clone())), ..Epilogue::default() },
+                Some(a) => Epilogue { grad_act: Some((Act::from_tag(a), xv.clone())), row_sums: None },
                 None => Epilogue::default(),
             };
             let fused = ep.grad_act.is_some();
@@ -510,37 +375,6 @@ pub fn linear(tape: &mut Tape, x: Var, w: Var, b: Option<Var>, act: Act) -> Resu
         };
         let need_db = needs.len() > 2 && needs[2];
         let dw_needed = needs[1];
-        // Adam fused into the weight-gradient product (CPU adapters): the weight, and the bias
-        // with it, are updated in that kernel and get no gradient.
-        let fused = dw_needed.then(|| t.fused_update_for(w)).flatten().and_then(|(f, w_start)| {
-            // A bias that needs a gradient is updated with the weight, or neither is.
-            let b_start = match (b, need_db) {
-                (Some(b), true) => Some(t.fused_update_for(b)?.1),
-                _ => None,
-            };
-            can_fuse_adam(t, &g, &xv, plain).then(|| FusedAdam {
-                values: f.values.clone(),
-                m: f.m.clone(),
-                v: f.v.clone(),
-                w_start,
-                b_start,
-                hyper: f.hyper,
-            })
-        });
-        if let Some(f) = fused {
-            let sums = b.filter(|_| f.b_start.is_some()).map(|b| t.value(b).clone());
-            let ep = Epilogue { grad_act: None, row_sums: sums, adam: Some(f) };
-            matmul_fused(t, &g, &xv, None, Some(wv.clone()), plain.trans(true, false), ep)?;
-            t.mark_updated(w);
-            if let Some(b) = b.filter(|_| need_db) {
-                t.mark_updated(b);
-            }
-            let mut grads = vec![dx, None];
-            if b.is_some() {
-                grads.push(None);
-            }
-            return Ok(grads);
-        }
         let mut db = None;
         let dw = if dw_needed {
             // Packed parameters' gradients are written straight into the store's gradient buffer.
@@ -555,7 +389,7 @@ pub fn linear(tape: &mut Tape, x: Var, w: Var, b: Option<Var>, act: Act) -> Resu
             } else {
                 None
             };
-            let ep = Epilogue { grad_act: None, row_sums: sums, adam: None };
+            let ep = Epilogue { grad_act: None, row_sums: sums };
             Some(matmul_fused(t, &g, &xv, None, dest, plain.trans(true, false), ep)?)
         } else {
             None

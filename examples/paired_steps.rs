@@ -46,9 +46,9 @@ fn side(spec: &str, split: &wgvae::data::Split) -> Res<Side> {
         }
     }
     let gpu = Gpu::with_options(g)?;
-    let mut trainer = Trainer::new(&gpu, VaeConfig::classic(), o.clone(), split)?;
-    let epoch = trainer.begin_epoch()?;
     let per_pair = o.steps_per_submit.max(1);
+    let mut trainer = Trainer::new(&gpu, VaeConfig::classic(), o, split)?;
+    let epoch = trainer.begin_epoch()?;
     Ok(Side { name: spec.to_string(), gpu, trainer, epoch, per_pair, next: 0, ms: Vec::new() })
 }
 
@@ -79,7 +79,10 @@ fn main() -> Res<()> {
         std::process::exit(2);
     }
     let rounds: usize =
-        args.get(2).map(|r| r.parse()).transpose().map_err(|_| "ROUNDS must be a number")?.unwrap_or(300);
+        args.get(2).map(|r| r.parse()).transpose().map_err(|_| "ROUNDS must be a positive number")?.unwrap_or(300);
+    if rounds == 0 {
+        return Err("ROUNDS must be a positive number".into());
+    }
     let split = match args.get(3) {
         Some(dir) => wgvae::data::idx::load_dir(std::path::Path::new(dir))?,
         None => wgvae::data::sprites::sprites(0),

@@ -16,7 +16,12 @@
 // of op(A), each lane summing the A values it loaded itself).
 // Requires K % 4 == 0, N % 4 == 0 and M % 4 == 0 when TA (the host checks; other shapes use the
 // `register` kernels). Defines: TA, TB, BIAS, ACCUM, COLSUM, ACT, ALPHA, GRAD_ACT, GRAD_ALPHA,
-// WG (a multiple of 8).
+// RT_ACT, WG (a multiple of 8).
+// RT_ACT: the activation and the activation derivative are identity, relu or leaky relu chosen at
+// run time (p.act, p.grad_act, ids as in common.wgsl; ACT and GRAD_ACT are then identity). Each
+// is a few selects per output, and one pipeline per layout then serves a network's forward and
+// backward products: lavapipe spends 100-200 ms compiling each `subgroup` pipeline, inside the
+// first training step.
 // Invocation x of workgroup (gx, gy) owns rows gy*32 .. +31 and columns (gx*WG + x)*C .. +C-1,
 // C = COLS_PER_LANE (below). Dispatch: (ceil(N / (C*WG)), ceil(M / 32), 1).
 // Bindings: 0 params | 1 A | 2 B | 3 bias | 4 Y | 5 C (read_write) | 6 S (read_write); unused
@@ -31,6 +36,11 @@ struct Params {
     k: u32,
     k_begin: u32,
     k_end: u32,
+    chunk: u32,      // (the tiled kernels' split-K chunk; unused here)
+    act: u32,        // RT_ACT: 0 identity, 1 relu, 2 leaky relu
+    alpha: f32,      // RT_ACT: the leaky slope
+    grad_act: u32,   // RT_ACT: the derivative's activation, as act
+    grad_alpha: f32, // RT_ACT: its leaky slope
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -315,5 +325,20 @@ fn store_v4(row: u32, col0: u32, v: vec4<f32>) {
     if (ACCUM) { x = x + unword(c4[i]); }
     if (BIAS) { x = x + unword(bias4[col0 / 4u]); }
     if (GRAD_ACT != 0u) { x = x * act_grad4(unword(y4[i])); }
+    if (RT_ACT) {
+        // The same values as act_grad_from_y and act_fwd for these three activations, so the
+        // results equal the compile-time path's to the bit.
+        if (p.grad_act != 0u) {
+            let below = select(0.0, p.grad_alpha, p.grad_act == 2u);
+            x = x * select(vec4<f32>(below), vec4<f32>(1.0), unword(y4[i]) > vec4<f32>(0.0));
+        }
+        if (p.act == 1u) {
+            x = max(x, vec4<f32>(0.0));
+        } else if (p.act == 2u) {
+            x = select(p.alpha * x, x, x > vec4<f32>(0.0));
+        }
+        c4[i] = word(x);
+        return;
+    }
     c4[i] = word(vec4<f32>(act_fwd(ACT, ALPHA, x.x), act_fwd(ACT, ALPHA, x.y), act_fwd(ACT, ALPHA, x.z), act_fwd(ACT, ALPHA, x.w)));
 }

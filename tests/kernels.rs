@@ -167,6 +167,56 @@ fn matmul_fused_bias_and_every_activation() {
 }
 
 #[test]
+fn subgroup_matmul_takes_identity_relu_and_leaky_relu_at_run_time() {
+    // These three activations and their derivatives are run-time parameters of the `subgroup`
+    // kernel (RT_ACT): one pipeline per layout serves every such layer, the leaky slope included.
+    // The other activations, and every product with a transposed A (the weight gradients), keep
+    // them compiled in. Both paths against the f64 reference, with the path that ran asserted.
+    use wgvae::ops::matmul::{matmul_fused, Epilogue};
+    if !variants().contains(&MatmulVariant::Subgroup) {
+        return;
+    }
+    // Multiples of 4 (the kernel's vec4 accesses; M too, for the transposed A), of no tile.
+    let (m, k, n) = (36, 28, 68);
+    let acts = Act::ALL.into_iter().chain([Act::LeakyRelu(0.2), Act::Elu(0.5)]);
+    let mut leaky_pipelines: Vec<Vec<String>> = Vec::new();
+    for (i, act) in acts.enumerate() {
+        for ta in [false, true] {
+            let seed = 900 + 2 * i as u64 + ta as u64;
+            let a = if ta { Mat::rand(k, m, -2.0, 2.0, seed) } else { Mat::rand(m, k, -2.0, 2.0, seed) };
+            let b = Mat::rand(n, k, -1.0, 1.0, seed + 1);
+            let bias = Mat::rand(1, n, -1.0, 1.0, seed + 2);
+            let pre = Mat::rand(m, n, -2.0, 2.0, seed + 3);
+            let y = pre.map(|x| act_fwd(act, x));
+            let mut tape = Tape::no_grad(gpu());
+            let o = MatmulOpts::nn().trans(ta, true).variant(MatmulVariant::Subgroup);
+            let fwd = matmul_forward(&mut tape, &a.upload(), &b.upload(), Some(&bias.upload()), o.act(act)).unwrap();
+            let ep = Epilogue { grad_act: Some((act, y.upload())), row_sums: None };
+            let bwd = matmul_fused(&mut tape, &a.upload(), &b.upload(), None, None, o, ep).unwrap();
+            tape.submit().unwrap();
+            let what = format!("subgroup {act:?} ta={ta}");
+            let prod = matmul(&a, &b, ta, true);
+            let atol = 1e-6 * (k as f64).sqrt() * 4.0;
+            assert_close(&download(&fwd), &add_row(&prod, &bias).map(|x| act_fwd(act, x)), atol, 1e-5, &what);
+            assert_close(&download(&bwd), &prod.zip(&pre, |p, x| p * act_grad(act, x)), atol, 1e-5, &what);
+            let runtime = !ta && matches!(act, Act::Identity | Act::Relu | Act::LeakyRelu(_));
+            let names: Vec<String> =
+                tape.kernel_names_run().keys().filter(|k| k.contains(":matmul_subgroup[")).cloned().collect();
+            assert_eq!(names.len(), 2, "{what}: forward and backward products, ran {names:?}");
+            for name in &names {
+                assert!(name.contains(&format!("RT_ACT={runtime}")), "{what}: expected RT_ACT={runtime}, ran {name}");
+            }
+            if runtime && matches!(act, Act::LeakyRelu(_)) {
+                leaky_pipelines.push(names);
+            }
+        }
+    }
+    // Slopes 0.01 and 0.2 ran on the same two pipelines.
+    assert_eq!(leaky_pipelines.len(), 2);
+    assert_eq!(leaky_pipelines[0], leaky_pipelines[1], "the leaky slope must be a run-time parameter");
+}
+
+#[test]
 fn matmul_accumulate_adds_into_output() {
     for v in variants() {
         // Shapes the vec4 paths cannot take (odd K; N % 4 != 0 with B stored [K, N]) and can.

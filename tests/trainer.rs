@@ -319,6 +319,29 @@ fn every_matmul_variant_trains_like_the_reference() {
 }
 
 #[test]
+fn a_training_step_compiles_three_subgroup_matmul_pipelines() {
+    // Every forward and input-gradient product of the VAE (relu layers, identity heads, relu
+    // derivatives) shares one `subgroup` pipeline per layout, with the activation a run-time
+    // parameter; the weight gradients have the third. lavapipe compiles each such pipeline for
+    // 100-200 ms inside the first step, so five would cost a training run about 0.1 s more.
+    if !variants().contains(&MatmulVariant::Subgroup) {
+        return;
+    }
+    // A device of its own: the pipelines it compiles are this test's alone.
+    let g =
+        Gpu::with_options(wgvae::GpuOptions { matmul: Some(MatmulVariant::Subgroup), ..Default::default() }).unwrap();
+    track(&g);
+    run(&g, options(Objective::default(), true), 1, "subgroup pipelines");
+    let ran = g.kernel_name_dispatches();
+    let names: Vec<&String> = ran.keys().filter(|k| k.contains(":matmul_subgroup[")).collect();
+    assert_eq!(names.len(), 3, "one pipeline per layout (NT, NN, TN), ran {names:?}");
+    for name in names {
+        let weight_gradient = name.contains("TA=true");
+        assert!(name.contains(&format!("RT_ACT={}", !weight_gradient)), "{name}");
+    }
+}
+
+#[test]
 fn every_storage_word_kind_trains_like_the_reference_and_bit_identically() {
     // The kernels with storage words (`subgroup` matmul, Adam over the packed parameters, the
     // reconstruction's and the gather's vec4 or 8-wide kernels) with their vec4 views as vec4<f32> and as

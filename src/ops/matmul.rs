@@ -157,8 +157,18 @@ fn launch(
     };
     let groups = [n.div_ceil(cols) as u32, m.div_ceil(rows) as u32, 1];
     let layout = format!("{}{}", if o.trans_a { "T" } else { "N" }, if o.trans_b { "T" } else { "N" });
+    // The `subgroup` kernel takes identity, relu and leaky relu (and their derivatives) as run-time
+    // parameters, so one pipeline per layout serves every layer (lavapipe compiles each for
+    // 100-200 ms, inside the first step). Weight gradients (transposed A) have no activation and
+    // keep their own pipeline: a classic VAE step compiles three `subgroup` pipelines, not five.
+    let runtime_act = |act: Act| matches!(act, Act::Identity | Act::Relu | Act::LeakyRelu(_));
+    let rt = |act: Act, grad_act: Act| {
+        matches!(module, Module::MatmulSubgroup(_)) && !o.trans_a && runtime_act(act) && runtime_act(grad_act)
+    };
     // The kernel's defines for one dispatch: the slice's epilogue parts, the tile and the row sums.
     let defines = |bias: bool, accum: bool, act: Act, grad_act: Act| {
+        let rt = rt(act, grad_act);
+        let (act, grad_act) = if rt { (Act::Identity, Act::Identity) } else { (act, grad_act) };
         let mut d = vec![
             ("TA", o.trans_a.to_string()),
             ("TB", o.trans_b.to_string()),
@@ -174,6 +184,7 @@ fn launch(
             ("PREFETCH", tile.prefetch.to_string()),
             ("GRAD_ACT", format!("{}u", grad_act.id())),
             ("GRAD_ALPHA", super::wgsl_f32(grad_act.alpha())),
+            ("RT_ACT", rt.to_string()),
         ];
         d.extend(act.defines());
         d
@@ -198,7 +209,19 @@ fn launch(
         } else {
             (k1 - k0, 1)
         };
-        let params = || Params::new().u(m as u32).u(n as u32).u(k as u32).u(k0 as u32).u(k1 as u32).u(chunk as u32);
+        let params = || {
+            Params::new()
+                .u(m as u32)
+                .u(n as u32)
+                .u(k as u32)
+                .u(k0 as u32)
+                .u(k1 as u32)
+                .u(chunk as u32)
+                .u(slice_act.id())
+                .f(slice_act.alpha())
+                .u(grad_act.id())
+                .f(grad_act.alpha())
+        };
         let profiling = tape.gpu().profiling();
         let label = |entry: &str, extra: String| {
             profiling.then(|| {

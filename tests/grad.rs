@@ -37,7 +37,7 @@ fn gpu_grads_on(
 fn aligned_kernel(v: MatmulVariant) -> &'static str {
     match v {
         MatmulVariant::Tiled => "matmul_tiled",
-        MatmulVariant::Register => "matmul_register4",
+        MatmulVariant::Register => "matmul_unrolled",
         MatmulVariant::Subgroup => "matmul_subgroup",
     }
 }

@@ -166,16 +166,29 @@ fn matmul_fused_bias_and_every_activation() {
     }
 }
 
+/// The generated straight-line kernels (shaders/gen_matmul_subgroup.py) and the variant that runs
+/// each on shapes in multiples of 4, where the adapter can run it.
+fn generated_kernels() -> Vec<(MatmulVariant, &'static str)> {
+    [(MatmulVariant::Subgroup, "matmul_subgroup"), (MatmulVariant::Register, "matmul_unrolled")]
+        .into_iter()
+        .filter(|(v, _)| variants().contains(v))
+        .collect()
+}
+
 #[test]
-fn subgroup_matmul_takes_identity_relu_and_leaky_relu_at_run_time() {
+fn generated_matmuls_take_identity_relu_and_leaky_relu_at_run_time() {
     // These three activations and their derivatives are run-time parameters of the `subgroup`
-    // kernel (RT_ACT): one pipeline per layout serves every such layer, the leaky slope included.
-    // The other activations, and every product with a transposed A (the weight gradients), keep
-    // them compiled in. Both paths against the f64 reference, with the path that ran asserted.
-    use wgvae::ops::matmul::{matmul_fused, Epilogue};
-    if !variants().contains(&MatmulVariant::Subgroup) {
-        return;
+    // and `unrolled` kernels (RT_ACT): one pipeline per layout serves every such layer, the leaky
+    // slope included. The other activations, and every product with a transposed A (the weight
+    // gradients), keep them compiled in. Both paths against the f64 reference, with the path that
+    // ran asserted.
+    for (v, kernel) in generated_kernels() {
+        run_time_activations(v, kernel);
     }
+}
+
+fn run_time_activations(v: MatmulVariant, kernel: &str) {
+    use wgvae::ops::matmul::{matmul_fused, Epilogue};
     // Multiples of 4 (the kernel's vec4 accesses; M too, for the transposed A), of no tile.
     let (m, k, n) = (36, 28, 68);
     let acts = Act::ALL.into_iter().chain([Act::LeakyRelu(0.2), Act::Elu(0.5)]);
@@ -189,19 +202,19 @@ fn subgroup_matmul_takes_identity_relu_and_leaky_relu_at_run_time() {
             let pre = Mat::rand(m, n, -2.0, 2.0, seed + 3);
             let y = pre.map(|x| act_fwd(act, x));
             let mut tape = Tape::no_grad(gpu());
-            let o = MatmulOpts::nn().trans(ta, true).variant(MatmulVariant::Subgroup);
+            let o = MatmulOpts::nn().trans(ta, true).variant(v);
             let fwd = matmul_forward(&mut tape, &a.upload(), &b.upload(), Some(&bias.upload()), o.act(act)).unwrap();
             let ep = Epilogue { grad_act: Some((act, y.upload())), row_sums: None };
             let bwd = matmul_fused(&mut tape, &a.upload(), &b.upload(), None, None, o, ep).unwrap();
             tape.submit().unwrap();
-            let what = format!("subgroup {act:?} ta={ta}");
+            let what = format!("{kernel} {act:?} ta={ta}");
             let prod = matmul(&a, &b, ta, true);
             let atol = 1e-6 * (k as f64).sqrt() * 4.0;
             assert_close(&download(&fwd), &add_row(&prod, &bias).map(|x| act_fwd(act, x)), atol, 1e-5, &what);
             assert_close(&download(&bwd), &prod.zip(&pre, |p, x| p * act_grad(act, x)), atol, 1e-5, &what);
             let runtime = !ta && matches!(act, Act::Identity | Act::Relu | Act::LeakyRelu(_));
             let names: Vec<String> =
-                tape.kernel_names_run().keys().filter(|k| k.contains(":matmul_subgroup[")).cloned().collect();
+                tape.kernel_names_run().keys().filter(|k| k.contains(&format!(":{kernel}["))).cloned().collect();
             assert_eq!(names.len(), 2, "{what}: forward and backward products, ran {names:?}");
             for name in &names {
                 assert!(name.contains(&format!("RT_ACT={runtime}")), "{what}: expected RT_ACT={runtime}, ran {name}");
@@ -346,10 +359,21 @@ fn ew_broadcast(tape: &mut Tape, x: &Mat, rows: usize, cols: usize) -> wgvae::Te
     ew::broadcast_to(tape, &x.upload(), rows, cols, -2.0).unwrap()
 }
 
-/// One product of the `subgroup` kernel on `g` with every epilogue part the kernel has: bias and
-/// activation (forward), accumulation into C, and the activation derivative with row sums (a
-/// backward product). Returns (forward, accumulated, backward, row sums) as raw f32s.
-fn subgroup_products(g: &wgvae::Gpu, m: usize, k: usize, n: usize, ta: bool, tb: bool, seed: u64) -> [Vec<f32>; 4] {
+/// One product of a generated kernel (`v` running `kernel`) on `g` with every epilogue part the
+/// kernel has: bias and activation (forward), accumulation into C, and the activation derivative
+/// with row sums (a backward product). Returns (forward, accumulated, backward, row sums) as raw
+/// f32s.
+#[allow(clippy::too_many_arguments)]
+fn generated_products(
+    g: &wgvae::Gpu,
+    (v, kernel): (MatmulVariant, &str),
+    m: usize,
+    k: usize,
+    n: usize,
+    ta: bool,
+    tb: bool,
+    seed: u64,
+) -> [Vec<f32>; 4] {
     use wgvae::ops::matmul::{matmul_fused, Epilogue};
     let a = if ta { Mat::rand(k, m, -1.0, 1.0, seed) } else { Mat::rand(m, k, -1.0, 1.0, seed) };
     let b = if tb { Mat::rand(n, k, -1.0, 1.0, seed + 1) } else { Mat::rand(k, n, -1.0, 1.0, seed + 1) };
@@ -357,7 +381,7 @@ fn subgroup_products(g: &wgvae::Gpu, m: usize, k: usize, n: usize, ta: bool, tb:
     let c0 = Mat::rand(m, n, -1.0, 1.0, seed + 3);
     let pre = Mat::rand(m, n, -2.0, 2.0, seed + 4);
     let y = pre.map(|x| act_fwd(Act::Tanh, x));
-    let o = MatmulOpts::nn().trans(ta, tb).variant(MatmulVariant::Subgroup);
+    let o = MatmulOpts::nn().trans(ta, tb).variant(v);
     let mut tape = Tape::no_grad(g);
     let (at, bt) = (a.upload_to(g), b.upload_to(g));
     let fwd = matmul_forward(&mut tape, &at, &bt, Some(&bias.upload_to(g)), o.act(Act::Relu)).unwrap();
@@ -367,11 +391,11 @@ fn subgroup_products(g: &wgvae::Gpu, m: usize, k: usize, n: usize, ta: bool, tb:
     let ep = Epilogue { grad_act: Some((Act::Tanh, y.upload_to(g))), row_sums: Some(sums.clone()) };
     let bwd = matmul_fused(&mut tape, &at, &bt, None, None, o, ep).unwrap();
     tape.submit().unwrap();
-    assert_ran(&tape, "matmul_subgroup", &format!("subgroup {m}x{k}x{n} ta={ta} tb={tb}"));
+    assert_ran(&tape, kernel, &format!("{kernel} {m}x{k}x{n} ta={ta} tb={tb}"));
     // The f64 reference for each of the four results.
     let prod = matmul(&a, &b, ta, tb);
     let atol = 1e-6 * (k as f64).sqrt() * 4.0;
-    let what = format!("subgroup matmul, {} words, {m}x{k}x{n} ta={ta} tb={tb}", g.words());
+    let what = format!("{kernel}, {} words, {m}x{k}x{n} ta={ta} tb={tb}", g.words());
     let got: Vec<Mat> = [&fwd, &acc, &bwd, &sums].iter().map(|t| download(t)).collect();
     assert_close(
         &got[0],
@@ -388,14 +412,17 @@ fn subgroup_products(g: &wgvae::Gpu, m: usize, k: usize, n: usize, ta: bool, tb:
 }
 
 #[test]
-fn subgroup_matmul_under_every_storage_word_kind_is_exact_and_bit_identical() {
-    // The `subgroup` kernel with its vec4 views typed as vec4<f32> and as vec2<u64> (the CPU
-    // adapters' default): the same bytes, so the results must agree to the bit, and each must match
-    // the f64 reference. Multiples of 4 (the vec4 path) that are not multiples of the 32-row block
-    // or the 64-column workgroup; K = 6144 is three K slices.
-    if !variants().contains(&MatmulVariant::Subgroup) {
-        return;
+fn generated_matmuls_under_every_storage_word_kind_are_exact_and_bit_identical() {
+    // The `subgroup` and `unrolled` kernels with their vec4 views typed as vec4<f32> and as
+    // vec2<u64> (the CPU adapters' default): the same bytes, so the results must agree to the bit,
+    // and each must match the f64 reference. Multiples of 4 (the vec4 path) that are not multiples
+    // of the 32- or 8-row block or the 64-column workgroup; K = 6144 is three K slices.
+    for gk in generated_kernels() {
+        words_bit_identical(gk);
     }
+}
+
+fn words_bit_identical((v, kernel): (MatmulVariant, &'static str)) {
     let sizes = [(36, 20, 44), (132, 28, 68), (12, 6144, 8)];
     for (i, &(m, k, n)) in sizes.iter().enumerate() {
         for ta in [false, true] {
@@ -404,8 +431,8 @@ fn subgroup_matmul_under_every_storage_word_kind_is_exact_and_bit_identical() {
                 for w in words_kinds() {
                     let g = gpu_words(w);
                     assert_eq!(g.words(), w);
-                    let got = subgroup_products(g, m, k, n, ta, tb, 500 + i as u64);
-                    assert_ran_named(g, &format!("matmul_subgroup.wgsl+{w}:matmul_subgroup"), &format!("{w} words"));
+                    let got = generated_products(g, (v, kernel), m, k, n, ta, tb, 500 + i as u64);
+                    assert_ran_named(g, &format!("{kernel}.wgsl+{w}:{kernel}"), &format!("{w} words"));
                     if let Some((w0, want)) = &first {
                         for (j, (x, y)) in got.iter().zip(want).enumerate() {
                             let same = x.len() == y.len() && x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits());

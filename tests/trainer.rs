@@ -307,7 +307,7 @@ fn every_matmul_variant_trains_like_the_reference() {
         // The full batches (every size a multiple of 4) ran on the variant's own kernel.
         let want = match v {
             MatmulVariant::Tiled => "matmul_tiled",
-            MatmulVariant::Register => "matmul_register4",
+            MatmulVariant::Register => "matmul_unrolled",
             MatmulVariant::Subgroup => "matmul_subgroup",
         };
         let ran = t.gpu.kernel_dispatches();

@@ -29,9 +29,11 @@ pub enum MatmulVariant {
     /// Shared-memory tiled kernel (64x64 tile, 4x4 outputs per invocation): for discrete and
     /// integrated GPUs, where workgroup memory is fast and barriers are cheap.
     Tiled,
-    /// Register-blocked kernel with no shared memory and no barriers, loading operands as vec4s
-    /// (scalar loads on shapes that are not multiples of 4): for CPU adapters such as Mesa's
-    /// llvmpipe/lavapipe, where barriers are emulated and every storage load is a loop over lanes.
+    /// Register-blocked kernels with no shared memory and no barriers: for CPU adapters without
+    /// 8-lane subgroups (SwiftShader, llvmpipe through GL), where barriers are emulated and every
+    /// storage load is a loop over lanes. Shapes in multiples of 4 run `matmul_unrolled` (8x4
+    /// outputs per invocation in named variables: SwiftShader keeps indexed local arrays in
+    /// memory); others load operands as vec4s where they can (`matmul_register4`), else scalars.
     Register,
     /// The register kernel with operands shared between the 8 lanes of a subgroup, so each float
     /// is loaded once per subgroup: the fastest choice on llvmpipe/lavapipe. Needs 8-wide

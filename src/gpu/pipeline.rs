@@ -29,6 +29,9 @@ pub enum Module {
     /// `matmul_subgroup.wgsl`: the CPU-adapter matmul that shares operands through subgroups, its
     /// vec4 views typed as the given [`Words`].
     MatmulSubgroup(Words),
+    /// `matmul_unrolled.wgsl`: the `register` variant's kernel for shapes in multiples of 4 (the
+    /// `subgroup` kernel's block without subgroups), its vec4 views typed as the given [`Words`].
+    MatmulUnrolled(Words),
     /// `elementwise.wgsl`: activations, add/mul/scale/copy/fill, SGD update.
     Elementwise,
     /// `reduce.wgsl`: fixed-order column sums, row sums and full sums.
@@ -65,6 +68,7 @@ impl Module {
         match self {
             Module::Matmul => "matmul.wgsl",
             Module::MatmulSubgroup(_) => "matmul_subgroup.wgsl",
+            Module::MatmulUnrolled(_) => "matmul_unrolled.wgsl",
             Module::Elementwise => "elementwise.wgsl",
             Module::Reduce => "reduce.wgsl",
             Module::Random => "random.wgsl",
@@ -87,7 +91,11 @@ impl Module {
     /// The [`Words`] the module's vec4 views are typed as, for modules that have such views.
     fn words(self) -> Option<Words> {
         match self {
-            Module::MatmulSubgroup(w) | Module::Optim(w) | Module::VaeFused(w) | Module::Data(w) => Some(w),
+            Module::MatmulSubgroup(w)
+            | Module::MatmulUnrolled(w)
+            | Module::Optim(w)
+            | Module::VaeFused(w)
+            | Module::Data(w) => Some(w),
             _ => None,
         }
     }
@@ -95,6 +103,7 @@ impl Module {
     fn source(self) -> &'static [&'static str] {
         const CONV: &str = include_str!("../../shaders/conv.wgsl");
         const MATMUL_SUBGROUP: &str = include_str!("../../shaders/matmul_subgroup.wgsl");
+        const MATMUL_UNROLLED: &str = include_str!("../../shaders/matmul_unrolled.wgsl");
         const OPTIM: &str = include_str!("../../shaders/optim.wgsl");
         const VAE_FUSED: &str = include_str!("../../shaders/vae_fused.wgsl");
         const DATA: &str = include_str!("../../shaders/data.wgsl");
@@ -102,6 +111,8 @@ impl Module {
             Module::Matmul => &[include_str!("../../shaders/matmul.wgsl")],
             Module::MatmulSubgroup(Words::F32) => &[WORDS_F32, MATMUL_SUBGROUP],
             Module::MatmulSubgroup(Words::U64) => &[WORDS_U64, MATMUL_SUBGROUP],
+            Module::MatmulUnrolled(Words::F32) => &[WORDS_F32, MATMUL_UNROLLED],
+            Module::MatmulUnrolled(Words::U64) => &[WORDS_U64, MATMUL_UNROLLED],
             Module::Elementwise => &[include_str!("../../shaders/elementwise.wgsl")],
             Module::Reduce => &[include_str!("../../shaders/reduce.wgsl")],
             Module::Random => &[include_str!("../../shaders/random.wgsl")],

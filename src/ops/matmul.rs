@@ -67,6 +67,8 @@ impl MatmulOpts {
 const REG_RM: usize = 8;
 /// Invocations per workgroup of the register and subgroup kernels (a multiple of 8).
 const REG_WG: usize = 16;
+/// Rows per invocation of `matmul_unrolled` (ROWS_PER_BLOCK in shaders/matmul_unrolled.wgsl).
+const UNROLLED_ROWS: usize = 8;
 /// Columns per invocation of `matmul_register4` (a multiple of 4).
 const REG4_CN: usize = 4;
 
@@ -150,6 +152,11 @@ fn launch(
         MatmulVariant::Subgroup if aligned && n.is_multiple_of(4) => {
             ("matmul_subgroup", Module::MatmulSubgroup(tape.gpu().words()), 32, 4 * REG_WG)
         }
+        // The register variant's straight-line block (SwiftShader keeps matmul_register4's
+        // accumulator array in memory): the same shape rules as the subgroup kernel.
+        MatmulVariant::Register if aligned && n.is_multiple_of(4) => {
+            ("matmul_unrolled", Module::MatmulUnrolled(tape.gpu().words()), UNROLLED_ROWS, 4 * REG_WG)
+        }
         MatmulVariant::Register | MatmulVariant::Subgroup if aligned => {
             ("matmul_register4", Module::Matmul, REG_RM, REG4_CN * REG_WG)
         }
@@ -163,7 +170,10 @@ fn launch(
     // keep their own pipeline: a classic VAE step compiles three `subgroup` pipelines, not five.
     let runtime_act = |act: Act| matches!(act, Act::Identity | Act::Relu | Act::LeakyRelu(_));
     let rt = |act: Act, grad_act: Act| {
-        matches!(module, Module::MatmulSubgroup(_)) && !o.trans_a && runtime_act(act) && runtime_act(grad_act)
+        matches!(module, Module::MatmulSubgroup(_) | Module::MatmulUnrolled(_))
+            && !o.trans_a
+            && runtime_act(act)
+            && runtime_act(grad_act)
     };
     // The kernel's defines for one dispatch: the slice's epilogue parts, the tile and the row sums.
     let defines = |bias: bool, accum: bool, act: Act, grad_act: Act| {

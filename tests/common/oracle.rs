@@ -217,6 +217,7 @@ pub fn expected_kernel(v: MatmulVariant, m: usize, k: usize, n: usize, ta: bool,
     match v {
         MatmulVariant::Tiled => "matmul_tiled",
         MatmulVariant::Subgroup if vec4 && n.is_multiple_of(4) => "matmul_subgroup",
+        MatmulVariant::Register if vec4 && n.is_multiple_of(4) => "matmul_unrolled",
         MatmulVariant::Register | MatmulVariant::Subgroup if vec4 => "matmul_register4",
         MatmulVariant::Register | MatmulVariant::Subgroup => "matmul_register",
     }

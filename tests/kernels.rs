@@ -416,7 +416,7 @@ fn generated_matmuls_under_every_storage_word_kind_are_exact_and_bit_identical()
     // The `subgroup` and `unrolled` kernels with their vec4 views typed as vec4<f32> and as
     // vec2<u64> (the CPU adapters' default): the same bytes, so the results must agree to the bit,
     // and each must match the f64 reference. Multiples of 4 (the vec4 path) that are not multiples
-    // of the 32- or 8-row block or the 64-column workgroup; K = 6144 is three K slices.
+    // of the 32- or 16-row block or the 64- or 128-column workgroup; K = 6144 is three K slices.
     for gk in generated_kernels() {
         words_bit_identical(gk);
     }

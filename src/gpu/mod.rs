@@ -31,7 +31,7 @@ pub enum MatmulVariant {
     Tiled,
     /// Register-blocked kernels with no shared memory and no barriers: for CPU adapters without
     /// 8-lane subgroups (SwiftShader, llvmpipe through GL), where barriers are emulated and every
-    /// storage load is a loop over lanes. Shapes in multiples of 4 run `matmul_unrolled` (8x4
+    /// storage load is a loop over lanes. Shapes in multiples of 4 run `matmul_unrolled` (16x8
     /// outputs per invocation in named variables: SwiftShader keeps indexed local arrays in
     /// memory); others load operands as vec4s where they can (`matmul_register4`), else scalars.
     Register,

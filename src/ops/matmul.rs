@@ -67,8 +67,10 @@ impl MatmulOpts {
 const REG_RM: usize = 8;
 /// Invocations per workgroup of the register and subgroup kernels (a multiple of 8).
 const REG_WG: usize = 16;
-/// Rows per invocation of `matmul_unrolled` (ROWS_PER_BLOCK in shaders/matmul_unrolled.wgsl).
-const UNROLLED_ROWS: usize = 8;
+/// Rows and columns per invocation of `matmul_unrolled` (ROWS_PER_BLOCK and COLS_PER_LANE in
+/// shaders/matmul_unrolled.wgsl).
+const UNROLLED_ROWS: usize = 16;
+const UNROLLED_COLS: usize = 8;
 /// Columns per invocation of `matmul_register4` (a multiple of 4).
 const REG4_CN: usize = 4;
 
@@ -155,7 +157,7 @@ fn launch(
         // The register variant's straight-line block (SwiftShader keeps matmul_register4's
         // accumulator array in memory): the same shape rules as the subgroup kernel.
         MatmulVariant::Register if aligned && n.is_multiple_of(4) => {
-            ("matmul_unrolled", Module::MatmulUnrolled(tape.gpu().words()), UNROLLED_ROWS, 4 * REG_WG)
+            ("matmul_unrolled", Module::MatmulUnrolled(tape.gpu().words()), UNROLLED_ROWS, UNROLLED_COLS * REG_WG)
         }
         MatmulVariant::Register | MatmulVariant::Subgroup if aligned => {
             ("matmul_register4", Module::Matmul, REG_RM, REG4_CN * REG_WG)

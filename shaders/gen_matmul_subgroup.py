@@ -174,7 +174,7 @@ def header():
             ("RT_ACT, WG (a multiple of 8).", "RT_ACT, WG."),
             ("of op(A), each lane summing the A values it loaded itself).", "of op(A), summed by the invocation that loaded them)."),
             ("// One K step of 4 for a subgroup: every lane adds op(A)[32 rows,", f"// One K step of 4: every invocation adds op(A)[{ROWS} rows,"),
-            ("into its 32 row accumulators.", f"into its {ROWS} row accumulators."),
+            ("its 4\n// columns] into its 32 row accumulators.", f"its {4 * NB}\n// columns] into its {ROWS} x {NB} vec4 accumulators."),
             ("fn matmul_subgroup(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,\n"
              "                   @builtin(subgroup_invocation_id) lane: u32) {",
              "fn matmul_unrolled(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {"),

@@ -55,8 +55,8 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> c4: array<Word4>;
 @group(0) @binding(6) var<storage, read_write> colsum: array<f32>;
 
-// One K step of 4: every invocation adds op(A)[16 rows, k0..k0+3] · op(B)[k0..k0+3, its 4
-// columns] into its 16 row accumulators. C and the bias are addressed as vec4s, so each
+// One K step of 4: every invocation adds op(A)[16 rows, k0..k0+3] · op(B)[k0..k0+3, its 8
+// columns] into its 16 x 2 vec4 accumulators. C and the bias are addressed as vec4s, so each
 // accumulator row is one store (the epilogue matters when K is short, as in the weight gradients,
 // K = batch).
 @compute @workgroup_size(WG, 1, 1)

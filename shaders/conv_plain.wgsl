@@ -1,8 +1,8 @@
 // conv_plain.wgsl — the `conv_gemm` entry point of conv.wgsl (appended to it), for every adapter.
-// `share_row` exists only to satisfy the shared body: with SG = false it is never called.
+// `row_values` exists only to satisfy the shared body: with SG = false it is never called.
 
-fn share_row(acc: ptr<function, array<vec4<f32>, RB>>, v: f32, bv: vec4<f32>) {
-    (*acc)[0] += v * bv;
+fn row_values(v: f32) -> array<f32, RB> {
+    return array<f32, RB>(v, v, v, v, v, v, v, v);
 }
 
 @compute @workgroup_size(8, 8, 1)

@@ -2,17 +2,19 @@
 // true) for adapters with 8-lane subgroups (llvmpipe/lavapipe): the 8 lanes of a workgroup row
 // share their 8 GEMM rows, each loading one row operand per K step (see conv.wgsl).
 
-// acc[i] += (row i's operand, loaded by lane i) * bv for the RB = 8 rows of the subgroup.
-// subgroupBroadcast takes a constant lane, hence the unrolled lines.
-fn share_row(acc: ptr<function, array<vec4<f32>, RB>>, v: f32, bv: vec4<f32>) {
-    (*acc)[0] += subgroupBroadcast(v, 0u) * bv;
-    (*acc)[1] += subgroupBroadcast(v, 1u) * bv;
-    (*acc)[2] += subgroupBroadcast(v, 2u) * bv;
-    (*acc)[3] += subgroupBroadcast(v, 3u) * bv;
-    (*acc)[4] += subgroupBroadcast(v, 4u) * bv;
-    (*acc)[5] += subgroupBroadcast(v, 5u) * bv;
-    (*acc)[6] += subgroupBroadcast(v, 6u) * bv;
-    (*acc)[7] += subgroupBroadcast(v, 7u) * bv;
+// Element i: the row operand `v` that lane i loaded, for the RB = 8 rows of the subgroup.
+// subgroupBroadcast takes a constant lane, hence the lanes written out.
+fn row_values(v: f32) -> array<f32, RB> {
+    return array<f32, RB>(
+        subgroupBroadcast(v, 0u),
+        subgroupBroadcast(v, 1u),
+        subgroupBroadcast(v, 2u),
+        subgroupBroadcast(v, 3u),
+        subgroupBroadcast(v, 4u),
+        subgroupBroadcast(v, 5u),
+        subgroupBroadcast(v, 6u),
+        subgroupBroadcast(v, 7u),
+    );
 }
 
 // One-dimensional (naga takes subgroup builtins only there): invocation l plays (l % 8, l / 8)

@@ -1,8 +1,9 @@
 //! Convolution and transposed convolution (`shaders/conv.wgsl`) against the f64 reference
 //! (`common::conv2d_ref` and its two adjoints): forward with fused bias and activation at odd
-//! sizes (13x11 images, 3 and 5 channels, batch 3, kernels 3, 4 and 5, strides 1-3, paddings
-//! 0-2, output paddings), each backward rule checked by f64 finite differences first and the GPU
-//! against it, the K-sliced weight gradient, the z-dimension grid, and bad geometry as errors.
+//! sizes (13x11 images, 3 and 5 channels, batch 3, kernels 2-5, strides 1-3 and one above its
+//! kernel, paddings 0-2, output paddings), each backward rule checked by f64 finite differences
+//! first and the GPU against it, the K-sliced weight gradient, the z-dimension grid, and bad
+//! geometry as errors.
 //! Everything runs on a device per matmul variant: the `subgroup` one runs `conv_gemm_subgroup`
 //! (row operands shared by 8-lane subgroups) wherever a product has more than 4 columns, the
 //! others `conv_gemm`; each test checks which ran.
@@ -65,6 +66,7 @@ fn conv_cases() -> Vec<ConvShape> {
         cs(5, 2, 13, 11, 5, 1, 2),
         cs(1, 3, 9, 7, 5, 3, 0),
         cs(2, 33, 7, 9, 3, 2, 0),
+        cs(3, 5, 13, 11, 2, 3, 1),
     ]
 }
 
@@ -75,6 +77,8 @@ fn transpose_cases() -> Vec<ConvTransposeShape> {
         ts(2, 4, 5, 5, 5, 1, 2, 0),
         ts(33, 1, 7, 7, 3, 1, 1, 0),
         ts(4, 3, 6, 5, 3, 3, 0, 2),
+        // Stride above the kernel: output pixels of some phases receive no tap (bias only).
+        ts(3, 5, 5, 4, 2, 3, 0, 1),
     ]
 }
 
@@ -135,7 +139,10 @@ fn conv_transpose2d_forward_with_bias_and_activation() {
 /// GPU backward against the rules.
 #[test]
 fn conv2d_backward_matches_finite_differences() {
-    for (i, s) in [cs(2, 3, 6, 5, 3, 2, 1), cs(3, 2, 5, 7, 4, 1, 2), cs(1, 2, 7, 6, 5, 3, 0)].into_iter().enumerate() {
+    for (i, s) in [cs(2, 3, 6, 5, 3, 2, 1), cs(3, 2, 5, 7, 4, 1, 2), cs(1, 2, 7, 6, 5, 3, 0), cs(2, 3, 7, 8, 2, 3, 1)]
+        .into_iter()
+        .enumerate()
+    {
         let n = 2;
         let act = Act::Tanh;
         let x = Mat::rand(n, s.in_len(), -1.0, 1.0, 70 + i as u64);

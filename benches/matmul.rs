@@ -1,4 +1,5 @@
-//! Criterion benchmark of the matmul kernels: every variant on the classic VAE's shapes (batch 128,
+//! Criterion benchmark of the matmul kernels: every variant (the `subgroup` one with each
+//! [`wgvae::Operands`] kind) on the classic VAE's shapes (batch 128,
 //! all layouts a training step uses) and on square sizes. Throughput is reported in "elements"/s
 //! where one element is one floating-point operation, i.e. the Gelem/s column reads as GFLOP/s.
 //!
@@ -7,7 +8,7 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::time::Duration;
 use wgvae::bench::{operands, run_matmul, SHAPES};
-use wgvae::{Gpu, MatmulVariant};
+use wgvae::{Gpu, MatmulVariant, Operands};
 
 fn matmul(c: &mut Criterion) {
     let gpu = Gpu::new().expect("a GPU adapter (on Linux without a GPU: apt-get install mesa-vulkan-drivers)");
@@ -21,12 +22,21 @@ fn matmul(c: &mut Criterion) {
         let reps = if shape.flops() > 1e9 { 1 } else { 8 };
         g.throughput(Throughput::Elements((shape.flops() * reps as f64) as u64));
         // Variants this adapter cannot run (subgroup without 8-lane subgroups) are left out.
+        // The `subgroup` kernel once per operand kind (`subgroup+textures`, `subgroup+buffers`).
         for v in MatmulVariant::ALL.into_iter().filter(|&v| gpu.check_variant(v).is_ok()) {
-            let id = BenchmarkId::new(
-                v.name(),
-                format!("{} {}x{}x{} {}", shape.name, shape.m, shape.k, shape.n, shape.layout()),
-            );
-            g.bench_function(id, |bch| bch.iter(|| run_matmul(&gpu, &a, &b, shape, v, reps).expect("matmul")));
+            let kinds: Vec<Option<Operands>> =
+                if v == MatmulVariant::Subgroup { Operands::ALL.map(Some).to_vec() } else { vec![None] };
+            for o in kinds {
+                let name = o.map_or(v.name().to_string(), |o| format!("{v}+{o}"));
+                let id = BenchmarkId::new(
+                    name,
+                    format!("{} {}x{}x{} {}", shape.name, shape.m, shape.k, shape.n, shape.layout()),
+                );
+                if let Some(o) = o {
+                    gpu.set_operands(o);
+                }
+                g.bench_function(id, |bch| bch.iter(|| run_matmul(&gpu, &a, &b, shape, v, reps).expect("matmul")));
+            }
         }
     }
     g.finish();

@@ -71,9 +71,10 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 // The vec4 views are arrays of Word4 (words_f32.wgsl or words_u64.wgsl, prepended by the host):
-// every access goes through unword()/word().
-@group(0) @binding(1) var<storage, read> a4: array<Word4>;
-@group(0) @binding(2) var<storage, read> b4: array<Word4>;
+// every access goes through unword()/word(). A and B (bindings 1 and 2) are read through
+// load_a(i)/load_b(i), vec4 number i of the row-major operand, which the host prepends too:
+// matmul_operands_buffer.wgsl (storage buffers) or matmul_operands_texture.wgsl (read-only storage
+// textures, lavapipe's fast loads).
 @group(0) @binding(3) var<storage, read> bias4: array<Word4>;
 @group(0) @binding(4) var<storage, read> y4: array<Word4>;
 @group(0) @binding(5) var<storage, read_write> c4: array<Word4>;
@@ -214,14 +215,14 @@ def main():
         w(f"        var a_{i}: vec4<f32>;\n")
     w("        if (TA) {\n")
     for i in range(NA):
-        w(f"            a_{i} = unword(a4[(k0 + ({LANES * i}u + {LANE}) / {RQ}u) * qm + min(row0 / 4u + ({LANES * i}u + {LANE}) % {RQ}u, qm - 1u)]);\n")
+        w(f"            a_{i} = load_a((k0 + ({LANES * i}u + {LANE}) / {RQ}u) * qm + min(row0 / 4u + ({LANES * i}u + {LANE}) % {RQ}u, qm - 1u));\n")
     w("            if (COLSUM) {\n")
     for i in range(NA):
         w(f"                rs_t{(LANES * i % RQ) // LANES} += a_{i};\n")
     w("            }\n")
     w("        } else {\n")
     for i in range(NA):
-        w(f"            a_{i} = unword(a4[row_{i} * qk + kb]);\n")
+        w(f"            a_{i} = load_a(row_{i} * qk + kb);\n")
     w("            if (COLSUM) {\n")
     for i in range(NA):
         w(f"                rs_n{i} += dot(a_{i}, vec4<f32>(1.0));\n")
@@ -237,12 +238,12 @@ def main():
     w("        if (TB) {\n")
     for c in range(NB):
         w(f"            let c{c} = min(col0 + {4 * c}u, p.n - 1u);\n")
-        w(f"            bm{c} = transpose(mat4x4<f32>(unword(b4[c{c} * qk + kb]), unword(b4[min(c{c} + 1u, p.n - 1u) * qk + kb]),\n")
-        w(f"                                       unword(b4[min(c{c} + 2u, p.n - 1u) * qk + kb]), unword(b4[min(c{c} + 3u, p.n - 1u) * qk + kb])));\n")
+        w(f"            bm{c} = transpose(mat4x4<f32>(load_b(c{c} * qk + kb), load_b(min(c{c} + 1u, p.n - 1u) * qk + kb),\n")
+        w(f"                                       load_b(min(c{c} + 2u, p.n - 1u) * qk + kb), load_b(min(c{c} + 3u, p.n - 1u) * qk + kb)));\n")
     w("        } else {\n")
     for c in range(NB):
-        w(f"            bm{c} = mat4x4<f32>(unword(b4[k0 * qn + cq{c}]), unword(b4[(k0 + 1u) * qn + cq{c}]), unword(b4[(k0 + 2u) * qn + cq{c}]),\n")
-        w(f"                                unword(b4[(k0 + 3u) * qn + cq{c}]));\n")
+        w(f"            bm{c} = mat4x4<f32>(load_b(k0 * qn + cq{c}), load_b((k0 + 1u) * qn + cq{c}), load_b((k0 + 2u) * qn + cq{c}),\n")
+        w(f"                                load_b((k0 + 3u) * qn + cq{c}));\n")
     w("        }\n")
     w("        if (TA) {\n")
     for rb in range(RQ):

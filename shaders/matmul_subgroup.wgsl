@@ -45,9 +45,10 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 // The vec4 views are arrays of Word4 (words_f32.wgsl or words_u64.wgsl, prepended by the host):
-// every access goes through unword()/word().
-@group(0) @binding(1) var<storage, read> a4: array<Word4>;
-@group(0) @binding(2) var<storage, read> b4: array<Word4>;
+// every access goes through unword()/word(). A and B (bindings 1 and 2) are read through
+// load_a(i)/load_b(i), vec4 number i of the row-major operand, which the host prepends too:
+// matmul_operands_buffer.wgsl (storage buffers) or matmul_operands_texture.wgsl (read-only storage
+// textures, lavapipe's fast loads).
 @group(0) @binding(3) var<storage, read> bias4: array<Word4>;
 @group(0) @binding(4) var<storage, read> y4: array<Word4>;
 @group(0) @binding(5) var<storage, read_write> c4: array<Word4>;
@@ -120,10 +121,10 @@ fn matmul_subgroup(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgr
         var a_2: vec4<f32>;
         var a_3: vec4<f32>;
         if (TA) {
-            a_0 = unword(a4[(k0 + (0u + lane) / 8u) * qm + min(row0 / 4u + (0u + lane) % 8u, qm - 1u)]);
-            a_1 = unword(a4[(k0 + (8u + lane) / 8u) * qm + min(row0 / 4u + (8u + lane) % 8u, qm - 1u)]);
-            a_2 = unword(a4[(k0 + (16u + lane) / 8u) * qm + min(row0 / 4u + (16u + lane) % 8u, qm - 1u)]);
-            a_3 = unword(a4[(k0 + (24u + lane) / 8u) * qm + min(row0 / 4u + (24u + lane) % 8u, qm - 1u)]);
+            a_0 = load_a((k0 + (0u + lane) / 8u) * qm + min(row0 / 4u + (0u + lane) % 8u, qm - 1u));
+            a_1 = load_a((k0 + (8u + lane) / 8u) * qm + min(row0 / 4u + (8u + lane) % 8u, qm - 1u));
+            a_2 = load_a((k0 + (16u + lane) / 8u) * qm + min(row0 / 4u + (16u + lane) % 8u, qm - 1u));
+            a_3 = load_a((k0 + (24u + lane) / 8u) * qm + min(row0 / 4u + (24u + lane) % 8u, qm - 1u));
             if (COLSUM) {
                 rs_t0 += a_0;
                 rs_t0 += a_1;
@@ -131,10 +132,10 @@ fn matmul_subgroup(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgr
                 rs_t0 += a_3;
             }
         } else {
-            a_0 = unword(a4[row_0 * qk + kb]);
-            a_1 = unword(a4[row_1 * qk + kb]);
-            a_2 = unword(a4[row_2 * qk + kb]);
-            a_3 = unword(a4[row_3 * qk + kb]);
+            a_0 = load_a(row_0 * qk + kb);
+            a_1 = load_a(row_1 * qk + kb);
+            a_2 = load_a(row_2 * qk + kb);
+            a_3 = load_a(row_3 * qk + kb);
             if (COLSUM) {
                 rs_n0 += dot(a_0, vec4<f32>(1.0));
                 rs_n1 += dot(a_1, vec4<f32>(1.0));
@@ -177,11 +178,11 @@ fn matmul_subgroup(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgr
         var bm0: mat4x4<f32>;
         if (TB) {
             let c0 = min(col0 + 0u, p.n - 1u);
-            bm0 = transpose(mat4x4<f32>(unword(b4[c0 * qk + kb]), unword(b4[min(c0 + 1u, p.n - 1u) * qk + kb]),
-                                       unword(b4[min(c0 + 2u, p.n - 1u) * qk + kb]), unword(b4[min(c0 + 3u, p.n - 1u) * qk + kb])));
+            bm0 = transpose(mat4x4<f32>(load_b(c0 * qk + kb), load_b(min(c0 + 1u, p.n - 1u) * qk + kb),
+                                       load_b(min(c0 + 2u, p.n - 1u) * qk + kb), load_b(min(c0 + 3u, p.n - 1u) * qk + kb)));
         } else {
-            bm0 = mat4x4<f32>(unword(b4[k0 * qn + cq0]), unword(b4[(k0 + 1u) * qn + cq0]), unword(b4[(k0 + 2u) * qn + cq0]),
-                                unword(b4[(k0 + 3u) * qn + cq0]));
+            bm0 = mat4x4<f32>(load_b(k0 * qn + cq0), load_b((k0 + 1u) * qn + cq0), load_b((k0 + 2u) * qn + cq0),
+                                load_b((k0 + 3u) * qn + cq0));
         }
         if (TA) {
             let q0 = transpose(mat4x4<f32>(v0, v8, v16, v24));

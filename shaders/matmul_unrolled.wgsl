@@ -47,9 +47,10 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 // The vec4 views are arrays of Word4 (words_f32.wgsl or words_u64.wgsl, prepended by the host):
-// every access goes through unword()/word().
-@group(0) @binding(1) var<storage, read> a4: array<Word4>;
-@group(0) @binding(2) var<storage, read> b4: array<Word4>;
+// every access goes through unword()/word(). A and B (bindings 1 and 2) are read through
+// load_a(i)/load_b(i), vec4 number i of the row-major operand, which the host prepends too:
+// matmul_operands_buffer.wgsl (storage buffers) or matmul_operands_texture.wgsl (read-only storage
+// textures, lavapipe's fast loads).
 @group(0) @binding(3) var<storage, read> bias4: array<Word4>;
 @group(0) @binding(4) var<storage, read> y4: array<Word4>;
 @group(0) @binding(5) var<storage, read_write> c4: array<Word4>;
@@ -159,22 +160,22 @@ fn matmul_unrolled(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgr
         var a_14: vec4<f32>;
         var a_15: vec4<f32>;
         if (TA) {
-            a_0 = unword(a4[(k0 + (0u + 0u) / 4u) * qm + min(row0 / 4u + (0u + 0u) % 4u, qm - 1u)]);
-            a_1 = unword(a4[(k0 + (1u + 0u) / 4u) * qm + min(row0 / 4u + (1u + 0u) % 4u, qm - 1u)]);
-            a_2 = unword(a4[(k0 + (2u + 0u) / 4u) * qm + min(row0 / 4u + (2u + 0u) % 4u, qm - 1u)]);
-            a_3 = unword(a4[(k0 + (3u + 0u) / 4u) * qm + min(row0 / 4u + (3u + 0u) % 4u, qm - 1u)]);
-            a_4 = unword(a4[(k0 + (4u + 0u) / 4u) * qm + min(row0 / 4u + (4u + 0u) % 4u, qm - 1u)]);
-            a_5 = unword(a4[(k0 + (5u + 0u) / 4u) * qm + min(row0 / 4u + (5u + 0u) % 4u, qm - 1u)]);
-            a_6 = unword(a4[(k0 + (6u + 0u) / 4u) * qm + min(row0 / 4u + (6u + 0u) % 4u, qm - 1u)]);
-            a_7 = unword(a4[(k0 + (7u + 0u) / 4u) * qm + min(row0 / 4u + (7u + 0u) % 4u, qm - 1u)]);
-            a_8 = unword(a4[(k0 + (8u + 0u) / 4u) * qm + min(row0 / 4u + (8u + 0u) % 4u, qm - 1u)]);
-            a_9 = unword(a4[(k0 + (9u + 0u) / 4u) * qm + min(row0 / 4u + (9u + 0u) % 4u, qm - 1u)]);
-            a_10 = unword(a4[(k0 + (10u + 0u) / 4u) * qm + min(row0 / 4u + (10u + 0u) % 4u, qm - 1u)]);
-            a_11 = unword(a4[(k0 + (11u + 0u) / 4u) * qm + min(row0 / 4u + (11u + 0u) % 4u, qm - 1u)]);
-            a_12 = unword(a4[(k0 + (12u + 0u) / 4u) * qm + min(row0 / 4u + (12u + 0u) % 4u, qm - 1u)]);
-            a_13 = unword(a4[(k0 + (13u + 0u) / 4u) * qm + min(row0 / 4u + (13u + 0u) % 4u, qm - 1u)]);
-            a_14 = unword(a4[(k0 + (14u + 0u) / 4u) * qm + min(row0 / 4u + (14u + 0u) % 4u, qm - 1u)]);
-            a_15 = unword(a4[(k0 + (15u + 0u) / 4u) * qm + min(row0 / 4u + (15u + 0u) % 4u, qm - 1u)]);
+            a_0 = load_a((k0 + (0u + 0u) / 4u) * qm + min(row0 / 4u + (0u + 0u) % 4u, qm - 1u));
+            a_1 = load_a((k0 + (1u + 0u) / 4u) * qm + min(row0 / 4u + (1u + 0u) % 4u, qm - 1u));
+            a_2 = load_a((k0 + (2u + 0u) / 4u) * qm + min(row0 / 4u + (2u + 0u) % 4u, qm - 1u));
+            a_3 = load_a((k0 + (3u + 0u) / 4u) * qm + min(row0 / 4u + (3u + 0u) % 4u, qm - 1u));
+            a_4 = load_a((k0 + (4u + 0u) / 4u) * qm + min(row0 / 4u + (4u + 0u) % 4u, qm - 1u));
+            a_5 = load_a((k0 + (5u + 0u) / 4u) * qm + min(row0 / 4u + (5u + 0u) % 4u, qm - 1u));
+            a_6 = load_a((k0 + (6u + 0u) / 4u) * qm + min(row0 / 4u + (6u + 0u) % 4u, qm - 1u));
+            a_7 = load_a((k0 + (7u + 0u) / 4u) * qm + min(row0 / 4u + (7u + 0u) % 4u, qm - 1u));
+            a_8 = load_a((k0 + (8u + 0u) / 4u) * qm + min(row0 / 4u + (8u + 0u) % 4u, qm - 1u));
+            a_9 = load_a((k0 + (9u + 0u) / 4u) * qm + min(row0 / 4u + (9u + 0u) % 4u, qm - 1u));
+            a_10 = load_a((k0 + (10u + 0u) / 4u) * qm + min(row0 / 4u + (10u + 0u) % 4u, qm - 1u));
+            a_11 = load_a((k0 + (11u + 0u) / 4u) * qm + min(row0 / 4u + (11u + 0u) % 4u, qm - 1u));
+            a_12 = load_a((k0 + (12u + 0u) / 4u) * qm + min(row0 / 4u + (12u + 0u) % 4u, qm - 1u));
+            a_13 = load_a((k0 + (13u + 0u) / 4u) * qm + min(row0 / 4u + (13u + 0u) % 4u, qm - 1u));
+            a_14 = load_a((k0 + (14u + 0u) / 4u) * qm + min(row0 / 4u + (14u + 0u) % 4u, qm - 1u));
+            a_15 = load_a((k0 + (15u + 0u) / 4u) * qm + min(row0 / 4u + (15u + 0u) % 4u, qm - 1u));
             if (COLSUM) {
                 rs_t0 += a_0;
                 rs_t1 += a_1;
@@ -194,22 +195,22 @@ fn matmul_unrolled(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgr
                 rs_t3 += a_15;
             }
         } else {
-            a_0 = unword(a4[row_0 * qk + kb]);
-            a_1 = unword(a4[row_1 * qk + kb]);
-            a_2 = unword(a4[row_2 * qk + kb]);
-            a_3 = unword(a4[row_3 * qk + kb]);
-            a_4 = unword(a4[row_4 * qk + kb]);
-            a_5 = unword(a4[row_5 * qk + kb]);
-            a_6 = unword(a4[row_6 * qk + kb]);
-            a_7 = unword(a4[row_7 * qk + kb]);
-            a_8 = unword(a4[row_8 * qk + kb]);
-            a_9 = unword(a4[row_9 * qk + kb]);
-            a_10 = unword(a4[row_10 * qk + kb]);
-            a_11 = unword(a4[row_11 * qk + kb]);
-            a_12 = unword(a4[row_12 * qk + kb]);
-            a_13 = unword(a4[row_13 * qk + kb]);
-            a_14 = unword(a4[row_14 * qk + kb]);
-            a_15 = unword(a4[row_15 * qk + kb]);
+            a_0 = load_a(row_0 * qk + kb);
+            a_1 = load_a(row_1 * qk + kb);
+            a_2 = load_a(row_2 * qk + kb);
+            a_3 = load_a(row_3 * qk + kb);
+            a_4 = load_a(row_4 * qk + kb);
+            a_5 = load_a(row_5 * qk + kb);
+            a_6 = load_a(row_6 * qk + kb);
+            a_7 = load_a(row_7 * qk + kb);
+            a_8 = load_a(row_8 * qk + kb);
+            a_9 = load_a(row_9 * qk + kb);
+            a_10 = load_a(row_10 * qk + kb);
+            a_11 = load_a(row_11 * qk + kb);
+            a_12 = load_a(row_12 * qk + kb);
+            a_13 = load_a(row_13 * qk + kb);
+            a_14 = load_a(row_14 * qk + kb);
+            a_15 = load_a(row_15 * qk + kb);
             if (COLSUM) {
                 rs_n0 += dot(a_0, vec4<f32>(1.0));
                 rs_n1 += dot(a_1, vec4<f32>(1.0));
@@ -249,16 +250,16 @@ fn matmul_unrolled(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgr
         var bm1: mat4x4<f32>;
         if (TB) {
             let c0 = min(col0 + 0u, p.n - 1u);
-            bm0 = transpose(mat4x4<f32>(unword(b4[c0 * qk + kb]), unword(b4[min(c0 + 1u, p.n - 1u) * qk + kb]),
-                                       unword(b4[min(c0 + 2u, p.n - 1u) * qk + kb]), unword(b4[min(c0 + 3u, p.n - 1u) * qk + kb])));
+            bm0 = transpose(mat4x4<f32>(load_b(c0 * qk + kb), load_b(min(c0 + 1u, p.n - 1u) * qk + kb),
+                                       load_b(min(c0 + 2u, p.n - 1u) * qk + kb), load_b(min(c0 + 3u, p.n - 1u) * qk + kb)));
             let c1 = min(col0 + 4u, p.n - 1u);
-            bm1 = transpose(mat4x4<f32>(unword(b4[c1 * qk + kb]), unword(b4[min(c1 + 1u, p.n - 1u) * qk + kb]),
-                                       unword(b4[min(c1 + 2u, p.n - 1u) * qk + kb]), unword(b4[min(c1 + 3u, p.n - 1u) * qk + kb])));
+            bm1 = transpose(mat4x4<f32>(load_b(c1 * qk + kb), load_b(min(c1 + 1u, p.n - 1u) * qk + kb),
+                                       load_b(min(c1 + 2u, p.n - 1u) * qk + kb), load_b(min(c1 + 3u, p.n - 1u) * qk + kb)));
         } else {
-            bm0 = mat4x4<f32>(unword(b4[k0 * qn + cq0]), unword(b4[(k0 + 1u) * qn + cq0]), unword(b4[(k0 + 2u) * qn + cq0]),
-                                unword(b4[(k0 + 3u) * qn + cq0]));
-            bm1 = mat4x4<f32>(unword(b4[k0 * qn + cq1]), unword(b4[(k0 + 1u) * qn + cq1]), unword(b4[(k0 + 2u) * qn + cq1]),
-                                unword(b4[(k0 + 3u) * qn + cq1]));
+            bm0 = mat4x4<f32>(load_b(k0 * qn + cq0), load_b((k0 + 1u) * qn + cq0), load_b((k0 + 2u) * qn + cq0),
+                                load_b((k0 + 3u) * qn + cq0));
+            bm1 = mat4x4<f32>(load_b(k0 * qn + cq1), load_b((k0 + 1u) * qn + cq1), load_b((k0 + 2u) * qn + cq1),
+                                load_b((k0 + 3u) * qn + cq1));
         }
         if (TA) {
             let q0 = transpose(mat4x4<f32>(v0, v4, v8, v12));

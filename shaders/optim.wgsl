@@ -8,7 +8,8 @@
 // Shapes: g, p, m, v all [n] (any matrix, flattened). Workgroup 256, flat_index over a 2-D grid;
 // one element per invocation (adam_step), four (adam_step4, n % 4 == 0) or eight (adam_step8,
 // n % 8 == 0).
-// Bindings: 0 params | 1 g | 2 p (read_write) | 3 m (read_write) | 4 v (read_write)
+// Bindings: 0 params | 1 g | 2 p (read_write) | 3 m (read_write) | 4 v (read_write), except
+// adam_step8t (below).
 
 struct Params {
     n: u32,
@@ -104,4 +105,34 @@ fn adam_step8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     m18[i] = word8(mat2x4<f32>(lo[1], hi[1]));
     m28[i] = word8(mat2x4<f32>(lo[2], hi[2]));
     param8[i] = word8(mat2x4<f32>(lo[0], hi[0]));
+}
+
+// adam_step8 reading g, p, m and v from operand textures (rgba32float, 1024 texels per row, texel
+// i % 1024, i / 1024 holding elements 4i..4i+3; the host copies the buffers in before the
+// dispatch, as for the `subgroup` matmul's operands, see matmul_operands_texture.wgsl) and
+// writing p, m and v through Word8 views. lavapipe fetches texels with straight-line vector code
+// where each storage load is a loop over the lanes: on AVX2-only CPUs this update takes about 0.57
+// of adam_step8's time, the copies included (BENCHMARKS.md). Same bits as adam_step8.
+// Bindings: 0 params | 1 g | 2 p | 3 m | 4 v (textures) | 5 p | 6 m | 7 v (read_write Word8 views).
+@group(0) @binding(1) var g_tex: texture_storage_2d<rgba32float, read>;
+@group(0) @binding(2) var p_tex: texture_storage_2d<rgba32float, read>;
+@group(0) @binding(3) var m_tex: texture_storage_2d<rgba32float, read>;
+@group(0) @binding(4) var v_tex: texture_storage_2d<rgba32float, read>;
+@group(0) @binding(5) var<storage, read_write> param8_out: array<Word8>;
+@group(0) @binding(6) var<storage, read_write> m18_out: array<Word8>;
+@group(0) @binding(7) var<storage, read_write> m28_out: array<Word8>;
+
+fn texel(t: texture_storage_2d<rgba32float, read>, i: u32) -> vec4<f32> {
+    return textureLoad(t, vec2<u32>(i & 1023u, i >> 10u));
+}
+
+@compute @workgroup_size(256)
+fn adam_step8t(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = flat_index(wid, lid.x, nwg.x, 256u);
+    if (8u * i >= p.n) { return; }
+    let lo = adam4(texel(p_tex, 2u * i), texel(g_tex, 2u * i), texel(m_tex, 2u * i), texel(v_tex, 2u * i));
+    let hi = adam4(texel(p_tex, 2u * i + 1u), texel(g_tex, 2u * i + 1u), texel(m_tex, 2u * i + 1u), texel(v_tex, 2u * i + 1u));
+    m18_out[i] = word8(mat2x4<f32>(lo[1], hi[1]));
+    m28_out[i] = word8(mat2x4<f32>(lo[2], hi[2]));
+    param8_out[i] = word8(mat2x4<f32>(lo[0], hi[0]));
 }

@@ -248,7 +248,8 @@ pub struct StepReport {
     pub steps_per_submit: usize,
     /// Host milliseconds per step spent recording, encoding and submitting (not waiting).
     pub cpu_ms_per_step: f64,
-    /// `wgpu::Buffer`s created per step after the warm-up (0: the pool serves every request).
+    /// `wgpu::Buffer`s and operand textures created per step after the warm-up (0: the pool serves
+    /// every request).
     pub buffers_allocated_per_step: f64,
     /// Bind groups created per step after the warm-up (0: all cached).
     pub bind_groups_created_per_step: f64,
@@ -353,7 +354,10 @@ pub fn bench_step(
             submissions_per_step: per(after.submissions, before.submissions),
             steps_per_submit: k,
             cpu_ms_per_step: cpu * 1e3 / steps as f64,
-            buffers_allocated_per_step: per(after.buffers_created, before.buffers_created),
+            buffers_allocated_per_step: per(
+                after.buffers_created + after.textures_created,
+                before.buffers_created + before.textures_created,
+            ),
             bind_groups_created_per_step: per(after.bind_groups_created, before.bind_groups_created),
             bytes_uploaded_per_step: per(after.bytes_uploaded, before.bytes_uploaded),
         },
@@ -394,7 +398,7 @@ impl std::fmt::Display for MatmulRow {
     /// One line of the matmul table: shape, MxKxN, layout, variant, GFLOP/s.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let dims = format!("{}x{}x{}", self.m, self.k, self.n);
-        write!(f, "{:<18} {:>16} {:>6} {:>9} {:>8.2}", self.shape, dims, self.layout, self.variant, self.gflops)
+        write!(f, "{:<18} {:>16} {:>6} {:>17} {:>8.2}", self.shape, dims, self.layout, self.variant, self.gflops)
     }
 }
 
@@ -413,25 +417,43 @@ pub fn matmul_table(
         Some(v) => gpu.check_variant(v).map(|_| vec![v])?,
         None => MatmulVariant::ALL.into_iter().filter(|&v| gpu.check_variant(v).is_ok()).collect(),
     };
-    let mut rows = Vec::new();
-    for s in SHAPES.iter().filter(|s| s.name.contains(filter)) {
-        for &v in &variants {
-            let r = time_matmul(gpu, s, v, budget)?;
-            let row = MatmulRow {
-                shape: s.name,
-                m: s.m,
-                k: s.k,
-                n: s.n,
-                layout: s.layout(),
-                variant: v.to_string(),
-                seconds: r.seconds,
-                gflops: r.gflops,
-            };
-            on_row(&row);
-            rows.push(row);
+    // The `subgroup` kernel once per operand kind (`subgroup+textures`, `subgroup+buffers`); the
+    // device's own choice is restored afterwards.
+    let mut runs: Vec<(MatmulVariant, Option<crate::gpu::Operands>)> = Vec::new();
+    for &v in &variants {
+        if v == MatmulVariant::Subgroup {
+            runs.extend(crate::gpu::Operands::ALL.map(|o| (v, Some(o))));
+        } else {
+            runs.push((v, None));
         }
     }
-    Ok(rows)
+    let chosen = gpu.operands();
+    let mut rows = Vec::new();
+    let result = (|| {
+        for s in SHAPES.iter().filter(|s| s.name.contains(filter)) {
+            for &(v, o) in &runs {
+                if let Some(o) = o {
+                    gpu.set_operands(o);
+                }
+                let r = time_matmul(gpu, s, v, budget)?;
+                let row = MatmulRow {
+                    shape: s.name,
+                    m: s.m,
+                    k: s.k,
+                    n: s.n,
+                    layout: s.layout(),
+                    variant: o.map_or(v.to_string(), |o| format!("{v}+{o}")),
+                    seconds: r.seconds,
+                    gflops: r.gflops,
+                };
+                on_row(&row);
+                rows.push(row);
+            }
+        }
+        Ok(())
+    })();
+    gpu.set_operands(chosen);
+    result.map(|()| rows)
 }
 
 impl StepReport {
@@ -492,6 +514,8 @@ pub struct StepRecord {
     pub matmul: String,
     /// How the CPU-adapter kernels typed their vec4 views (`f32`, `u64`).
     pub storage_words: String,
+    /// Where the `subgroup` matmul read its operands (`buffers`, `textures`).
+    pub matmul_operands: String,
     /// Per-kernel GPU time, when profiled.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profile: Option<Vec<ProfileShare>>,
@@ -522,6 +546,7 @@ impl StepRecord {
             driver: format!("{} {}", r.driver, r.driver_info),
             matmul: r.matmul_variant,
             storage_words: r.storage_words,
+            matmul_operands: r.matmul_operands,
             profile,
         }
     }

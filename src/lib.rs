@@ -88,7 +88,7 @@ pub mod tune;
 pub mod vae;
 
 pub use error::{Error, Result};
-pub use gpu::{Gpu, GpuOptions, KernelChoice, MatmulPlan, MatmulVariant, TileConfig, Words};
+pub use gpu::{Gpu, GpuOptions, KernelChoice, MatmulPlan, MatmulVariant, Operands, TileConfig, Words};
 pub use nn::Optimizer;
 pub use tape::{Tape, Var};
 pub use tensor::Tensor;

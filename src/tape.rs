@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::gpu::pipeline::{Kernel, KernelKey, PARAMS_BYTES};
-use crate::gpu::pool::{BufferKind, PooledBuffer};
+use crate::gpu::pool::{BufferKind, PooledBuffer, PooledTexture, OPERAND_TEXTURE_WIDTH};
 use crate::gpu::Gpu;
 use crate::tensor::Tensor;
 
@@ -81,6 +81,9 @@ struct Recorded {
     kernel: std::result::Result<Arc<Kernel>, KernelKey>,
     params: Params,
     buffers: Vec<Binding>,
+    /// Operand textures by position in `buffers`: that buffer range is copied into the texture
+    /// before the dispatch, which reads the texture in its place.
+    textures: Vec<(usize, Arc<PooledTexture>)>,
     groups: [u32; 3],
     label: Option<String>,
 }
@@ -90,6 +93,7 @@ pub(crate) struct Dispatch {
     kernel: Arc<Kernel>,
     params: Params,
     buffers: Vec<Binding>,
+    textures: Vec<(usize, Arc<PooledTexture>)>,
     groups: [u32; 3],
     /// Profile row (entry point and shape); only made while the device is profiling (natively).
     #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
@@ -102,6 +106,47 @@ struct ReadbackCopy {
     bytes: u64,
     staging: Arc<PooledBuffer>,
     submitted: Arc<AtomicBool>,
+}
+
+/// Bytes per texel row of an operand texture (`rgba32float`).
+const TEXTURE_ROW_BYTES: u64 = OPERAND_TEXTURE_WIDTH as u64 * 16;
+
+/// Copies `bytes` bytes of `buf` from `offset` (whole vec4s) into an operand texture, vec4 i to
+/// texel (i % width, i / width): the full rows in one copy, the last partial row in another.
+fn copy_to_operand_texture(
+    enc: &mut wgpu::CommandEncoder,
+    buf: &wgpu::Buffer,
+    offset: u64,
+    bytes: u64,
+    tex: &PooledTexture,
+) {
+    let full = bytes / TEXTURE_ROW_BYTES;
+    let tail = bytes % TEXTURE_ROW_BYTES;
+    let mut copy = |offset: u64, row: u64, width: u64, rows: u64| {
+        enc.copy_buffer_to_texture(
+            wgpu::TexelCopyBufferInfo {
+                buffer: buf,
+                layout: wgpu::TexelCopyBufferLayout {
+                    offset,
+                    bytes_per_row: Some(TEXTURE_ROW_BYTES as u32),
+                    rows_per_image: None,
+                },
+            },
+            wgpu::TexelCopyTextureInfo {
+                texture: tex.raw(),
+                mip_level: 0,
+                origin: wgpu::Origin3d { x: 0, y: row as u32, z: 0 },
+                aspect: wgpu::TextureAspect::All,
+            },
+            wgpu::Extent3d { width: width as u32, height: rows as u32, depth_or_array_layers: 1 },
+        );
+    };
+    if full > 0 {
+        copy(offset, 0, OPERAND_TEXTURE_WIDTH as u64, full);
+    }
+    if tail > 0 {
+        copy(offset + full * TEXTURE_ROW_BYTES, full, tail / 16, 1);
+    }
 }
 
 /// The result of [`Tape::read`]: available after the tape is submitted.
@@ -266,7 +311,10 @@ impl Tape {
     }
 
     /// [`Tape::dispatch`] with the row a profile files it under (made by the caller only while
-    /// the device is profiling, see [`Gpu::profiling`]).
+    /// the device is profiling, see [`Gpu::profiling`]). A kernel whose module reads some inputs
+    /// from operand textures ([`crate::gpu::Module::texture_bindings`]) gets each such input's
+    /// values copied into a pooled texture (rows of [`OPERAND_TEXTURE_WIDTH`] texels) right
+    /// before it runs.
     pub(crate) fn dispatch_labeled(
         &mut self,
         key: &KernelKey,
@@ -310,10 +358,17 @@ impl Tape {
         if groups.contains(&0) {
             return Ok(());
         }
+        // Inputs read through operand textures are copied before the dispatch and not bound: the
+        // binding rules below do not apply to them.
+        let texture_slot = |i: usize| key.module.texture_bindings() & (1 << i) != 0;
         // A buffer bound writable must not also be bound read-only in the same dispatch (WebGPU
         // tracks usage per buffer, not per range): say which kernel would do it.
         let writes = &buffers[key.inputs as usize..];
-        if let Some(r) = buffers[..key.inputs as usize].iter().find(|r| writes.iter().any(|w| w.same_buffer(r))) {
+        if let Some((_, r)) = buffers[..key.inputs as usize]
+            .iter()
+            .enumerate()
+            .find(|&(i, r)| !texture_slot(i) && writes.iter().any(|w| w.same_buffer(r)))
+        {
             return Err(Error::Autograd(format!(
                 "kernel {} would read {r:?} while writing another range of its buffer; copy it first",
                 name()
@@ -345,14 +400,30 @@ impl Tape {
         // WebGPU's rule, checked here natively too (wgpu-core does not): no binding a kernel
         // writes may overlap another binding, so what passes here also binds in a browser.
         for j in first_out..bound.len() {
-            if (0..bound.len()).any(|i| i != j && overlaps(&bound[i], &bound[j])) {
+            if (0..bound.len()).any(|i| i != j && !texture_slot(i) && overlaps(&bound[i], &bound[j])) {
                 return Err(Error::Autograd(format!(
                     "kernel {}: binding {j} is written but overlaps another binding (WebGPU rejects this)",
                     name()
                 )));
             }
         }
-        self.dispatches.push(Recorded { kernel, params, buffers: bound, groups, label });
+        let mut textures = Vec::new();
+        for (slot, t) in buffers.iter().enumerate() {
+            if key.module.texture_bindings() & (1 << slot) == 0 {
+                continue;
+            }
+            if slot >= key.inputs as usize || !t.bytes().is_multiple_of(16) {
+                return Err(Error::Autograd(format!(
+                    "kernel {}: binding {} is an operand texture, which takes an input of whole vec4s",
+                    name(),
+                    slot + 1
+                )));
+            }
+            let rows = t.bytes().div_ceil(TEXTURE_ROW_BYTES).max(1);
+            let rows = u32::try_from(rows).unwrap_or(u32::MAX);
+            textures.push((slot, self.gpu.alloc_operand_texture(rows)?));
+        }
+        self.dispatches.push(Recorded { kernel, params, buffers: bound, textures, groups, label });
         Ok(())
     }
 
@@ -388,7 +459,14 @@ impl Tape {
                     Ok(k) => k,
                     Err(key) => self.gpu.kernel(&key)?,
                 };
-                Ok(Dispatch { kernel, params: r.params, buffers: r.buffers, groups: r.groups, label: r.label })
+                Ok(Dispatch {
+                    kernel,
+                    params: r.params,
+                    buffers: r.buffers,
+                    textures: r.textures,
+                    groups: r.groups,
+                    label: r.label,
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         if dispatches.is_empty() && readbacks.is_empty() {
@@ -428,19 +506,36 @@ impl Tape {
         };
         if let Some(pb) = &params_buf {
             let bind_groups: Vec<_> =
-                dispatches.iter().map(|d| self.gpu.bind_group(&d.kernel, pb, &d.buffers)).collect();
-            let mut pass = enc
-                .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("wgvae step"), timestamp_writes: None });
-            if let Some(q) = &queries {
-                pass.write_timestamp(q, 0);
-            }
-            for (i, (d, bg)) in dispatches.iter().zip(&bind_groups).enumerate() {
-                pass.set_pipeline(&d.kernel.pipeline);
-                pass.set_bind_group(0, bg.as_ref(), &[(i as u64 * stride) as u32]);
-                pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
-                if let (Some(q), Some(t)) = (&queries, timed) {
-                    if i < t {
-                        pass.write_timestamp(q, i as u32 + 1);
+                dispatches.iter().map(|d| self.gpu.bind_group(&d.kernel, pb, &d.buffers, &d.textures)).collect();
+            // One compute pass, split where a dispatch needs its operand textures filled first
+            // (copies are recorded between passes). A profile then counts the copies in the time
+            // of the dispatch they serve: the timestamp before it was written before them.
+            let mut i = 0;
+            while i < dispatches.len() {
+                for (slot, tex) in &dispatches[i].textures {
+                    let (buf, offset, bytes) = &dispatches[i].buffers[*slot];
+                    copy_to_operand_texture(&mut enc, buf.raw(), *offset, *bytes, tex);
+                }
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("wgvae step"),
+                    timestamp_writes: None,
+                });
+                if let (Some(q), 0) = (&queries, i) {
+                    pass.write_timestamp(q, 0);
+                }
+                loop {
+                    let d = &dispatches[i];
+                    pass.set_pipeline(&d.kernel.pipeline);
+                    pass.set_bind_group(0, bind_groups[i].as_ref(), &[(i as u64 * stride) as u32]);
+                    pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+                    if let (Some(q), Some(t)) = (&queries, timed) {
+                        if i < t {
+                            pass.write_timestamp(q, i as u32 + 1);
+                        }
+                    }
+                    i += 1;
+                    if i == dispatches.len() || !dispatches[i].textures.is_empty() {
+                        break;
                     }
                 }
             }

@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use wgvae::ops::matmul::{matmul_accumulate, matmul_forward, MatmulOpts};
 use wgvae::ops::{elementwise as ew, reduce, Act};
-use wgvae::{MatmulVariant, Tape, Words};
+use wgvae::{MatmulVariant, Operands, Tape};
 
 /// (M, K, N): ones, primes, one past tile/workgroup multiples, and the 785-wide MNIST+bias case.
 const SIZES: [(usize, usize, usize); 7] =
@@ -412,7 +412,7 @@ fn generated_products(
 }
 
 #[test]
-fn generated_matmuls_under_every_storage_word_kind_are_exact_and_bit_identical() {
+fn generated_matmuls_under_every_storage_word_and_operand_kind_are_exact_and_bit_identical() {
     // The `subgroup` and `unrolled` kernels with their vec4 views typed as vec4<f32> and as
     // vec2<u64> (the CPU adapters' default): the same bytes, so the results must agree to the bit,
     // and each must match the f64 reference. Multiples of 4 (the vec4 path) that are not multiples
@@ -423,23 +423,38 @@ fn generated_matmuls_under_every_storage_word_kind_are_exact_and_bit_identical()
 }
 
 fn words_bit_identical((v, kernel): (MatmulVariant, &'static str)) {
-    let sizes = [(36, 20, 44), (132, 28, 68), (12, 6144, 8)];
+    // The `subgroup` kernel also reads its operands from textures (the default) or buffers: every
+    // storage-word kind with the default operands, and buffer operands with the default words.
+    // 68x100x76: operands of more than one 1024-texel row with a partial last row (the two copies
+    // into an operand texture); 12x6144x8: whole rows only.
+    let mut configs: Vec<(&'static wgvae::Gpu, String)> = words_kinds()
+        .into_iter()
+        .map(|w| {
+            let g = gpu_words(w);
+            assert_eq!(g.words(), w);
+            let textures = if kernel == "matmul_subgroup" { "+textures" } else { "" };
+            (g, format!("{kernel}.wgsl+{w}{textures}:{kernel}"))
+        })
+        .collect();
+    if kernel == "matmul_subgroup" {
+        let g = gpu_operands(Operands::Buffers);
+        configs.push((g, format!("{kernel}.wgsl+{}:{kernel}", g.words())));
+    }
+    let sizes = [(36, 20, 44), (132, 28, 68), (68, 100, 76), (12, 6144, 8)];
     for (i, &(m, k, n)) in sizes.iter().enumerate() {
         for ta in [false, true] {
             for tb in [false, true] {
-                let mut first: Option<(Words, [Vec<f32>; 4])> = None;
-                for w in words_kinds() {
-                    let g = gpu_words(w);
-                    assert_eq!(g.words(), w);
+                let mut first: Option<(&str, [Vec<f32>; 4])> = None;
+                for (g, name) in &configs {
                     let got = generated_products(g, (v, kernel), m, k, n, ta, tb, 500 + i as u64);
-                    assert_ran_named(g, &format!("{kernel}.wgsl+{w}:{kernel}"), &format!("{w} words"));
-                    if let Some((w0, want)) = &first {
+                    assert_ran_named(g, name, name);
+                    if let Some((name0, want)) = &first {
                         for (j, (x, y)) in got.iter().zip(want).enumerate() {
                             let same = x.len() == y.len() && x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits());
-                            assert!(same, "{m}x{k}x{n} ta={ta} tb={tb}: result {j} differs between {w0} and {w} words");
+                            assert!(same, "{m}x{k}x{n} ta={ta} tb={tb}: result {j} differs between {name0} and {name}");
                         }
                     } else {
-                        first = Some((w, got));
+                        first = Some((name, got));
                     }
                 }
             }

@@ -36,6 +36,7 @@ fn repeated_step_allocates_nothing_and_submits_once() {
     step(&gpu, &mlp, &mut opt, &x, &t);
     let s2 = gpu.stats();
     assert_eq!(s2.buffers_created, s1.buffers_created, "second identical step created buffers");
+    assert_eq!(s2.textures_created, s1.textures_created, "second identical step created operand textures");
     assert_eq!(s2.bind_groups_created, s1.bind_groups_created, "second identical step created bind groups");
     assert_eq!(s2.pipelines_compiled, s1.pipelines_compiled, "second identical step compiled pipelines");
     assert_eq!(s2.submissions, s1.submissions + 1, "forward, backward, update and read-back are one submission");

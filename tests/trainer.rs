@@ -20,7 +20,7 @@ use wgvae::ops::Act;
 use wgvae::train::{TrainOptions, Trainer};
 use wgvae::vae::objective::{KlSchedule, Objective, Reduction};
 use wgvae::vae::{Likelihood, ModelKind, VaeConfig};
-use wgvae::{rng, Gpu, MatmulVariant, Words};
+use wgvae::{rng, Gpu, MatmulVariant, Operands, Words};
 
 /// Image size (3x4 = 12 pixels), hidden width, latent size: multiples of 4, so every variant's
 /// vec4 and subgroup kernels take the full batches (the 2-row tail batch takes the scalar ones).
@@ -342,35 +342,46 @@ fn a_training_step_compiles_three_subgroup_matmul_pipelines() {
 }
 
 #[test]
-fn every_storage_word_kind_trains_like_the_reference_and_bit_identically() {
+fn every_storage_word_and_operand_kind_trains_like_the_reference_and_bit_identically() {
     // The kernels with storage words (`subgroup` matmul, Adam over the packed parameters, the
     // reconstruction's and the gather's vec4 or 8-wide kernels) with their vec4 views as vec4<f32> and as
     // vec2<u64>: the same training to the bit.
-    let mut first: Option<(Words, Params)> = None;
-    for w in words_kinds() {
-        let g = gpu_words(w);
-        let (t, _) = run(g, options(Objective::default(), true), 2, &format!("{w} words"));
+    // The `subgroup` matmul's operands from textures (the default) and from buffers too.
+    let mut first: Option<(String, Params)> = None;
+    let mut configs: Vec<(&'static Gpu, String)> =
+        words_kinds().into_iter().map(|w| (gpu_words(w), format!("{w} words"))).collect();
+    if gpu().matmul_variant() == MatmulVariant::Subgroup {
+        configs.push((gpu_operands(Operands::Buffers), "buffer operands".into()));
+    }
+    for (g, what) in configs {
+        let w = g.words();
+        let (t, _) = run(g, options(Objective::default(), true), 2, &what);
         // Adam over the packed parameters runs eight elements per invocation with u64 words.
-        let adam = if w == Words::U64 { "adam_step8" } else { "adam_step4" };
-        let adam = format!("optim.wgsl+{{w}}:{adam}");
+        // With operand textures it reads its inputs from textures (adam_step8t).
+        let adam = match (w, g.operands()) {
+            (Words::U64, Operands::Textures) => "optim.wgsl+{w}+textures:adam_step8t".to_string(),
+            (Words::U64, Operands::Buffers) => "optim.wgsl+{w}:adam_step8".to_string(),
+            _ => "optim.wgsl+{w}:adam_step4".to_string(),
+        };
         // The gather takes eight pixels per invocation only with u64 words and D % 8 == 0.
         let gather =
             if w == Words::U64 && D.is_multiple_of(8) { "data.wgsl+{w}:gather8" } else { "data.wgsl+{w}:gather4" };
         for kernel in [adam.as_str(), "vae_fused.wgsl+{w}:recon_fused4", gather] {
-            assert_ran_named(g, &kernel.replace("{w}", w.name()), &format!("{w} words"));
+            assert_ran_named(g, &kernel.replace("{w}", w.name()), &what);
         }
         if g.matmul_variant() == MatmulVariant::Subgroup {
-            assert_ran_named(g, &format!("matmul_subgroup.wgsl+{w}:matmul_subgroup"), &format!("{w} words"));
+            let textures = if g.operands() == Operands::Textures { "+textures" } else { "" };
+            assert_ran_named(g, &format!("matmul_subgroup.wgsl+{w}{textures}:matmul_subgroup"), &what);
         }
         let p = params_of(&t);
         match &first {
-            Some((w0, want)) => {
+            Some((what0, want)) => {
                 for (i, (x, y)) in p.iter().zip(want).enumerate() {
                     let same = x.d.iter().zip(&y.d).all(|(a, b)| (*a as f32).to_bits() == (*b as f32).to_bits());
-                    assert!(same, "parameter {i} differs between {w0} and {w} words after 2 epochs");
+                    assert!(same, "parameter {i} differs between {what0} and {what} after 2 epochs");
                 }
             }
-            None => first = Some((w, p)),
+            None => first = Some((what, p)),
         }
     }
 }

@@ -110,22 +110,35 @@ fn reparameterize_forward_and_backward() {
 #[test]
 fn adam_and_adamw_match_reference() {
     // 13x27 runs the scalar kernel; 12x21 (252 elements) the vec4 one under each storage-word
-    // kind (its views as vec4<f32> or vec2<u64>); 12x20 (240) the vec4 one with f32 words and the
-    // 8-wide one (views as vec4<u64>) with u64 words. Same bytes and the same arithmetic, so the
+    // kind (its views as vec4<f32> or vec2<u64>); 12x20 (240) and 72x120 (two 1024-texel rows of an
+    // operand texture and part of a third) the vec4 one with f32 words and the 8-wide one (views
+    // as vec4<u64>) with u64 words. Same bytes and the same arithmetic, so the
     // parameters must agree to the bit across the kinds: that proves adam_step8 against adam_step4.
-    let mut first: Option<(wgvae::Words, Vec<Vec<f32>>)> = None;
-    for w in words_kinds() {
-        let params = adam_against_reference(gpu_words(w));
-        assert_ran_named(gpu_words(w), &format!("optim.wgsl+{w}:adam_step4"), &format!("Adam, {w} words"));
+    // With u64 words and operand textures (lavapipe's defaults) the 8-wide update reads its inputs
+    // from textures (adam_step8t); a device with buffer operands runs adam_step8 on the same cases.
+    let mut first: Option<(String, Vec<Vec<f32>>)> = None;
+    let mut devices: Vec<(&wgvae::Gpu, String)> =
+        words_kinds().into_iter().map(|w| (gpu_words(w), format!("{w} words"))).collect();
+    if words_kinds().contains(&wgvae::Words::U64) && gpu().words() == wgvae::Words::U64 {
+        devices.push((gpu_operands(wgvae::Operands::Buffers), "u64 words, buffer operands".into()));
+    }
+    for (dev, what) in devices {
+        let w = dev.words();
+        let params = adam_against_reference(dev);
+        assert_ran_named(dev, &format!("optim.wgsl+{w}:adam_step4"), &format!("Adam, {what}"));
         if w == wgvae::Words::U64 {
-            assert_ran_named(gpu_words(w), "optim.wgsl+u64:adam_step8", "Adam, u64 words");
+            let eight = match dev.operands() {
+                wgvae::Operands::Textures => "optim.wgsl+u64+textures:adam_step8t",
+                wgvae::Operands::Buffers => "optim.wgsl+u64:adam_step8",
+            };
+            assert_ran_named(dev, eight, &format!("Adam, {what}"));
         }
         match &first {
-            Some((w0, want)) => assert!(
+            Some((what0, want)) => assert!(
                 params.iter().zip(want).all(|(x, y)| x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits())),
-                "Adam's parameters differ between {w0} and {w} words"
+                "Adam's parameters differ between {what0} and {what}"
             ),
-            None => first = Some((w, params)),
+            None => first = Some((what, params)),
         }
     }
 }
@@ -133,7 +146,7 @@ fn adam_and_adamw_match_reference() {
 /// Four Adam/AdamW steps on `g` against the f64 reference; the final parameters of each case.
 fn adam_against_reference(dev: &wgvae::Gpu) -> Vec<Vec<f32>> {
     let mut out = Vec::new();
-    let cases = [(13, 27), (12, 21), (12, 20)];
+    let cases = [(13, 27), (12, 21), (12, 20), (72, 120)];
     for (decoupled, (r, c)) in cases.iter().flat_map(|&s| [(false, s), (true, s)]) {
         let p0 = Mat::rand(r, c, -1.0, 1.0, 20);
         let param = Param::new("w", p0.upload_to(dev));
@@ -155,6 +168,7 @@ fn adam_against_reference(dev: &wgvae::Gpu) -> Vec<Vec<f32>> {
             opt.step(&mut tape, &[&param]).unwrap();
             tape.submit().unwrap();
             let kernel = match (r * c) % 8 {
+                0 if dev.words() == wgvae::Words::U64 && dev.operands() == wgvae::Operands::Textures => "adam_step8t",
                 0 if dev.words() == wgvae::Words::U64 => "adam_step8",
                 0 | 4 => "adam_step4",
                 _ => "adam_step",

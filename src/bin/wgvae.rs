@@ -508,12 +508,13 @@ fn bench_matmul(a: &MatmulBenchArgs) -> Result<()> {
     let ad = gpu.adapter();
     if !a.json {
         println!(
-            "matmul GFLOP/s on {} ({:?}, {:?}); default variant: {}; storage words: {}",
+            "matmul GFLOP/s on {} ({:?}, {:?}); default variant: {}; storage words: {}; subgroup operands: {}",
             ad.name,
             ad.backend,
             ad.device_type,
             gpu.matmul_variant(),
-            gpu.words()
+            gpu.words(),
+            gpu.operands()
         );
     }
     wgvae::bench::matmul_table(&gpu, &a.filter, a.variant, a.seconds, &mut |r| match a.json {
@@ -528,8 +529,17 @@ fn bench_step(a: &StepBenchArgs) -> Result<()> {
     let r = gpu.report();
     if !a.json {
         println!(
-            "training step of the classic VAE (784-400-20-400-784, Adam) on {} ({}, {}), matmul {}, words {}",
-            r.adapter, r.backend, r.device_type, r.matmul_variant, r.storage_words
+            "training step of the classic VAE (784-400-20-400-784, Adam) on {} ({}, {}), matmul {}, words {}{}",
+            r.adapter,
+            r.backend,
+            r.device_type,
+            r.matmul_variant,
+            r.storage_words,
+            if r.matmul_variant.contains("subgroup") {
+                format!(", operands {}", r.matmul_operands)
+            } else {
+                String::new()
+            }
         );
         println!("{}", wgvae::bench::StepReport::HEADER);
     }

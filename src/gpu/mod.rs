@@ -140,6 +140,52 @@ impl std::str::FromStr for Words {
     }
 }
 
+/// Where the `subgroup` matmul reads its operands A and B from. Both give bit-identical results;
+/// they differ in what lavapipe's compiler makes of a load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Operands {
+    /// The tensors' storage buffers, as every other kernel reads them.
+    Buffers,
+    /// Read-only storage textures (`rgba32float`, 1024 texels wide) that each operand is copied
+    /// into before the product (a `copy_buffer_to_texture`, one or two per operand). Mesa 22.3's
+    /// lavapipe fetches texels with straight-line vector code, but compiles a storage-buffer load
+    /// into a loop over the lanes whose vector insert goes through the stack on CPUs without
+    /// AVX-512: there a buffer load costs 5-8x a texel's (`shaders/matmul_operands_texture.wgsl`,
+    /// BENCHMARKS.md). The default wherever the `subgroup` kernel runs.
+    Textures,
+}
+
+impl Operands {
+    /// Both kinds, for tests and benchmarks that must cover each one.
+    pub const ALL: [Operands; 2] = [Operands::Buffers, Operands::Textures];
+
+    /// Short lowercase name (`buffers`, `textures`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Operands::Buffers => "buffers",
+            Operands::Textures => "textures",
+        }
+    }
+}
+
+impl std::fmt::Display for Operands {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Operands {
+    type Err = Error;
+    /// Parses the name printed by [`Operands::name`] (case-insensitive).
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "buffers" => Ok(Operands::Buffers),
+            "textures" => Ok(Operands::Textures),
+            other => Err(Error::arg("matmul operands", format!("`{other}` is not one of: buffers, textures"))),
+        }
+    }
+}
+
 /// The tile of the [`MatmulVariant::Tiled`] kernel: a workgroup of 16x16 invocations computes
 /// `m` x `n` outputs, each invocation (`m`/16) x (`n`/16), staging slabs of `k` along the contracted
 /// dimension in workgroup memory. Small tiles give small products enough workgroups to fill a GPU;
@@ -477,6 +523,8 @@ pub struct AdapterReport {
     pub matmul_variant: String,
     /// How the CPU-adapter kernels type their vec4 views ([`Words`]: `f32` or `u64`).
     pub storage_words: String,
+    /// Where the `subgroup` matmul reads its operands ([`Operands`]: `buffers` or `textures`).
+    pub matmul_operands: String,
     /// Optional features enabled on the device.
     pub features: Vec<String>,
     /// The device limits wgvae checks its sizes against.
@@ -492,6 +540,7 @@ impl std::fmt::Display for AdapterReport {
         writeln!(f, "driver         {} {}", self.driver, self.driver_info)?;
         writeln!(f, "matmul kernel  {}", self.matmul_variant)?;
         writeln!(f, "storage words  {}", self.storage_words)?;
+        writeln!(f, "operands       {}", self.matmul_operands)?;
         let feats =
             if self.features.is_empty() { "(none beyond WebGPU core)".into() } else { self.features.join(", ") };
         writeln!(f, "features       {feats}")?;
@@ -508,7 +557,9 @@ impl std::fmt::Display for AdapterReport {
 pub struct GpuStats {
     /// `wgpu::Buffer`s created so far (pool misses).
     pub buffers_created: u64,
-    /// Bytes in all created buffers.
+    /// Operand textures created so far (pool misses; [`Operands::Textures`]).
+    pub textures_created: u64,
+    /// Bytes in all created buffers and textures.
     pub bytes_created: u64,
     /// Compute pipelines compiled so far.
     pub pipelines_compiled: u64,
@@ -531,6 +582,8 @@ pub(crate) struct GpuInner {
     pub variant: Mutex<MatmulVariant>,
     /// How the CPU-adapter kernels type their vec4 views (fixed when the device is opened).
     pub words: Words,
+    /// Where the `subgroup` matmul reads A and B (see [`Gpu::set_operands`]).
+    pub operands: Mutex<Operands>,
     /// Measured per-size kernel choices (see [`Gpu::set_matmul_plan`]).
     pub plan: Mutex<Option<Arc<MatmulPlan>>>,
     pub pool: Mutex<Pool>,
@@ -574,12 +627,14 @@ pub struct GpuOptions {
     pub matmul: Option<MatmulVariant>,
     /// Force how the CPU-adapter kernels type their vec4 views (default: [`Words::for_adapter`]).
     pub words: Option<Words>,
+    /// Force where the `subgroup` matmul reads its operands (default: [`Operands::Textures`]).
+    pub operands: Option<Operands>,
 }
 
 impl GpuOptions {
     /// Options from `WGPU_BACKEND` (e.g. `vulkan`, `gl`), `WGPU_ADAPTER_NAME` (a substring of the
-    /// adapter's name), `WGVAE_MATMUL` (`tiled`, `register`, `subgroup`) and `WGVAE_WORDS` (`f32`,
-    /// `u64`). Reads the environment, changes nothing.
+    /// adapter's name), `WGVAE_MATMUL` (`tiled`, `register`, `subgroup`), `WGVAE_WORDS` (`f32`,
+    /// `u64`) and `WGVAE_OPERANDS` (`buffers`, `textures`). Reads the environment, changes nothing.
     pub fn from_env() -> Result<Self> {
         let matmul = match std::env::var("WGVAE_MATMUL") {
             Ok(s) if !s.is_empty() => Some(s.parse::<MatmulVariant>()?),
@@ -589,11 +644,16 @@ impl GpuOptions {
             Ok(s) if !s.is_empty() => Some(s.parse::<Words>()?),
             _ => None,
         };
+        let operands = match std::env::var("WGVAE_OPERANDS") {
+            Ok(s) if !s.is_empty() => Some(s.parse::<Operands>()?),
+            _ => None,
+        };
         Ok(GpuOptions {
             backends: wgpu::Backends::from_env(),
             adapter_name: std::env::var("WGPU_ADAPTER_NAME").ok().filter(|s| !s.is_empty()),
             matmul,
             words,
+            operands,
         })
     }
 }
@@ -762,7 +822,11 @@ impl Gpu {
             })
             .await
             .map_err(|e| Error::RequestDevice { adapter: info.name.clone(), reason: e.to_string() })?;
-        Self::build(&info, device, queue, opts.matmul, opts.words, true)
+        let gpu = Self::build(&info, device, queue, opts.matmul, opts.words, true)?;
+        if let Some(o) = opts.operands {
+            gpu.set_operands(o);
+        }
+        Ok(gpu)
     }
 
     /// Runs wgvae on a device the program already has (a renderer's, a game engine's), sharing its
@@ -843,6 +907,7 @@ impl Gpu {
                 features,
                 variant: Mutex::new(variant),
                 words,
+                operands: Mutex::new(Operands::Textures),
                 plan: Mutex::new(None),
                 pool: Mutex::default(),
                 pipelines: Mutex::default(),
@@ -907,6 +972,7 @@ impl Gpu {
                 None => self.matmul_variant().to_string(),
             },
             storage_words: self.words().to_string(),
+            matmul_operands: self.operands().to_string(),
             features: self.inner.features.iter_names().map(|(n, _)| n.to_string()).collect(),
             limits: limits.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
         }
@@ -959,6 +1025,18 @@ impl Gpu {
     /// device is opened, see [`GpuOptions::words`]).
     pub fn words(&self) -> Words {
         self.inner.words
+    }
+
+    /// Where the `subgroup` matmul reads its operands A and B ([`Operands`]; other kernels always
+    /// read buffers).
+    pub fn operands(&self) -> Operands {
+        *self.inner.operands.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Changes where the `subgroup` matmul reads its operands (benchmarks and tests compare them;
+    /// results are the same bits either way). Takes effect for products recorded afterwards.
+    pub fn set_operands(&self, o: Operands) {
+        *self.inner.operands.lock().unwrap_or_else(|p| p.into_inner()) = o;
     }
 
     /// Changes the default matmul variant (benchmarks and tests compare them). Refuses a variant

@@ -29,6 +29,10 @@ pub enum Module {
     /// `matmul_subgroup.wgsl`: the CPU-adapter matmul that shares operands through subgroups, its
     /// vec4 views typed as the given [`Words`].
     MatmulSubgroup(Words),
+    /// `matmul_subgroup.wgsl` reading A and B from read-only storage textures
+    /// (`matmul_operands_texture.wgsl`, [`crate::Operands::Textures`]): bindings 1 and 2 are
+    /// textures the host copies the operands into.
+    MatmulSubgroupTextures(Words),
     /// `matmul_unrolled.wgsl`: the `register` variant's kernel for shapes in multiples of 4 (the
     /// `subgroup` kernel's block without subgroups), its vec4 views typed as the given [`Words`].
     MatmulUnrolled(Words),
@@ -45,6 +49,9 @@ pub enum Module {
     VaeFused(Words),
     /// `optim.wgsl`: fused Adam / AdamW, its vec4 views typed as the given [`Words`].
     Optim(Words),
+    /// `optim.wgsl`'s `adam_step8t`: reads g, p, m and v from operand textures (bindings 1-4,
+    /// [`crate::Operands::Textures`]) and writes p, m and v (bindings 5-7).
+    OptimTextures(Words),
     /// `data.wgsl`: batch gathering from the packed u8 dataset (`gather4` writes through the
     /// given [`Words`]).
     Data(Words),
@@ -68,13 +75,14 @@ impl Module {
         match self {
             Module::Matmul => "matmul.wgsl",
             Module::MatmulSubgroup(_) => "matmul_subgroup.wgsl",
+            Module::MatmulSubgroupTextures(_) => "matmul_subgroup.wgsl",
             Module::MatmulUnrolled(_) => "matmul_unrolled.wgsl",
             Module::Elementwise => "elementwise.wgsl",
             Module::Reduce => "reduce.wgsl",
             Module::Random => "random.wgsl",
             Module::Vae => "vae.wgsl",
             Module::VaeFused(_) => "vae_fused.wgsl",
-            Module::Optim(_) => "optim.wgsl",
+            Module::Optim(_) | Module::OptimTextures(_) => "optim.wgsl",
             Module::Data(_) => "data.wgsl",
             Module::BatchNorm => "batchnorm.wgsl",
             Module::BatchNorm2d => "batchnorm2d.wgsl",
@@ -86,14 +94,25 @@ impl Module {
     /// Whether the module uses subgroup operations (a browser needs `enable subgroups;`).
     #[cfg(target_arch = "wasm32")]
     fn needs_subgroups(self) -> bool {
-        matches!(self, Module::MatmulSubgroup(_) | Module::ConvSubgroup)
+        matches!(self, Module::MatmulSubgroup(_) | Module::MatmulSubgroupTextures(_) | Module::ConvSubgroup)
+    }
+    /// Bindings (counted from 1, as bit 0 = binding 1) that are read-only `rgba32float` storage
+    /// textures instead of storage buffers.
+    pub fn texture_bindings(self) -> u32 {
+        match self {
+            Module::MatmulSubgroupTextures(_) => 0b11,
+            Module::OptimTextures(_) => 0b1111,
+            _ => 0,
+        }
     }
     /// The [`Words`] the module's vec4 views are typed as, for modules that have such views.
     fn words(self) -> Option<Words> {
         match self {
             Module::MatmulSubgroup(w)
+            | Module::MatmulSubgroupTextures(w)
             | Module::MatmulUnrolled(w)
             | Module::Optim(w)
+            | Module::OptimTextures(w)
             | Module::VaeFused(w)
             | Module::Data(w) => Some(w),
             _ => None,
@@ -104,23 +123,27 @@ impl Module {
         const CONV: &str = include_str!("../../shaders/conv.wgsl");
         const MATMUL_SUBGROUP: &str = include_str!("../../shaders/matmul_subgroup.wgsl");
         const MATMUL_UNROLLED: &str = include_str!("../../shaders/matmul_unrolled.wgsl");
+        const BUFFER_OPERANDS: &str = include_str!("../../shaders/matmul_operands_buffer.wgsl");
+        const TEXTURE_OPERANDS: &str = include_str!("../../shaders/matmul_operands_texture.wgsl");
         const OPTIM: &str = include_str!("../../shaders/optim.wgsl");
         const VAE_FUSED: &str = include_str!("../../shaders/vae_fused.wgsl");
         const DATA: &str = include_str!("../../shaders/data.wgsl");
         match self {
             Module::Matmul => &[include_str!("../../shaders/matmul.wgsl")],
-            Module::MatmulSubgroup(Words::F32) => &[WORDS_F32, MATMUL_SUBGROUP],
-            Module::MatmulSubgroup(Words::U64) => &[WORDS_U64, MATMUL_SUBGROUP],
-            Module::MatmulUnrolled(Words::F32) => &[WORDS_F32, MATMUL_UNROLLED],
-            Module::MatmulUnrolled(Words::U64) => &[WORDS_U64, MATMUL_UNROLLED],
+            Module::MatmulSubgroup(Words::F32) => &[WORDS_F32, BUFFER_OPERANDS, MATMUL_SUBGROUP],
+            Module::MatmulSubgroup(Words::U64) => &[WORDS_U64, BUFFER_OPERANDS, MATMUL_SUBGROUP],
+            Module::MatmulSubgroupTextures(Words::F32) => &[WORDS_F32, TEXTURE_OPERANDS, MATMUL_SUBGROUP],
+            Module::MatmulSubgroupTextures(Words::U64) => &[WORDS_U64, TEXTURE_OPERANDS, MATMUL_SUBGROUP],
+            Module::MatmulUnrolled(Words::F32) => &[WORDS_F32, BUFFER_OPERANDS, MATMUL_UNROLLED],
+            Module::MatmulUnrolled(Words::U64) => &[WORDS_U64, BUFFER_OPERANDS, MATMUL_UNROLLED],
             Module::Elementwise => &[include_str!("../../shaders/elementwise.wgsl")],
             Module::Reduce => &[include_str!("../../shaders/reduce.wgsl")],
             Module::Random => &[include_str!("../../shaders/random.wgsl")],
             Module::Vae => &[include_str!("../../shaders/vae.wgsl")],
             Module::VaeFused(Words::F32) => &[WORDS_F32, VAE_FUSED],
             Module::VaeFused(Words::U64) => &[WORDS_U64, VAE_FUSED],
-            Module::Optim(Words::F32) => &[WORDS_F32, OPTIM],
-            Module::Optim(Words::U64) => &[WORDS_U64, OPTIM],
+            Module::Optim(Words::F32) | Module::OptimTextures(Words::F32) => &[WORDS_F32, OPTIM],
+            Module::Optim(Words::U64) | Module::OptimTextures(Words::U64) => &[WORDS_U64, OPTIM],
             Module::Data(Words::F32) => &[WORDS_F32, DATA],
             Module::Data(Words::U64) => &[WORDS_U64, DATA],
             Module::BatchNorm => &[include_str!("../../shaders/batchnorm.wgsl")],
@@ -149,11 +172,14 @@ pub struct KernelKey {
 
 impl KernelKey {
     /// Human-readable kernel name for error messages and tests: `matmul.wgsl:matmul_register[TA=false,..]`,
-    /// with the [`Words`] after the file where the module has them (`optim.wgsl+u64:adam_step4[]`).
+    /// with the [`Words`] after the file where the module has them (`optim.wgsl+u64:adam_step4[]`)
+    /// and `+textures` after those where it reads operand textures
+    /// (`matmul_subgroup.wgsl+u64+textures:matmul_subgroup[..]`).
     pub fn describe(&self) -> String {
         let d: Vec<String> = self.defines.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let words = self.module.words().map(|w| format!("+{w}")).unwrap_or_default();
-        format!("{}{words}:{}[{}]", self.module.file(), self.entry, d.join(","))
+        let textures = if self.module.texture_bindings() != 0 { "+textures" } else { "" };
+        format!("{}{words}{textures}:{}[{}]", self.module.file(), self.entry, d.join(","))
     }
 }
 
@@ -161,7 +187,7 @@ impl KernelKey {
 pub struct Kernel {
     pub(crate) pipeline: wgpu::ComputePipeline,
     pub(crate) layout: Arc<wgpu::BindGroupLayout>,
-    pub(crate) layout_key: (u32, u32),
+    pub(crate) layout_key: (u32, u32, u32),
     pub(crate) name: String,
     /// The WGSL entry point (unique across `shaders/`).
     pub(crate) entry: &'static str,
@@ -187,7 +213,7 @@ pub type Defines = Vec<(&'static str, String)>;
 pub(crate) struct PipelineCache {
     kernels: HashMap<KernelKey, Arc<Kernel>>,
     modules: HashMap<(Module, Defines), wgpu::ShaderModule>,
-    layouts: HashMap<(u32, u32), (Arc<wgpu::BindGroupLayout>, wgpu::PipelineLayout)>,
+    layouts: HashMap<(u32, u32, u32), (Arc<wgpu::BindGroupLayout>, wgpu::PipelineLayout)>,
     bind_groups: HashMap<Vec<u64>, Arc<wgpu::BindGroup>>,
 }
 
@@ -211,7 +237,7 @@ fn module_source(key: &KernelKey) -> String {
     // whole subgroups. WGSL's uniformity analysis has no notion of subgroup-uniform
     // control flow, and Tint rejects subgroup builtins after such a branch unless this
     // rule is off; naga accepts the directive and ignores the rule it does not know.
-    if matches!(key.module, Module::MatmulSubgroup(_)) {
+    if matches!(key.module, Module::MatmulSubgroup(_) | Module::MatmulSubgroupTextures(_)) {
         src.push_str("diagnostic(off, subgroup_uniformity);\n");
     }
     for (k, v) in &key.defines {
@@ -226,7 +252,10 @@ fn module_source(key: &KernelKey) -> String {
     src
 }
 
-fn layout_entries(inputs: u32, outputs: u32) -> Vec<wgpu::BindGroupLayoutEntry> {
+/// Binding 0 the parameters, then `inputs` read-only and `outputs` read-write storage buffers,
+/// except that the bindings in `textures` (bit i = binding i + 1) are read-only `rgba32float`
+/// storage textures.
+fn layout_entries(inputs: u32, outputs: u32, textures: u32) -> Vec<wgpu::BindGroupLayoutEntry> {
     let mut e = vec![wgpu::BindGroupLayoutEntry {
         binding: 0,
         visibility: wgpu::ShaderStages::COMPUTE,
@@ -238,16 +267,20 @@ fn layout_entries(inputs: u32, outputs: u32) -> Vec<wgpu::BindGroupLayoutEntry> 
         count: None,
     }];
     for i in 0..inputs + outputs {
-        e.push(wgpu::BindGroupLayoutEntry {
-            binding: 1 + i,
-            visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer {
+        let ty = if textures & (1 << i) != 0 {
+            wgpu::BindingType::StorageTexture {
+                access: wgpu::StorageTextureAccess::ReadOnly,
+                format: wgpu::TextureFormat::Rgba32Float,
+                view_dimension: wgpu::TextureViewDimension::D2,
+            }
+        } else {
+            wgpu::BindingType::Buffer {
                 ty: wgpu::BufferBindingType::Storage { read_only: i < inputs },
                 has_dynamic_offset: false,
                 min_binding_size: None,
-            },
-            count: None,
-        });
+            }
+        };
+        e.push(wgpu::BindGroupLayoutEntry { binding: 1 + i, visibility: wgpu::ShaderStages::COMPUTE, ty, count: None });
     }
     e
 }
@@ -258,7 +291,7 @@ impl Gpu {
     /// lock, so several threads compile different kernels at once ([`Gpu::prepare_kernels`]).
     pub fn kernel(&self, key: &KernelKey) -> Result<Arc<Kernel>> {
         let mkey = (key.module, key.defines.clone());
-        let lk = (key.inputs, key.outputs);
+        let lk = (key.inputs, key.outputs, key.module.texture_bindings());
         let dev = &self.inner.device;
         let (module, bgl, pl) = {
             let mut cache = self.inner.pipelines.lock().unwrap_or_else(|p| p.into_inner());
@@ -271,7 +304,7 @@ impl Gpu {
                 .or_insert_with(|| {
                     let bgl = dev.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
                         label: Some("wgvae kernel layout"),
-                        entries: &layout_entries(key.inputs, key.outputs),
+                        entries: &layout_entries(lk.0, lk.1, lk.2),
                     });
                     let pl = dev.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
                         label: Some("wgvae kernel pipeline layout"),
@@ -406,17 +439,22 @@ impl Gpu {
     }
 
     /// Bind group for `kernel` over (params buffer, storage buffers with bound sizes), cached by
-    /// buffer identity so that a repeated step creates none.
+    /// buffer identity so that a repeated step creates none. `textures` replace the buffers of
+    /// the kernel's texture bindings ([`Module::texture_bindings`]), by position in `buffers`.
     pub(crate) fn bind_group(
         &self,
         kernel: &Kernel,
         params: &super::pool::PooledBuffer,
         buffers: &[(Arc<super::pool::PooledBuffer>, u64, u64)],
+        textures: &[(usize, Arc<super::pool::PooledTexture>)],
     ) -> Arc<wgpu::BindGroup> {
-        let mut key = Vec::with_capacity(3 + 3 * buffers.len());
-        key.extend([kernel.layout_key.0 as u64, kernel.layout_key.1 as u64, params.id]);
-        for (b, offset, size) in buffers {
-            key.extend([b.id, *offset, *size]);
+        let mut key = Vec::with_capacity(4 + 3 * buffers.len());
+        key.extend([kernel.layout_key.0 as u64, kernel.layout_key.1 as u64, kernel.layout_key.2 as u64, params.id]);
+        for (i, (b, offset, size)) in buffers.iter().enumerate() {
+            match textures.iter().find(|(slot, _)| *slot == i) {
+                Some((_, t)) => key.extend([t.id(), u64::MAX, 0]),
+                None => key.extend([b.id, *offset, *size]),
+            }
         }
         let mut cache = self.inner.pipelines.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(bg) = cache.bind_groups.get(&key) {
@@ -431,14 +469,15 @@ impl Gpu {
             }),
         }];
         for (i, (b, offset, size)) in buffers.iter().enumerate() {
-            entries.push(wgpu::BindGroupEntry {
-                binding: 1 + i as u32,
-                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            let resource = match textures.iter().find(|(slot, _)| *slot == i) {
+                Some((_, t)) => wgpu::BindingResource::TextureView(t.view()),
+                None => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                     buffer: b.raw(),
                     offset: *offset,
                     size: wgpu::BufferSize::new(*size),
                 }),
-            });
+            };
+            entries.push(wgpu::BindGroupEntry { binding: 1 + i as u32, resource });
         }
         let bg = Arc::new(self.inner.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("wgvae bind group"),

@@ -43,7 +43,16 @@ pub(crate) struct Pool {
     /// step get the very same buffers in the same roles, whatever order the previous step
     /// released them in, so its cached bind groups hit.
     free: HashMap<(BufferKind, u64), BTreeMap<u64, wgpu::Buffer>>,
+    /// Free operand textures per height class, by id (as `free`).
+    free_textures: HashMap<u32, BTreeMap<u64, OperandTextureParts>>,
 }
+
+/// A texture and its view, as kept in the free lists.
+type OperandTextureParts = (wgpu::Texture, wgpu::TextureView);
+
+/// Texels per row of an operand texture ([`crate::Operands::Textures`]): rows of 16 KiB, a
+/// multiple of the 256 bytes a buffer-to-texture copy needs per row.
+pub const OPERAND_TEXTURE_WIDTH: u32 = 1024;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -85,7 +94,86 @@ impl Drop for PooledBuffer {
     }
 }
 
+/// A texture lent by the pool (`rgba32float`, [`OPERAND_TEXTURE_WIDTH`] texels wide, usable as a
+/// read-only storage texture and a copy destination); it returns there when dropped.
+pub struct PooledTexture {
+    parts: Option<OperandTextureParts>,
+    id: u64,
+    rows: u32,
+    gpu: Arc<GpuInner>,
+}
+
+impl PooledTexture {
+    /// The wgpu texture.
+    pub fn raw(&self) -> &wgpu::Texture {
+        &self.parts.as_ref().expect("pooled texture is present until drop").0
+    }
+    /// Its view (the whole texture).
+    pub fn view(&self) -> &wgpu::TextureView {
+        &self.parts.as_ref().expect("pooled texture is present until drop").1
+    }
+    /// Unique id (bind groups are cached by it; shared with buffer ids).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+    /// Rows of texels (the height class).
+    pub fn rows(&self) -> u32 {
+        self.rows
+    }
+}
+
+impl Drop for PooledTexture {
+    fn drop(&mut self) {
+        if let Some(t) = self.parts.take() {
+            let mut pool = self.gpu.pool.lock().unwrap_or_else(|p| p.into_inner());
+            pool.free_textures.entry(self.rows).or_default().insert(self.id, t);
+        }
+    }
+}
+
 impl Gpu {
+    /// Takes an operand texture of at least `rows` rows from the pool (creating it on a miss;
+    /// heights come in powers of two). Counted in [`super::GpuStats::textures_created`].
+    pub fn alloc_operand_texture(&self, rows: u32) -> Result<Arc<PooledTexture>> {
+        let limit = self.inner.limits.max_texture_dimension_2d;
+        let class = rows.max(1).next_power_of_two();
+        let class = if class > limit { rows } else { class };
+        if class > limit || OPERAND_TEXTURE_WIDTH > limit {
+            return Err(Error::DeviceLimit {
+                what: "an operand texture".into(),
+                needed: rows as u64,
+                limit: limit as u64,
+                limit_name: "max_texture_dimension_2d",
+            });
+        }
+        let reused = {
+            let mut pool = self.inner.pool.lock().unwrap_or_else(|p| p.into_inner());
+            pool.free_textures.get_mut(&class).and_then(|v| v.pop_first())
+        };
+        let (id, parts) = match reused {
+            Some(x) => x,
+            None => {
+                let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+                let texture = self.inner.device.create_texture(&wgpu::TextureDescriptor {
+                    label: Some("wgvae operand"),
+                    size: wgpu::Extent3d { width: OPERAND_TEXTURE_WIDTH, height: class, depth_or_array_layers: 1 },
+                    mip_level_count: 1,
+                    sample_count: 1,
+                    dimension: wgpu::TextureDimension::D2,
+                    format: wgpu::TextureFormat::Rgba32Float,
+                    usage: wgpu::TextureUsages::STORAGE_BINDING | wgpu::TextureUsages::COPY_DST,
+                    view_formats: &[],
+                });
+                let view = texture.create_view(&wgpu::TextureViewDescriptor::default());
+                let mut s = self.stats_mut();
+                s.textures_created += 1;
+                s.bytes_created += OPERAND_TEXTURE_WIDTH as u64 * 16 * class as u64;
+                (id, (texture, view))
+            }
+        };
+        Ok(Arc::new(PooledTexture { parts: Some(parts), id, rows: class, gpu: self.inner.clone() }))
+    }
+
     /// Takes a buffer of at least `bytes` bytes from the pool (creating it on a miss).
     pub fn alloc(&self, kind: BufferKind, bytes: u64) -> Result<Arc<PooledBuffer>> {
         let class = size_class(bytes);
@@ -131,9 +219,13 @@ impl Gpu {
         Ok(Arc::new(PooledBuffer { buffer: Some(buffer), id, kind, class, gpu: self.inner.clone() }))
     }
 
-    /// Frees every idle pooled buffer and forgets cached bind groups (e.g. after a large job).
+    /// Frees every idle pooled buffer and texture and forgets cached bind groups (e.g. after a large job).
     pub fn trim(&self) {
-        self.inner.pool.lock().unwrap_or_else(|p| p.into_inner()).free.clear();
+        {
+            let mut pool = self.inner.pool.lock().unwrap_or_else(|p| p.into_inner());
+            pool.free.clear();
+            pool.free_textures.clear();
+        }
         self.inner.pipelines.lock().unwrap_or_else(|p| p.into_inner()).clear_bind_groups();
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::{Optimizer, Param, Store};
 use crate::error::{Error, Result};
 use crate::gpu::pipeline::{KernelKey, Module};
-use crate::gpu::Words;
+use crate::gpu::{Operands, Words};
 use crate::ops::grid_1d;
 use crate::tape::{Params, Tape};
 use crate::tensor::Tensor;
@@ -132,6 +132,27 @@ fn wide_entry(words: Words, n: usize) -> (&'static str, usize) {
     }
 }
 
+/// Records the vector update of `[g, p, m, v]` (each `n` elements, `n` a multiple of 4, in the
+/// parameter block): [`wide_entry`]'s kernel, or `adam_step8t` where the device reads the 8-wide
+/// update's inputs from operand textures ([`Operands::Textures`]: lavapipe's texel loads are the
+/// cheap ones) and they fit.
+fn dispatch_wide(tape: &mut Tape, block: Params, [g, p, m, v]: [&Tensor; 4]) -> Result<()> {
+    let gpu = tape.gpu().clone();
+    let n = g.len();
+    let (entry, per) = wide_entry(gpu.words(), n);
+    let groups = grid_1d(n / per, 256);
+    let row = crate::gpu::pool::OPERAND_TEXTURE_WIDTH as usize * 4;
+    let fits = n.div_ceil(row) <= gpu.limits().max_texture_dimension_2d as usize;
+    if entry == "adam_step8" && gpu.operands() == Operands::Textures && fits {
+        let module = Module::OptimTextures(gpu.words());
+        let key = KernelKey { module, entry: "adam_step8t", defines: Vec::new(), inputs: 4, outputs: 3 };
+        tape.dispatch(&key, block, &[g, p, m, v, p, m, v], groups)
+    } else {
+        let key = KernelKey { module: Module::Optim(gpu.words()), entry, defines: Vec::new(), inputs: 1, outputs: 3 };
+        tape.dispatch(&key, block, &[g, p, m, v], groups)
+    }
+}
+
 impl Optimizer for Adam {
     /// One update of every parameter that has a gradient on `tape`. Parameters packed into one
     /// store ([`crate::nn::pack`]) are updated by ONE dispatch over the store when all of them
@@ -168,11 +189,7 @@ impl Optimizer for Adam {
                 let n = store.values.len();
                 // Slots are multiples of 4 elements apart: the whole store runs four (or eight)
                 // per invocation.
-                let (entry, per) = wide_entry(gpu.words(), n);
-                let key =
-                    KernelKey { module: Module::Optim(gpu.words()), entry, defines: Vec::new(), inputs: 1, outputs: 3 };
-                let p = block.with_word(0, n as u32);
-                tape.dispatch(&key, p, &[&store.grads, &store.values, &m, &v], grid_1d(n / per, 256))?;
+                dispatch_wide(tape, block.with_word(0, n as u32), [&store.grads, &store.values, &m, &v])?;
                 done.extend(members.iter().map(|p| p.id()));
             }
         }
@@ -183,17 +200,21 @@ impl Optimizer for Adam {
             let Some(g) = p.grad(tape).cloned() else { continue };
             let (m, v) = self.moments_of(&gpu, p)?;
             let n = g.len();
+            let bufs = [&g, p.value(), &m, &v];
             // Four elements per invocation when the tensor allows (every classic-VAE tensor): on
             // CPU adapters a storage load's cost grows far less than its width.
-            let (entry, invocations) = if n.is_multiple_of(4) {
-                let (entry, per) = wide_entry(gpu.words(), n);
-                (entry, n / per)
+            if n.is_multiple_of(4) {
+                dispatch_wide(tape, block.with_word(0, n as u32), bufs)?;
             } else {
-                ("adam_step", n)
-            };
-            let key =
-                KernelKey { module: Module::Optim(gpu.words()), entry, defines: Vec::new(), inputs: 1, outputs: 3 };
-            tape.dispatch(&key, block.with_word(0, n as u32), &[&g, p.value(), &m, &v], grid_1d(invocations, 256))?;
+                let key = KernelKey {
+                    module: Module::Optim(gpu.words()),
+                    entry: "adam_step",
+                    defines: Vec::new(),
+                    inputs: 1,
+                    outputs: 3,
+                };
+                tape.dispatch(&key, block.with_word(0, n as u32), &bufs, grid_1d(n, 256))?;
+            }
         }
         Ok(())
     }

@@ -8,7 +8,8 @@ use super::elementwise::act_backward;
 use super::{val, Act};
 use crate::error::{Error, Result};
 use crate::gpu::pipeline::{KernelKey, Module};
-use crate::gpu::{MatmulVariant, TileConfig};
+use crate::gpu::pool::OPERAND_TEXTURE_WIDTH;
+use crate::gpu::{MatmulVariant, Operands, TileConfig};
 use crate::tape::{grid_1d, Params, Tape, Var};
 use crate::tensor::Tensor;
 
@@ -152,7 +153,17 @@ fn launch(
         // The subgroup kernel also stores C (and reads the bias) as vec4s: N % 4 == 0. Other
         // shapes take the register kernels (documented on MatmulVariant::Subgroup).
         MatmulVariant::Subgroup if aligned && n.is_multiple_of(4) => {
-            ("matmul_subgroup", Module::MatmulSubgroup(tape.gpu().words()), 32, 4 * REG_WG)
+            let words = tape.gpu().words();
+            // Operand textures (Operands::Textures) when both operands fit the texture height
+            // limit; the same kernel on buffers otherwise.
+            let max_rows = tape.gpu().limits().max_texture_dimension_2d as u64;
+            let fits = |t: &Tensor| t.bytes().div_ceil(OPERAND_TEXTURE_WIDTH as u64 * 16) <= max_rows;
+            let module = if tape.gpu().operands() == Operands::Textures && fits(a) && fits(b) {
+                Module::MatmulSubgroupTextures(words)
+            } else {
+                Module::MatmulSubgroup(words)
+            };
+            ("matmul_subgroup", module, 32, 4 * REG_WG)
         }
         // The register variant's straight-line block (SwiftShader keeps matmul_register4's
         // accumulator array in memory): the same shape rules as the subgroup kernel.
@@ -172,7 +183,7 @@ fn launch(
     // keep their own pipeline: a classic VAE step compiles three `subgroup` pipelines, not five.
     let runtime_act = |act: Act| matches!(act, Act::Identity | Act::Relu | Act::LeakyRelu(_));
     let rt = |act: Act, grad_act: Act| {
-        matches!(module, Module::MatmulSubgroup(_) | Module::MatmulUnrolled(_))
+        matches!(module, Module::MatmulSubgroup(_) | Module::MatmulSubgroupTextures(_) | Module::MatmulUnrolled(_))
             && !o.trans_a
             && runtime_act(act)
             && runtime_act(grad_act)

@@ -4,7 +4,7 @@
 
 use std::sync::{Mutex, OnceLock};
 
-use wgvae::{ops, Gpu, GpuOptions, MatmulVariant, Tape, Tensor, Var, Words};
+use wgvae::{ops, Gpu, GpuOptions, MatmulVariant, Operands, Tape, Tensor, Var, Words};
 
 /// The test program quiets what Mesa prints while adapters are probed (the library itself never
 /// touches the environment): lavapipe's conformance warning, and EGL's complaint about a missing
@@ -63,6 +63,20 @@ pub fn gpu_words(w: Words) -> &'static Gpu {
     GPUS[i].get_or_init(|| {
         let g = Gpu::with_options(GpuOptions { words: Some(w), ..Default::default() })
             .unwrap_or_else(|e| panic!("a device with {} storage words: {e}", w.name()));
+        track(&g);
+        g
+    })
+}
+
+/// A device whose `subgroup` matmul reads its operands from `o` (one per kind per test binary),
+/// with the adapter's default matmul variant and storage words.
+pub fn gpu_operands(o: Operands) -> &'static Gpu {
+    static GPUS: [OnceLock<Gpu>; 2] = [const { OnceLock::new() }; 2];
+    quiet_drivers();
+    let i = Operands::ALL.iter().position(|&x| x == o).expect("a listed kind");
+    GPUS[i].get_or_init(|| {
+        let g = Gpu::with_options(GpuOptions { operands: Some(o), ..Default::default() })
+            .unwrap_or_else(|e| panic!("a device with {} operands: {e}", o.name()));
         track(&g);
         g
     })

@@ -10,7 +10,7 @@
 //! ```
 //!
 //! A configuration is `default` or comma-separated `words=f32|u64`, `matmul=tiled|register|subgroup`,
-//! `batch=N`, `steps-per-submit=N` (a pair then compares per-step times of N steps against the
+//! `operands=buffers|textures`, `batch=N`, `steps-per-submit=N` (a pair then compares per-step times of N steps against the
 //! other side's). Data: the IDX files in DATA_DIR (e.g. /usr/share/datasets/fashion-mnist), else
 //! the built-in sprites. Prints each side's median and fastest ms per step and the median and
 //! quartiles of the per-pair ratios (B / A: below 1, B is faster).
@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use wgvae::train::{EpochState, TrainOptions, Trainer};
 use wgvae::vae::VaeConfig;
-use wgvae::{Gpu, GpuOptions, MatmulVariant, Words};
+use wgvae::{Gpu, GpuOptions, MatmulVariant, Operands, Words};
 
 type Res<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -35,11 +35,12 @@ struct Side {
 fn side(spec: &str, split: &wgvae::data::Split) -> Res<Side> {
     let (mut g, mut o) = (GpuOptions::default(), TrainOptions::default());
     for kv in spec.split(',').filter(|s| !s.is_empty() && *s != "default") {
-        let bad = || format!("unknown setting `{kv}` in `{spec}` (words=, matmul=, batch=, steps-per-submit=)");
+        let bad = || format!("unknown setting `{kv}` in `{spec}` (words=, matmul=, operands=, batch=, steps-per-submit=)");
         let (k, v) = kv.split_once('=').ok_or_else(bad)?;
         match k {
             "words" => g.words = Some(Words::ALL.into_iter().find(|w| w.name() == v).ok_or_else(bad)?),
             "matmul" => g.matmul = Some(MatmulVariant::ALL.into_iter().find(|m| m.name() == v).ok_or_else(bad)?),
+            "operands" => g.operands = Some(Operands::ALL.into_iter().find(|o| o.name() == v).ok_or_else(bad)?),
             "batch" => o.batch = v.parse().map_err(|_| bad())?,
             "steps-per-submit" => o.steps_per_submit = v.parse().map_err(|_| bad())?,
             _ => return Err(bad().into()),

@@ -35,7 +35,8 @@ struct Side {
 fn side(spec: &str, split: &wgvae::data::Split) -> Res<Side> {
     let (mut g, mut o) = (GpuOptions::default(), TrainOptions::default());
     for kv in spec.split(',').filter(|s| !s.is_empty() && *s != "default") {
-        let bad = || format!("unknown setting `{kv}` in `{spec}` (words=, matmul=, operands=, batch=, steps-per-submit=)");
+        let bad =
+            || format!("unknown setting `{kv}` in `{spec}` (words=, matmul=, operands=, batch=, steps-per-submit=)");
         let (k, v) = kv.split_once('=').ok_or_else(bad)?;
         match k {
             "words" => g.words = Some(Words::ALL.into_iter().find(|w| w.name() == v).ok_or_else(bad)?),

@@ -67,8 +67,9 @@ struct Params {
 const RB: u32 = 8u;
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> op1: array<f32>;
-@group(0) @binding(2) var<storage, read> op2: array<f32>;
+// The operands (bindings 1 and 2) are read through op1_at(i) / op2_at(i), element i of each,
+// defined by conv_operands_buffer.wgsl (storage buffers) or conv_operands_texture.wgsl (read-only
+// r32float storage textures, lavapipe's fast loads), which the host prepends.
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
@@ -77,7 +78,7 @@ const RB: u32 = 8u;
 // as a loop of its own, and eight of those in the K loop made its compiler run out of memory.
 fn image(base: u32, y: i32, x: i32) -> f32 {
     let inside = (y >= 0) & (x >= 0) & (y < i32(p.h)) & (x < i32(p.w));
-    let v = op1[base + u32(clamp(y, 0, i32(p.h) - 1)) * p.w + u32(clamp(x, 0, i32(p.w) - 1))];
+    let v = op1_at(base + u32(clamp(y, 0, i32(p.h) - 1)) * p.w + u32(clamp(x, 0, i32(p.w) - 1)));
     return select(0.0, v, inside);
 }
 
@@ -85,7 +86,7 @@ fn image(base: u32, y: i32, x: i32) -> f32 {
 // or the GEMM row is past the end (`live`). Branch-free like `image`.
 fn dy_at(drow: u32, q: u32, u: u32, live: bool) -> f32 {
     let ox = q - u;
-    let v = op1[drow + min(ox, p.ow - 1u)];
+    let v = op1_at(drow + min(ox, p.ow - 1u));
     return select(0.0, v, live & (q >= u) & (ox < p.ow));
 }
 
@@ -222,10 +223,10 @@ fn conv_body(gid: vec3<u32>, wid: vec3<u32>, lid: vec3<u32>, nwg: vec3<u32>, lan
         var ky = (p.k_begin / p.kw) % p.kh;
         var cb = (p.k_begin / khw) * hw;
         for (var kk = p.k_begin; kk < p.k_end; kk++) {
-            let b0 = select(0.0, op2[col_0 * p.kdim + kk], live_c0);
-            let b1 = select(0.0, op2[col_1 * p.kdim + kk], live_c1);
-            let b2 = select(0.0, op2[col_2 * p.kdim + kk], live_c2);
-            let b3 = select(0.0, op2[col_3 * p.kdim + kk], live_c3);
+            let b0 = select(0.0, op2_at(col_0 * p.kdim + kk), live_c0);
+            let b1 = select(0.0, op2_at(col_1 * p.kdim + kk), live_c1);
+            let b2 = select(0.0, op2_at(col_2 * p.kdim + kk), live_c2);
+            let b3 = select(0.0, op2_at(col_3 * p.kdim + kk), live_c3);
             let bv = vec4<f32>(b0, b1, b2, b3);
             if (SG) {
                 let v = image(base_m + cb, y0_m + i32(ky), x0_m + i32(kx));
@@ -310,10 +311,10 @@ fn conv_body(gid: vec3<u32>, wid: vec3<u32>, lid: vec3<u32>, nwg: vec3<u32>, lan
             let t_ok = (t <= qy) & (qy - t < p.oh);
             let drow = (n * p.co + c) * ohw + min(qy - t, p.oh - 1u) * p.ow;
             let wk = c * p.ci * khw + (py + p.stride * t) * p.kw + px + p.stride * u;
-            let b0 = select(0.0, op2[wk + col_0 * khw], live_c0);
-            let b1 = select(0.0, op2[wk + col_1 * khw], live_c1);
-            let b2 = select(0.0, op2[wk + col_2 * khw], live_c2);
-            let b3 = select(0.0, op2[wk + col_3 * khw], live_c3);
+            let b0 = select(0.0, op2_at(wk + col_0 * khw), live_c0);
+            let b1 = select(0.0, op2_at(wk + col_1 * khw), live_c1);
+            let b2 = select(0.0, op2_at(wk + col_2 * khw), live_c2);
+            let b3 = select(0.0, op2_at(wk + col_3 * khw), live_c3);
             let bv = vec4<f32>(b0, b1, b2, b3);
             if (SG) {
                 let s = row_values(dy_at(drow, qx0 + me, u, live_m & t_ok));
@@ -397,7 +398,7 @@ fn conv_body(gid: vec3<u32>, wid: vec3<u32>, lid: vec3<u32>, nwg: vec3<u32>, lan
             let bv = vec4<f32>(b0, b1, b2, b3);
             let db = n * p.co * ohw + oy * p.ow + ox;
             if (SG) {
-                let s = row_values(select(0.0, op2[db + r_m * ohw], live_m));
+                let s = row_values(select(0.0, op2_at(db + r_m * ohw), live_m));
                 acc0 += s[0u] * bv;
                 acc1 += s[1u] * bv;
                 acc2 += s[2u] * bv;
@@ -407,14 +408,14 @@ fn conv_body(gid: vec3<u32>, wid: vec3<u32>, lid: vec3<u32>, nwg: vec3<u32>, lan
                 acc6 += s[6u] * bv;
                 acc7 += s[7u] * bv;
             } else {
-                acc0 += op2[db + r0 * ohw] * bv;
-                acc1 += op2[db + r1 * ohw] * bv;
-                acc2 += op2[db + r2 * ohw] * bv;
-                acc3 += op2[db + r3 * ohw] * bv;
-                acc4 += op2[db + r4 * ohw] * bv;
-                acc5 += op2[db + r5 * ohw] * bv;
-                acc6 += op2[db + r6 * ohw] * bv;
-                acc7 += op2[db + r7 * ohw] * bv;
+                acc0 += op2_at(db + r0 * ohw) * bv;
+                acc1 += op2_at(db + r1 * ohw) * bv;
+                acc2 += op2_at(db + r2 * ohw) * bv;
+                acc3 += op2_at(db + r3 * ohw) * bv;
+                acc4 += op2_at(db + r4 * ohw) * bv;
+                acc5 += op2_at(db + r5 * ohw) * bv;
+                acc6 += op2_at(db + r6 * ohw) * bv;
+                acc7 += op2_at(db + r7 * ohw) * bv;
             }
             ox += 1u;
             if (ox == p.ow) {

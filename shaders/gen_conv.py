@@ -94,8 +94,9 @@ struct Params {
 const RB: u32 = @RBu;
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> op1: array<f32>;
-@group(0) @binding(2) var<storage, read> op2: array<f32>;
+// The operands (bindings 1 and 2) are read through op1_at(i) / op2_at(i), element i of each,
+// defined by conv_operands_buffer.wgsl (storage buffers) or conv_operands_texture.wgsl (read-only
+// r32float storage textures, lavapipe's fast loads), which the host prepends.
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
@@ -104,7 +105,7 @@ const RB: u32 = @RBu;
 // as a loop of its own, and eight of those in the K loop made its compiler run out of memory.
 fn image(base: u32, y: i32, x: i32) -> f32 {
     let inside = (y >= 0) & (x >= 0) & (y < i32(p.h)) & (x < i32(p.w));
-    let v = op1[base + u32(clamp(y, 0, i32(p.h) - 1)) * p.w + u32(clamp(x, 0, i32(p.w) - 1))];
+    let v = op1_at(base + u32(clamp(y, 0, i32(p.h) - 1)) * p.w + u32(clamp(x, 0, i32(p.w) - 1)));
     return select(0.0, v, inside);
 }
 
@@ -112,7 +113,7 @@ fn image(base: u32, y: i32, x: i32) -> f32 {
 // or the GEMM row is past the end (`live`). Branch-free like `image`.
 fn dy_at(drow: u32, q: u32, u: u32, live: bool) -> f32 {
     let ox = q - u;
-    let v = op1[drow + min(ox, p.ow - 1u)];
+    let v = op1_at(drow + min(ox, p.ow - 1u));
     return select(0.0, v, live & (q >= u) & (ox < p.ow));
 }
 
@@ -191,7 +192,7 @@ fn conv_body(gid: vec3<u32>, wid: vec3<u32>, lid: vec3<u32>, nwg: vec3<u32>, lan
         var cb = (p.k_begin / khw) * hw;
         for (var kk = p.k_begin; kk < p.k_end; kk++) {
 #cols
-            let b@j = select(0.0, op2[col_@j * p.kdim + kk], live_c@j);
+            let b@j = select(0.0, op2_at(col_@j * p.kdim + kk), live_c@j);
 #end
             let bv = vec4<f32>(b0, b1, b2, b3);
             if (SG) {
@@ -256,7 +257,7 @@ fn conv_body(gid: vec3<u32>, wid: vec3<u32>, lid: vec3<u32>, nwg: vec3<u32>, lan
             let drow = (n * p.co + c) * ohw + min(qy - t, p.oh - 1u) * p.ow;
             let wk = c * p.ci * khw + (py + p.stride * t) * p.kw + px + p.stride * u;
 #cols
-            let b@j = select(0.0, op2[wk + col_@j * khw], live_c@j);
+            let b@j = select(0.0, op2_at(wk + col_@j * khw), live_c@j);
 #end
             let bv = vec4<f32>(b0, b1, b2, b3);
             if (SG) {
@@ -304,13 +305,13 @@ fn conv_body(gid: vec3<u32>, wid: vec3<u32>, lid: vec3<u32>, nwg: vec3<u32>, lan
             let bv = vec4<f32>(b0, b1, b2, b3);
             let db = n * p.co * ohw + oy * p.ow + ox;
             if (SG) {
-                let s = row_values(select(0.0, op2[db + r_m * ohw], live_m));
+                let s = row_values(select(0.0, op2_at(db + r_m * ohw), live_m));
 #rows
                 acc@i += s[@iu] * bv;
 #end
             } else {
 #rows
-                acc@i += op2[db + r@i * ohw] * bv;
+                acc@i += op2_at(db + r@i * ohw) * bv;
 #end
             }
             ox += 1u;

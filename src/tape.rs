@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::gpu::pipeline::{Kernel, KernelKey, PARAMS_BYTES};
-use crate::gpu::pool::{BufferKind, PooledBuffer, PooledTexture, OPERAND_TEXTURE_WIDTH};
+use crate::gpu::pool::{texel_bytes, BufferKind, PooledBuffer, PooledTexture, OPERAND_TEXTURE_ROW_BYTES};
 use crate::gpu::Gpu;
 use crate::tensor::Tensor;
 
@@ -81,9 +81,12 @@ struct Recorded {
     kernel: std::result::Result<Arc<Kernel>, KernelKey>,
     params: Params,
     buffers: Vec<Binding>,
-    /// Operand textures by position in `buffers`: that buffer range is copied into the texture
-    /// before the dispatch, which reads the texture in its place.
+    /// Operand textures by position in `buffers`: the dispatch reads the texture in that
+    /// buffer range's place.
     textures: Vec<(usize, Arc<PooledTexture>)>,
+    /// The positions whose range is copied into its texture right before the dispatch (the
+    /// others were filled for an earlier dispatch of the submission).
+    copies: Vec<usize>,
     groups: [u32; 3],
     label: Option<String>,
 }
@@ -94,6 +97,7 @@ pub(crate) struct Dispatch {
     params: Params,
     buffers: Vec<Binding>,
     textures: Vec<(usize, Arc<PooledTexture>)>,
+    copies: Vec<usize>,
     groups: [u32; 3],
     /// Profile row (entry point and shape); only made while the device is profiling (natively).
     #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
@@ -108,11 +112,14 @@ struct ReadbackCopy {
     submitted: Arc<AtomicBool>,
 }
 
-/// Bytes per texel row of an operand texture (`rgba32float`).
-const TEXTURE_ROW_BYTES: u64 = OPERAND_TEXTURE_WIDTH as u64 * 16;
+/// A buffer range copied into an operand texture: (buffer id, offset, bytes, texel format).
+type FilledRange = (u64, u64, u64, wgpu::TextureFormat);
 
-/// Copies `bytes` bytes of `buf` from `offset` (whole vec4s) into an operand texture, vec4 i to
-/// texel (i % width, i / width): the full rows in one copy, the last partial row in another.
+/// Bytes per texel row of an operand texture.
+const TEXTURE_ROW_BYTES: u64 = OPERAND_TEXTURE_ROW_BYTES;
+
+/// Copies `bytes` bytes of `buf` from `offset` (whole texels) into an operand texture, texel i to
+/// (i % width, i / width): the full rows in one copy, the last partial row in another.
 fn copy_to_operand_texture(
     enc: &mut wgpu::CommandEncoder,
     buf: &wgpu::Buffer,
@@ -120,6 +127,7 @@ fn copy_to_operand_texture(
     bytes: u64,
     tex: &PooledTexture,
 ) {
+    let texel = texel_bytes(tex.format());
     let full = bytes / TEXTURE_ROW_BYTES;
     let tail = bytes % TEXTURE_ROW_BYTES;
     let mut copy = |offset: u64, row: u64, width: u64, rows: u64| {
@@ -142,10 +150,10 @@ fn copy_to_operand_texture(
         );
     };
     if full > 0 {
-        copy(offset, 0, OPERAND_TEXTURE_WIDTH as u64, full);
+        copy(offset, 0, TEXTURE_ROW_BYTES / texel, full);
     }
     if tail > 0 {
-        copy(offset + full * TEXTURE_ROW_BYTES, full, tail / 16, 1);
+        copy(offset + full * TEXTURE_ROW_BYTES, full, tail / texel, 1);
     }
 }
 
@@ -229,6 +237,11 @@ pub struct Tape {
     /// Small buffers bound in place of output slots a kernel leaves unused (see
     /// [`Tape::dispatch`]).
     spares: Vec<Tensor>,
+    /// Operand textures filled by this submission so far, by the (buffer id, offset, bytes,
+    /// format) they hold: a later dispatch reading the same range takes the texture without a
+    /// new copy until a dispatch writes that buffer (the convolution's K slices, a weight read by
+    /// the forward and the input-gradient product). Emptied by [`Tape::submit`].
+    filled: Vec<(FilledRange, Arc<PooledTexture>)>,
 }
 
 impl Tape {
@@ -248,6 +261,7 @@ impl Tape {
             seed: None,
             dests: HashMap::new(),
             spares: Vec::new(),
+            filled: Vec::new(),
         }
     }
 
@@ -313,7 +327,7 @@ impl Tape {
     /// [`Tape::dispatch`] with the row a profile files it under (made by the caller only while
     /// the device is profiling, see [`Gpu::profiling`]). A kernel whose module reads some inputs
     /// from operand textures ([`crate::gpu::Module::texture_bindings`]) gets each such input's
-    /// values copied into a pooled texture (rows of [`OPERAND_TEXTURE_WIDTH`] texels) right
+    /// values copied into a pooled texture (rows of [`OPERAND_TEXTURE_ROW_BYTES`]) right
     /// before it runs.
     pub(crate) fn dispatch_labeled(
         &mut self,
@@ -407,23 +421,37 @@ impl Tape {
                 )));
             }
         }
-        let mut textures = Vec::new();
+        let (mut textures, mut copies) = (Vec::new(), Vec::new());
         for (slot, t) in buffers.iter().enumerate() {
             if key.module.texture_bindings() & (1 << slot) == 0 {
                 continue;
             }
-            if slot >= key.inputs as usize || !t.bytes().is_multiple_of(16) {
+            let texel = texel_bytes(key.module.texture_format());
+            if slot >= key.inputs as usize || !t.bytes().is_multiple_of(texel) || !t.offset.is_multiple_of(texel) {
                 return Err(Error::Autograd(format!(
-                    "kernel {}: binding {} is an operand texture, which takes an input of whole vec4s",
+                    "kernel {}: binding {} is an operand texture, which takes an input of whole {texel}-byte texels",
                     name(),
                     slot + 1
                 )));
             }
+            let format = key.module.texture_format();
+            let range = (t.buf.id(), t.offset, t.bytes(), format);
+            if let Some((_, tex)) = self.filled.iter().find(|(r, _)| *r == range) {
+                textures.push((slot, tex.clone()));
+                continue;
+            }
             let rows = t.bytes().div_ceil(TEXTURE_ROW_BYTES).max(1);
             let rows = u32::try_from(rows).unwrap_or(u32::MAX);
-            textures.push((slot, self.gpu.alloc_operand_texture(rows)?));
+            let tex = self.gpu.alloc_operand_texture(format, rows)?;
+            self.filled.push((range, tex.clone()));
+            textures.push((slot, tex));
+            copies.push(slot);
         }
-        self.dispatches.push(Recorded { kernel, params, buffers: bound, textures, groups, label });
+        // What this dispatch writes is stale in any texture filled from it.
+        for w in &buffers[key.inputs as usize..] {
+            self.filled.retain(|((id, ..), _)| *id != w.buf.id());
+        }
+        self.dispatches.push(Recorded { kernel, params, buffers: bound, textures, copies, groups, label });
         Ok(())
     }
 
@@ -447,6 +475,7 @@ impl Tape {
     pub fn submit(&mut self) -> Result<()> {
         self.gpu.check_error()?;
         let recorded = std::mem::take(&mut self.dispatches);
+        self.filled.clear();
         let readbacks = std::mem::take(&mut self.readbacks);
         let new: Vec<&KernelKey> = recorded.iter().filter_map(|r| r.kernel.as_ref().err()).collect();
         if !new.is_empty() {
@@ -464,6 +493,7 @@ impl Tape {
                     params: r.params,
                     buffers: r.buffers,
                     textures: r.textures,
+                    copies: r.copies,
                     groups: r.groups,
                     label: r.label,
                 })
@@ -512,7 +542,7 @@ impl Tape {
             // of the dispatch they serve: the timestamp before it was written before them.
             let mut i = 0;
             while i < dispatches.len() {
-                for (slot, tex) in &dispatches[i].textures {
+                for (slot, tex) in dispatches[i].textures.iter().filter(|(s, _)| dispatches[i].copies.contains(s)) {
                     let (buf, offset, bytes) = &dispatches[i].buffers[*slot];
                     copy_to_operand_texture(&mut enc, buf.raw(), *offset, *bytes, tex);
                 }
@@ -534,7 +564,7 @@ impl Tape {
                         }
                     }
                     i += 1;
-                    if i == dispatches.len() || !dispatches[i].textures.is_empty() {
+                    if i == dispatches.len() || !dispatches[i].copies.is_empty() {
                         break;
                     }
                 }

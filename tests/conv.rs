@@ -6,21 +6,28 @@
 //! geometry as errors.
 //! Everything runs on a device per matmul variant: the `subgroup` one runs `conv_gemm_subgroup`
 //! (row operands shared by 8-lane subgroups) wherever a product has more than 4 columns, the
-//! others `conv_gemm`; each test checks which ran.
+//! others `conv_gemm`; each test checks which ran. The `subgroup` entry reads its operands from
+//! textures by default and runs on a device with buffer operands too.
 
 mod common;
 use common::*;
 use wgvae::ops::conv::{self, ConvShape, ConvTransposeShape};
 use wgvae::ops::Act;
-use wgvae::{Error, Gpu, MatmulVariant, Tape};
+use wgvae::{Error, Gpu, MatmulVariant, Operands, Tape};
 
 /// A device per matmul variant the adapter runs, with the conv entry point it uses for products
 /// of more than 4 columns.
+/// The `subgroup` device reads the operands from textures (the default); where it runs, a device
+/// with buffer operands is added (`conv_subgroup.wgsl` without `+textures`).
 fn devices() -> Vec<(&'static Gpu, &'static str)> {
-    variants()
+    let mut d: Vec<(&'static Gpu, &'static str)> = variants()
         .into_iter()
         .map(|v| (gpu_for(v), if v == MatmulVariant::Subgroup { "conv_gemm_subgroup" } else { "conv_gemm" }))
-        .collect()
+        .collect();
+    if variants().contains(&MatmulVariant::Subgroup) && gpu().matmul_variant() == MatmulVariant::Subgroup {
+        d.push((gpu_operands(Operands::Buffers), "conv_gemm_subgroup"));
+    }
+    d
 }
 
 /// Asserts that the wide entry point `entry` ran (and the subgroup one only when meant).
@@ -260,4 +267,54 @@ fn bad_geometry_is_a_typed_error() {
     }
     let t = ts(5, 3, 4, 4, 3, 2, 1, 2);
     assert!(matches!(t.validate(), Err(Error::Shape { .. })), "output_padding >= stride is refused");
+}
+
+/// The `subgroup` entry with operand textures (one copy per operand for all of a product's K
+/// slices) and with buffers: the same bits, each module proven to have run. The weight gradient's
+/// three K slices read the textures filled for the first.
+#[test]
+fn operand_textures_and_buffers_give_the_same_bits() {
+    if !variants().contains(&MatmulVariant::Subgroup) || gpu().matmul_variant() != MatmulVariant::Subgroup {
+        return;
+    }
+    let s = cs(3, 6, 31, 29, 3, 2, 1);
+    let n = 20; // K of the weight gradient: 20 x 16 x 15 = 4800, three slices
+    let x = Mat::rand(n, s.in_len(), -1.0, 1.0, 95);
+    let w = Mat::rand(s.out_channels, s.weight_cols(), -1.0, 1.0, 96);
+    let dy = Mat::rand(n, s.out_len(), -1.0, 1.0, 97);
+    let mut results: Vec<(String, Vec<Vec<f32>>)> = Vec::new();
+    for (g, module) in [
+        (gpu_for(MatmulVariant::Subgroup), "conv_subgroup.wgsl+textures:conv_gemm_subgroup"),
+        (gpu_operands(Operands::Buffers), "conv_subgroup.wgsl:conv_gemm_subgroup"),
+    ] {
+        let mut tape = Tape::no_grad(g);
+        let (xg, wg, dyg) = (x.upload_to(g), w.upload_to(g), dy.upload_to(g));
+        let y = conv::conv2d_forward(&mut tape, &xg, &wg, None, &s, Act::Relu).unwrap();
+        let dx = conv::conv2d_input_grad(&mut tape, &dyg, &wg, None, &s, Act::Identity).unwrap();
+        let dw = conv::conv2d_weight_grad(&mut tape, &xg, &dyg, &s, None).unwrap();
+        tape.submit().unwrap();
+        assert!(
+            tape.kernel_names_run().keys().any(|k| k.starts_with(module)),
+            "expected {module} to run; ran {:?}",
+            tape.kernel_names_run().keys().collect::<Vec<_>>()
+        );
+        let atol = 1e-6 * ((n * s.out_height() * s.out_width()) as f64).sqrt() * 4.0;
+        assert_close(
+            &download(&dw),
+            &conv2d_weight_grad_ref(&x, &dy, &s),
+            atol,
+            1e-5,
+            &format!("{module}: weight grad"),
+        );
+        results.push((module.to_string(), [y, dx, dw].iter().map(|t| t.to_vec(g).unwrap()).collect()));
+    }
+    let (a, b) = (&results[0], &results[1]);
+    for (i, (x, y)) in a.1.iter().zip(&b.1).enumerate() {
+        assert!(
+            x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits()),
+            "result {i} differs between {} and {}",
+            a.0,
+            b.0
+        );
+    }
 }

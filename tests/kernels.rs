@@ -461,3 +461,48 @@ fn words_bit_identical((v, kernel): (MatmulVariant, &'static str)) {
         }
     }
 }
+
+#[test]
+fn an_operand_texture_is_refilled_after_a_dispatch_writes_its_buffer() {
+    // Within one submission a texture filled from a range serves later reads of that range
+    // without a new copy, until a dispatch writes the buffer: here W is read by a product,
+    // updated in place (W += P·Q), then read again, all in one tape. A stale texture would give
+    // the second product the old W. The same on the device with buffer operands, for the bits.
+    let (x, w, pm, qm) = (
+        Mat::rand(36, 28, -1.0, 1.0, 60),
+        Mat::rand(28, 44, -1.0, 1.0, 61),
+        Mat::rand(28, 12, -1.0, 1.0, 62),
+        Mat::rand(12, 44, -1.0, 1.0, 63),
+    );
+    let w2 = w.zip(&matmul(&pm, &qm, false, false), |a, b| a + b);
+    let mut outs = Vec::new();
+    for g in [gpu(), gpu_operands(Operands::Buffers)] {
+        let mut tape = Tape::no_grad(g);
+        let (xg, wg) = (x.upload_to(g), w.upload_to(g));
+        let o = MatmulOpts::nn();
+        let first = matmul_forward(&mut tape, &xg, &wg, None, o).unwrap();
+        let again = matmul_forward(&mut tape, &xg, &wg, None, o).unwrap();
+        matmul_accumulate(&mut tape, &pm.upload_to(g), &qm.upload_to(g), &wg, o).unwrap();
+        let after = matmul_forward(&mut tape, &xg, &wg, None, o).unwrap();
+        tape.submit().unwrap();
+        let what = format!("{} operands", g.operands());
+        if g.matmul_variant() == MatmulVariant::Subgroup && g.operands() == Operands::Textures {
+            let ran = tape.kernel_names_run();
+            assert!(ran.keys().any(|k| k.contains("+textures:matmul_subgroup")), "{what}: ran {ran:?}");
+        }
+        assert_close(&download(&first), &matmul(&x, &w, false, false), 1e-5, 1e-5, &format!("{what}: first"));
+        assert_close(&download(&again), &matmul(&x, &w, false, false), 1e-5, 1e-5, &format!("{what}: again"));
+        assert_close(
+            &download(&after),
+            &matmul(&x, &w2, false, false),
+            1e-5,
+            1e-5,
+            &format!("{what}: after the update"),
+        );
+        outs.push([first, again, after].map(|t| t.to_vec(g).unwrap()));
+    }
+    assert_eq!(
+        outs[0].iter().flatten().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        outs[1].iter().flatten().map(|v| v.to_bits()).collect::<Vec<_>>()
+    );
+}

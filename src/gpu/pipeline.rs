@@ -68,6 +68,9 @@ pub enum Module {
     /// `conv.wgsl` + `conv_subgroup.wgsl`: the same with row operands shared by 8-lane subgroups
     /// (`conv_gemm_subgroup`, llvmpipe).
     ConvSubgroup,
+    /// [`Module::ConvSubgroup`] reading its two operands from read-only `r32float` storage
+    /// textures (`conv_operands_texture.wgsl`, [`crate::Operands::Textures`]).
+    ConvSubgroupTextures,
 }
 
 impl Module {
@@ -88,13 +91,19 @@ impl Module {
             Module::BatchNorm2d => "batchnorm2d.wgsl",
             Module::Iwae => "iwae.wgsl",
             Module::Conv => "conv.wgsl",
-            Module::ConvSubgroup => "conv_subgroup.wgsl",
+            Module::ConvSubgroup | Module::ConvSubgroupTextures => "conv_subgroup.wgsl",
         }
     }
     /// Whether the module uses subgroup operations (a browser needs `enable subgroups;`).
     #[cfg(target_arch = "wasm32")]
     fn needs_subgroups(self) -> bool {
-        matches!(self, Module::MatmulSubgroup(_) | Module::MatmulSubgroupTextures(_) | Module::ConvSubgroup)
+        matches!(
+            self,
+            Module::MatmulSubgroup(_)
+                | Module::MatmulSubgroupTextures(_)
+                | Module::ConvSubgroup
+                | Module::ConvSubgroupTextures
+        )
     }
     /// Bindings (counted from 1, as bit 0 = binding 1) that are read-only `rgba32float` storage
     /// textures instead of storage buffers.
@@ -102,7 +111,16 @@ impl Module {
         match self {
             Module::MatmulSubgroupTextures(_) => 0b11,
             Module::OptimTextures(_) => 0b1111,
+            Module::ConvSubgroupTextures => 0b11,
             _ => 0,
+        }
+    }
+    /// The format of the module's operand textures ([`Module::texture_bindings`]): `r32float`
+    /// for the convolution's scalar operands, `rgba32float` for the others' vec4s.
+    pub fn texture_format(self) -> wgpu::TextureFormat {
+        match self {
+            Module::ConvSubgroupTextures => wgpu::TextureFormat::R32Float,
+            _ => wgpu::TextureFormat::Rgba32Float,
         }
     }
     /// The [`Words`] the module's vec4 views are typed as, for modules that have such views.
@@ -121,6 +139,10 @@ impl Module {
     /// The source, in parts concatenated in order (after the defines and common.wgsl).
     fn source(self) -> &'static [&'static str] {
         const CONV: &str = include_str!("../../shaders/conv.wgsl");
+        const CONV_PLAIN: &str = include_str!("../../shaders/conv_plain.wgsl");
+        const CONV_SUBGROUP: &str = include_str!("../../shaders/conv_subgroup.wgsl");
+        const CONV_BUFFERS: &str = include_str!("../../shaders/conv_operands_buffer.wgsl");
+        const CONV_TEXTURES: &str = include_str!("../../shaders/conv_operands_texture.wgsl");
         const MATMUL_SUBGROUP: &str = include_str!("../../shaders/matmul_subgroup.wgsl");
         const MATMUL_UNROLLED: &str = include_str!("../../shaders/matmul_unrolled.wgsl");
         const BUFFER_OPERANDS: &str = include_str!("../../shaders/matmul_operands_buffer.wgsl");
@@ -149,8 +171,9 @@ impl Module {
             Module::BatchNorm => &[include_str!("../../shaders/batchnorm.wgsl")],
             Module::BatchNorm2d => &[include_str!("../../shaders/batchnorm2d.wgsl")],
             Module::Iwae => &[include_str!("../../shaders/iwae.wgsl")],
-            Module::Conv => &[CONV, include_str!("../../shaders/conv_plain.wgsl")],
-            Module::ConvSubgroup => &[CONV, include_str!("../../shaders/conv_subgroup.wgsl")],
+            Module::Conv => &[CONV_BUFFERS, CONV, CONV_PLAIN],
+            Module::ConvSubgroup => &[CONV_BUFFERS, CONV, CONV_SUBGROUP],
+            Module::ConvSubgroupTextures => &[CONV_TEXTURES, CONV, CONV_SUBGROUP],
         }
     }
 }
@@ -253,9 +276,14 @@ fn module_source(key: &KernelKey) -> String {
 }
 
 /// Binding 0 the parameters, then `inputs` read-only and `outputs` read-write storage buffers,
-/// except that the bindings in `textures` (bit i = binding i + 1) are read-only `rgba32float`
-/// storage textures.
-fn layout_entries(inputs: u32, outputs: u32, textures: u32) -> Vec<wgpu::BindGroupLayoutEntry> {
+/// except that the bindings in `textures` (bit i = binding i + 1) are read-only storage textures
+/// of `format`.
+fn layout_entries(
+    inputs: u32,
+    outputs: u32,
+    textures: u32,
+    format: wgpu::TextureFormat,
+) -> Vec<wgpu::BindGroupLayoutEntry> {
     let mut e = vec![wgpu::BindGroupLayoutEntry {
         binding: 0,
         visibility: wgpu::ShaderStages::COMPUTE,
@@ -270,7 +298,7 @@ fn layout_entries(inputs: u32, outputs: u32, textures: u32) -> Vec<wgpu::BindGro
         let ty = if textures & (1 << i) != 0 {
             wgpu::BindingType::StorageTexture {
                 access: wgpu::StorageTextureAccess::ReadOnly,
-                format: wgpu::TextureFormat::Rgba32Float,
+                format,
                 view_dimension: wgpu::TextureViewDimension::D2,
             }
         } else {
@@ -291,7 +319,12 @@ impl Gpu {
     /// lock, so several threads compile different kernels at once ([`Gpu::prepare_kernels`]).
     pub fn kernel(&self, key: &KernelKey) -> Result<Arc<Kernel>> {
         let mkey = (key.module, key.defines.clone());
-        let lk = (key.inputs, key.outputs, key.module.texture_bindings());
+        // The texture bits carry the format too (r32float textures as bits 8+), so layouts that
+        // differ only in it are cached apart.
+        let format = key.module.texture_format();
+        let tex = key.module.texture_bindings();
+        let tex_key = if format == wgpu::TextureFormat::R32Float { tex << 8 } else { tex };
+        let lk = (key.inputs, key.outputs, tex_key);
         let dev = &self.inner.device;
         let (module, bgl, pl) = {
             let mut cache = self.inner.pipelines.lock().unwrap_or_else(|p| p.into_inner());
@@ -304,7 +337,7 @@ impl Gpu {
                 .or_insert_with(|| {
                     let bgl = dev.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
                         label: Some("wgvae kernel layout"),
-                        entries: &layout_entries(lk.0, lk.1, lk.2),
+                        entries: &layout_entries(lk.0, lk.1, tex, format),
                     });
                     let pl = dev.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
                         label: Some("wgvae kernel pipeline layout"),

@@ -43,16 +43,21 @@ pub(crate) struct Pool {
     /// step get the very same buffers in the same roles, whatever order the previous step
     /// released them in, so its cached bind groups hit.
     free: HashMap<(BufferKind, u64), BTreeMap<u64, wgpu::Buffer>>,
-    /// Free operand textures per height class, by id (as `free`).
-    free_textures: HashMap<u32, BTreeMap<u64, OperandTextureParts>>,
+    /// Free operand textures per (format, height class), by id (as `free`).
+    free_textures: HashMap<(wgpu::TextureFormat, u32), BTreeMap<u64, OperandTextureParts>>,
 }
 
 /// A texture and its view, as kept in the free lists.
 type OperandTextureParts = (wgpu::Texture, wgpu::TextureView);
 
-/// Texels per row of an operand texture ([`crate::Operands::Textures`]): rows of 16 KiB, a
-/// multiple of the 256 bytes a buffer-to-texture copy needs per row.
-pub const OPERAND_TEXTURE_WIDTH: u32 = 1024;
+/// Bytes per row of an operand texture ([`crate::Operands::Textures`]): 16 KiB, a multiple of the
+/// 256 bytes a buffer-to-texture copy needs per row (1024 `rgba32float` or 4096 `r32float` texels).
+pub const OPERAND_TEXTURE_ROW_BYTES: u64 = 16384;
+
+/// Bytes per texel of an operand texture format (`rgba32float` 16, `r32float` 4).
+pub fn texel_bytes(format: wgpu::TextureFormat) -> u64 {
+    format.block_copy_size(None).unwrap_or(16) as u64
+}
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -94,11 +99,12 @@ impl Drop for PooledBuffer {
     }
 }
 
-/// A texture lent by the pool (`rgba32float`, [`OPERAND_TEXTURE_WIDTH`] texels wide, usable as a
-/// read-only storage texture and a copy destination); it returns there when dropped.
+/// A texture lent by the pool (rows of [`OPERAND_TEXTURE_ROW_BYTES`], usable as a read-only
+/// storage texture and a copy destination); it returns there when dropped.
 pub struct PooledTexture {
     parts: Option<OperandTextureParts>,
     id: u64,
+    format: wgpu::TextureFormat,
     rows: u32,
     gpu: Arc<GpuInner>,
 }
@@ -120,25 +126,31 @@ impl PooledTexture {
     pub fn rows(&self) -> u32 {
         self.rows
     }
+    /// The texel format.
+    pub fn format(&self) -> wgpu::TextureFormat {
+        self.format
+    }
 }
 
 impl Drop for PooledTexture {
     fn drop(&mut self) {
         if let Some(t) = self.parts.take() {
             let mut pool = self.gpu.pool.lock().unwrap_or_else(|p| p.into_inner());
-            pool.free_textures.entry(self.rows).or_default().insert(self.id, t);
+            pool.free_textures.entry((self.format, self.rows)).or_default().insert(self.id, t);
         }
     }
 }
 
 impl Gpu {
-    /// Takes an operand texture of at least `rows` rows from the pool (creating it on a miss;
-    /// heights come in powers of two). Counted in [`super::GpuStats::textures_created`].
-    pub fn alloc_operand_texture(&self, rows: u32) -> Result<Arc<PooledTexture>> {
+    /// Takes an operand texture of `format` (`rgba32float` or `r32float`) with at least `rows`
+    /// rows from the pool (creating it on a miss; heights come in powers of two). Counted in
+    /// [`super::GpuStats::textures_created`].
+    pub fn alloc_operand_texture(&self, format: wgpu::TextureFormat, rows: u32) -> Result<Arc<PooledTexture>> {
         let limit = self.inner.limits.max_texture_dimension_2d;
+        let width = (OPERAND_TEXTURE_ROW_BYTES / texel_bytes(format)) as u32;
         let class = rows.max(1).next_power_of_two();
         let class = if class > limit { rows } else { class };
-        if class > limit || OPERAND_TEXTURE_WIDTH > limit {
+        if class > limit || width > limit {
             return Err(Error::DeviceLimit {
                 what: "an operand texture".into(),
                 needed: rows as u64,
@@ -148,7 +160,7 @@ impl Gpu {
         }
         let reused = {
             let mut pool = self.inner.pool.lock().unwrap_or_else(|p| p.into_inner());
-            pool.free_textures.get_mut(&class).and_then(|v| v.pop_first())
+            pool.free_textures.get_mut(&(format, class)).and_then(|v| v.pop_first())
         };
         let (id, parts) = match reused {
             Some(x) => x,
@@ -156,22 +168,22 @@ impl Gpu {
                 let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
                 let texture = self.inner.device.create_texture(&wgpu::TextureDescriptor {
                     label: Some("wgvae operand"),
-                    size: wgpu::Extent3d { width: OPERAND_TEXTURE_WIDTH, height: class, depth_or_array_layers: 1 },
+                    size: wgpu::Extent3d { width, height: class, depth_or_array_layers: 1 },
                     mip_level_count: 1,
                     sample_count: 1,
                     dimension: wgpu::TextureDimension::D2,
-                    format: wgpu::TextureFormat::Rgba32Float,
+                    format,
                     usage: wgpu::TextureUsages::STORAGE_BINDING | wgpu::TextureUsages::COPY_DST,
                     view_formats: &[],
                 });
                 let view = texture.create_view(&wgpu::TextureViewDescriptor::default());
                 let mut s = self.stats_mut();
                 s.textures_created += 1;
-                s.bytes_created += OPERAND_TEXTURE_WIDTH as u64 * 16 * class as u64;
+                s.bytes_created += OPERAND_TEXTURE_ROW_BYTES * class as u64;
                 (id, (texture, view))
             }
         };
-        Ok(Arc::new(PooledTexture { parts: Some(parts), id, rows: class, gpu: self.inner.clone() }))
+        Ok(Arc::new(PooledTexture { parts: Some(parts), id, format, rows: class, gpu: self.inner.clone() }))
     }
 
     /// Takes a buffer of at least `bytes` bytes from the pool (creating it on a miss).

@@ -141,8 +141,8 @@ fn dispatch_wide(tape: &mut Tape, block: Params, [g, p, m, v]: [&Tensor; 4]) -> 
     let n = g.len();
     let (entry, per) = wide_entry(gpu.words(), n);
     let groups = grid_1d(n / per, 256);
-    let row = crate::gpu::pool::OPERAND_TEXTURE_WIDTH as usize * 4;
-    let fits = n.div_ceil(row) <= gpu.limits().max_texture_dimension_2d as usize;
+    let row = crate::gpu::pool::OPERAND_TEXTURE_ROW_BYTES as usize;
+    let fits = (4 * n).div_ceil(row) <= gpu.limits().max_texture_dimension_2d as usize;
     if entry == "adam_step8" && gpu.operands() == Operands::Textures && fits {
         let module = Module::OptimTextures(gpu.words());
         let key = KernelKey { module, entry: "adam_step8t", defines: Vec::new(), inputs: 4, outputs: 3 };

@@ -183,7 +183,16 @@ fn conv_gemm(
     // Row operands shared by 8-lane subgroups where the device runs the subgroup matmul (the
     // same adapters: llvmpipe); not with NARROW, whose invocations have rows of their own.
     let sg = !narrow && tape.gpu().matmul_variant() == crate::MatmulVariant::Subgroup;
-    let (module, entry) = if sg { (Module::ConvSubgroup, "conv_gemm_subgroup") } else { (Module::Conv, "conv_gemm") };
+    // With the `subgroup` entry, the operands come from textures where the device takes them
+    // (Operands::Textures; lavapipe's texel loads are the cheap ones) and they fit.
+    let max_rows = tape.gpu().limits().max_texture_dimension_2d as u64;
+    let fits = |t: &Tensor| t.bytes().div_ceil(crate::gpu::pool::OPERAND_TEXTURE_ROW_BYTES) <= max_rows;
+    let textures = sg && tape.gpu().operands() == crate::Operands::Textures && fits(op1) && fits(op2);
+    let (module, entry) = match (sg, textures) {
+        (true, true) => (Module::ConvSubgroupTextures, "conv_gemm_subgroup"),
+        (true, false) => (Module::ConvSubgroup, "conv_gemm_subgroup"),
+        _ => (Module::Conv, "conv_gemm"),
+    };
     let rb = RB;
     // (GEMM rows or, in MODE 1, row blocks; K; K per slice; `kdim`)
     let (rows, k, k_slice, kdim) = match mode {

@@ -8,7 +8,7 @@ use super::elementwise::act_backward;
 use super::{val, Act};
 use crate::error::{Error, Result};
 use crate::gpu::pipeline::{KernelKey, Module};
-use crate::gpu::pool::OPERAND_TEXTURE_WIDTH;
+use crate::gpu::pool::OPERAND_TEXTURE_ROW_BYTES;
 use crate::gpu::{MatmulVariant, Operands, TileConfig};
 use crate::tape::{grid_1d, Params, Tape, Var};
 use crate::tensor::Tensor;
@@ -157,7 +157,7 @@ fn launch(
             // Operand textures (Operands::Textures) when both operands fit the texture height
             // limit; the same kernel on buffers otherwise.
             let max_rows = tape.gpu().limits().max_texture_dimension_2d as u64;
-            let fits = |t: &Tensor| t.bytes().div_ceil(OPERAND_TEXTURE_WIDTH as u64 * 16) <= max_rows;
+            let fits = |t: &Tensor| t.bytes().div_ceil(OPERAND_TEXTURE_ROW_BYTES) <= max_rows;
             let module = if tape.gpu().operands() == Operands::Textures && fits(a) && fits(b) {
                 Module::MatmulSubgroupTextures(words)
             } else {

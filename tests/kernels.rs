@@ -501,8 +501,12 @@ fn an_operand_texture_is_refilled_after_a_dispatch_writes_its_buffer() {
         );
         outs.push([first, again, after].map(|t| t.to_vec(g).unwrap()));
     }
-    assert_eq!(
-        outs[0].iter().flatten().map(|v| v.to_bits()).collect::<Vec<_>>(),
-        outs[1].iter().flatten().map(|v| v.to_bits()).collect::<Vec<_>>()
-    );
+    // The same bits when both devices run the same variant (a forced WGVAE_MATMUL changes only
+    // the default device).
+    if gpu().matmul_variant() == gpu_operands(Operands::Buffers).matmul_variant() {
+        assert_eq!(
+            outs[0].iter().flatten().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            outs[1].iter().flatten().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+    }
 }

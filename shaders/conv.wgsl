@@ -90,14 +90,16 @@ fn dy_at(drow: u32, q: u32, u: u32, live: bool) -> f32 {
     return select(0.0, v, live & (q >= u) & (ox < p.ow));
 }
 
-// One output: acc (+ out[o] with ACCUM) + bias[col] (BIAS), through the activation.
-fn store_out(o: u32, col: u32, acc: f32) {
+// One output: acc (+ out[o] with ACCUM) + b (BIAS: the bias of its column, which the caller
+// loads once for all its rows, as a load per output is not merged across the stores to `out`),
+// through the activation.
+fn store_out(o: u32, acc: f32, b: f32) {
     var v = acc;
     if (ACCUM) {
         v += out[o];
     }
     if (BIAS) {
-        v += bias[col];
+        v += b;
     }
     out[o] = act_fwd(ACT, ALPHA, v);
 }
@@ -428,116 +430,132 @@ fn conv_body(gid: vec3<u32>, wid: vec3<u32>, lid: vec3<u32>, nwg: vec3<u32>, lan
             }
         }
     }
+    var bias0 = 0.0;
+    if (BIAS) {
+        bias0 = bias[col_0];
+    }
+    var bias1 = 0.0;
+    if (BIAS) {
+        bias1 = bias[col_1];
+    }
+    var bias2 = 0.0;
+    if (BIAS) {
+        bias2 = bias[col_2];
+    }
+    var bias3 = 0.0;
+    if (BIAS) {
+        bias3 = bias[col_3];
+    }
     if (live0) {
         if (live_c0) {
-            store_out(obase0 + col_0 * ostride, col_0, acc0.x);
+            store_out(obase0 + col_0 * ostride, acc0.x, bias0);
         }
         if (live_c1) {
-            store_out(obase0 + col_1 * ostride, col_1, acc0.y);
+            store_out(obase0 + col_1 * ostride, acc0.y, bias1);
         }
         if (live_c2) {
-            store_out(obase0 + col_2 * ostride, col_2, acc0.z);
+            store_out(obase0 + col_2 * ostride, acc0.z, bias2);
         }
         if (live_c3) {
-            store_out(obase0 + col_3 * ostride, col_3, acc0.w);
+            store_out(obase0 + col_3 * ostride, acc0.w, bias3);
         }
     }
     if (live1) {
         if (live_c0) {
-            store_out(obase1 + col_0 * ostride, col_0, acc1.x);
+            store_out(obase1 + col_0 * ostride, acc1.x, bias0);
         }
         if (live_c1) {
-            store_out(obase1 + col_1 * ostride, col_1, acc1.y);
+            store_out(obase1 + col_1 * ostride, acc1.y, bias1);
         }
         if (live_c2) {
-            store_out(obase1 + col_2 * ostride, col_2, acc1.z);
+            store_out(obase1 + col_2 * ostride, acc1.z, bias2);
         }
         if (live_c3) {
-            store_out(obase1 + col_3 * ostride, col_3, acc1.w);
+            store_out(obase1 + col_3 * ostride, acc1.w, bias3);
         }
     }
     if (live2) {
         if (live_c0) {
-            store_out(obase2 + col_0 * ostride, col_0, acc2.x);
+            store_out(obase2 + col_0 * ostride, acc2.x, bias0);
         }
         if (live_c1) {
-            store_out(obase2 + col_1 * ostride, col_1, acc2.y);
+            store_out(obase2 + col_1 * ostride, acc2.y, bias1);
         }
         if (live_c2) {
-            store_out(obase2 + col_2 * ostride, col_2, acc2.z);
+            store_out(obase2 + col_2 * ostride, acc2.z, bias2);
         }
         if (live_c3) {
-            store_out(obase2 + col_3 * ostride, col_3, acc2.w);
+            store_out(obase2 + col_3 * ostride, acc2.w, bias3);
         }
     }
     if (live3) {
         if (live_c0) {
-            store_out(obase3 + col_0 * ostride, col_0, acc3.x);
+            store_out(obase3 + col_0 * ostride, acc3.x, bias0);
         }
         if (live_c1) {
-            store_out(obase3 + col_1 * ostride, col_1, acc3.y);
+            store_out(obase3 + col_1 * ostride, acc3.y, bias1);
         }
         if (live_c2) {
-            store_out(obase3 + col_2 * ostride, col_2, acc3.z);
+            store_out(obase3 + col_2 * ostride, acc3.z, bias2);
         }
         if (live_c3) {
-            store_out(obase3 + col_3 * ostride, col_3, acc3.w);
+            store_out(obase3 + col_3 * ostride, acc3.w, bias3);
         }
     }
     if (live4) {
         if (live_c0) {
-            store_out(obase4 + col_0 * ostride, col_0, acc4.x);
+            store_out(obase4 + col_0 * ostride, acc4.x, bias0);
         }
         if (live_c1) {
-            store_out(obase4 + col_1 * ostride, col_1, acc4.y);
+            store_out(obase4 + col_1 * ostride, acc4.y, bias1);
         }
         if (live_c2) {
-            store_out(obase4 + col_2 * ostride, col_2, acc4.z);
+            store_out(obase4 + col_2 * ostride, acc4.z, bias2);
         }
         if (live_c3) {
-            store_out(obase4 + col_3 * ostride, col_3, acc4.w);
+            store_out(obase4 + col_3 * ostride, acc4.w, bias3);
         }
     }
     if (live5) {
         if (live_c0) {
-            store_out(obase5 + col_0 * ostride, col_0, acc5.x);
+            store_out(obase5 + col_0 * ostride, acc5.x, bias0);
         }
         if (live_c1) {
-            store_out(obase5 + col_1 * ostride, col_1, acc5.y);
+            store_out(obase5 + col_1 * ostride, acc5.y, bias1);
         }
         if (live_c2) {
-            store_out(obase5 + col_2 * ostride, col_2, acc5.z);
+            store_out(obase5 + col_2 * ostride, acc5.z, bias2);
         }
         if (live_c3) {
-            store_out(obase5 + col_3 * ostride, col_3, acc5.w);
+            store_out(obase5 + col_3 * ostride, acc5.w, bias3);
         }
     }
     if (live6) {
         if (live_c0) {
-            store_out(obase6 + col_0 * ostride, col_0, acc6.x);
+            store_out(obase6 + col_0 * ostride, acc6.x, bias0);
         }
         if (live_c1) {
-            store_out(obase6 + col_1 * ostride, col_1, acc6.y);
+            store_out(obase6 + col_1 * ostride, acc6.y, bias1);
         }
         if (live_c2) {
-            store_out(obase6 + col_2 * ostride, col_2, acc6.z);
+            store_out(obase6 + col_2 * ostride, acc6.z, bias2);
         }
         if (live_c3) {
-            store_out(obase6 + col_3 * ostride, col_3, acc6.w);
+            store_out(obase6 + col_3 * ostride, acc6.w, bias3);
         }
     }
     if (live7) {
         if (live_c0) {
-            store_out(obase7 + col_0 * ostride, col_0, acc7.x);
+            store_out(obase7 + col_0 * ostride, acc7.x, bias0);
         }
         if (live_c1) {
-            store_out(obase7 + col_1 * ostride, col_1, acc7.y);
+            store_out(obase7 + col_1 * ostride, acc7.y, bias1);
         }
         if (live_c2) {
-            store_out(obase7 + col_2 * ostride, col_2, acc7.z);
+            store_out(obase7 + col_2 * ostride, acc7.z, bias2);
         }
         if (live_c3) {
-            store_out(obase7 + col_3 * ostride, col_3, acc7.w);
+            store_out(obase7 + col_3 * ostride, acc7.w, bias3);
         }
     }
 }

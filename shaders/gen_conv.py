@@ -117,14 +117,16 @@ fn dy_at(drow: u32, q: u32, u: u32, live: bool) -> f32 {
     return select(0.0, v, live & (q >= u) & (ox < p.ow));
 }
 
-// One output: acc (+ out[o] with ACCUM) + bias[col] (BIAS), through the activation.
-fn store_out(o: u32, col: u32, acc: f32) {
+// One output: acc (+ out[o] with ACCUM) + b (BIAS: the bias of its column, which the caller
+// loads once for all its rows, as a load per output is not merged across the stores to `out`),
+// through the activation.
+fn store_out(o: u32, acc: f32, b: f32) {
     var v = acc;
     if (ACCUM) {
         v += out[o];
     }
     if (BIAS) {
-        v += bias[col];
+        v += b;
     }
     out[o] = act_fwd(ACT, ALPHA, v);
 }
@@ -325,11 +327,17 @@ fn conv_body(gid: vec3<u32>, wid: vec3<u32>, lid: vec3<u32>, nwg: vec3<u32>, lan
             }
         }
     }
+#cols
+    var bias@j = 0.0;
+    if (BIAS) {
+        bias@j = bias[col_@j];
+    }
+#end
 #rows
     if (live@i) {
 #cols
         if (live_c@j) {
-            store_out(obase@i + col_@j * ostride, col_@j, acc@i.@c);
+            store_out(obase@i + col_@j * ostride, acc@i.@c, bias@j);
         }
 #end
     }

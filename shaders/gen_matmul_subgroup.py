@@ -113,12 +113,15 @@ fn store_colsum4(r0: u32, v: vec4<f32>) {
     for (var j = 0u; j < 4u; j++) { store_colsum(r0 + j, v[j]); }
 }
 
-fn store_v4(row: u32, col0: u32, v: vec4<f32>) {
+// One output vec4: C[row, col0..col0+3] = epilogue(v), `bias` the bias of those columns (the
+// caller loads it once for all its rows: a load here, repeated for each row, is not merged by the
+// compiler across the stores to C, and on lavapipe each costs a loop over the lanes).
+fn store_v4(row: u32, col0: u32, v: vec4<f32>, bias: vec4<f32>) {
     if (row >= p.m || col0 >= p.n) { return; }
     let i = (row * p.n + col0) / 4u;
     var x = v;
     if (ACCUM) { x = x + unword(c4[i]); }
-    if (BIAS) { x = x + unword(bias4[col0 / 4u]); }
+    if (BIAS) { x = x + bias; }
     if (GRAD_ACT != 0u) { x = x * act_grad4(unword(y4[i])); }
     if (RT_ACT) {
         // The same values as act_grad_from_y and act_fwd for these three activations, so the
@@ -259,9 +262,14 @@ def main():
             w(f"            acc{r}_{j} += bm{j} * v{r};\n")
     w("        }\n")
     w("    }\n")
+    # The bias of the invocation's columns, once (clamped: an invocation past the last column
+    # stores nothing).
+    for j in range(NB):
+        w(f"    var bias_{j} = vec4<f32>(0.0);\n")
+        w(f"    if (BIAS) {{ bias_{j} = unword(bias4[min(col0 / 4u + {j}u, qn - 1u)]); }}\n")
     for r in range(ROWS):
         for j in range(NB):
-            w(f"    store_v4(row0 + {r}u, col0 + {4 * j}u, acc{r}_{j});\n")
+            w(f"    store_v4(row0 + {r}u, col0 + {4 * j}u, acc{r}_{j}, bias_{j});\n")
     if LANES == 1:
         w("    // The first invocation of the first column block writes the row sums.\n")
     else:

@@ -260,38 +260,40 @@ fn matmul_subgroup(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgr
             acc31_0 += bm0 * v31;
         }
     }
-    store_v4(row0 + 0u, col0 + 0u, acc0_0);
-    store_v4(row0 + 1u, col0 + 0u, acc1_0);
-    store_v4(row0 + 2u, col0 + 0u, acc2_0);
-    store_v4(row0 + 3u, col0 + 0u, acc3_0);
-    store_v4(row0 + 4u, col0 + 0u, acc4_0);
-    store_v4(row0 + 5u, col0 + 0u, acc5_0);
-    store_v4(row0 + 6u, col0 + 0u, acc6_0);
-    store_v4(row0 + 7u, col0 + 0u, acc7_0);
-    store_v4(row0 + 8u, col0 + 0u, acc8_0);
-    store_v4(row0 + 9u, col0 + 0u, acc9_0);
-    store_v4(row0 + 10u, col0 + 0u, acc10_0);
-    store_v4(row0 + 11u, col0 + 0u, acc11_0);
-    store_v4(row0 + 12u, col0 + 0u, acc12_0);
-    store_v4(row0 + 13u, col0 + 0u, acc13_0);
-    store_v4(row0 + 14u, col0 + 0u, acc14_0);
-    store_v4(row0 + 15u, col0 + 0u, acc15_0);
-    store_v4(row0 + 16u, col0 + 0u, acc16_0);
-    store_v4(row0 + 17u, col0 + 0u, acc17_0);
-    store_v4(row0 + 18u, col0 + 0u, acc18_0);
-    store_v4(row0 + 19u, col0 + 0u, acc19_0);
-    store_v4(row0 + 20u, col0 + 0u, acc20_0);
-    store_v4(row0 + 21u, col0 + 0u, acc21_0);
-    store_v4(row0 + 22u, col0 + 0u, acc22_0);
-    store_v4(row0 + 23u, col0 + 0u, acc23_0);
-    store_v4(row0 + 24u, col0 + 0u, acc24_0);
-    store_v4(row0 + 25u, col0 + 0u, acc25_0);
-    store_v4(row0 + 26u, col0 + 0u, acc26_0);
-    store_v4(row0 + 27u, col0 + 0u, acc27_0);
-    store_v4(row0 + 28u, col0 + 0u, acc28_0);
-    store_v4(row0 + 29u, col0 + 0u, acc29_0);
-    store_v4(row0 + 30u, col0 + 0u, acc30_0);
-    store_v4(row0 + 31u, col0 + 0u, acc31_0);
+    var bias_0 = vec4<f32>(0.0);
+    if (BIAS) { bias_0 = unword(bias4[min(col0 / 4u + 0u, qn - 1u)]); }
+    store_v4(row0 + 0u, col0 + 0u, acc0_0, bias_0);
+    store_v4(row0 + 1u, col0 + 0u, acc1_0, bias_0);
+    store_v4(row0 + 2u, col0 + 0u, acc2_0, bias_0);
+    store_v4(row0 + 3u, col0 + 0u, acc3_0, bias_0);
+    store_v4(row0 + 4u, col0 + 0u, acc4_0, bias_0);
+    store_v4(row0 + 5u, col0 + 0u, acc5_0, bias_0);
+    store_v4(row0 + 6u, col0 + 0u, acc6_0, bias_0);
+    store_v4(row0 + 7u, col0 + 0u, acc7_0, bias_0);
+    store_v4(row0 + 8u, col0 + 0u, acc8_0, bias_0);
+    store_v4(row0 + 9u, col0 + 0u, acc9_0, bias_0);
+    store_v4(row0 + 10u, col0 + 0u, acc10_0, bias_0);
+    store_v4(row0 + 11u, col0 + 0u, acc11_0, bias_0);
+    store_v4(row0 + 12u, col0 + 0u, acc12_0, bias_0);
+    store_v4(row0 + 13u, col0 + 0u, acc13_0, bias_0);
+    store_v4(row0 + 14u, col0 + 0u, acc14_0, bias_0);
+    store_v4(row0 + 15u, col0 + 0u, acc15_0, bias_0);
+    store_v4(row0 + 16u, col0 + 0u, acc16_0, bias_0);
+    store_v4(row0 + 17u, col0 + 0u, acc17_0, bias_0);
+    store_v4(row0 + 18u, col0 + 0u, acc18_0, bias_0);
+    store_v4(row0 + 19u, col0 + 0u, acc19_0, bias_0);
+    store_v4(row0 + 20u, col0 + 0u, acc20_0, bias_0);
+    store_v4(row0 + 21u, col0 + 0u, acc21_0, bias_0);
+    store_v4(row0 + 22u, col0 + 0u, acc22_0, bias_0);
+    store_v4(row0 + 23u, col0 + 0u, acc23_0, bias_0);
+    store_v4(row0 + 24u, col0 + 0u, acc24_0, bias_0);
+    store_v4(row0 + 25u, col0 + 0u, acc25_0, bias_0);
+    store_v4(row0 + 26u, col0 + 0u, acc26_0, bias_0);
+    store_v4(row0 + 27u, col0 + 0u, acc27_0, bias_0);
+    store_v4(row0 + 28u, col0 + 0u, acc28_0, bias_0);
+    store_v4(row0 + 29u, col0 + 0u, acc29_0, bias_0);
+    store_v4(row0 + 30u, col0 + 0u, acc30_0, bias_0);
+    store_v4(row0 + 31u, col0 + 0u, acc31_0, bias_0);
     // The first subgroup of the first column block writes the row sums.
     if (COLSUM && wid.x == 0u && lid.x < 8u) {
         if (TA) {
@@ -319,12 +321,15 @@ fn store_colsum4(r0: u32, v: vec4<f32>) {
     for (var j = 0u; j < 4u; j++) { store_colsum(r0 + j, v[j]); }
 }
 
-fn store_v4(row: u32, col0: u32, v: vec4<f32>) {
+// One output vec4: C[row, col0..col0+3] = epilogue(v), `bias` the bias of those columns (the
+// caller loads it once for all its rows: a load here, repeated for each row, is not merged by the
+// compiler across the stores to C, and on lavapipe each costs a loop over the lanes).
+fn store_v4(row: u32, col0: u32, v: vec4<f32>, bias: vec4<f32>) {
     if (row >= p.m || col0 >= p.n) { return; }
     let i = (row * p.n + col0) / 4u;
     var x = v;
     if (ACCUM) { x = x + unword(c4[i]); }
-    if (BIAS) { x = x + unword(bias4[col0 / 4u]); }
+    if (BIAS) { x = x + bias; }
     if (GRAD_ACT != 0u) { x = x * act_grad4(unword(y4[i])); }
     if (RT_ACT) {
         // The same values as act_grad_from_y and act_fwd for these three activations, so the

@@ -333,38 +333,42 @@ fn matmul_unrolled(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgr
             acc15_1 += bm1 * v15;
         }
     }
-    store_v4(row0 + 0u, col0 + 0u, acc0_0);
-    store_v4(row0 + 0u, col0 + 4u, acc0_1);
-    store_v4(row0 + 1u, col0 + 0u, acc1_0);
-    store_v4(row0 + 1u, col0 + 4u, acc1_1);
-    store_v4(row0 + 2u, col0 + 0u, acc2_0);
-    store_v4(row0 + 2u, col0 + 4u, acc2_1);
-    store_v4(row0 + 3u, col0 + 0u, acc3_0);
-    store_v4(row0 + 3u, col0 + 4u, acc3_1);
-    store_v4(row0 + 4u, col0 + 0u, acc4_0);
-    store_v4(row0 + 4u, col0 + 4u, acc4_1);
-    store_v4(row0 + 5u, col0 + 0u, acc5_0);
-    store_v4(row0 + 5u, col0 + 4u, acc5_1);
-    store_v4(row0 + 6u, col0 + 0u, acc6_0);
-    store_v4(row0 + 6u, col0 + 4u, acc6_1);
-    store_v4(row0 + 7u, col0 + 0u, acc7_0);
-    store_v4(row0 + 7u, col0 + 4u, acc7_1);
-    store_v4(row0 + 8u, col0 + 0u, acc8_0);
-    store_v4(row0 + 8u, col0 + 4u, acc8_1);
-    store_v4(row0 + 9u, col0 + 0u, acc9_0);
-    store_v4(row0 + 9u, col0 + 4u, acc9_1);
-    store_v4(row0 + 10u, col0 + 0u, acc10_0);
-    store_v4(row0 + 10u, col0 + 4u, acc10_1);
-    store_v4(row0 + 11u, col0 + 0u, acc11_0);
-    store_v4(row0 + 11u, col0 + 4u, acc11_1);
-    store_v4(row0 + 12u, col0 + 0u, acc12_0);
-    store_v4(row0 + 12u, col0 + 4u, acc12_1);
-    store_v4(row0 + 13u, col0 + 0u, acc13_0);
-    store_v4(row0 + 13u, col0 + 4u, acc13_1);
-    store_v4(row0 + 14u, col0 + 0u, acc14_0);
-    store_v4(row0 + 14u, col0 + 4u, acc14_1);
-    store_v4(row0 + 15u, col0 + 0u, acc15_0);
-    store_v4(row0 + 15u, col0 + 4u, acc15_1);
+    var bias_0 = vec4<f32>(0.0);
+    if (BIAS) { bias_0 = unword(bias4[min(col0 / 4u + 0u, qn - 1u)]); }
+    var bias_1 = vec4<f32>(0.0);
+    if (BIAS) { bias_1 = unword(bias4[min(col0 / 4u + 1u, qn - 1u)]); }
+    store_v4(row0 + 0u, col0 + 0u, acc0_0, bias_0);
+    store_v4(row0 + 0u, col0 + 4u, acc0_1, bias_1);
+    store_v4(row0 + 1u, col0 + 0u, acc1_0, bias_0);
+    store_v4(row0 + 1u, col0 + 4u, acc1_1, bias_1);
+    store_v4(row0 + 2u, col0 + 0u, acc2_0, bias_0);
+    store_v4(row0 + 2u, col0 + 4u, acc2_1, bias_1);
+    store_v4(row0 + 3u, col0 + 0u, acc3_0, bias_0);
+    store_v4(row0 + 3u, col0 + 4u, acc3_1, bias_1);
+    store_v4(row0 + 4u, col0 + 0u, acc4_0, bias_0);
+    store_v4(row0 + 4u, col0 + 4u, acc4_1, bias_1);
+    store_v4(row0 + 5u, col0 + 0u, acc5_0, bias_0);
+    store_v4(row0 + 5u, col0 + 4u, acc5_1, bias_1);
+    store_v4(row0 + 6u, col0 + 0u, acc6_0, bias_0);
+    store_v4(row0 + 6u, col0 + 4u, acc6_1, bias_1);
+    store_v4(row0 + 7u, col0 + 0u, acc7_0, bias_0);
+    store_v4(row0 + 7u, col0 + 4u, acc7_1, bias_1);
+    store_v4(row0 + 8u, col0 + 0u, acc8_0, bias_0);
+    store_v4(row0 + 8u, col0 + 4u, acc8_1, bias_1);
+    store_v4(row0 + 9u, col0 + 0u, acc9_0, bias_0);
+    store_v4(row0 + 9u, col0 + 4u, acc9_1, bias_1);
+    store_v4(row0 + 10u, col0 + 0u, acc10_0, bias_0);
+    store_v4(row0 + 10u, col0 + 4u, acc10_1, bias_1);
+    store_v4(row0 + 11u, col0 + 0u, acc11_0, bias_0);
+    store_v4(row0 + 11u, col0 + 4u, acc11_1, bias_1);
+    store_v4(row0 + 12u, col0 + 0u, acc12_0, bias_0);
+    store_v4(row0 + 12u, col0 + 4u, acc12_1, bias_1);
+    store_v4(row0 + 13u, col0 + 0u, acc13_0, bias_0);
+    store_v4(row0 + 13u, col0 + 4u, acc13_1, bias_1);
+    store_v4(row0 + 14u, col0 + 0u, acc14_0, bias_0);
+    store_v4(row0 + 14u, col0 + 4u, acc14_1, bias_1);
+    store_v4(row0 + 15u, col0 + 0u, acc15_0, bias_0);
+    store_v4(row0 + 15u, col0 + 4u, acc15_1, bias_1);
     // The first invocation of the first column block writes the row sums.
     if (COLSUM && wid.x == 0u && lid.x < 1u) {
         if (TA) {
@@ -407,12 +411,15 @@ fn store_colsum4(r0: u32, v: vec4<f32>) {
     for (var j = 0u; j < 4u; j++) { store_colsum(r0 + j, v[j]); }
 }
 
-fn store_v4(row: u32, col0: u32, v: vec4<f32>) {
+// One output vec4: C[row, col0..col0+3] = epilogue(v), `bias` the bias of those columns (the
+// caller loads it once for all its rows: a load here, repeated for each row, is not merged by the
+// compiler across the stores to C, and on lavapipe each costs a loop over the lanes).
+fn store_v4(row: u32, col0: u32, v: vec4<f32>, bias: vec4<f32>) {
     if (row >= p.m || col0 >= p.n) { return; }
     let i = (row * p.n + col0) / 4u;
     var x = v;
     if (ACCUM) { x = x + unword(c4[i]); }
-    if (BIAS) { x = x + unword(bias4[col0 / 4u]); }
+    if (BIAS) { x = x + bias; }
     if (GRAD_ACT != 0u) { x = x * act_grad4(unword(y4[i])); }
     if (RT_ACT) {
         // The same values as act_grad_from_y and act_fwd for these three activations, so the
